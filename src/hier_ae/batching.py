@@ -1,0 +1,78 @@
+"""Rows of byte ids from documents (DESIGN §8): one crop of one document per row.
+
+A document is framed as `<s>` + bytes + `</s>` (ids 2, b + 3, 1). A row is a window of `seq_len`
+ids of one framed document. Windows start at the document's start with probability
+`p_doc_start` (so the row begins with `<s>`), otherwise anywhere (rows that start mid-document, as
+lm-eval's contexts do). Short documents give short rows, right-padded with 0.
+
+Example: doc b"hi", seq_len 8 -> row [2, 107, 108, 1, 0, 0, 0, 0], mask [1, 1, 1, 1, 0, 0, 0, 0].
+
+Not part of the model's remote-code closure (training-side code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD, EOS, BOS, OFFSET = 0, 1, 2, 3
+
+
+def frame_document(doc: bytes) -> torch.Tensor:
+    """`<s>` + bytes + `</s>` as ids (N + 2,)."""
+    body = (
+        torch.frombuffer(bytearray(doc), dtype=torch.uint8).long() + OFFSET if doc else torch.empty(0).long()
+    )
+    return torch.cat([torch.tensor([BOS]), body, torch.tensor([EOS])])
+
+
+def pad_rows(rows: list[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D id tensors into (B, T) ids and a (B, T) long mask."""
+    T = length or max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), PAD, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r[:T]
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class DocumentCropper:
+    """An endless, seeded stream of (ids (B, T), mask (B, T)) batches of document crops.
+
+    Its position is fully described by `state_dict()` (the generator state), so a resumed run
+    draws exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(
+        self, docs: list[bytes], batch_size: int, seq_len: int, seed: int = 0, p_doc_start: float = 0.5
+    ):
+        if not docs:
+            raise ValueError("DocumentCropper needs at least one document; got an empty list.")
+        if batch_size < 1 or seq_len < 2:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and seq_len={seq_len} >= 2.")
+        self.docs = [frame_document(d) for d in docs]
+        lengths = torch.tensor([len(d) for d in self.docs], dtype=torch.float)
+        self.weights = lengths / lengths.sum()  # sample documents in proportion to their length
+        self.batch_size, self.seq_len, self.p_doc_start = batch_size, seq_len, p_doc_start
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.generator
+        idx = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+        rows = []
+        for i in idx.tolist():
+            doc = self.docs[i]
+            room = max(len(doc) - self.seq_len, 0)
+            at_start = torch.rand((), generator=g).item() < self.p_doc_start
+            start = 0 if at_start or room == 0 else int(torch.randint(0, room + 1, (), generator=g))
+            rows.append(doc[start : start + self.seq_len])
+        return pad_rows(rows)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

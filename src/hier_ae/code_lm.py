@@ -1,0 +1,29 @@
+"""The top code LM (DESIGN §5): a causal transformer over the top level's framed code stream.
+
+It reads [BEGIN, u_0, ..., u_{n-1}]; its hidden state at index s, g_s, depends on u_0..u_{s-1}
+only and predicts u_s. g_s is the predict-mode context of top-level segment s for the level below.
+Its targets are detached codes: it never moves a codebook (codebooks move by EMA only).
+Shape letters: B batch, T codes, D width, V vocab (K^R + 3).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .configuration_hier_ae import TopLMConfig
+from .transformer import CausalTransformer
+
+
+class CodeLM(nn.Module):
+    def __init__(self, vocab: int, cfg: TopLMConfig):
+        super().__init__()
+        self.begin_id = vocab
+        self.embed = nn.Embedding(vocab + 1, cfg.hidden_size)  # row V is BEGIN
+        self.body = CausalTransformer(
+            cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, None, cfg.rope_theta
+        )
+        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+
+    def forward(self, inp, inp_valid, positions, doc_ids=None):
+        h = self.body(self.embed(inp), positions, inp_valid, doc_ids)  # (B, T+1, D)
+        return self.head(h), h  # (B, T+1, V), (B, T+1, D)

@@ -1,0 +1,327 @@
+"""Configuration of `hier_ae`: one `HierAEConfig` with a list of per-level settings and a top LM.
+
+Sub-configs are stored as plain dicts (`config.levels: list[dict]`, `config.top_lm: dict`) so that
+`save_pretrained` can serialise them; typed, validated views are built on access
+(`config.level_configs`, `config.top_lm_config`).
+
+Vocabulary of every level (DESIGN §2). Level 0 reads bytes with ByT5 ids: `0=<pad> 1=</s> 2=<s>`,
+byte `b -> b + 3`, so `V_0 = 259`. Level `l >= 1` reads the codes of level `l - 1`, which live in
+`[0, N)` with `N = K^R` (codebook size to the power of the residual depth), and its specials come
+**after** the codes so that a code never collides with one:
+
+    N = 4 codes:  ids 0 1 2 3 are codes, 4 = pad, 5 = eos, 6 = bos  ->  V = N + 3 = 7
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from transformers import PretrainedConfig
+
+BOUNDARY_MODES = ("threshold", "delta")
+MAX_COMPOSITE_CODES = 65536
+
+
+def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ValueError(f"{field}={value!r} is invalid: {allowed}.")
+
+
+@dataclass
+class LevelConfig:
+    """Settings of one level: entropy model, boundary rule, encoder, pooling, quantiser, decoder.
+
+    All byte/token-level modules of the level share `hidden_size`, `num_heads` and the attention
+    window `window` (in tokens of this level).
+    """
+
+    hidden_size: int = 64
+    num_heads: int = 4
+    intermediate_size: int = 256
+    window: int = 64
+    rope_theta: float = 10000.0
+    # entropy model (a small causal LM over this level's tokens)
+    entropy_layers: int = 2
+    # boundary rule (DESIGN §3.2)
+    boundary_mode: str = "threshold"
+    threshold: float = 2.0
+    delta: float = 1.0
+    max_segment_len: int = 16
+    target_tokens_per_segment: float | None = None
+    threshold_adapt_rate: float = 0.01
+    # encoder + learned-query pooling
+    encoder_layers: int = 2
+    pooling_heads: int = 4
+    # quantiser (DESIGN §3.5)
+    codebook_size: int = 256
+    codebook_depth: int = 1
+    beta: float = 0.25
+    ema_decay: float = 0.99
+    restart_dead_codes: bool = True
+    dead_after_steps: int = 50
+    restart_pool_size: int = 1024
+    # decoder (expander)
+    decoder_layers: int = 2
+
+    @property
+    def num_codes(self) -> int:
+        """Number of composite ids this level passes up: `K^R`."""
+        return self.codebook_size**self.codebook_depth
+
+    def validate(self, prefix: str, max_input_bytes: int) -> None:
+        for name in (
+            "hidden_size",
+            "num_heads",
+            "intermediate_size",
+            "window",
+            "entropy_layers",
+            "encoder_layers",
+            "decoder_layers",
+            "pooling_heads",
+            "codebook_depth",
+            "restart_pool_size",
+            "dead_after_steps",
+        ):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{prefix}.{name}",
+                value,
+                "must be an integer >= 1",
+            )
+        _check(
+            self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
+            f"{prefix}.hidden_size",
+            self.hidden_size,
+            f"must be divisible by num_heads={self.num_heads} with an even head size (rotary embeddings)",
+        )
+        _check(
+            self.hidden_size % self.pooling_heads == 0,
+            f"{prefix}.pooling_heads",
+            self.pooling_heads,
+            f"must divide hidden_size={self.hidden_size}",
+        )
+        _check(
+            self.window <= max_input_bytes,
+            f"{prefix}.window",
+            self.window,
+            f"must be <= max_input_bytes={max_input_bytes}",
+        )
+        _check(
+            self.boundary_mode in BOUNDARY_MODES,
+            f"{prefix}.boundary_mode",
+            self.boundary_mode,
+            f"one of {BOUNDARY_MODES}",
+        )
+        _check(
+            isinstance(self.max_segment_len, int) and 1 <= self.max_segment_len <= 1024,
+            f"{prefix}.max_segment_len",
+            self.max_segment_len,
+            "must be an integer in [1, 1024]",
+        )
+        _check(
+            math.isfinite(self.threshold) and self.threshold >= 0,
+            f"{prefix}.threshold",
+            self.threshold,
+            "bits >= 0",
+        )
+        _check(math.isfinite(self.delta) and self.delta >= 0, f"{prefix}.delta", self.delta, "bits >= 0")
+        if self.target_tokens_per_segment is not None:
+            _check(
+                1.0 <= self.target_tokens_per_segment <= self.max_segment_len,
+                f"{prefix}.target_tokens_per_segment",
+                self.target_tokens_per_segment,
+                f"None or a number in [1, max_segment_len={self.max_segment_len}]",
+            )
+        _check(
+            self.threshold_adapt_rate >= 0,
+            f"{prefix}.threshold_adapt_rate",
+            self.threshold_adapt_rate,
+            ">= 0",
+        )
+        _check(
+            isinstance(self.codebook_size, int) and self.codebook_size >= 2,
+            f"{prefix}.codebook_size",
+            self.codebook_size,
+            "must be an integer >= 2",
+        )
+        _check(
+            self.num_codes <= MAX_COMPOSITE_CODES,
+            f"{prefix}.codebook_size**codebook_depth",
+            self.num_codes,
+            f"K^R must be <= {MAX_COMPOSITE_CODES} (the id passed up is the composite sum d_i K^i)",
+        )
+        _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
+        _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
+        _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")
+
+
+@dataclass
+class TopLMConfig:
+    """The causal transformer over the top level's code stream (DESIGN §5). Full causal attention."""
+
+    hidden_size: int = 64
+    num_heads: int = 4
+    intermediate_size: int = 256
+    num_layers: int = 2
+    rope_theta: float = 10000.0
+
+    def validate(self) -> None:
+        for name in ("hidden_size", "num_heads", "intermediate_size", "num_layers"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"top_lm.{name}",
+                value,
+                "must be an integer >= 1",
+            )
+        _check(
+            self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
+            "top_lm.hidden_size",
+            self.hidden_size,
+            f"must be divisible by num_heads={self.num_heads} with an even head size (rotary embeddings)",
+        )
+
+
+def _as_dict(value: Any, cls: type, field: str) -> dict:
+    """Accept a dict or a dataclass instance; reject unknown keys with the list of allowed ones."""
+    if isinstance(value, cls):
+        return asdict(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a dict or {cls.__name__}, got {type(value).__name__}.")
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ValueError(f"{field} has unknown keys {unknown}; allowed keys are {sorted(allowed)}.")
+    return asdict(cls(**value))
+
+
+class HierAEConfig(PretrainedConfig):
+    r"""Configuration of a `hier_ae` model.
+
+    Args:
+        levels (`list[dict]`): per-level settings, bottom (bytes) first; see `LevelConfig`.
+        top_lm (`dict`): settings of the top code LM; see `TopLMConfig`.
+        max_position_embeddings (`int`): the trained context in bytes (lm-eval's window).
+        max_input_bytes (`int`): hard limit on the input length in bytes (default 65536).
+        entropy_loss_weight, reconstruct_loss_weight, predict_loss_weight, commitment_loss_weight,
+        top_lm_loss_weight (`float`): default weights of the loss terms (a training stage may override).
+
+    Example:
+        >>> cfg = HierAEConfig(levels=[{"codebook_size": 64}, {"codebook_size": 32}])
+        >>> [v.vocab_size for v in cfg.level_views()]  # bytes, level-0 codes + 3, top stream
+        [259, 67, 35]
+    """
+
+    model_type = "hier_ae"
+
+    def __init__(
+        self,
+        levels: list[dict] | None = None,
+        top_lm: dict | None = None,
+        max_position_embeddings: int = 1024,
+        max_input_bytes: int = 65536,
+        vocab_size: int = 259,
+        entropy_loss_weight: float = 1.0,
+        reconstruct_loss_weight: float = 1.0,
+        predict_loss_weight: float = 1.0,
+        commitment_loss_weight: float = 1.0,
+        top_lm_loss_weight: float = 1.0,
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        pad_token_id: int = 0,
+        eos_token_id: int = 1,
+        bos_token_id: int = 2,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
+        if levels is None:
+            levels = [{}]
+        if not isinstance(levels, (list, tuple)) or len(levels) == 0:
+            raise ValueError(f"levels={levels!r} is invalid: must be a non-empty list of per-level dicts.")
+        self.levels = [_as_dict(lv, LevelConfig, f"levels[{i}]") for i, lv in enumerate(levels)]
+        self.top_lm = _as_dict(top_lm if top_lm is not None else {}, TopLMConfig, "top_lm")
+        self.max_position_embeddings = max_position_embeddings
+        self.max_input_bytes = max_input_bytes
+        self.vocab_size = vocab_size
+        self.entropy_loss_weight = entropy_loss_weight
+        self.reconstruct_loss_weight = reconstruct_loss_weight
+        self.predict_loss_weight = predict_loss_weight
+        self.commitment_loss_weight = commitment_loss_weight
+        self.top_lm_loss_weight = top_lm_loss_weight
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            bos_token_id=bos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Raise `ValueError` naming the field, its value and what is allowed."""
+        for name in ("max_position_embeddings", "max_input_bytes"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                name,
+                value,
+                "must be an integer >= 1",
+            )
+        _check(
+            self.max_position_embeddings <= self.max_input_bytes,
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            f"must be <= max_input_bytes={self.max_input_bytes}",
+        )
+        _check(self.vocab_size == 259, "vocab_size", self.vocab_size, "hier_ae reads bytes: must be 259")
+        for i, lv in enumerate(self.level_configs):
+            lv.validate(f"levels[{i}]", self.max_input_bytes)
+        self.top_lm_config.validate()
+        for name in (
+            "entropy_loss_weight",
+            "reconstruct_loss_weight",
+            "predict_loss_weight",
+            "commitment_loss_weight",
+            "top_lm_loss_weight",
+        ):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, name, value, "must be a finite number >= 0")
+
+    # ---- typed views -------------------------------------------------------------------------
+    @property
+    def level_configs(self) -> list[LevelConfig]:
+        return [LevelConfig(**lv) for lv in self.levels]
+
+    @property
+    def top_lm_config(self) -> TopLMConfig:
+        return TopLMConfig(**self.top_lm)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    def level_views(self) -> list[LevelVocab]:
+        """The vocabulary of every level's token stream, plus the top LM's, bottom first."""
+        views = [LevelVocab(vocab_size=259, pad_id=0, eos_id=1, bos_id=2)]
+        for lv in self.level_configs:
+            n = lv.num_codes
+            views.append(LevelVocab(vocab_size=n + 3, pad_id=n, eos_id=n + 1, bos_id=n + 2))
+        return views
+
+
+@dataclass(frozen=True)
+class LevelVocab:
+    """Token ids of one level's stream: `vocab_size` ids, of which pad / eos / bos are specials."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int
+
+
+__all__ = ["HierAEConfig", "LevelConfig", "TopLMConfig", "LevelVocab"]

@@ -1,0 +1,204 @@
+"""One level of the hierarchy: entropy model, boundary rule, encoder, pooling, quantiser, decoder.
+
+The data flow of a level over its tokens `x (B, T)` (bytes at level 0, framed codes above):
+
+    entropy model -> H[t] (bits) -> boundary rule -> segments
+    encoder -> h (B, T, D) -> learned-query pooling per segment -> (B, S, D) -> quantiser -> codes, z
+    decoder([BEGIN, x], context = z of the segment being predicted) -> logits (B, T, V)
+
+The segmenting and encoding path runs in fp32 with autocast off (DESIGN §3, precision), so bf16
+never changes a segment or a code. Shape letters: B batch, T tokens, S segments, D width, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_hier_ae import LevelConfig, LevelVocab
+from .pooling import LearnedQueryPooling, gather_segments
+from .quantizer import VectorQuantizer
+from .segmentation import SegmentLayout, boundary_starts, rule_fires, segment_layout
+from .transformer import CausalTransformer
+
+LN2 = math.log(2.0)
+
+
+def fp32_region(device: torch.device):
+    """Autocast off: the segmenting and encoding path must not depend on the compute dtype."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return nullcontext()
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis, in bits. (B, T, V) -> (B, T)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
+
+
+class TokenLM(nn.Module):
+    """Embedding + causal transformer + head: the entropy model (predicts x[t+1] at t)."""
+
+    def __init__(self, vocab: int, cfg: LevelConfig, num_layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.hidden_size)
+        self.body = CausalTransformer(
+            cfg.hidden_size, num_layers, cfg.num_heads, cfg.intermediate_size, cfg.window, cfg.rope_theta
+        )
+        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+
+    def forward(self, tokens, valid, positions, doc_ids=None):
+        h = self.body(self.embed(tokens).float(), positions, valid, doc_ids)  # (B, T, D)
+        return self.head(h)  # (B, T, V)
+
+
+class TokenEncoder(nn.Module):
+    """Embedding + causal transformer: h[t] depends on x[0..t] only."""
+
+    def __init__(self, vocab: int, cfg: LevelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.hidden_size)
+        self.body = CausalTransformer(
+            cfg.hidden_size,
+            cfg.encoder_layers,
+            cfg.num_heads,
+            cfg.intermediate_size,
+            cfg.window,
+            cfg.rope_theta,
+        )
+
+    def forward(self, tokens, valid, positions, doc_ids=None):
+        return self.body(self.embed(tokens).float(), positions, valid, doc_ids)  # (B, T, D)
+
+
+class SegmentDecoder(nn.Module):
+    """Predicts a level's tokens from [BEGIN, x] with one context vector per position (DESIGN §4).
+
+    Input index i holds x[i - 1] (index 0: BEGIN), so output i predicts x[i] and reads the context of
+    the segment x[i] belongs to. The embedding has V + 1 rows; row V is BEGIN.
+    """
+
+    def __init__(self, vocab: int, cfg: LevelConfig, context_dim: int):
+        super().__init__()
+        self.begin_id = vocab
+        self.embed = nn.Embedding(vocab + 1, cfg.hidden_size)
+        self.body = CausalTransformer(
+            cfg.hidden_size,
+            cfg.decoder_layers,
+            cfg.num_heads,
+            cfg.intermediate_size,
+            cfg.window,
+            cfg.rope_theta,
+            context_dim=context_dim,
+        )
+        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+
+    def forward(self, inp, inp_valid, positions, context, doc_ids=None):
+        x = self.embed(inp)  # (B, T+1, D)
+        h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype))  # (B, T+1, D)
+        return self.head(h), h  # (B, T+1, V), (B, T+1, D)
+
+
+class HierLevel(nn.Module):
+    """All modules of one level, plus its boundary state (a persistent buffer)."""
+
+    def __init__(self, cfg: LevelConfig, vocab: LevelVocab):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab = vocab
+        D = cfg.hidden_size
+        self.entropy_model = TokenLM(vocab.vocab_size, cfg, cfg.entropy_layers)
+        self.encoder = TokenEncoder(vocab.vocab_size, cfg)
+        self.pooling = LearnedQueryPooling(D, cfg.pooling_heads)
+        self.quantizer = VectorQuantizer(
+            dim=D,
+            codebook_size=cfg.codebook_size,
+            depth=cfg.codebook_depth,
+            beta=cfg.beta,
+            ema_decay=cfg.ema_decay,
+            restart_dead_codes=cfg.restart_dead_codes,
+            dead_after_steps=cfg.dead_after_steps,
+            pool_size=cfg.restart_pool_size,
+        )
+        self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
+        # theta (threshold mode) or delta (delta mode); adapted in training only when a target is set
+        start = cfg.threshold if cfg.boundary_mode == "threshold" else cfg.delta
+        self.register_buffer("boundary_value", torch.tensor(float(start)), persistent=True)
+        # set by the stage runner (DESIGN §8): a frozen entropy model also freezes the threshold, a
+        # frozen codebook gathers no EMA statistics, so the codes the next level reads stay fixed
+        self.entropy_frozen = False
+        self.codebook_frozen = False
+
+    # ---- boundaries ------------------------------------------------------------------------
+    def rule(self, entropy, tokens, prev_entropy=None):
+        value = self.boundary_value.item()
+        return rule_fires(
+            entropy,
+            tokens,
+            self.vocab.eos_id,
+            self.cfg.boundary_mode,
+            value,
+            value,
+            prev_entropy=prev_entropy,
+        )
+
+    def segment(self, tokens, valid, positions, doc_ids=None):
+        """Entropy-model logits (with grad), entropies in bits and the segment layout (no grad)."""
+        with fp32_region(tokens.device):
+            logits = self.entropy_model(tokens, valid, positions, doc_ids)  # (B, T, V)
+            with torch.no_grad():
+                H = entropy_bits(logits)  # (B, T)
+                starts = boundary_starts(self.rule(H, tokens), valid, self.cfg.max_segment_len)  # (B, T)
+                layout = segment_layout(starts, valid)
+                self._adapt_threshold(valid, layout)
+        return logits, H, layout
+
+    @torch.no_grad()
+    def _adapt_threshold(self, valid, layout: SegmentLayout):
+        """Steer tokens per segment toward the target with a running controller (training only).
+
+        Too long segments (mean > target) lower the threshold, so more positions fire.
+        """
+        target = self.cfg.target_tokens_per_segment
+        if target is None or not self.training or self.entropy_frozen:
+            return
+        mean_len = valid.sum().float() / layout.num_segments.sum().clamp(min=1).float()
+        step = self.cfg.threshold_adapt_rate * (target - mean_len) / target
+        self.boundary_value.add_(step).clamp_(min=0.0)
+
+    # ---- encode ----------------------------------------------------------------------------
+    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, doc_ids=None):
+        """Encoder -> pooling -> quantiser. Returns the quantiser output (codes, z, stats)."""
+        with fp32_region(tokens.device):
+            h = self.encoder(tokens, valid, positions, doc_ids)  # (B, T, D)
+            S = layout.seg_mask.shape[1]
+            blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
+            pooled = self.pooling(blocks, slots)  # (B, S, D)
+            was_training = self.quantizer.training
+            self.quantizer.training = was_training and not self.codebook_frozen
+            try:
+                return self.quantizer(pooled, layout.seg_mask)
+            finally:
+                self.quantizer.training = was_training
+
+    # ---- decode ----------------------------------------------------------------------------
+    def decoder_context(
+        self, seg_ctx: torch.Tensor, seg_id: torch.Tensor, next_ctx: torch.Tensor | None = None
+    ):
+        """Per-position context for the decoder input [BEGIN, x] (T + 1 positions).
+
+        Output i predicts x[i], so it reads seg_ctx[seg_id[i]]; the extra last position (predicting
+        the token after the row) reads `next_ctx (B, D)` when given, else zeros.
+        seg_ctx (B, S, D), seg_id (B, T) with -1 on padding -> (B, T+1, D).
+        """
+        B, T = seg_id.shape
+        D = seg_ctx.shape[-1]
+        idx = seg_id.clamp(min=0)[..., None].expand(B, T, D)  # (B, T, D)
+        ctx = seg_ctx.gather(1, idx) * (seg_id >= 0)[..., None]  # (B, T, D)
+        last = next_ctx[:, None] if next_ctx is not None else ctx.new_zeros(B, 1, D)
+        return torch.cat([ctx, last], dim=1)  # (B, T+1, D)

@@ -1,0 +1,360 @@
+"""`hier_ae` models: the hierarchical autoencoder (`HierAEModel`).
+
+Per level (DESIGN §3): entropy model -> causal boundary rule -> encoder -> learned-query pooling ->
+vector quantiser; the codes of level l, framed as [bos] codes [eos], are the tokens of level l + 1.
+A decoder per level regenerates the level's tokens from one context per segment (reconstruct mode:
+the segment's own code). A top code LM reads the top code stream (DESIGN §5).
+
+Shape letters: B batch, T tokens of the current level (bytes at level 0), S segments, D width,
+V vocab of the current level, L levels.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .code_lm import CodeLM
+from .configuration_hier_ae import HierAEConfig
+from .level import HierLevel, entropy_bits
+from .outputs import HierAEDecoderOutput, HierAEEncoderOutput, HierAEOutput
+from .pooling import LearnedQueryPooling
+from .quantizer import VectorQuantizer
+from .segmentation import frame_upper_stream, segment_last_tokens, shift_in_begin
+from .transformer import positions_from_mask
+from .validation import check_codes, check_input_ids
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean CE (nats) of `logits (B, T, V)` against `targets (B, T)` over `mask (B, T)`; 0 if empty."""
+    if not mask.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[mask].float(), targets[mask])
+
+
+def first_real(valid: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first real token (B,). valid = [0 0 1 1] -> 2."""
+    return valid.long().argmax(dim=1)
+
+
+def compact_codes(tokens: torch.Tensor, valid: torch.Tensor, num_codes: int):
+    """Drop framing specials and padding from a level's token stream: the codes of the level below.
+
+    tokens = [bos, 7, 3, eos, 9] (num_codes = 10) -> codes [7, 3, 9], mask [1, 1, 1]. (B, T) -> (B, S)
+    """
+    B, T = tokens.shape
+    is_code = valid & (tokens < num_codes)  # (B, T)
+    t = torch.arange(T, device=tokens.device).expand(B, T)
+    order = torch.where(is_code, t, t + T).argsort(dim=1)  # codes first, in order
+    n = is_code.sum(dim=1)  # (B,)
+    S = max(int(n.max().item()), 1)
+    codes = tokens.gather(1, order)[:, :S]  # (B, S)
+    mask = torch.arange(S, device=tokens.device)[None, :] < n[:, None]  # (B, S)
+    return torch.where(mask, codes, torch.zeros_like(codes)), mask
+
+
+class HierAEPreTrainedModel(PreTrainedModel):
+    config_class = HierAEConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["HierLevel", "CodeLM"]
+    # the segmenting and encoding path stays fp32 even in a bf16 load (DESIGN §3, precision)
+    _keep_in_fp32_modules_strict = ["entropy_model", "encoder", "pooling", "quantizer", "boundary_value"]
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, LearnedQueryPooling):
+            init.zeros_(module.query)  # uniform attention (mean pooling) at the start
+        elif isinstance(module, HierLevel):
+            init.constant_(
+                module.boundary_value,
+                module.cfg.threshold if module.cfg.boundary_mode == "threshold" else module.cfg.delta,
+            )
+        elif isinstance(module, VectorQuantizer) and not getattr(
+            module.codebook, "_is_hf_initialized", False
+        ):
+            module.reset_state()
+
+
+class HierAEModel(HierAEPreTrainedModel):
+    """The hierarchical autoencoder: `forward` (losses), `encode` (bytes -> codes), `decode` (codes -> bytes).
+
+    Example:
+        >>> cfg = HierAEConfig(levels=[{"codebook_size": 64, "max_segment_len": 8}])
+        >>> model = HierAEModel(cfg).eval()
+        >>> ids = torch.tensor([[2, 107, 108, 1]])            # "<s>hi</s>"
+        >>> enc = model.encode(ids)
+        >>> out = model.decode(enc.top_codes, enc.top_mask)   # bytes back (exact once trained)
+    """
+
+    def __init__(self, config: HierAEConfig):
+        super().__init__(config)
+        views = config.level_views()
+        self.levels = nn.ModuleList(HierLevel(cfg, views[i]) for i, cfg in enumerate(config.level_configs))
+        self.top_lm = CodeLM(views[-1].vocab_size, config.top_lm_config)
+        self.post_init()
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    @contextmanager
+    def _inference(self):
+        """encode / decode never move a statistic: run in eval mode, restore the modes after."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _next_level_stream(self, level: HierLevel, tokens, valid, layout, codes):
+        """Frame the codes of `level` as the token stream of the level above (DESIGN §2)."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        f = first_real(valid)
+        starts_with_bos = valid[rows, f] & (tokens[rows, f] == level.vocab.bos_id)  # (B,)
+        ends_with_eos = layout.seg_mask & (
+            segment_last_tokens(tokens, layout) == level.vocab.eos_id
+        )  # (B, S)
+        n = level.cfg.num_codes
+        return frame_upper_stream(codes, layout.seg_mask, starts_with_bos, ends_with_eos, n, n + 1, n + 2)
+
+    def apply_quantizer_updates(self) -> list[dict]:
+        """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
+        return [
+            level.quantizer.apply_ema_update() if not level.codebook_frozen else {} for level in self.levels
+        ]
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_levels: int | None = None,
+        reconstruct_levels: tuple[int, ...] | list[int] | None = None,
+        run_top_lm: bool | None = None,
+        loss_weights: dict[str, float] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HierAEOutput:
+        """Run the levels and return each loss term separately.
+
+        Training stages use the optional arguments to skip work (DESIGN §8): only the first
+        `num_levels` levels run (default all); decoders run for `reconstruct_levels` only (default all
+        run levels); the top LM runs when `run_top_lm` (default: when all levels run). A level's
+        encoder and quantiser run when its codes are needed (its decoder, a level above, the top LM).
+        Skipped terms are 0. `loss_weights` overrides the config's weights for this call (keys:
+        entropy, reconstruct, commitment, top_lm).
+        """
+        ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        n_run = self.num_levels if num_levels is None else num_levels
+        if not 1 <= n_run <= self.num_levels:
+            raise ValueError(f"num_levels={num_levels} is invalid: must be in [1, {self.num_levels}].")
+        recon = set(range(n_run) if reconstruct_levels is None else reconstruct_levels)
+        if not recon <= set(range(n_run)):
+            raise ValueError(
+                f"reconstruct_levels={sorted(recon)} must be a subset of the run levels 0..{n_run - 1}."
+            )
+        top = (n_run == self.num_levels) if run_top_lm is None else run_top_lm
+        if top and n_run != self.num_levels:
+            raise ValueError("run_top_lm=True needs every level to run (num_levels=None).")
+        w = {
+            "entropy": self.config.entropy_loss_weight,
+            "reconstruct": self.config.reconstruct_loss_weight,
+            "commitment": self.config.commitment_loss_weight,
+            "top_lm": self.config.top_lm_loss_weight,
+        }
+        if loss_weights:
+            unknown = set(loss_weights) - set(w)
+            if unknown:
+                raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; allowed: {sorted(w)}.")
+            w.update(loss_weights)
+
+        tokens = ids
+        ent_losses, rec_losses, com_losses, tps, ppl, dead = [], [], [], [], [], []
+        all_codes, all_cmask, all_seg, all_tok, all_valid, all_H, all_rec = [], [], [], [], [], [], []
+        for li, level in enumerate(self.levels[:n_run]):
+            T = tokens.shape[1]
+            positions = positions_from_mask(valid)  # (B, T)
+            ent_logits, H, layout = level.segment(tokens, valid, positions)
+            pair = valid[:, 1:] & valid[:, :-1]  # (B, T-1) next-token pairs inside the row
+            ent_losses.append(masked_cross_entropy(ent_logits[:, :-1], tokens[:, 1:], pair))
+            tps.append(valid.sum().float() / layout.seg_mask.sum().clamp(min=1).float())
+            all_seg.append(layout.seg_id)
+            all_tok.append(tokens)
+            all_valid.append(valid)
+            all_H.append(H)
+            all_cmask.append(layout.seg_mask)
+            if li not in recon and li == n_run - 1 and not top:
+                zero = H.new_zeros(())
+                com_losses.append(zero)
+                rec_losses.append(zero)
+                ppl.append(zero)
+                dead.append(zero)
+                continue
+            q = level.encode_segments(tokens, valid, positions, layout)
+            com_losses.append(q.commitment)
+            ppl.append(q.usage_perplexity.float())
+            dead.append(q.dead_codes.float())
+            all_codes.append(q.codes)
+            if li in recon:
+                # reconstruct mode: the decoder reads the segment's own (straight-through) code
+                inp, inp_valid = shift_in_begin(tokens, valid, level.decoder.begin_id, level.vocab.pad_id)
+                ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
+                dec_logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+                rec_logits = dec_logits[:, :T]  # (B, T, V): output i predicts tokens[i]
+                rec_losses.append(masked_cross_entropy(rec_logits, tokens, valid))
+                all_rec.append(rec_logits)
+            else:
+                rec_losses.append(H.new_zeros(()))
+            up = self._next_level_stream(level, tokens, valid, layout, q.codes.detach())
+            tokens, valid = up.tokens, up.valid
+
+        top_loss = ids.new_zeros((), dtype=torch.float32)
+        if top:
+            top_pad = self.config.level_views()[-1].pad_id
+            inp, inp_valid = shift_in_begin(tokens, valid, self.top_lm.begin_id, top_pad)
+            top_logits, _ = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid))
+            top_loss = masked_cross_entropy(top_logits[:, : tokens.shape[1]], tokens, valid)
+
+        ent, rec, com = torch.stack(ent_losses), torch.stack(rec_losses), torch.stack(com_losses)
+        loss = w["entropy"] * ent.sum() + w["reconstruct"] * rec.sum() + w["commitment"] * com.sum()
+        if top:
+            loss = loss + w["top_lm"] * top_loss
+        return HierAEOutput(
+            loss=loss,
+            entropy_loss=ent,
+            reconstruct_loss=rec,
+            commitment_loss=com,
+            top_lm_loss=top_loss,
+            codes=tuple(all_codes),
+            code_mask=tuple(all_cmask),
+            segment_ids=tuple(all_seg),
+            level_tokens=tuple(all_tok),
+            level_mask=tuple(all_valid),
+            entropy=tuple(all_H),
+            reconstruct_logits=tuple(all_rec),
+            tokens_per_segment=torch.stack(tps),
+            usage_perplexity=torch.stack(ppl),
+            dead_codes=torch.stack(dead),
+        )
+
+    # ---- encode ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> HierAEEncoderOutput:
+        """Bytes -> the codes of every level. `top_codes`/`top_mask` are all that `decode` needs."""
+        ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        tokens = ids
+        codes, cmask, seg, toks, valids, Hs = [], [], [], [], [], []
+        with self._inference():
+            for level in self.levels:
+                positions = positions_from_mask(valid)
+                _, H, layout = level.segment(tokens, valid, positions)
+                q = level.encode_segments(tokens, valid, positions, layout)
+                codes.append(q.codes)
+                cmask.append(layout.seg_mask)
+                seg.append(layout.seg_id)
+                toks.append(tokens)
+                valids.append(valid)
+                Hs.append(H)
+                up = self._next_level_stream(level, tokens, valid, layout, q.codes)
+                tokens, valid = up.tokens, up.valid
+        return HierAEEncoderOutput(
+            top_codes=codes[-1],
+            top_mask=cmask[-1],
+            codes=tuple(codes),
+            code_mask=tuple(cmask),
+            segment_ids=tuple(seg),
+            level_tokens=tuple(toks),
+            level_mask=tuple(valids),
+            entropy=tuple(Hs),
+        )
+
+    # ---- decode ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, top_codes: torch.Tensor, mask: torch.Tensor | None = None) -> HierAEDecoderOutput:
+        """Top-level codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
+
+        Each level regenerates its tokens greedily; a segment ends where the boundary rule fires on
+        the regenerated tokens (no lengths are stored); a row stops at its level's EOS, after its
+        last segment, or at the hard cap S * max_segment_len.
+        """
+        codes, seg_mask = check_codes(top_codes, mask, self.levels[-1].cfg.num_codes)
+        streams = []
+        with self._inference():
+            for li in reversed(range(self.num_levels)):
+                level = self.levels[li]
+                ctx = level.quantizer.lookup(codes)  # (B, S, D)
+                tokens, valid = self._regenerate_level(level, ctx, seg_mask)
+                streams.append(tokens)
+                if li > 0:
+                    codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)
+        return HierAEDecoderOutput(
+            sequences=tokens, attention_mask=valid.long(), level_tokens=tuple(reversed(streams))
+        )
+
+    def _regenerate_level(self, level: HierLevel, ctx: torch.Tensor, seg_mask: torch.Tensor):
+        """Greedy reconstruct-mode generation of one level from one context per segment.
+
+        ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n). Walk-through for one row with
+        two segments, max_segment_len 4: step 0 reads ctx[0] and emits x0; the rule fires on x0's
+        entropy, so step 1 reads ctx[1] and emits x1; ... the row stops after its 2nd segment closes.
+        """
+        B, S, D = ctx.shape
+        dev = ctx.device
+        L = level.cfg.max_segment_len
+        n_seg = seg_mask.sum(dim=1)  # (B,)
+        rows = torch.arange(B, device=dev)
+        tokens = torch.zeros(B, 0, dtype=torch.long, device=dev)  # (B, n)
+        valid = torch.zeros(B, 0, dtype=torch.bool, device=dev)
+        seg_hist = torch.zeros(B, 0, dtype=torch.long, device=dev)
+        seg = torch.zeros(B, dtype=torch.long, device=dev)
+        seg_len = torch.zeros(B, dtype=torch.long, device=dev)
+        done = n_seg == 0
+        prev_H = None
+        begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
+        for _ in range(S * L):
+            n = tokens.shape[1]
+            inp = torch.cat([begin, tokens], dim=1)  # (B, n+1)
+            inp_valid = torch.cat([torch.ones_like(begin, dtype=torch.bool), valid], dim=1)
+            cur = ctx[rows, seg.clamp(max=S - 1)]  # (B, D)
+            context = torch.cat([ctx.gather(1, seg_hist[..., None].expand(B, n, D)), cur[:, None]], dim=1)
+            logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context)
+            nxt = logits[:, n].argmax(dim=-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, level.vocab.pad_id), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            valid = torch.cat([valid, ~done[:, None]], dim=1)
+            seg_hist = torch.cat([seg_hist, seg.clamp(max=S - 1)[:, None]], dim=1)
+            # the boundary rule on the regenerated prefix (same rule as encode)
+            ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))
+            H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)
+            fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
+            seg_len = seg_len + 1
+            new_seg = fires | (seg_len >= L)
+            seg = seg + new_seg.long()
+            seg_len = torch.where(new_seg, torch.zeros_like(seg_len), seg_len)
+            done = done | (nxt == level.vocab.eos_id) | (seg >= n_seg)
+            prev_H = H[:, 0]
+            if bool(done.all()):
+                break
+        return tokens, valid
+
+
+__all__ = ["HierAEPreTrainedModel", "HierAEModel"]

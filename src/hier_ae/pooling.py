@@ -1,0 +1,67 @@
+"""Learned-query pooling: one vector per segment from the encoder states of that segment only.
+
+No dense (B, S, T) mask is ever built. Each segment's tokens are gathered into a block of
+`max_segment_len` slots, so memory is O(T * max_segment_len), and a segment can only ever see its
+own tokens. Worked example (L = max_segment_len = 4):
+
+    seg_id  0 0 1 1 1 2          pos  0 1 0 1 2 0
+    blocks  seg 0: [h0 h1 -  -]  seg 1: [h2 h3 h4 -]  seg 2: [h5 - - -]     (B, S, L, D)
+    slots   seg 0: [1  1  0  0]  seg 1: [1  1  1  0]  seg 2: [1  0 0 0]     (B, S, L)
+
+Shape letters: B batch, T tokens, S segments, L slots per segment, D width, H heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_segments(h: torch.Tensor, seg_id: torch.Tensor, pos: torch.Tensor, num_segments: int, slots: int):
+    """Scatter token states `h (B, T, D)` into per-segment blocks `(B, S, L, D)` and a slot mask.
+
+    `seg_id (B, T)` is -1 on padding (those tokens are dropped); `pos (B, T)` is the offset in the segment.
+    """
+    B, T, D = h.shape
+    S, L = num_segments, slots
+    if int(pos.max().item() if pos.numel() else 0) >= L:
+        raise AssertionError(f"a segment is longer than max_segment_len={L}: the boundary rule must cap it")
+    real = seg_id >= 0  # (B, T)
+    rows = torch.arange(B, device=h.device)[:, None]  # (B, 1)
+    flat = (rows * S + seg_id.clamp(min=0)) * L + pos  # (B, T) index into B*S*L
+    sink = B * S * L
+    flat = torch.where(real, flat, torch.full_like(flat, sink))  # padding goes to a sink row
+    blocks = h.new_zeros(B * S * L + 1, D)  # (B*S*L + 1, D)
+    blocks = blocks.index_copy(0, flat.reshape(-1), h.reshape(B * T, D))
+    slot_mask = torch.zeros(B * S * L + 1, dtype=torch.bool, device=h.device)
+    slot_mask[flat.reshape(-1)] = True
+    blocks = blocks[:sink].view(B, S, L, D)  # (B, S, L, D)
+    slot_mask = slot_mask[:sink].view(B, S, L)  # (B, S, L)
+    return blocks, slot_mask
+
+
+class LearnedQueryPooling(nn.Module):
+    """Multi-head attention of one learned query over the slots of each segment. Output (B, S, D)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.RMSNorm(dim)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, blocks: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+        B, S, L, D = blocks.shape
+        H, hd = self.num_heads, self.head_dim
+        k, v = (
+            self.kv(self.norm(blocks)).view(B, S, L, 2, H, hd).permute(3, 0, 1, 4, 2, 5)
+        )  # (B, S, H, L, hd)
+        q = self.query.view(1, 1, H, 1, hd).expand(B, S, H, 1, hd)  # (B, S, H, 1, hd)
+        # an empty (padded) segment attends to its slot 0 so the result stays finite; callers mask it
+        mask = slot_mask.clone()
+        mask[..., 0] = True
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, None, None, :])  # (B, S, H, 1, hd)
+        return self.out(y.reshape(B, S, D))  # (B, S, D)

@@ -1,0 +1,198 @@
+"""The boundary rule and the bookkeeping of segments (DESIGN §3.2).
+
+Token `t + 1` opens a new segment when the entropy model's uncertainty about it, `H[t]` (bits),
+is above a threshold (or rose by more than `delta` over `H[t - 1]`), when `x[t]` is EOS, or when the
+current segment reached `max_segment_len`. Position 0 (the first real token of a row) always opens
+one. `H[t]` depends only on `x[0..t]`, so whether `x[t + 1]` starts a segment is known before it is
+seen: the hard-to-predict token is the *first* token of its segment.
+
+Worked example (threshold mode, theta = 2.5 bits, max_segment_len large):
+
+    t        0    1    2    3    4    5    6    7    8    9
+    x        a   ' '   c    a    t   ' '   s    a    t    .
+    H[t]    1.0  3.2  1.4  0.6  0.5  3.0  1.1  0.4  0.3  1.9
+    fires    .    *    .    .    .    *    .    .    .    .      fires[t] = H[t] > theta
+    starts   1    0    1    0    0    0    1    0    0    0      starts[t+1] = fires[t]
+    seg_id   0    0    1    1    1    1    2    2    2    2      cumsum(starts) - 1
+    pos      0    1    0    1    2    3    0    1    2    3      t - start of its segment
+
+Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def rule_fires(
+    entropy: torch.Tensor,
+    tokens: torch.Tensor,
+    eos_id: int,
+    mode: str,
+    threshold: float | torch.Tensor,
+    delta: float,
+    prev_entropy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Whether the token *after* each position opens a segment, ignoring the length cap.
+
+    entropy, tokens: (B, T). `prev_entropy (B,)` is `H[-1]` for streaming use (None: no rise at t = 0).
+    Returns fires (B, T) bool: fires[t] means x[t + 1] starts a segment.
+    """
+    if mode == "threshold":
+        fires = entropy > threshold  # (B, T)
+    elif mode == "delta":
+        if prev_entropy is None:
+            prev = torch.cat([entropy[:, :1], entropy[:, :-1]], dim=1)  # (B, T), no rise at t = 0
+        else:
+            prev = torch.cat([prev_entropy[:, None], entropy[:, :-1]], dim=1)  # (B, T)
+        fires = (entropy - prev) > delta
+    else:
+        raise ValueError(f"boundary_mode={mode!r} is invalid: one of ('threshold', 'delta').")
+    return fires | (tokens == eos_id)
+
+
+def boundary_starts(fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int) -> torch.Tensor:
+    """Segment starts (B, T) bool from `fires (B, T)` and the validity mask `valid (B, T)`.
+
+    A rule start is the first real token of a row or a token after a firing position; between rule
+    starts, a forced start falls every `max_segment_len` tokens. With L = 3:
+
+        fires    0 0 0 0 0 1 0 0      rule starts at t = 0 and t = 6
+        starts   1 0 0 1 0 0 1 0      t = 3 is forced (3 tokens since t = 0)
+    """
+    B, T = fires.shape
+    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)  # (B, T)
+    after_fire = torch.cat([torch.zeros_like(fires[:, :1]), fires[:, :-1]], dim=1)  # (B, T)
+    rule = valid & (after_fire | ~prev_valid)  # (B, T)
+    t = torch.arange(T, device=fires.device).expand(B, T)  # (B, T)
+    last_rule = torch.where(rule, t, torch.full_like(t, -1)).cummax(dim=1).values  # (B, T)
+    since = t - last_rule  # (B, T), >= 0 once a rule start happened
+    return valid & (last_rule >= 0) & (since % max_segment_len == 0)
+
+
+@dataclass
+class SegmentLayout:
+    """Where every token and every segment sits. Built by `segment_layout`.
+
+    seg_id (B, T): segment index of each real token, -1 on padding.
+    pos (B, T): offset of each real token inside its segment, 0 on padding.
+    seg_mask (B, S): real segments; S = the batch maximum number of segments.
+    seg_start (B, S), seg_len (B, S): first position and length of each segment (0 when padded).
+    """
+
+    seg_id: torch.Tensor
+    pos: torch.Tensor
+    seg_mask: torch.Tensor
+    seg_start: torch.Tensor
+    seg_len: torch.Tensor
+
+    @property
+    def num_segments(self) -> torch.Tensor:
+        return self.seg_mask.sum(dim=1)  # (B,)
+
+
+def segment_layout(starts: torch.Tensor, valid: torch.Tensor) -> SegmentLayout:
+    """Segment ids, offsets and per-segment extents from `starts (B, T)` and `valid (B, T)`.
+
+    starts = [1 0 1 0 0], valid = [1 1 1 1 0] -> seg_id = [0 0 1 1 -1], pos = [0 1 0 1 0],
+    seg_start = [0 2], seg_len = [2 2].
+    """
+    B, T = starts.shape
+    dev = starts.device
+    seg_id = starts.long().cumsum(dim=1) - 1  # (B, T)
+    seg_id = torch.where(valid, seg_id, torch.full_like(seg_id, -1))
+    t = torch.arange(T, device=dev).expand(B, T)  # (B, T)
+    last_start = torch.where(starts, t, torch.full_like(t, -1)).cummax(dim=1).values  # (B, T)
+    pos = torch.where(valid, t - last_start, torch.zeros_like(t))  # (B, T)
+    n = starts.sum(dim=1)  # (B,)
+    S = max(int(n.max().item()) if B else 0, 1)
+    seg_mask = torch.arange(S, device=dev)[None, :] < n[:, None]  # (B, S)
+    # scatter each real token into its segment: start = min position, len = count
+    idx = seg_id.clamp(min=0)  # (B, T)
+    seg_len = torch.zeros(B, S, dtype=torch.long, device=dev).scatter_add_(1, idx, valid.long())  # (B, S)
+    big = torch.full((B, S), T, dtype=torch.long, device=dev)
+    t_or_big = torch.where(valid, t, torch.full_like(t, T))
+    seg_start = big.scatter_reduce(1, idx, t_or_big, reduce="amin")  # (B, S)
+    seg_start = torch.where(seg_mask, seg_start, torch.zeros_like(seg_start))
+    return SegmentLayout(seg_id=seg_id, pos=pos, seg_mask=seg_mask, seg_start=seg_start, seg_len=seg_len)
+
+
+def segment_last_tokens(tokens: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
+    """The last token of every segment (B, S); 0 on padded segments."""
+    last = (layout.seg_start + layout.seg_len - 1).clamp(min=0)  # (B, S)
+    out = tokens.gather(1, last)  # (B, S)
+    return torch.where(layout.seg_mask, out, torch.zeros_like(out))
+
+
+@dataclass
+class UpperStream:
+    """The token stream of the level above, framed like bytes (DESIGN §2): [bos] codes [eos ...].
+
+    tokens (B, T'): ids of the level above; valid (B, T'); seg_pos (B, S): index in `tokens` of the
+    code of each segment below (0 when padded).
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    seg_pos: torch.Tensor
+
+
+def frame_upper_stream(
+    codes: torch.Tensor,
+    seg_mask: torch.Tensor,
+    starts_with_bos: torch.Tensor,
+    ends_with_eos: torch.Tensor,
+    pad_id: int,
+    eos_id: int,
+    bos_id: int,
+) -> UpperStream:
+    """Codes of one level -> the framed token stream of the level above.
+
+    A row that began with its level's BOS gets the upper BOS first; a segment that ended with its
+    level's EOS is followed by the upper EOS (EOS closes its segment at every level). Example with
+    codes [7, 3, 9], a row that starts with BOS and whose 2nd segment ends with EOS:
+
+        tokens  = [bos, 7, 3, eos, 9]        seg_pos = [1, 2, 4]
+
+    codes, seg_mask, ends_with_eos: (B, S); starts_with_bos: (B,).
+    """
+    B, S = codes.shape
+    dev = codes.device
+    eos_before = (
+        torch.cumsum(ends_with_eos.long(), dim=1) - ends_with_eos.long()
+    )  # (B, S) eos strictly before s
+    seg_pos = torch.arange(S, device=dev)[None, :] + starts_with_bos.long()[:, None] + eos_before  # (B, S)
+    seg_pos = torch.where(seg_mask, seg_pos, torch.zeros_like(seg_pos))
+    n_tokens = seg_mask.sum(1) + starts_with_bos.long() + (ends_with_eos & seg_mask).long().sum(1)  # (B,)
+    Tu = max(int(n_tokens.max().item()) if B else 0, 1)
+    tokens = torch.full((B, Tu + 1), pad_id, dtype=torch.long, device=dev)  # (B, T'+1); last col = sink
+    sink = torch.full_like(seg_pos, Tu)
+    tokens.scatter_(1, torch.where(seg_mask, seg_pos, sink), torch.where(seg_mask, codes, pad_id))
+    eos_pos = torch.where(seg_mask & ends_with_eos, seg_pos + 1, sink)  # (B, S)
+    tokens.scatter_(1, eos_pos, torch.full_like(eos_pos, eos_id))
+    tokens[:, 0] = torch.where(starts_with_bos, torch.full_like(tokens[:, 0], bos_id), tokens[:, 0])
+    tokens = tokens[:, :Tu]  # (B, T')
+    valid = torch.arange(Tu, device=dev)[None, :] < n_tokens[:, None]  # (B, T')
+    tokens = torch.where(valid, tokens, torch.full_like(tokens, pad_id))
+    return UpperStream(tokens=tokens, valid=valid, seg_pos=seg_pos)
+
+
+def shift_in_begin(tokens: torch.Tensor, valid: torch.Tensor, begin_id: int, pad_id: int):
+    """Decoder / LM input: a BEGIN token just before each row's first real token.
+
+    Output index `i` of a model fed this input predicts `tokens[i]` (index T predicts the next one).
+    Left padding keeps BEGIN adjacent to the first real token, so padding never changes a result:
+
+        tokens = [pad, pad, a, b]  valid = [0 0 1 1]
+        inp    = [pad, pad, BEGIN, a, b]   inp_valid = [0 0 1 1 1]     (B, T + 1)
+    """
+    B, T = tokens.shape
+    first = valid.long().argmax(dim=1)  # (B,) first real position (0 for empty rows)
+    inp = torch.cat([torch.full_like(tokens[:, :1], pad_id), tokens], dim=1)  # (B, T+1)
+    inp_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid], dim=1)  # (B, T+1)
+    rows = torch.arange(B, device=tokens.device)
+    inp[rows, first] = begin_id
+    inp_valid[rows, first] = True
+    return inp, inp_valid

@@ -1,0 +1,206 @@
+"""Causal transformer blocks shared by every module of `hier_ae`.
+
+One stack, `CausalTransformer`, serves the entropy models, encoders and decoders (sliding-window
+attention over the tokens of one level) and the top code LM (full causal attention over codes).
+
+Sliding-window attention is computed in blocks of `W` queries that see their own block and the
+previous one, so memory is O(T * 2W), never O(T^2): a 64k-byte row fits. Query `t` sees keys
+`p` with `t - W < p <= t` (W keys, itself included), inside the same document, and not padding.
+
+Worked example, W = 3, T = 7 (one row, no padding). Blocks of 3 queries: [0 1 2] [3 4 5] [6 . .].
+Query 4 (block 1, offset i = 1) reads the keys of blocks 0 and 1 concatenated, key offsets
+m = 0..5 = positions 0..5, and keeps m with i < m <= i + W, i.e. m in {2, 3, 4} = positions 2, 3, 4.
+
+Shape letters (DESIGN §2): B batch, T tokens, D width, H heads, W window, nb blocks, hd head size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for integer `positions (B, T)`; computed on the fly (no buffer to lose on load)."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )  # (hd/2,)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
+    return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, T, hd/2) each
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the two halves of the head dimension. x: (B, H, T, hd)."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, hd)
+    return out.to(x.dtype)
+
+
+def _blocked_keys(x: torch.Tensor, W: int) -> torch.Tensor:
+    """(B, H, nb*W, hd) -> (B, H, nb, 2W, hd): each block's keys are the previous block then its own."""
+    B, H, TT, hd = x.shape
+    blocks = x.view(B, H, TT // W, W, hd)  # (B, H, nb, W, hd)
+    prev = F.pad(blocks, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # (B, H, nb, W, hd) block j-1 (zeros for j=0)
+    return torch.cat([prev, blocks], dim=3)  # (B, H, nb, 2W, hd)
+
+
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    key_valid: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention where query t sees keys in (t - window, t]. q, k, v: (B, H, T, hd).
+
+    `key_valid (B, T)` bool masks padding; `doc_ids (B, T)` (optional) keeps attention inside a document.
+    A query always sees itself, so fully padded rows give finite values (which callers ignore).
+    """
+    B, H, T, hd = q.shape
+    W = window
+    nb = (T + W - 1) // W
+    pad = nb * W - T
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, nb*W, hd)
+        key_valid = F.pad(key_valid, (0, pad), value=False)  # (B, nb*W)
+        if doc_ids is not None:
+            doc_ids = F.pad(doc_ids, (0, pad), value=-1)
+    qb = q.view(B, H, nb, W, hd)  # (B, H, nb, W, hd)
+    kb, vb = _blocked_keys(k, W), _blocked_keys(v, W)  # (B, H, nb, 2W, hd)
+    i = torch.arange(W, device=q.device)[:, None]  # query offset in block
+    m = torch.arange(2 * W, device=q.device)[None, :]  # key offset in [prev block, own block]
+    band = (m > i) & (m <= i + W)  # (W, 2W)
+    kv = key_valid.view(B, nb, W)  # (B, nb, W)
+    kv = torch.cat([F.pad(kv, (0, 0, 1, 0), value=False)[:, :-1], kv], dim=2)  # (B, nb, 2W)
+    mask = band[None, None] & kv[:, :, None, :]  # (B, nb, W, 2W)
+    if doc_ids is not None:
+        db = doc_ids.view(B, nb, W)  # (B, nb, W)
+        dk = torch.cat([F.pad(db, (0, 0, 1, 0), value=-2)[:, :-1], db], dim=2)  # (B, nb, 2W)
+        mask = mask & (db[..., :, None] == dk[..., None, :])  # (B, nb, W, 2W)
+    mask = mask | (m == i + W)[None, None]  # always see yourself
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None])  # (B, H, nb, W, hd)
+    return out.reshape(B, H, nb * W, hd)[:, :, :T]  # (B, H, T, hd)
+
+
+def full_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention over the whole row (the top LM, over codes). q, k, v: (B, H, T, hd).
+
+    With one document per row and only right padding, the causal mask alone is exact for every real
+    query (padding keys come after them), so the fused O(T)-memory kernel is used; otherwise a
+    dense (B, T, T) mask is built (left-padded generation prompts, packed documents).
+    """
+    T = q.shape[2]
+    right_padded_only = bool((key_valid[:, 1:] <= key_valid[:, :-1]).all()) if T > 1 else True
+    if doc_ids is None and right_padded_only:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
+    mask = causal[None] & key_valid[:, None, :]  # (B, T, T)
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
+    mask = mask | torch.eye(T, dtype=torch.bool, device=q.device)[None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B, H, T, hd)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, window: int | None, rope_theta: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window = window
+        self.rope_theta = rope_theta
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, positions, key_valid, doc_ids=None):
+        B, T, D = x.shape
+        q, k, v = (
+            self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # (B, H, T, hd)
+        cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.window is None:
+            y = full_causal_attention(q, k, v, key_valid, doc_ids)
+        else:
+            y = sliding_window_attention(q, k, v, self.window, key_valid, doc_ids)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.down(F.silu(gate) * up)  # (B, T, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, with an optional per-position context read.
+
+    The context read is cross-attention to ONE context vector per position (the code of the
+    segment being predicted, DESIGN §4). With a single key the softmax weight is exactly 1, so the
+    read reduces to `out(value(norm(c)))`; we compute that directly instead of a 1-key softmax.
+    """
+
+    def __init__(self, dim, num_heads, intermediate, window, rope_theta, context_dim: int | None = None):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(dim)
+        self.attn = SelfAttention(dim, num_heads, window, rope_theta)
+        self.context_dim = context_dim
+        if context_dim is not None:
+            self.ctx_norm = nn.RMSNorm(context_dim)
+            self.ctx_value = nn.Linear(context_dim, dim, bias=False)
+            self.ctx_out = nn.Linear(dim, dim, bias=False)
+        self.mlp_norm = nn.RMSNorm(dim)
+        self.mlp = MLP(dim, intermediate)
+
+    def forward(self, x, positions, key_valid, doc_ids=None, context=None):
+        x = x + self.attn(self.attn_norm(x), positions, key_valid, doc_ids)
+        if self.context_dim is not None:
+            x = x + self.ctx_out(self.ctx_value(self.ctx_norm(context)))  # (B, T, D)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CausalTransformer(nn.Module):
+    """A stack of `Block`s with a final norm. Input and output: (B, T, D)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate: int,
+        window: int | None,
+        rope_theta: float,
+        context_dim: int | None = None,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, intermediate, window, rope_theta, context_dim) for _ in range(num_layers)
+        )
+        self.norm = nn.RMSNorm(dim)
+
+    def forward(self, x, positions, key_valid, doc_ids=None, context=None):
+        for block in self.blocks:
+            x = block(x, positions, key_valid, doc_ids, context)
+        return self.norm(x)
+
+
+def positions_from_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so left padding does not shift positions.
+
+    valid = [0, 0, 1, 1, 1] -> positions [0, 0, 0, 1, 2]
+    """
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)

@@ -1,0 +1,80 @@
+"""Checks of user inputs: every mistake raises a `ValueError` that says what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_input_ids(
+    input_ids, attention_mask, max_input_bytes: int, vocab_size: int = 259
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate `input_ids (B, T)` and an optional `attention_mask (B, T)`; return (ids long, mask bool)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(
+            f"input_ids must be a torch.Tensor of shape (batch, length), got {type(input_ids).__name__}; "
+            "use the tokenizer with return_tensors='pt'."
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer ids, got dtype {input_ids.dtype}.")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, length), got shape {tuple(input_ids.shape)}.")
+    B, T = input_ids.shape
+    if B == 0 or T == 0:
+        raise ValueError(
+            f"input_ids is empty (shape {tuple(input_ids.shape)}): at least one token is needed."
+        )
+    if T > max_input_bytes:
+        raise ValueError(
+            f"input length {T} exceeds max_input_bytes={max_input_bytes}; "
+            f"split the text into chunks of at most {max_input_bytes} bytes."
+        )
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"input_ids must be in [0, {vocab_size}) (pad 0, eos 1, bos 2, byte b -> b+3); got [{lo}, {hi}]."
+        )
+    if attention_mask is None:
+        mask = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise ValueError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}.")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
+                f"{tuple(input_ids.shape)}; both must be (batch, length)."
+            )
+        if attention_mask.dtype.is_floating_point:
+            bad = ((attention_mask != 0) & (attention_mask != 1)).any()
+        else:
+            bad = ((attention_mask.long() != 0) & (attention_mask.long() != 1)).any()
+        if bad:
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token).")
+        mask = attention_mask.bool()
+        if not mask.any():
+            raise ValueError("attention_mask masks every token: at least one real token is needed.")
+    return input_ids.long(), mask
+
+
+def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate top-level `codes (B, S)` in [0, num_codes) and an optional `mask (B, S)`."""
+    if not isinstance(codes, torch.Tensor):
+        raise ValueError(
+            f"codes must be a torch.Tensor of shape (batch, segments), got {type(codes).__name__}."
+        )
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ValueError(f"codes must hold integer ids, got dtype {codes.dtype}.")
+    if codes.dim() != 2 or codes.numel() == 0:
+        raise ValueError(f"codes must have a non-empty shape (batch, segments), got {tuple(codes.shape)}.")
+    if mask is None:
+        mask = torch.ones_like(codes, dtype=torch.bool)
+    elif not isinstance(mask, torch.Tensor) or mask.shape != codes.shape:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor of the codes' shape {tuple(codes.shape)}, got {shape}.")
+    mask = mask.bool()
+    real = codes[mask]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_codes):
+        raise ValueError(
+            f"codes must be in [0, {num_codes}) (codebook size ** depth of the top level); "
+            f"got [{int(real.min())}, {int(real.max())}]."
+        )
+    return torch.where(mask, codes.long(), torch.zeros_like(codes, dtype=torch.long)), mask

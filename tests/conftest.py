@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny configs, and tiny checkpoints trained once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from grammar import sentences  # noqa: E402
+
+from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel  # noqa: E402
+from hier_ae.batching import DocumentCropper  # noqa: E402
+from hier_ae.stages import Stage, train_stage  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TOP = {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_layers": 1}
+
+
+def tiny_level(**overrides) -> dict:
+    level = {
+        "hidden_size": 64,
+        "num_heads": 4,
+        "intermediate_size": 128,
+        "window": 32,
+        "entropy_layers": 1,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "threshold": 2.0,
+        "max_segment_len": 8,
+        "codebook_size": 256,
+        "dead_after_steps": 20,
+        "pooling_heads": 4,
+    }
+    level.update(overrides)
+    return level
+
+
+def tiny_config(num_levels: int = 1, **kwargs) -> HierAEConfig:
+    levels = [tiny_level()]
+    if num_levels == 2:
+        levels.append(
+            tiny_level(
+                hidden_size=32,
+                num_heads=2,
+                intermediate_size=64,
+                window=16,
+                codebook_size=128,
+                max_segment_len=4,
+            )
+        )
+    return HierAEConfig(levels=levels, top_lm=TINY_TOP, max_position_embeddings=128, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def grammar_data():
+    train = sentences(3000, seed=1)
+    held_out = sentences(200, seed=2, exclude=set(train))
+    return train, held_out
+
+
+def _train(config: HierAEConfig, train_lines: list[str], stages: list[Stage], seed: int = 0) -> HierAEModel:
+    torch.manual_seed(seed)
+    model = HierAEModel(config)
+    batches = DocumentCropper(
+        [s.encode() for s in train_lines], batch_size=32, seq_len=64, seed=seed, p_doc_start=1.0
+    )
+    for stage in stages:
+        t0 = time.perf_counter()
+        hist = train_stage(model, stage, batches)
+        print(
+            f"[fixture] {stage.name}: {len(hist)} steps, "
+            f"last objective {hist[-1]:.4f}, {time.perf_counter() - t0:.1f}s"
+        )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_1level(tmp_path_factory, grammar_data):
+    """A 1-level model trained on grammar sentences (about a minute on 2 cores), saved to a folder."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    stages = [
+        Stage("entropy", 0, 150, 3e-3),
+        Stage("autoencoder", 0, 800, 3e-3),
+        Stage("top_lm", None, 100, 3e-3),
+    ]
+    model = _train(tiny_config(1), grammar_data[0], stages)
+    folder = tmp_path_factory.mktemp("trained_1level")
+    model.save_pretrained(folder)
+    HierAEByteTokenizer().save_pretrained(folder)
+    return model, folder

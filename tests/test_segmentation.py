@@ -1,0 +1,119 @@
+"""The boundary rule, segment layout, framing of the level above, and pooling."""
+
+import torch
+
+from hier_ae.pooling import LearnedQueryPooling, gather_segments
+from hier_ae.segmentation import (
+    boundary_starts,
+    frame_upper_stream,
+    rule_fires,
+    segment_layout,
+    shift_in_begin,
+)
+
+
+def test_design_worked_example():
+    """DESIGN §3's worked example: 'a cat sat.' with theta = 2.5 bits."""
+    x = torch.tensor([[ord(c) + 3 for c in "a cat sat."]])
+    H = torch.tensor([[1.0, 3.2, 1.4, 0.6, 0.5, 3.0, 1.1, 0.4, 0.3, 1.9]])
+    valid = torch.ones_like(x, dtype=torch.bool)
+    fires = rule_fires(H, x, eos_id=1, mode="threshold", threshold=2.5, delta=0.0)
+    starts = boundary_starts(fires, valid, max_segment_len=16)
+    layout = segment_layout(starts, valid)
+    assert layout.seg_id.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2, 2, 2]]
+    assert layout.pos.tolist() == [[0, 1, 0, 1, 2, 3, 0, 1, 2, 3]]
+    assert layout.seg_start.tolist() == [[0, 2, 6]]
+    assert layout.seg_len.tolist() == [[2, 4, 4]]
+
+
+def test_delta_mode_eos_and_length_cap():
+    H = torch.tensor([[0.5, 0.6, 2.0, 2.1, 0.2, 0.3, 0.4, 0.5]])
+    x = torch.tensor([[10, 11, 12, 1, 13, 14, 15, 16]])  # EOS at t=3
+    valid = torch.ones_like(x, dtype=torch.bool)
+    fires = rule_fires(H, x, eos_id=1, mode="delta", threshold=0.0, delta=1.0)
+    assert fires.tolist() == [[False, False, True, True, False, False, False, False]]  # rise at t=2; EOS t=3
+    starts = boundary_starts(fires, valid, max_segment_len=3)
+    # rule starts at 0, 3 (after the rise), 4 (after EOS); the cap forces 7 (3 tokens since 4)
+    assert starts.int().tolist() == [[1, 0, 0, 1, 1, 0, 0, 1]]
+
+
+def test_boundaries_are_causal():
+    """Changing tokens after t leaves the starts up to t + 1 unchanged (H[t] depends on x[0..t])."""
+    g = torch.Generator().manual_seed(0)
+    H = torch.rand(3, 40, generator=g) * 4
+    x = torch.randint(3, 259, (3, 40), generator=g)
+    valid = torch.ones_like(x, dtype=torch.bool)
+    base = boundary_starts(rule_fires(H, x, 1, "threshold", 2.0, 1.0), valid, 5)
+    for t in range(39):
+        H2, x2 = H.clone(), x.clone()
+        H2[:, t + 1 :] = torch.rand(3, 39 - t, generator=g) * 4
+        x2[:, t + 1 :] = 1  # EOS everywhere after t
+        other = boundary_starts(rule_fires(H2, x2, 1, "threshold", 2.0, 1.0), valid, 5)
+        assert torch.equal(base[:, : t + 2], other[:, : t + 2])
+
+
+def test_left_padding_starts_at_first_real_token():
+    fires = torch.zeros(1, 6, dtype=torch.bool)
+    valid = torch.tensor([[False, False, True, True, True, True]])
+    starts = boundary_starts(fires, valid, max_segment_len=3)
+    assert starts.int().tolist() == [[0, 0, 1, 0, 0, 1]]
+    layout = segment_layout(starts, valid)
+    assert layout.seg_id.tolist() == [[-1, -1, 0, 0, 0, 1]]
+
+
+def test_frame_upper_stream():
+    codes = torch.tensor([[7, 3, 9], [4, 5, 0]])
+    seg_mask = torch.tensor([[True, True, True], [True, True, False]])
+    bos = torch.tensor([True, False])
+    eos = torch.tensor([[False, True, False], [False, True, False]])
+    up = frame_upper_stream(codes, seg_mask, bos, eos, pad_id=10, eos_id=11, bos_id=12)
+    assert up.tokens.tolist() == [[12, 7, 3, 11, 9], [4, 5, 11, 10, 10]]
+    assert up.valid.int().tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert up.seg_pos.tolist() == [[1, 2, 4], [0, 1, 0]]
+
+
+def test_shift_in_begin_left_and_right_padding():
+    tokens = torch.tensor([[0, 0, 5, 6], [5, 6, 0, 0]])
+    valid = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0]]).bool()
+    inp, inp_valid = shift_in_begin(tokens, valid, begin_id=99, pad_id=0)
+    assert inp.tolist() == [[0, 0, 99, 5, 6], [99, 5, 6, 0, 0]]
+    assert inp_valid.int().tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]]
+
+
+def test_pooling_sees_only_its_segment_and_drops_none():
+    torch.manual_seed(0)
+    B, T, D, L = 2, 12, 8, 4
+    h = torch.randn(B, T, D)
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    starts[0, [0, 3, 4, 8]] = True
+    starts[1, [0, 4, 8]] = True
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, 10:] = False
+    layout = segment_layout(starts, valid)
+    S = layout.seg_mask.shape[1]
+    blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, L)
+    assert blocks.shape == (B, S, L, D)
+    # every real token lands in exactly one slot; no segment dropped
+    assert slots.sum().item() == valid.sum().item()
+    assert layout.seg_mask.sum(1).tolist() == [4, 3]
+    pool = LearnedQueryPooling(D, 2)
+    torch.nn.init.normal_(pool.query)
+    out = pool(blocks, slots)  # (B, S, D)
+    # perturbing tokens of segment 2 of row 0 (positions 4..7) changes only segment 2's vector
+    h2 = h.clone()
+    h2[0, 4:8] += 5.0
+    out2 = pool(*gather_segments(h2, layout.seg_id, layout.pos, S, L))
+    changed = (out2 - out).abs().amax(-1) > 1e-6  # (B, S)
+    assert changed.tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
+def test_pooling_memory_is_linear_in_length():
+    """The gather makes (B, S, L, D) blocks, never a (B, S, T) mask: a 64k row is cheap."""
+    T, D, L = 65536, 8, 8
+    h = torch.randn(1, T, D)
+    starts = torch.zeros(1, T, dtype=torch.bool)
+    starts[0, ::L] = True
+    valid = torch.ones(1, T, dtype=torch.bool)
+    layout = segment_layout(starts, valid)
+    blocks, slots = gather_segments(h, layout.seg_id, layout.pos, layout.seg_mask.shape[1], L)
+    assert blocks.numel() == T * D  # S * L = T exactly here
