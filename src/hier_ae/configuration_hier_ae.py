@@ -237,6 +237,15 @@ class HierAEConfig(PretrainedConfig):
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
+        # both model classes load from one folder (save_pretrained only adds the saved class)
+        kwargs.setdefault(
+            "auto_map",
+            {
+                "AutoConfig": "configuration_hier_ae.HierAEConfig",
+                "AutoModel": "modeling_hier_ae.HierAEModel",
+                "AutoModelForCausalLM": "modeling_hier_ae.HierAEForCausalLM",
+            },
+        )
         if levels is None:
             levels = [{}]
         if not isinstance(levels, (list, tuple)) or len(levels) == 0:

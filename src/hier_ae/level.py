@@ -107,7 +107,7 @@ class SegmentDecoder(nn.Module):
 class HierLevel(nn.Module):
     """All modules of one level, plus its boundary state (a persistent buffer)."""
 
-    def __init__(self, cfg: LevelConfig, vocab: LevelVocab):
+    def __init__(self, cfg: LevelConfig, vocab: LevelVocab, upper_dim: int):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
@@ -126,6 +126,9 @@ class HierLevel(nn.Module):
             pool_size=cfg.restart_pool_size,
         )
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
+        # predict mode: the context of a segment is the upper model's hidden state g_s (width of the
+        # level above or of the top LM), mapped to this level's width
+        self.context_proj = nn.Linear(upper_dim, D, bias=False)
         # theta (threshold mode) or delta (delta mode); adapted in training only when a target is set
         start = cfg.threshold if cfg.boundary_mode == "threshold" else cfg.delta
         self.register_buffer("boundary_value", torch.tensor(float(start)), persistent=True)
@@ -148,15 +151,17 @@ class HierLevel(nn.Module):
         )
 
     def segment(self, tokens, valid, positions, doc_ids=None):
-        """Entropy-model logits (with grad), entropies in bits and the segment layout (no grad)."""
+        """Entropy-model logits (with grad), entropies in bits, the segment layout and the rule's
+        firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad."""
         with fp32_region(tokens.device):
             logits = self.entropy_model(tokens, valid, positions, doc_ids)  # (B, T, V)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
-                starts = boundary_starts(self.rule(H, tokens), valid, self.cfg.max_segment_len)  # (B, T)
+                fires = self.rule(H, tokens)  # (B, T)
+                starts = boundary_starts(fires, valid, self.cfg.max_segment_len)  # (B, T)
                 layout = segment_layout(starts, valid)
                 self._adapt_threshold(valid, layout)
-        return logits, H, layout
+        return logits, H, layout, fires
 
     @torch.no_grad()
     def _adapt_threshold(self, valid, layout: SegmentLayout):

@@ -16,16 +16,23 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 
+from .cache import HierAECache
 from .code_lm import CodeLM
 from .configuration_hier_ae import HierAEConfig
 from .level import HierLevel, entropy_bits
-from .outputs import HierAEDecoderOutput, HierAEEncoderOutput, HierAEOutput
+from .outputs import (
+    HierAECausalLMOutput,
+    HierAEDecoderOutput,
+    HierAEEncoderOutput,
+    HierAEOutput,
+    HierAEPredictOutput,
+)
 from .pooling import LearnedQueryPooling
 from .quantizer import VectorQuantizer
-from .segmentation import frame_upper_stream, segment_last_tokens, shift_in_begin
+from .segmentation import closed_segments, frame_upper_stream, last_real, segment_last_tokens, shift_in_begin
 from .transformer import positions_from_mask
 from .validation import check_codes, check_input_ids
 
@@ -103,7 +110,9 @@ class HierAEModel(HierAEPreTrainedModel):
     def __init__(self, config: HierAEConfig):
         super().__init__(config)
         views = config.level_views()
-        self.levels = nn.ModuleList(HierLevel(cfg, views[i]) for i, cfg in enumerate(config.level_configs))
+        cfgs = config.level_configs
+        upper_dims = [c.hidden_size for c in cfgs[1:]] + [config.top_lm_config.hidden_size]
+        self.levels = nn.ModuleList(HierLevel(c, views[i], upper_dims[i]) for i, c in enumerate(cfgs))
         self.top_lm = CodeLM(views[-1].vocab_size, config.top_lm_config)
         self.post_init()
 
@@ -123,8 +132,11 @@ class HierAEModel(HierAEPreTrainedModel):
             for m, mode in modes:
                 m.training = mode
 
-    def _next_level_stream(self, level: HierLevel, tokens, valid, layout, codes):
-        """Frame the codes of `level` as the token stream of the level above (DESIGN §2)."""
+    def _next_level_stream(self, level: HierLevel, tokens, valid, layout, codes, closed=None):
+        """Frame the codes of `level` as the token stream of the level above (DESIGN §2).
+
+        `closed (B, S)` keeps only completed segments (predict mode); see `frame_upper_stream`.
+        """
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         f = first_real(valid)
         starts_with_bos = valid[rows, f] & (tokens[rows, f] == level.vocab.bos_id)  # (B,)
@@ -132,7 +144,9 @@ class HierAEModel(HierAEPreTrainedModel):
             segment_last_tokens(tokens, layout) == level.vocab.eos_id
         )  # (B, S)
         n = level.cfg.num_codes
-        return frame_upper_stream(codes, layout.seg_mask, starts_with_bos, ends_with_eos, n, n + 1, n + 2)
+        return frame_upper_stream(
+            codes, layout.seg_mask, starts_with_bos, ends_with_eos, n, n + 1, n + 2, closed=closed
+        )
 
     def apply_quantizer_updates(self) -> list[dict]:
         """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
@@ -149,6 +163,7 @@ class HierAEModel(HierAEPreTrainedModel):
         reconstruct_levels: tuple[int, ...] | list[int] | None = None,
         run_top_lm: bool | None = None,
         loss_weights: dict[str, float] | None = None,
+        mode: str = "autoencode",
         return_dict: bool | None = None,
         **kwargs,
     ) -> HierAEOutput:
@@ -159,8 +174,13 @@ class HierAEModel(HierAEPreTrainedModel):
         run levels); the top LM runs when `run_top_lm` (default: when all levels run). A level's
         encoder and quantiser run when its codes are needed (its decoder, a level above, the top LM).
         Skipped terms are 0. `loss_weights` overrides the config's weights for this call (keys:
-        entropy, reconstruct, commitment, top_lm).
+        entropy, reconstruct, commitment, top_lm). `mode="predict"` returns `predict(...)` instead
+        (with the reconstruct terms), for training stages that go through `forward`.
         """
+        if mode == "predict":
+            return self.predict(input_ids, attention_mask, with_reconstruct=True)
+        if mode != "autoencode":
+            raise ValueError(f"mode={mode!r} is invalid: 'autoencode' or 'predict'.")
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
         n_run = self.num_levels if num_levels is None else num_levels
         if not 1 <= n_run <= self.num_levels:
@@ -191,7 +211,7 @@ class HierAEModel(HierAEPreTrainedModel):
         for li, level in enumerate(self.levels[:n_run]):
             T = tokens.shape[1]
             positions = positions_from_mask(valid)  # (B, T)
-            ent_logits, H, layout = level.segment(tokens, valid, positions)
+            ent_logits, H, layout, _ = level.segment(tokens, valid, positions)
             pair = valid[:, 1:] & valid[:, :-1]  # (B, T-1) next-token pairs inside the row
             ent_losses.append(masked_cross_entropy(ent_logits[:, :-1], tokens[:, 1:], pair))
             tps.append(valid.sum().float() / layout.seg_mask.sum().clamp(min=1).float())
@@ -254,6 +274,93 @@ class HierAEModel(HierAEPreTrainedModel):
             dead_codes=torch.stack(dead),
         )
 
+    # ---- predict mode (the causal LM) -------------------------------------------------------
+    def predict(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        zero_context: bool = False,
+        with_reconstruct: bool = False,
+    ) -> HierAEPredictOutput:
+        """Predict mode (DESIGN §4, §6): the causal byte LM through the whole stack.
+
+        Bottom up, each level segments and encodes its tokens; only *completed* segments pass their
+        codes up. The top LM reads the top code stream; top down, the hidden state of the level
+        above at the index where a segment's code sits (or will sit) is that segment's context
+        g_s: it has seen the codes of earlier segments only. `logits[:, t]` predicts x[t + 1] from
+        x[0..t]: the decoder output that reads x[t] and the context of seg(t + 1), which the rule
+        fixed at t. `zero_context=True` replaces the byte decoder's contexts with zeros (to measure
+        what the levels above contribute). `with_reconstruct=True` also returns each level's
+        reconstruct-mode CE (training keeps both modes of the shared decoders working).
+
+        Worked example (DESIGN §3): "a cat sat." with segments "a ", "cat ", "sat." (open at t = 9).
+        The top stream is [c0, c1] (c2 is not complete). logits[0] reads g0 = top([]), logits[1..4]
+        read g1 = top([c0]), logits[5..9] read g2 = top([c0, c1]).
+        """
+        ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        # bottom up: segments, codes of completed segments, the stream of the level above
+        per_level = []
+        rec_losses = []
+        tokens, v = ids, valid
+        for level in self.levels:
+            positions = positions_from_mask(v)
+            _, _, layout, fires = level.segment(tokens, v, positions)
+            q = level.encode_segments(tokens, v, positions, layout)
+            if with_reconstruct:
+                inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
+                ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
+                rec_logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+                rec_losses.append(masked_cross_entropy(rec_logits[:, : tokens.shape[1]], tokens, v))
+            closed = closed_segments(layout, fires, v, level.cfg.max_segment_len)
+            up = self._next_level_stream(level, tokens, v, layout, q.codes.detach(), closed=closed)
+            per_level.append((tokens, v, layout))
+            tokens, v = up.tokens, up.valid
+            per_level[-1] = (*per_level[-1], up)
+        # the top LM over the completed top codes
+        top_pad = self.config.level_views()[-1].pad_id
+        inp, inp_valid = shift_in_begin(tokens, v, self.top_lm.begin_id, top_pad)
+        top_logits, upper_h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid))  # (B, Tu+1, Dtop)
+        top_loss = masked_cross_entropy(top_logits[:, : tokens.shape[1]], tokens, v)
+        upper_n = v.sum(dim=1)  # (B,) index of the next code in the upper stream
+        # top down: contexts from the level above, decoders in predict mode
+        losses = [None] * self.num_levels
+        for li in reversed(range(self.num_levels)):
+            level = self.levels[li]
+            tokens, v, layout, up = per_level[li]
+            ctx = self._predict_context(level, upper_h, upper_n, up.seg_pos, layout, v)  # (B, T+1, D)
+            if zero_context and li == 0:
+                ctx = torch.zeros_like(ctx)
+            inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
+            dec_logits, dec_h = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+            losses[li] = masked_cross_entropy(dec_logits[:, : tokens.shape[1]], tokens, v)
+            upper_h, upper_n = dec_h, v.sum(dim=1)
+        return HierAEPredictOutput(
+            logits=dec_logits[:, 1:],  # (B, T, 259): output t + 1 reads x[t], predicts x[t + 1]
+            predict_loss=torch.stack(losses),
+            top_lm_loss=top_loss,
+            reconstruct_loss=torch.stack(rec_losses) if with_reconstruct else None,
+            tokens_per_segment=torch.stack(
+                [lv[1].sum().float() / lv[2].seg_mask.sum().clamp(min=1).float() for lv in per_level]
+            ),
+        )
+
+    @staticmethod
+    def _predict_context(level: HierLevel, upper_h, upper_n, seg_pos, layout, valid):
+        """Per-position predict-mode contexts for the decoder input [BEGIN, x] (T + 1 positions).
+
+        Segment s reads upper_h[seg_pos[s]]; the position after the last real token reads
+        upper_h[upper_n], the next code's slot (the open segment's, or a new one if the rule fired).
+        upper_h (B, Tu+1, Du), upper_n (B,), seg_pos (B, S) -> (B, T+1, D).
+        """
+        B, Du = upper_h.shape[0], upper_h.shape[-1]
+        seg_ctx = upper_h.gather(1, seg_pos[..., None].expand(B, seg_pos.shape[1], Du))  # (B, S, Du)
+        seg_ctx = level.context_proj(seg_ctx.to(level.context_proj.weight.dtype))  # (B, S, D)
+        nxt = level.context_proj(upper_h[torch.arange(B, device=upper_h.device), upper_n])  # (B, D)
+        ctx = level.decoder_context(seg_ctx, layout.seg_id)  # (B, T+1, D); position T is zeros
+        rows = torch.arange(B, device=valid.device)
+        ctx[rows, last_real(valid) + 1] = nxt.to(ctx.dtype)
+        return ctx
+
     # ---- encode ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(
@@ -266,7 +373,7 @@ class HierAEModel(HierAEPreTrainedModel):
         with self._inference():
             for level in self.levels:
                 positions = positions_from_mask(valid)
-                _, H, layout = level.segment(tokens, valid, positions)
+                _, H, layout, _ = level.segment(tokens, valid, positions)
                 q = level.encode_segments(tokens, valid, positions, layout)
                 codes.append(q.codes)
                 cmask.append(layout.seg_mask)
@@ -357,4 +464,70 @@ class HierAEModel(HierAEPreTrainedModel):
         return tokens, valid
 
 
-__all__ = ["HierAEPreTrainedModel", "HierAEModel"]
+class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
+    """The hierarchy as a causal byte LM (DESIGN §6): `logits[:, t]` predicts x[t + 1] from x[0..t].
+
+    Wraps a `HierAEModel` (`self.model`), so one saved folder loads through both `AutoModel` and
+    `AutoModelForCausalLM`. HF conventions: `labels` are the inputs (shifted inside), -100 ignored.
+    lm-eval calls `model(input_ids).logits` on right-padded rows without a mask: prefix invariance
+    (logits up to t never depend on bytes after t) makes that exact.
+    """
+
+    _keep_in_fp32_modules_strict = HierAEPreTrainedModel._keep_in_fp32_modules_strict
+
+    def __init__(self, config: HierAEConfig):
+        super().__init__(config)
+        self.model = HierAEModel(config)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # a nested config has no num_hidden_layers; the model brings its own HierAECache
+
+    def get_input_embeddings(self):
+        return self.model.levels[0].decoder.embed
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: HierAECache | None = None,
+        use_cache: bool | None = None,
+        zero_context: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HierAECausalLMOutput:
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if past_key_values is not None and not isinstance(past_key_values, HierAECache):
+            raise ValueError(f"past_key_values must be a HierAECache, got {type(past_key_values).__name__}.")
+        cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
+        if cache is not None:
+            full_ids, full_mask, n_new = cache.extend(input_ids, attention_mask)
+        else:
+            full_ids, full_mask, n_new = input_ids, attention_mask, None
+        pred = self.model.predict(full_ids, full_mask, zero_context=zero_context)
+        logits = pred.logits if n_new is None else pred.logits[:, -n_new:]  # (B, T_new, 259)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels shape {tuple(labels.shape)} must equal the input_ids shape "
+                    f"{tuple(logits.shape[:2])}."
+                )
+            shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+            shift_labels = labels[:, 1:].to(logits.device)
+            loss = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+            )
+        return HierAECausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=cache,
+            predict_loss=pred.predict_loss,
+            top_lm_loss=pred.top_lm_loss,
+            tokens_per_segment=pred.tokens_per_segment,
+        )
+
+
+__all__ = ["HierAEPreTrainedModel", "HierAEModel", "HierAEForCausalLM"]

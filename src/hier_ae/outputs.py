@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 
@@ -63,3 +64,33 @@ class HierAEDecoderOutput(ModelOutput):
     sequences: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     level_tokens: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class HierAEPredictOutput(ModelOutput):
+    """`HierAEModel.predict`: predict-mode (causal LM) outputs.
+
+    logits (B, T, 259): logits[:, t] is the distribution of x[t + 1] given x[0..t].
+    predict_loss (L,): per level, decoder CE in predict mode (nats per token of that level; the
+    contexts come from completed segments only, so this IS a language-model loss).
+    top_lm_loss: next-code CE of the top LM (nats per code).
+    """
+
+    logits: torch.Tensor | None = None
+    predict_loss: torch.Tensor | None = None
+    top_lm_loss: torch.Tensor | None = None
+    reconstruct_loss: torch.Tensor | None = None
+    tokens_per_segment: torch.Tensor | None = None
+
+
+@dataclass
+class HierAECausalLMOutput(CausalLMOutputWithPast):
+    """`HierAEForCausalLM.forward`: HF's causal-LM output plus the predict-mode loss terms.
+
+    `loss` is the HF next-byte CE of `labels`; `predict_loss` (L,), `top_lm_loss` and
+    `tokens_per_segment` (L,) are as in `HierAEPredictOutput`. `past_key_values` is a `HierAECache`.
+    """
+
+    predict_loss: torch.Tensor | None = None
+    top_lm_loss: torch.Tensor | None = None
+    tokens_per_segment: torch.Tensor | None = None

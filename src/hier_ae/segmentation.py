@@ -147,6 +147,7 @@ def frame_upper_stream(
     pad_id: int,
     eos_id: int,
     bos_id: int,
+    closed: torch.Tensor | None = None,
 ) -> UpperStream:
     """Codes of one level -> the framed token stream of the level above.
 
@@ -156,7 +157,9 @@ def frame_upper_stream(
 
         tokens  = [bos, 7, 3, eos, 9]        seg_pos = [1, 2, 4]
 
-    codes, seg_mask, ends_with_eos: (B, S); starts_with_bos: (B,).
+    codes, seg_mask, ends_with_eos: (B, S); starts_with_bos: (B,). `closed (B, S)` (optional) keeps
+    only completed segments in `tokens` (the causal LM's view: an open segment has no code yet);
+    `seg_pos` of the open segment is then where its code will go, the end of the stream.
     """
     B, S = codes.shape
     dev = codes.device
@@ -165,6 +168,8 @@ def frame_upper_stream(
     )  # (B, S) eos strictly before s
     seg_pos = torch.arange(S, device=dev)[None, :] + starts_with_bos.long()[:, None] + eos_before  # (B, S)
     seg_pos = torch.where(seg_mask, seg_pos, torch.zeros_like(seg_pos))
+    if closed is not None:
+        seg_mask = seg_mask & closed
     n_tokens = seg_mask.sum(1) + starts_with_bos.long() + (ends_with_eos & seg_mask).long().sum(1)  # (B,)
     Tu = max(int(n_tokens.max().item()) if B else 0, 1)
     tokens = torch.full((B, Tu + 1), pad_id, dtype=torch.long, device=dev)  # (B, T'+1); last col = sink
@@ -196,3 +201,24 @@ def shift_in_begin(tokens: torch.Tensor, valid: torch.Tensor, begin_id: int, pad
     inp[rows, first] = begin_id
     inp_valid[rows, first] = True
     return inp, inp_valid
+
+
+def last_real(valid: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token (B,). valid = [1 1 1 0] -> 2; [0 1 1 1] -> 3."""
+    T = valid.shape[1]
+    return T - 1 - valid.flip(1).long().argmax(dim=1)
+
+
+def closed_segments(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
+    """Which segments are complete at the end of the row (B, S) bool.
+
+    Every segment but the last is complete. The last one is complete when the rule fired at the
+    row's last token (or the segment reached `max_segment_len`): then the next token opens a new
+    segment, so the last one can be pooled and quantised now (DESIGN §3, worked example).
+    """
+    rows = torch.arange(valid.shape[0], device=valid.device)
+    last = last_real(valid)  # (B,)
+    fired_last = fires[rows, last] | (layout.pos[rows, last] + 1 >= max_segment_len)  # (B,)
+    S = layout.seg_mask.shape[1]
+    is_last = torch.arange(S, device=valid.device)[None, :] == (layout.num_segments - 1)[:, None]  # (B, S)
+    return layout.seg_mask & ~(is_last & ~fired_last[:, None])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-STAGE_KINDS = ("entropy", "autoencoder", "top_lm")
+STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class Stage:
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"stage kind={self.kind!r} is invalid: one of {STAGE_KINDS}.")
-        if (self.kind == "top_lm") != (self.level is None):
-            raise ValueError(f"stage {self.kind!r}: level must be None for top_lm and an int otherwise.")
+        if (self.kind in ("top_lm", "predict")) != (self.level is None):
+            raise ValueError(f"stage {self.kind!r}: level must be None for top_lm/predict, an int otherwise.")
         if self.steps < 0 or self.lr <= 0:
             raise ValueError(f"stage {self.name}: steps={self.steps} must be >= 0 and lr={self.lr} > 0.")
 
@@ -47,14 +47,21 @@ class Stage:
 
 
 def default_stages(
-    num_levels: int, entropy_steps: int, autoencoder_steps: int, top_lm_steps: int, lr: float = 3e-3
+    num_levels: int,
+    entropy_steps: int,
+    autoencoder_steps: int,
+    top_lm_steps: int,
+    lr: float = 3e-3,
+    predict_steps: int = 0,
 ):
-    """entropy-l, autoencoder-l for every level bottom up, then top_lm."""
+    """entropy-l, autoencoder-l for every level bottom up, then top_lm, then predict."""
     stages = []
     for level in range(num_levels):
         stages.append(Stage("entropy", level, entropy_steps, lr))
         stages.append(Stage("autoencoder", level, autoencoder_steps, lr))
     stages.append(Stage("top_lm", None, top_lm_steps, lr))
+    if predict_steps:
+        stages.append(Stage("predict", None, predict_steps, lr))
     return stages
 
 
@@ -96,7 +103,7 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             return out.reconstruct_loss[stage.level] + out.commitment_loss[stage.level]
 
         names = ["recon CE", "commitment"]
-    else:
+    elif stage.kind == "top_lm":
         model.top_lm.requires_grad_(True)
         kwargs = {"reconstruct_levels": (), "run_top_lm": True}
 
@@ -104,6 +111,19 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             return out.top_lm_loss
 
         names = ["top-LM CE"]
+    else:
+        # predict mode (DESIGN §4): the top LM, every decoder and the context maps train on the
+        # causal LM objective; the decoders keep their reconstruct mode (same weights) too
+        model.top_lm.requires_grad_(True)
+        for lv in model.levels:
+            lv.decoder.requires_grad_(True)
+            lv.context_proj.requires_grad_(True)
+        kwargs = {"mode": "predict"}
+
+        def objective(out):
+            return out.predict_loss.sum() + out.reconstruct_loss.sum() + out.top_lm_loss
+
+        names = ["predict CE", "recon CE", "top-LM CE"]
     params = [p for p in model.parameters() if p.requires_grad]
     return StagePlan(params=params, forward_kwargs=kwargs, objective=objective, metric_names=names)
 
@@ -119,7 +139,12 @@ def stage_metrics(out, stage: Stage) -> dict[str, float]:
         m["commitment"] = out.commitment_loss[lv].item()
         m["codebook ppl"] = out.usage_perplexity[lv].item()
         m["dead codes"] = out.dead_codes[lv].item()
+    elif stage.kind == "top_lm":
+        m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
     else:
+        # predict mode reads completed segments only: a language-model figure
+        m["predict bits/byte"] = out.predict_loss[0].item() / math.log(2)
+        m["recon bits/token"] = out.reconstruct_loss[0].item() / math.log(2)
         m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
     for i, t in enumerate(out.tokens_per_segment.tolist()):
         m[f"tokens/seg L{i}"] = t
@@ -139,45 +164,98 @@ def train_stage(
     stage: Stage,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     *,
+    accelerator=None,
     grad_clip: float = 1.0,
+    accumulation_steps: int = 1,
     log_every: int = 0,
     log: Callable[[int, dict], None] | None = None,
     time_budget_s: float | None = None,
+    start_step: int = 0,
+    on_prepared: Callable | None = None,
+    on_step: Callable[[int, dict], bool | None] | None = None,
 ) -> list[float]:
-    """Train one stage with AdamW; return the objective per step.
+    """Train one stage with AdamW; return the objective per optimizer step run.
 
-    After every optimizer step the trained level's quantiser applies its EMA update (DESIGN §3.5).
-    `time_budget_s` stops the stage early (tests, benchmarks) - the steps actually run are returned.
+    With `accelerator` (an `accelerate.Accelerator`) the model and a fresh optimizer are prepared for
+    this stage (`prepare_stage` changes `requires_grad`, so DDP must wrap anew), autocast follows its
+    mixed-precision setting and gradients are all-reduced once per optimizer step. One optimizer
+    step reads `accumulation_steps` micro-batches; the quantisers' EMA statistics of all of them
+    (all processes) are applied once, after the optimizer step (DESIGN §3.5).
+
+    Hooks for the training script: `on_prepared(net, optimizer)` runs after preparation (resume
+    loads its state there) and the loop then starts at optimizer step `start_step`;
+    `on_step(steps_done, info)` runs after every optimizer step with `info` = loss, the last
+    micro-batch's output, tokens read (this process) and the lr; returning True stops the stage.
+    `time_budget_s` stops the stage early (tests, benchmarks). A non-finite objective raises
+    `FloatingPointError` on every process (checked collectively, so no process hangs).
     """
     import time
+    from contextlib import nullcontext
 
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1.")
     plan = prepare_stage(model, stage)
     model.train()
     if not plan.params or stage.steps == 0:
         return []
     opt = torch.optim.AdamW(plan.params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.95))
+    net = model
+    if accelerator is not None:
+        accelerator.free_memory()  # forget the previous stage's model / optimizer
+        net, opt = accelerator.prepare(model, opt)
+    if on_prepared is not None:
+        on_prepared(net, opt)
+    net.train()
     device = next(model.parameters()).device
+    distributed = accelerator is not None and accelerator.num_processes > 1
     history: list[float] = []
     t0 = time.perf_counter()
-    for step in range(stage.steps):
+    for step in range(start_step, stage.steps):
+        lr = lr_at(step, stage)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, stage)
-        ids, mask = next(batches)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), **plan.forward_kwargs)
-        loss = plan.objective(out)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage.name} step {step}: non-finite objective {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            group["lr"] = lr
+        total = torch.zeros((), device=device)
+        tokens = 0
+        for micro in range(accumulation_steps):
+            ids, mask = next(batches)
+            ids, mask = ids.to(device), mask.to(device)
+            tokens += int(mask.sum())
+            last = micro == accumulation_steps - 1
+            # gradients are all-reduced only on the last micro-batch of the optimizer step
+            sync = nullcontext() if last or accelerator is None else accelerator.no_sync(net)
+            with sync:
+                out = net(input_ids=ids, attention_mask=mask, **plan.forward_kwargs)
+                loss = plan.objective(out)
+                finite = torch.isfinite(loss.detach()).float()
+                if distributed:
+                    finite = accelerator.reduce(finite, reduction="mean")
+                if finite.item() < 1.0:
+                    raise FloatingPointError(
+                        f"stage {stage.name} step {step}: non-finite objective {loss.item()} (on some process)"
+                    )
+                if accelerator is not None:
+                    accelerator.backward(loss / accumulation_steps)
+                else:
+                    (loss / accumulation_steps).backward()
+            total += loss.detach()
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(plan.params, grad_clip)
+            if accelerator is not None:
+                accelerator.clip_grad_norm_(plan.params, grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(plan.params, grad_clip)
         opt.step()
-        if stage.kind == "autoencoder":
-            model.apply_quantizer_updates()
-        history.append(loss.item())
+        opt.zero_grad(set_to_none=True)
+        # once per optimizer step; frozen levels are skipped; all-reduces across processes itself
+        model.apply_quantizer_updates()
+        value = (total / accumulation_steps).item()
+        history.append(value)
         if log is not None and log_every and (step % log_every == 0 or step == stage.steps - 1):
-            log(step, {"loss": loss.item(), **stage_metrics(out, stage)})
+            log(step, {"loss": value, **stage_metrics(out, stage)})
+        if on_step is not None and on_step(step + 1, {"loss": value, "out": out, "tokens": tokens, "lr": lr}):
+            break
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
+    if accelerator is not None:
+        accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # drops the autocast forward wrapper
     model.eval()
     return history
