@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from grammar import sentences  # noqa: E402
 
-from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel  # noqa: E402
+from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEForCausalLM, HierAEModel  # noqa: E402
 from hier_ae.batching import DocumentCropper  # noqa: E402
 from hier_ae.stages import Stage, train_stage  # noqa: E402
 
@@ -55,6 +55,7 @@ def tiny_config(num_levels: int = 1, **kwargs) -> HierAEConfig:
                 window=16,
                 codebook_size=128,
                 max_segment_len=4,
+                threshold=4.0,
             )
         )
     return HierAEConfig(levels=levels, top_lm=TINY_TOP, max_position_embeddings=128, **kwargs)
@@ -83,17 +84,43 @@ def _train(config: HierAEConfig, train_lines: list[str], stages: list[Stage], se
     return model.eval()
 
 
+def _save(model: HierAEModel, folder: Path) -> None:
+    """Save as HierAEForCausalLM: one folder for AutoModel and AutoModelForCausalLM alike."""
+    lm = HierAEForCausalLM(model.config)
+    lm.model = model
+    lm.save_pretrained(folder)
+    HierAEByteTokenizer().save_pretrained(folder)
+
+
 @pytest.fixture(scope="session")
 def trained_1level(tmp_path_factory, grammar_data):
-    """A 1-level model trained on grammar sentences (about a minute on 2 cores), saved to a folder."""
+    """A 1-level model trained on grammar sentences (all stages, about 1.5 minutes on 2 cores)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     stages = [
         Stage("entropy", 0, 150, 3e-3),
         Stage("autoencoder", 0, 800, 3e-3),
         Stage("top_lm", None, 100, 3e-3),
+        Stage("predict", None, 300, 2e-3),
     ]
     model = _train(tiny_config(1), grammar_data[0], stages)
     folder = tmp_path_factory.mktemp("trained_1level")
-    model.save_pretrained(folder)
-    HierAEByteTokenizer().save_pretrained(folder)
+    _save(model, folder)
+    return model, folder
+
+
+@pytest.fixture(scope="session")
+def trained_2level(tmp_path_factory, grammar_data):
+    """A 2-level model trained on grammar sentences (all stages, about 2 minutes on 2 cores)."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    stages = [
+        Stage("entropy", 0, 150, 3e-3),
+        Stage("autoencoder", 0, 500, 3e-3),
+        Stage("entropy", 1, 150, 3e-3),
+        Stage("autoencoder", 1, 400, 3e-3),
+        Stage("top_lm", None, 100, 3e-3),
+        Stage("predict", None, 200, 2e-3),
+    ]
+    model = _train(tiny_config(2), grammar_data[0], stages)
+    folder = tmp_path_factory.mktemp("trained_2level")
+    _save(model, folder)
     return model, folder
