@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## the main job: train the tiny config on the built-in corpus, save, reload with the Auto classes, report
+## (accelerate launch, one CPU process: the form that works on a CPU-only machine, notes §7)
 demo: venv
-	$(PY) examples/train.py --config configs/tiny.yaml --output-dir runs/tiny
+	$(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no --num_cpu_threads_per_process 2 examples/train.py --config configs/tiny.yaml --output-dir runs/tiny
 
 ## the test suite (CPU, under 15 minutes on 2 cores), then the linters
 test: venv

@@ -1,17 +1,27 @@
-"""Train hier_ae from a YAML config: the staged curriculum, save, reload with the Auto classes, report.
+"""Train hier_ae with Accelerate from one YAML config: data, staged curriculum, checkpoints, model card.
 
-    python examples/train.py --config configs/tiny.yaml --output-dir runs/tiny
+    accelerate launch examples/train.py --config configs/tiny.yaml --output-dir runs/tiny
+    accelerate launch examples/train.py --config configs/small.yaml --data docs.jsonl --mixed-precision bf16
+    accelerate launch examples/train.py --config configs/tiny.yaml --output-dir runs/tiny --resume
     python examples/train.py --config configs/tiny.yaml --set data.batch_size=8 --set training.seed=1
 
-Every stage saves the full model to OUTPUT_DIR/stages/<stage>; the final folder OUTPUT_DIR/model
-holds safetensors, config, tokenizer and code, and loads with
-`AutoModel.from_pretrained(OUTPUT_DIR/model, trust_remote_code=True)` without hier_ae installed.
+`--set KEY.PATH=VALUE` overrides any config key (VALUE is parsed as YAML); the named flags are
+shorthands for the keys they document. Outputs under OUTPUT_DIR:
+
+    stages/<stage>/     the full model after each stage (the next stage loads it strictly)
+    checkpoints/step-*  crash-safe training state (`--resume` continues from the newest)
+    model/              the final save_pretrained folder: safetensors, config, tokenizer, code, README.md card
+    losses.jsonl        the objective of every optimizer step;  metrics.json  the final evaluation
+    logs/               TensorBoard (or MLflow) logs through Accelerate
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
 import random
 import sys
 import time
@@ -19,13 +29,39 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModel, AutoTokenizer
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel
-from hier_ae.batching import DocumentCropper
-from hier_ae.corpus import default_corpus
+from hier_ae.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.checkpointing import (
+    latest_checkpoint,
+    load_model_strict,
+    load_rank_state,
+    read_progress,
+    save_checkpoint,
+)
+from hier_ae.data import load_documents
 from hier_ae.evaluation import reconstruction_report
-from hier_ae.stages import Stage, train_stage
+from hier_ae.stages import Stage, prepare_stage, stage_metrics, train_stage
+
+# ---- config --------------------------------------------------------------------------------------
+SHORTHANDS = {  # flag -> config key
+    "data": "data.source",
+    "streaming": "data.streaming",
+    "mixed_precision": "training.mixed_precision",
+    "grad_accum": "training.gradient_accumulation_steps",
+    "seed": "training.seed",
+    "report_to": "training.trackers",
+}
+
+
+def set_key(cfg: dict, key: str, value) -> None:
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
@@ -34,27 +70,114 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. data.batch_size=8")
         key, value = item.split("=", 1)
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        set_key(cfg, key, yaml.safe_load(value))
     return cfg
 
 
-def load_docs(data_cfg: dict, split: str) -> list[bytes]:
-    source = data_cfg.get("source", "default")
-    if source == "default":
-        return default_corpus(split, max_bytes=data_cfg.get("max_bytes"))
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"data.source={source!r}: no such file; use 'default' or a text file path")
-    text = path.read_bytes()
-    cut = int(len(text) * 0.95)
-    return [text[:cut]] if split == "train" else [text[cut:]]
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="YAML file, e.g. configs/tiny.yaml")
+    ap.add_argument("--output-dir", default=None, help="where stages, checkpoints and the model go")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    g = ap.add_argument_group("shorthands for config keys")
+    g.add_argument("--data", help="data.source: 'default', a file or folder, or a Hub dataset 'owner/name'")
+    g.add_argument("--streaming", action="store_true", default=None, help="data.streaming (Hub datasets)")
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="training.mixed_precision")
+    g.add_argument("--grad-accum", type=int, help="training.gradient_accumulation_steps")
+    g.add_argument("--seed", type=int, help="training.seed")
+    g.add_argument("--report-to", nargs="+", help="training.trackers: tensorboard, mlflow, or none")
+    r = ap.add_argument_group("resume and publish")
+    r.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints' newest")
+    r.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final model folder to the Hub")
+    r.add_argument("--hub-private", action="store_true", help="create the Hub repository as private")
+    return ap.parse_args(argv)
 
 
-def validation_lines(docs: list[bytes], n: int, max_len: int = 120) -> list[bytes]:
+def load_config(args) -> dict:
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    for flag, key in SHORTHANDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            set_key(cfg, key, value)
+    return apply_overrides(cfg, args.set)
+
+
+def flat_scalars(d: dict, prefix: str = "") -> dict:
+    """Config as flat scalars for tracker hyper-parameters (lists become strings)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_scalars(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+# ---- validation and samples ----------------------------------------------------------------------
+def display_metrics(metrics: dict, stage: Stage) -> dict:
+    """At level 0 tokens are bytes: the reconstruct CE is 'recon bits/byte' (never 'bpb')."""
+    if (stage.level == 0 or stage.kind == "predict") and "recon bits/token" in metrics:
+        metrics = {("recon bits/byte" if k == "recon bits/token" else k): v for k, v in metrics.items()}
+    return metrics
+
+
+@torch.no_grad()
+def validate(model, stage: Stage, batches: list) -> dict:
+    """Mean objective and stage metrics over fixed held-out batches (eval mode: no statistic moves)."""
+    plan = prepare_stage(model, stage)
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    for ids, mask in batches:
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), **plan.forward_kwargs)
+        for k, v in {"loss": plan.objective(out).item(), **stage_metrics(out, stage)}.items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.train()
+    return display_metrics({k: v / len(batches) for k, v in sums.items()}, stage)
+
+
+@torch.no_grad()
+def predict_bits_per_byte(model, docs: list[bytes], seq_len: int, batch_size: int = 16) -> float | None:
+    """Predict-mode (causal LM) bits per byte over crops of held-out documents, if the model has it."""
+    if not hasattr(model, "predict"):
+        return None
+    model.eval()
+    rows = [frame_document(d)[:seq_len] for d in docs]
+    nats = n = 0.0
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_rows(rows[i : i + batch_size])
+        out = model.predict(ids, mask)
+        logits = out.logits[:, :-1].float()  # (B, T-1, V) predicts x[1:]
+        target, valid = ids[:, 1:], mask[:, 1:].bool() & mask[:, :-1].bool()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        nats += float(ce[valid].sum())
+        n += float(valid.sum())
+    return nats / max(n, 1) / math.log(2)
+
+
+@torch.no_grad()
+def text_sample(model, line: bytes, stage: Stage, n_new: int = 24) -> str:
+    """A held-out line encoded and decoded and, once a top LM trains, greedily continued."""
+    tok = HierAEByteTokenizer()
+    ids, mask = pad_rows([frame_document(line)])
+    enc = model.encode(ids, mask)
+    rec = model.decode(enc.top_codes, enc.top_mask).sequences[0]
+    text = f"recon: {tok.decode(rec, skip_special_tokens=True)!r}"
+    if stage.kind != "entropy" and stage.kind != "autoencoder" and hasattr(model, "predict"):
+        prompt = frame_document(line)[: max(len(line) // 2, 1)][None]  # (1, T)
+        for _ in range(n_new):
+            nxt = model.predict(prompt).logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+            prompt = torch.cat([prompt, nxt], dim=1)
+            if int(nxt) == 1:
+                break
+        text += f" | greedy: {tok.decode(prompt[0], skip_special_tokens=True)!r}"
+    return text
+
+
+def held_out_lines(docs: list[bytes], n: int, max_len: int = 120) -> list[bytes]:
     """Non-empty lines of the validation documents, each to be encoded as its own document."""
     lines = [ln.strip() for d in docs for ln in d.split(b"\n")]
     lines = [ln for ln in lines if 8 <= len(ln) <= max_len]
@@ -62,62 +185,219 @@ def validation_lines(docs: list[bytes], n: int, max_len: int = 120) -> list[byte
     return lines[:n]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YAML file, e.g. configs/tiny.yaml")
-    ap.add_argument("--output-dir", default=None, help="where stages and the final model go")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = ap.parse_args(argv)
+def hardware(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = (
+            f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads/process)"
+        )
+    return f"{accelerator.num_processes} x {name}"
 
-    cfg = apply_overrides(yaml.safe_load(Path(args.config).read_text()), args.set)
+
+# ---- main ----------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args)
     out_dir = Path(args.output_dir or cfg.get("output_dir") or "runs/default")
-    seed = int(cfg.get("training", {}).get("seed", 0))
-    torch.manual_seed(seed)
+    data_cfg, tcfg, ecfg = cfg.get("data", {}), cfg.get("training", {}), cfg.get("evaluation", {})
+    seed = int(tcfg.get("seed", 0))
+    trackers = [t for t in tcfg.get("trackers", ["tensorboard"]) if t and t != "none"]
+
+    accelerator = Accelerator(
+        mixed_precision=tcfg.get("mixed_precision", "no"),
+        log_with=trackers or None,
+        project_dir=str(out_dir / "logs"),
+        # the quantisers sum their EMA accumulators by all-reduce at apply time; DDP must not overwrite
+        # them with rank 0's at every forward. Every other buffer is identical across ranks.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                broadcast_buffers=False, find_unused_parameters=bool(tcfg.get("find_unused_parameters", True))
+            )
+        ],
+    )
+    main_proc = accelerator.is_main_process
+    accelerator.print(
+        f"accelerate: {accelerator.num_processes} process(es), {accelerator.distributed_type}, "
+        f"backend {accelerator.state.backend}, device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}"
+    )
+    set_seed(seed)  # same initial weights on every process
 
     config = HierAEConfig(**cfg["model"])
-    model = HierAEModel(config)
-    tokenizer = HierAEByteTokenizer()
+    model = HierAEModel(config).to(accelerator.device)
     n_params = sum(p.numel() for p in model.parameters())
-    n_buffers = sum(b.numel() for b in model.buffers())
-    print(f"hier_ae: {config.num_levels} level(s), {n_params:,} parameters (+{n_buffers:,} buffer values)")
+    accelerator.print(f"hier_ae: {config.num_levels} level(s), {n_params:,} parameters")
 
-    data_cfg = cfg.get("data", {})
-    train_docs = load_docs(data_cfg, "train")
-    val_docs = load_docs(data_cfg, "validation")
-    print(f"data: {len(train_docs)} training documents, {sum(map(len, train_docs)):,} bytes")
-    batches = DocumentCropper(
-        train_docs,
-        batch_size=int(data_cfg.get("batch_size", 16)),
-        seq_len=int(data_cfg.get("seq_len", 256)),
-        seed=seed,
-        p_doc_start=float(data_cfg.get("p_doc_start", 0.5)),
+    # data: documents through `datasets`, cached; each process reads its own seeded crops
+    with accelerator.main_process_first():
+        train_docs = load_documents(data_cfg, "train", show_progress=main_proc)
+        val_docs = load_documents(data_cfg, "validation", show_progress=main_proc)
+    seq_len, batch_size = int(data_cfg.get("seq_len", 256)), int(data_cfg.get("batch_size", 16))
+    accelerator.print(
+        f"data: {len(train_docs)} training documents ({sum(map(len, train_docs)):,} bytes), "
+        f"{len(val_docs)} held out; rows of {seq_len} bytes, {batch_size} per process per micro-batch"
     )
+    p_start = float(data_cfg.get("p_doc_start", 0.5))
+    batches = DocumentCropper(
+        train_docs, batch_size, seq_len, seed=seed + 1000 * accelerator.process_index, p_doc_start=p_start
+    )
+    val_stream = DocumentCropper(val_docs, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
+    val_batches = [next(val_stream) for _ in range(int(ecfg.get("val_batches", 4)))]
+    val_lines = held_out_lines(val_docs, int(ecfg.get("lines", 64)))
 
+    stages = [Stage(**spec) for spec in tcfg["stages"]]
+    accum = int(tcfg.get("gradient_accumulation_steps", 1))
+    grad_clip = float(tcfg.get("grad_clip", 1.0))
+    ckpt_every = int(tcfg.get("checkpoint_every", 100))
+    eval_every = int(tcfg.get("eval_every", 0)) or None
+    log_every = int(tcfg.get("log_every", 10))
+    ckpt_root = out_dir / "checkpoints"
+
+    # resume: the newest complete checkpoint, if asked
+    progress, ckpt = None, None
+    if args.resume:
+        ckpt = latest_checkpoint(ckpt_root)
+        if ckpt is None:
+            accelerator.print(f"--resume: no checkpoint under {ckpt_root}; starting from scratch")
+        else:
+            progress = read_progress(ckpt)
+            accelerator.print(f"resuming from {ckpt}: stage {progress['stage']} step {progress['step']}")
+    global_step = progress["global_step"] if progress else 0
+    if main_proc:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        losses_path = out_dir / "losses.jsonl"
+        if progress is None and losses_path.exists():
+            losses_path.unlink()
+    if trackers:
+        accelerator.init_trackers("hier_ae", config=flat_scalars(cfg))
+
+    from tqdm.auto import tqdm
+
+    total_steps = sum(s.steps for s in stages)
+    bar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
-    for spec in cfg["training"]["stages"]:
-        stage = Stage(**spec)
+    for si, stage in enumerate(stages):
+        if progress is not None and si < progress["stage_index"]:
+            continue  # finished before the checkpoint; its folder is on disk
+        start_step, on_prepared = 0, None
+        if progress is not None and si == progress["stage_index"]:
+            start_step = progress["step"]
+
+            def on_prepared(net, opt, ckpt=ckpt):
+                accelerator.load_state(str(ckpt))  # weights + every buffer, optimizer, RNG
+                batches.load_state_dict(load_rank_state(ckpt, accelerator.process_index))
+
+        elif si > 0:
+            prev = out_dir / "stages" / stages[si - 1].name
+            load_model_strict(model, prev)
+            accelerator.print(f"[{stage.name}] loaded {prev} strictly: no missing or unexpected keys")
+        progress = None
+        clock = {"t": time.perf_counter(), "tokens": 0}
+
+        def on_step(step, info, si=si, stage=stage, clock=clock):
+            nonlocal global_step
+            global_step += 1
+            clock["tokens"] += info["tokens"] * accelerator.num_processes
+            bar.update(1)
+            if main_proc:
+                with open(out_dir / "losses.jsonl", "a") as f:
+                    f.write(json.dumps({"stage": stage.name, "step": step, "loss": info["loss"]}) + "\n")
+            if step % log_every == 0 or step == stage.steps:
+                now = time.perf_counter()
+                m = display_metrics(stage_metrics(info["out"], stage), stage)
+                m.update(
+                    loss=info["loss"], lr=info["lr"], **{"bytes/s": clock["tokens"] / (now - clock["t"])}
+                )
+                clock.update(t=now, tokens=0)
+                bar.set_postfix_str(f"{stage.name} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
+                accelerator.log({f"train/{stage.name}/{k}": v for k, v in m.items()}, step=global_step)
+            if step == stage.steps or (eval_every and step % eval_every == 0):
+                base = accelerator.unwrap_model(model)
+                v = validate(base, stage, val_batches)
+                accelerator.log({f"val/{stage.name}/{k}": x for k, x in v.items()}, step=global_step)
+                sample = text_sample(base, val_lines[0], stage) if val_lines else ""
+                bar.write(f"[{stage.name} {step}] val " + " ".join(f"{k}={x:.3g}" for k, x in v.items()))
+                bar.write(f"[{stage.name} {step}] sample {sample}")
+                base.train()
+            if step % ckpt_every == 0 or step == stage.steps:
+                save_checkpoint(
+                    accelerator,
+                    ckpt_root,
+                    global_step,
+                    {"stage_index": si, "stage": stage.name, "step": step},
+                    rank_state=batches.state_dict(),
+                    keep=int(tcfg.get("keep_checkpoints", 2)),
+                )
+            return False
+
         t0 = time.perf_counter()
+        train_stage(
+            model,
+            stage,
+            batches,
+            accelerator=accelerator,
+            grad_clip=grad_clip,
+            accumulation_steps=accum,
+            start_step=start_step,
+            on_prepared=on_prepared,
+            on_step=on_step,
+        )
+        stage_dir = out_dir / "stages" / stage.name
+        if main_proc:
+            model.save_pretrained(stage_dir)
+        accelerator.wait_for_everyone()
+        bar.write(f"[{stage.name}] done in {time.perf_counter() - t0:.1f}s -> {stage_dir}")
+    bar.close()
+    train_seconds = time.perf_counter() - t_start
+    accelerator.free_memory()
 
-        def log(step, m, stage=stage):
-            shown = " ".join(f"{k}={v:.3f}" for k, v in m.items())
-            print(f"[{stage.name}] step {step:5d} {shown}", flush=True)
-
-        train_stage(model, stage, batches, log_every=max(stage.steps // 10, 1), log=log)
-        model.save_pretrained(out_dir / "stages" / stage.name)
-        print(f"[{stage.name}] done in {time.perf_counter() - t0:.1f}s -> {out_dir / 'stages' / stage.name}")
-    train_time = time.perf_counter() - t_start
-
+    # the final folder: rank 0 writes it, evaluates the reloaded model, renders the card
+    report: dict = {}
     final = out_dir / "model"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if main_proc:
+        report = finish(model, final, cfg, stages, val_docs, val_lines, train_seconds, accelerator, args)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
 
-    # reload through the Auto classes, as a user would
+
+def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, accelerator, args) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    from hier_ae.model_card import render_model_card
+
+    model.eval()
+    model.save_pretrained(final)
+    HierAEByteTokenizer().save_pretrained(final)
+    # evaluate what a user loads: the folder, through the Auto classes
     reloaded = AutoModel.from_pretrained(final, trust_remote_code=True).eval()
     AutoTokenizer.from_pretrained(final, trust_remote_code=True)
-    lines = validation_lines(val_docs, int(cfg.get("evaluation", {}).get("lines", 64)))
-    report = reconstruction_report(reloaded, lines)
-    report["train_seconds"] = round(train_time, 1)
-    report["parameters"] = n_params
+    report = reconstruction_report(reloaded, val_lines)
+    seq_len = int(cfg.get("data", {}).get("seq_len", 256))
+    n_docs = int(cfg.get("evaluation", {}).get("predict_docs", 32))
+    bpb = predict_bits_per_byte(reloaded, val_docs[:n_docs], seq_len)
+    if bpb is not None:
+        report["predict_bits_per_byte"] = bpb
+    report["train_seconds"] = round(train_seconds, 1)
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    source = cfg.get("data", {}).get("source", "default")
+    data_desc = (
+        "the built-in default corpus (the Python standard library's own source files)"
+        if source == "default"
+        else f"`{source}`"
+    )
+    render_model_card(
+        final,
+        config=model.config,
+        repo_id=args.push_to_hub,
+        training_data=data_desc,
+        stages=[f"{s.name} ({s.steps} steps)" for s in stages],
+        train_seconds=train_seconds,
+        hardware=hardware(accelerator),
+        metrics=report,
+    )
+    out_dir = final.parent
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     print(f"model folder: {final}")
     print("reconstruction (autoencoder; the decoder reads the codes - not a language-model score):")
@@ -125,9 +405,17 @@ def main(argv=None):
     for lv, (tps, bpc) in enumerate(zip(report["tokens_per_segment"], report["bytes_per_code"])):
         print(f"  level {lv}: {tps:.2f} tokens per segment, {bpc:.2f} bytes per code")
     print(f"  code bits per byte (top level): {report['code_bits_per_byte']:.3f}")
+    if bpb is not None:
+        print(f"predict mode (causal byte LM): {bpb:.3f} bits per byte on held-out crops")
+    print(f"training: {train_seconds / 60:.1f} min on {hardware(accelerator)}")
     print(f"metrics: {out_dir / 'metrics.json'}")
+    if args.push_to_hub:
+        from hier_ae.hub import push_folder
+
+        info = push_folder(final, args.push_to_hub, private=args.hub_private)
+        print(f"pushed to the Hub: {args.push_to_hub} ({getattr(info, 'commit_url', info)})")
     return report
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if main() is not None else 1)

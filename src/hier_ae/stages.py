@@ -159,6 +159,19 @@ def lr_at(step: int, stage: Stage) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+@torch.no_grad()
+def sync_running_buffers(model, accelerator) -> None:
+    """Average the adaptive boundary thresholds over processes after an optimizer step.
+
+    Each process steers its level's threshold from its own batches (`boundary_value`, a persistent
+    buffer); with DDP's `broadcast_buffers=False` they would drift apart and segment differently.
+    Averaging once per step keeps them bitwise equal (the running estimate over the global batch).
+    """
+    for name, buf in model.named_buffers():
+        if name.endswith("boundary_value"):
+            buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
+
+
 def train_stage(
     model,
     stage: Stage,
@@ -231,7 +244,7 @@ def train_stage(
                     finite = accelerator.reduce(finite, reduction="mean")
                 if finite.item() < 1.0:
                     raise FloatingPointError(
-                        f"stage {stage.name} step {step}: non-finite objective {loss.item()} (on some process)"
+                        f"stage {stage.name} step {step}: non-finite objective {loss.item()} (some process)"
                     )
                 if accelerator is not None:
                     accelerator.backward(loss / accumulation_steps)
@@ -247,6 +260,8 @@ def train_stage(
         opt.zero_grad(set_to_none=True)
         # once per optimizer step; frozen levels are skipped; all-reduces across processes itself
         model.apply_quantizer_updates()
+        if distributed:
+            sync_running_buffers(model, accelerator)
         value = (total / accumulation_steps).item()
         history.append(value)
         if log is not None and log_every and (step % log_every == 0 or step == stage.steps - 1):

@@ -1,0 +1,169 @@
+"""Training documents through `datasets` (DESIGN §8): Hub datasets, local files and folders, default corpus.
+
+A document is one record (jsonl / json / parquet / Hub row, read from `text_field`) or one file (a
+folder of text files, or a single `.txt` file). Sources (`data.source` in a config):
+
+    default                      the built-in corpus (the standard library's own sources; corpus.py)
+    path/to/file.jsonl|.json     one record per document, text in `text_field`
+    path/to/file.parquet         one row per document
+    path/to/file.txt             the whole file is one document
+    path/to/folder/              every file under it (recursively) is one document, sorted by path
+    owner/name                   a Hub dataset (`data.name` config, `data.streaming` to stream)
+
+The held-out validation split is the dataset's own `validation` (or `test`) split when it has one;
+otherwise a fixed hash of each document's index (or path) sends `val_fraction` of documents to
+validation, so the split does not depend on the order a stream arrives in.
+
+Preparation (reading, filtering, framing-ready bytes) shows a progress bar and is cached with
+`Dataset.save_to_disk` under `data.cache_dir` keyed by a hash of the data config and the source's
+file sizes and modification times; a second run with the same config reads the cache.
+
+Not part of the model's remote-code closure (training-side code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .corpus import default_corpus
+
+TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".json", ".yaml", ".yml", ".html", ".csv", ""}
+LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _hash01(key: str) -> float:
+    """A stable number in [0, 1) for `key` (sha256), the same on every machine and Python version."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _fingerprint(data_cfg: dict) -> str:
+    """Hash of the data config plus, for local sources, the size and mtime of every file read."""
+    keyed = {
+        k: data_cfg.get(k) for k in sorted(data_cfg) if k not in ("batch_size", "seq_len", "p_doc_start")
+    }
+    source = str(data_cfg.get("source", "default"))
+    stats = []
+    path = Path(source)
+    if path.exists():
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps([keyed, stats], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _iter_local(path: Path, text_field: str):
+    """(key, text) pairs of a local file or folder; the key decides the validation split."""
+    import datasets
+
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            yield f.relative_to(path).as_posix(), f.read_bytes()
+        return
+    suffix = path.suffix.lower()
+    if suffix in LOADERS:
+        ds = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
+        if text_field not in ds.column_names:
+            raise ValueError(
+                f"data.text_field={text_field!r} is not a column of {path}; columns: {ds.column_names}"
+            )
+        for i, row in enumerate(ds):
+            yield str(i), row[text_field]
+        return
+    yield path.name, path.read_bytes()
+
+
+def _iter_hub(data_cfg: dict, split: str):
+    """(key, text) pairs of a Hub dataset split; `split` is 'train' or 'validation'."""
+    import datasets
+
+    name, config = data_cfg["source"], data_cfg.get("name")
+    streaming = bool(data_cfg.get("streaming", False))
+    text_field = data_cfg.get("text_field", "text")
+    splits = datasets.get_dataset_split_names(name, config)
+    held_out = next((s for s in ("validation", "valid", "test") if s in splits), None)
+    if held_out is not None:
+        ds = datasets.load_dataset(
+            name, config, split="train" if split == "train" else held_out, streaming=streaming
+        )
+        for i, row in enumerate(ds):
+            yield None, row[text_field], i
+        return
+    ds = datasets.load_dataset(name, config, split="train", streaming=streaming)
+    for i, row in enumerate(ds):
+        yield str(i), row[text_field], i
+
+
+def _collect(data_cfg: dict, split: str, show_progress: bool) -> list[bytes]:
+    from tqdm.auto import tqdm
+
+    source = str(data_cfg.get("source", "default"))
+    max_bytes = data_cfg.get("max_bytes")
+    max_docs = data_cfg.get("max_documents")
+    val_fraction = float(data_cfg.get("val_fraction", 0.05))
+    min_doc_bytes = int(data_cfg.get("min_document_bytes", 1))
+    if source == "default":
+        docs = default_corpus(split, max_bytes=max_bytes, val_fraction=val_fraction)
+        return docs[:max_docs] if max_docs else docs
+
+    path = Path(source)
+    if path.exists():
+        pairs = ((key, text, None) for key, text in _iter_local(path, data_cfg.get("text_field", "text")))
+    elif "/" in source and not source.startswith((".", "/")):
+        pairs = _iter_hub(data_cfg, split)
+    else:
+        raise FileNotFoundError(
+            f"data.source={source!r}: not a local file or folder, and not a Hub dataset name 'owner/name'. "
+            "Use 'default' for the built-in corpus."
+        )
+    docs, total = [], 0
+    bar = tqdm(desc=f"preparing {split} documents", unit=" docs", disable=not show_progress)
+    for key, text, _ in pairs:
+        if key is not None and (_hash01(key) < val_fraction) != (split == "validation"):
+            continue
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if len(data) < min_doc_bytes:
+            continue
+        docs.append(data)
+        total += len(data)
+        bar.update(1)
+        if (max_bytes is not None and total >= max_bytes) or (max_docs and len(docs) >= max_docs):
+            break
+    bar.close()
+    if not docs:
+        raise ValueError(f"data.source={source!r} gave no {split} documents (val_fraction={val_fraction}).")
+    return docs
+
+
+def load_documents(data_cfg: dict, split: str, show_progress: bool = True) -> list[bytes]:
+    """The documents (bytes) of `split` ('train' or 'validation') for a config's `data` section.
+
+    Cached as a `datasets.Dataset` (one `bytes` column) under `data.cache_dir` (default
+    `~/.cache/hier_ae/data`, or `$HF_DATASETS_CACHE/hier_ae`); `data.cache_dir: null` turns it off.
+    """
+    import os
+
+    import datasets
+
+    if split not in ("train", "validation"):
+        raise ValueError(f"split={split!r} is invalid: 'train' or 'validation'.")
+    default_root = Path(
+        os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets")
+    )
+    cache_root = data_cfg.get("cache_dir", str(default_root / "hier_ae"))
+    cache = Path(cache_root) / f"{_fingerprint(data_cfg)}-{split}" if cache_root else None
+    if cache is not None and (cache / "dataset_info.json").exists():
+        return list(datasets.load_from_disk(str(cache))["bytes"])
+    docs = _collect(data_cfg, split, show_progress)
+    if cache is not None:
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        features = datasets.Features({"bytes": datasets.Value("binary")})
+        datasets.Dataset.from_dict({"bytes": docs}, features=features).save_to_disk(str(tmp))
+        try:
+            tmp.rename(cache)  # atomic: a concurrent process that got there first wins
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return docs

@@ -1,0 +1,84 @@
+"""The model card (README.md) of a trained model folder, rendered from `model_card_template.md`.
+
+Uses huggingface_hub's `ModelCard` / `ModelCardData`, offline (no YAML validation against the Hub).
+Not part of the model's remote-code closure (training-side code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_card_template.md"
+
+
+def _architecture(config) -> str:
+    lines = []
+    for i, lv in enumerate(config.level_configs):
+        depth = f" x depth {lv.codebook_depth}" if lv.codebook_depth > 1 else ""
+        lines.append(
+            f"- level {i}: width {lv.hidden_size}, entropy / encoder / decoder layers "
+            f"{lv.entropy_layers} / {lv.encoder_layers} / {lv.decoder_layers}, window {lv.window}, "
+            f"{lv.boundary_mode} boundaries, max segment {lv.max_segment_len}, "
+            f"codebook {lv.codebook_size}{depth}"
+        )
+    top = config.top_lm_config
+    lines.append(f"- top code LM: width {top.hidden_size}, {top.num_layers} layers")
+    return "\n".join(lines)
+
+
+def _evaluation(metrics: dict) -> str:
+    rows = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+        rows.append(f"| {key} | {value} |")
+    return "\n".join(rows)
+
+
+def render_model_card(
+    folder: str | Path,
+    *,
+    config,
+    repo_id: str | None,
+    training_data: str,
+    stages: list[str],
+    train_seconds: float,
+    hardware: str,
+    metrics: dict,
+    license: str = "apache-2.0",
+    template: str | Path = TEMPLATE,
+):
+    """Write `folder/README.md`; return the `ModelCard`."""
+    import transformers
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    model_name = repo_id.split("/")[-1] if repo_id else folder.name
+    card_data = ModelCardData(
+        language="en",
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["hier_ae", "byte-level", "autoencoder", "custom_code"],
+        model_name=model_name,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        repo_id=repo_id or str(folder),
+        architecture=_architecture(config),
+        config_json=json.dumps(config.to_dict(), indent=2, default=str),
+        training_data=training_data,
+        stages=" -> ".join(stages),
+        training_time=f"{train_seconds / 60:.1f} min",
+        hardware=hardware,
+        evaluation=_evaluation(metrics),
+        transformers_version=transformers.__version__,
+        license=f"{license} (see LICENSE in the source repository)",
+    )
+    card.save(str(folder / "README.md"))
+    return card
