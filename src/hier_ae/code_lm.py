@@ -24,6 +24,11 @@ class CodeLM(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, inp, inp_valid, positions, doc_ids=None):
-        h = self.body(self.embed(inp), positions, inp_valid, doc_ids)  # (B, T+1, D)
+    def forward(self, inp, inp_valid, positions, doc_ids=None, kv_out=None):
+        h = self.body(self.embed(inp), positions, inp_valid, doc_ids, kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
+
+    def step(self, tokens, cache, rows):
+        """Read one code per row of `rows`; return logits and the hidden state g for the next code."""
+        h = self.body.step(self.embed(tokens[:, None]), cache, rows)[:, 0]  # (B', D)
+        return self.head(h), h  # (B', V), (B', D)

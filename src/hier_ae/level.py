@@ -52,9 +52,14 @@ class TokenLM(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, tokens, valid, positions, doc_ids=None):
-        h = self.body(self.embed(tokens).float(), positions, valid, doc_ids)  # (B, T, D)
+    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
+        h = self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
         return self.head(h)  # (B, T, V)
+
+    def step(self, tokens, cache, rows):
+        """One new token per row of `rows`: (B',) -> logits (B', V) for the token after it."""
+        h = self.body.step(self.embed(tokens[:, None]).float(), cache, rows)  # (B', 1, D)
+        return self.head(h[:, 0])
 
 
 class TokenEncoder(nn.Module):
@@ -72,8 +77,11 @@ class TokenEncoder(nn.Module):
             cfg.rope_theta,
         )
 
-    def forward(self, tokens, valid, positions, doc_ids=None):
-        return self.body(self.embed(tokens).float(), positions, valid, doc_ids)  # (B, T, D)
+    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
+        return self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
+
+    def step(self, tokens, cache, rows):
+        return self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
 
 
 class SegmentDecoder(nn.Module):
@@ -98,10 +106,16 @@ class SegmentDecoder(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, inp, inp_valid, positions, context, doc_ids=None):
+    def forward(self, inp, inp_valid, positions, context, doc_ids=None, kv_out=None):
         x = self.embed(inp)  # (B, T+1, D)
-        h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype))  # (B, T+1, D)
+        h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
+
+    def step(self, tokens, context, cache, rows):
+        """Read one token per row of `rows` with the context of the token to predict (B', D)."""
+        x = self.embed(tokens[:, None])  # (B', 1, D)
+        h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
+        return self.head(h), h  # (B', V), (B', D)
 
 
 class HierLevel(nn.Module):
@@ -138,7 +152,7 @@ class HierLevel(nn.Module):
         self.codebook_frozen = False
 
     # ---- boundaries ------------------------------------------------------------------------
-    def rule(self, entropy, tokens, prev_entropy=None):
+    def rule(self, entropy, tokens, prev_entropy=None, valid=None):
         value = self.boundary_value.item()
         return rule_fires(
             entropy,
@@ -148,16 +162,17 @@ class HierLevel(nn.Module):
             value,
             value,
             prev_entropy=prev_entropy,
+            valid=valid,
         )
 
-    def segment(self, tokens, valid, positions, doc_ids=None):
+    def segment(self, tokens, valid, positions, doc_ids=None, kv_out=None):
         """Entropy-model logits (with grad), entropies in bits, the segment layout and the rule's
         firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad."""
         with fp32_region(tokens.device):
-            logits = self.entropy_model(tokens, valid, positions, doc_ids)  # (B, T, V)
+            logits = self.entropy_model(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, V)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
-                fires = self.rule(H, tokens)  # (B, T)
+                fires = self.rule(H, tokens, valid=valid)  # (B, T)
                 starts = boundary_starts(fires, valid, self.cfg.max_segment_len)  # (B, T)
                 layout = segment_layout(starts, valid)
                 self._adapt_threshold(valid, layout)
@@ -177,19 +192,23 @@ class HierLevel(nn.Module):
         self.boundary_value.add_(step).clamp_(min=0.0)
 
     # ---- encode ----------------------------------------------------------------------------
-    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, doc_ids=None):
-        """Encoder -> pooling -> quantiser. Returns the quantiser output (codes, z, stats)."""
+    def encode_segments(
+        self, tokens, valid, positions, layout: SegmentLayout, doc_ids=None, kv_out=None, return_states=False
+    ):
+        """Encoder -> pooling -> quantiser. Returns the quantiser output (codes, z, stats) and, with
+        `return_states`, the encoder states (B, T, D) too."""
         with fp32_region(tokens.device):
-            h = self.encoder(tokens, valid, positions, doc_ids)  # (B, T, D)
+            h = self.encoder(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
             blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
             pooled = self.pooling(blocks, slots)  # (B, S, D)
             was_training = self.quantizer.training
             self.quantizer.training = was_training and not self.codebook_frozen
             try:
-                return self.quantizer(pooled, layout.seg_mask)
+                q = self.quantizer(pooled, layout.seg_mask)
             finally:
                 self.quantizer.training = was_training
+        return (q, h) if return_states else q
 
     # ---- decode ----------------------------------------------------------------------------
     def decoder_context(

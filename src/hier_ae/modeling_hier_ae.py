@@ -22,7 +22,8 @@ from transformers import initialization as init
 from .cache import HierAECache
 from .code_lm import CodeLM
 from .configuration_hier_ae import HierAEConfig
-from .level import HierLevel, entropy_bits
+from .kv_cache import KVStore
+from .level import HierLevel, entropy_bits, fp32_region
 from .outputs import (
     HierAECausalLMOutput,
     HierAEDecoderOutput,
@@ -33,6 +34,7 @@ from .outputs import (
 from .pooling import LearnedQueryPooling
 from .quantizer import VectorQuantizer
 from .segmentation import closed_segments, frame_upper_stream, last_real, segment_last_tokens, shift_in_begin
+from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
 from .validation import check_codes, check_input_ids
 
@@ -281,6 +283,7 @@ class HierAEModel(HierAEPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         zero_context: bool = False,
         with_reconstruct: bool = False,
+        return_stream: bool = False,
     ) -> HierAEPredictOutput:
         """Predict mode (DESIGN §4, §6): the causal byte LM through the whole stack.
 
@@ -292,20 +295,24 @@ class HierAEModel(HierAEPreTrainedModel):
         fixed at t. `zero_context=True` replaces the byte decoder's contexts with zeros (to measure
         what the levels above contribute). `with_reconstruct=True` also returns each level's
         reconstruct-mode CE (training keeps both modes of the shared decoders working).
+        `return_stream=True` also returns the `StreamState` that `stream_step` continues from
+        (the prefill of cached generation).
 
         Worked example (DESIGN §3): "a cat sat." with segments "a ", "cat ", "sat." (open at t = 9).
         The top stream is [c0, c1] (c2 is not complete). logits[0] reads g0 = top([]), logits[1..4]
         read g1 = top([c0]), logits[5..9] read g2 = top([c0, c1]).
         """
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        stream = [] if return_stream else None  # per level: the prefill of a StreamState
         # bottom up: segments, codes of completed segments, the stream of the level above
         per_level = []
         rec_losses = []
         tokens, v = ids, valid
         for level in self.levels:
             positions = positions_from_mask(v)
-            _, _, layout, fires = level.segment(tokens, v, positions)
-            q = level.encode_segments(tokens, v, positions, layout)
+            kv_ent, kv_enc = ([], []) if return_stream else (None, None)
+            _, H, layout, fires = level.segment(tokens, v, positions, kv_out=kv_ent)
+            q, h = level.encode_segments(tokens, v, positions, layout, kv_out=kv_enc, return_states=True)
             if with_reconstruct:
                 inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
                 ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
@@ -313,17 +320,21 @@ class HierAEModel(HierAEPreTrainedModel):
                 rec_losses.append(masked_cross_entropy(rec_logits[:, : tokens.shape[1]], tokens, v))
             closed = closed_segments(layout, fires, v, level.cfg.max_segment_len)
             up = self._next_level_stream(level, tokens, v, layout, q.codes.detach(), closed=closed)
-            per_level.append((tokens, v, layout))
+            per_level.append((tokens, v, layout, up))
+            if return_stream:
+                stream.append(open_level_stream(level, v, layout, fires, H, h, kv_ent, kv_enc))
             tokens, v = up.tokens, up.valid
-            per_level[-1] = (*per_level[-1], up)
         # the top LM over the completed top codes
         top_pad = self.config.level_views()[-1].pad_id
         inp, inp_valid = shift_in_begin(tokens, v, self.top_lm.begin_id, top_pad)
-        top_logits, upper_h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid))  # (B, Tu+1, Dtop)
+        kv_top = [] if return_stream else None
+        top_valid = inp_valid
+        top_logits, upper_h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid), kv_out=kv_top)
         top_loss = masked_cross_entropy(top_logits[:, : tokens.shape[1]], tokens, v)
         upper_n = v.sum(dim=1)  # (B,) index of the next code in the upper stream
         # top down: contexts from the level above, decoders in predict mode
         losses = [None] * self.num_levels
+        rows = torch.arange(ids.shape[0], device=ids.device)
         for li in reversed(range(self.num_levels)):
             level = self.levels[li]
             tokens, v, layout, up = per_level[li]
@@ -331,8 +342,15 @@ class HierAEModel(HierAEPreTrainedModel):
             if zero_context and li == 0:
                 ctx = torch.zeros_like(ctx)
             inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
-            dec_logits, dec_h = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+            kv_dec = [] if return_stream else None
+            dec_logits, dec_h = level.decoder(
+                inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_dec
+            )
             losses[li] = masked_cross_entropy(dec_logits[:, : tokens.shape[1]], tokens, v)
+            if return_stream:
+                nxt = level.context_proj(upper_h[rows, upper_n].to(level.context_proj.weight.dtype))  # (B, D)
+                stream[li].decoder = KVStore(kv_dec, inp_valid)
+                stream[li].context = nxt
             upper_h, upper_n = dec_h, v.sum(dim=1)
         return HierAEPredictOutput(
             logits=dec_logits[:, 1:],  # (B, T, 259): output t + 1 reads x[t], predicts x[t + 1]
@@ -342,7 +360,55 @@ class HierAEModel(HierAEPreTrainedModel):
             tokens_per_segment=torch.stack(
                 [lv[1].sum().float() / lv[2].seg_mask.sum().clamp(min=1).float() for lv in per_level]
             ),
+            stream=StreamState(levels=stream, top=KVStore(kv_top, top_valid)) if return_stream else None,
         )
+
+    # ---- streaming (cached generation, DESIGN §7) ---------------------------------------------
+    def stream_step(self, state: StreamState, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one new byte per row (B,); return the logits of the byte after it (B, 259).
+
+        Each byte-level module processes exactly this one position; a code-level module runs only
+        for the rows whose segment below just closed, one position per new code.
+        """
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        logits, _ = self._level_step(state, 0, rows, input_ids)
+        return logits
+
+    def _level_step(self, state: StreamState, li: int, rows: torch.Tensor, toks: torch.Tensor):
+        """Level `li` reads one token for each row in `rows`: boundary rule, encoder, and when the
+        rule fires, pooling + quantiser, the code goes up and the level above returns the next
+        segment's context. Then the decoder predicts the token after. Returns logits, hidden."""
+        level, st = self.levels[li], state.levels[li]
+        L = level.cfg.max_segment_len
+        seg_len = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_len[rows]), st.seg_len[rows])
+        with fp32_region(toks.device):
+            h = level.encoder.step(toks, st.encoder, rows)  # (B', D)
+            st.open_states[rows, seg_len] = h
+            seg_len = seg_len + 1
+            H = entropy_bits(level.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
+        fires = level.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0] | (seg_len >= L)  # (B',)
+        st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
+        if bool(fires.any()):
+            closing = rows[fires]
+            with fp32_region(toks.device):
+                slots = torch.arange(L, device=toks.device)[None, :] < seg_len[fires][:, None]  # (B'', L)
+                pooled = level.pooling(st.open_states[closing][:, None], slots[:, None])  # (B'', 1, D)
+                codes = level.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
+            g = self._upper_step(state, li + 1, closing, codes)
+            eos = toks[fires] == level.vocab.eos_id
+            if bool(eos.any()):  # EOS closes its segment at every level: the upper EOS follows
+                n = level.cfg.num_codes
+                g[eos] = self._upper_step(state, li + 1, closing[eos], torch.full_like(codes[eos], n + 1))
+            st.context[closing] = level.context_proj(g.to(level.context_proj.weight.dtype)).to(
+                st.context.dtype
+            )
+        return level.decoder.step(toks, st.context[rows], st.decoder, rows)
+
+    def _upper_step(self, state: StreamState, ui: int, rows: torch.Tensor, toks: torch.Tensor):
+        """The level above (or the top LM) reads one code per row; its hidden state is g_next."""
+        if ui == self.num_levels:
+            return self.top_lm.step(toks, state.top, rows)[1]
+        return self._level_step(state, ui, rows, toks)[1]
 
     @staticmethod
     def _predict_context(level: HierLevel, upper_h, upper_n, seg_pos, layout, valid):
@@ -502,12 +568,27 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
             raise ValueError(f"past_key_values must be a HierAECache, got {type(past_key_values).__name__}.")
         cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
-        if cache is not None:
-            full_ids, full_mask, n_new = cache.extend(input_ids, attention_mask)
+        extra = {}
+        if cache is None or cache.state is None:
+            # the whole input (and, with a cache, the prefill of streaming generation)
+            pred = self.model.predict(
+                input_ids, attention_mask, zero_context=zero_context, return_stream=cache is not None
+            )
+            logits = pred.logits  # (B, T, 259)
+            extra = {"predict_loss": pred.predict_loss, "top_lm_loss": pred.top_lm_loss}
+            extra["tokens_per_segment"] = pred.tokens_per_segment
+            if cache is not None:
+                cache.state, cache.seen = pred.stream, input_ids.shape[1]
         else:
-            full_ids, full_mask, n_new = input_ids, attention_mask, None
-        pred = self.model.predict(full_ids, full_mask, zero_context=zero_context)
-        logits = pred.logits if n_new is None else pred.logits[:, -n_new:]  # (B, T_new, 259)
+            # streaming: one new byte at a time through the cached state
+            if zero_context:
+                raise ValueError("zero_context is an evaluation switch; it cannot be combined with a cache.")
+            if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
+                raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
+            check_input_ids(input_ids, None, self.config.max_input_bytes)
+            steps = [self.model.stream_step(cache.state, input_ids[:, j]) for j in range(input_ids.shape[1])]
+            logits = torch.stack(steps, dim=1)  # (B, T_new, 259)
+            cache.seen += input_ids.shape[1]
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
@@ -524,9 +605,7 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             past_key_values=cache,
-            predict_loss=pred.predict_loss,
-            top_lm_loss=pred.top_lm_loss,
-            tokens_per_segment=pred.tokens_per_segment,
+            **extra,
         )
 
 

@@ -81,6 +81,7 @@ class HierAEPredictOutput(ModelOutput):
     top_lm_loss: torch.Tensor | None = None
     reconstruct_loss: torch.Tensor | None = None
     tokens_per_segment: torch.Tensor | None = None
+    stream: object | None = None
 
 
 @dataclass

@@ -34,11 +34,13 @@ def rule_fires(
     threshold: float | torch.Tensor,
     delta: float,
     prev_entropy: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Whether the token *after* each position opens a segment, ignoring the length cap.
 
-    entropy, tokens: (B, T). `prev_entropy (B,)` is `H[-1]` for streaming use (None: no rise at t = 0).
-    Returns fires (B, T) bool: fires[t] means x[t + 1] starts a segment.
+    entropy, tokens: (B, T). `prev_entropy (B,)` is `H[-1]` for streaming use (None: no rise at
+    t = 0; +inf: no rise either). With `valid (B, T)`, the first real token of a left-padded row
+    has no rise (padding has no entropy). Returns fires (B, T) bool: x[t + 1] starts a segment.
     """
     if mode == "threshold":
         fires = entropy > threshold  # (B, T)
@@ -47,6 +49,9 @@ def rule_fires(
             prev = torch.cat([entropy[:, :1], entropy[:, :-1]], dim=1)  # (B, T), no rise at t = 0
         else:
             prev = torch.cat([prev_entropy[:, None], entropy[:, :-1]], dim=1)  # (B, T)
+        if valid is not None:
+            prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)
+            prev = torch.where(prev_valid, prev, entropy)
         fires = (entropy - prev) > delta
     else:
         raise ValueError(f"boundary_mode={mode!r} is invalid: one of ('threshold', 'delta').")

@@ -119,18 +119,34 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, positions, key_valid, doc_ids=None):
+    def _qkv(self, x, positions):
         B, T, D = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # (B, H, T, hd)
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv  # (B, H, T, hd) each
         cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x, positions, key_valid, doc_ids=None, kv_out=None):
+        B, T, D = x.shape
+        q, k, v = self._qkv(x, positions)
+        if kv_out is not None:
+            kv_out.append((k, v))  # the prefill of a KVStore
         if self.window is None:
             y = full_causal_attention(q, k, v, key_valid, doc_ids)
         else:
             y = sliding_window_attention(q, k, v, self.window, key_valid, doc_ids)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+    def step(self, x, positions, cache, layer: int, rows):
+        """One new position per row of `rows`, attending to the cached keys. x (B', 1, D)."""
+        Bp, _, D = x.shape
+        q, k, v = self._qkv(x, positions)  # (B', H, 1, hd)
+        cache.write(layer, rows, k, v)
+        keys, values, mask = cache.read(layer, rows, self.window)  # (B', H, W', hd), mask (B', W')
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask[:, None, None, :]
+        )  # (B', H, 1, hd)
+        return self.out(y.transpose(1, 2).reshape(Bp, 1, D))  # (B', 1, D)
 
 
 class MLP(nn.Module):
@@ -166,8 +182,15 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = MLP(dim, intermediate)
 
-    def forward(self, x, positions, key_valid, doc_ids=None, context=None):
-        x = x + self.attn(self.attn_norm(x), positions, key_valid, doc_ids)
+    def forward(self, x, positions, key_valid, doc_ids=None, context=None, kv_out=None):
+        x = x + self.attn(self.attn_norm(x), positions, key_valid, doc_ids, kv_out)
+        return self._tail(x, context)
+
+    def step(self, x, positions, cache, layer, rows, context=None):
+        x = x + self.attn.step(self.attn_norm(x), positions, cache, layer, rows)
+        return self._tail(x, context)
+
+    def _tail(self, x, context):
         if self.context_dim is not None:
             x = x + self.ctx_out(self.ctx_value(self.ctx_norm(context)))  # (B, T, D)
         return x + self.mlp(self.mlp_norm(x))
@@ -192,9 +215,18 @@ class CausalTransformer(nn.Module):
         )
         self.norm = nn.RMSNorm(dim)
 
-    def forward(self, x, positions, key_valid, doc_ids=None, context=None):
+    def forward(self, x, positions, key_valid, doc_ids=None, context=None, kv_out=None):
+        """Whole rows. With `kv_out` (a list), each layer appends its rotated (keys, values)."""
         for block in self.blocks:
-            x = block(x, positions, key_valid, doc_ids, context)
+            x = block(x, positions, key_valid, doc_ids, context, kv_out)
+        return self.norm(x)
+
+    def step(self, x, cache, rows, context=None):
+        """One new position for each row in `rows` (B',): x (B', 1, D) -> (B', 1, D), via `cache`."""
+        positions = cache.next_positions(rows)[:, None]  # (B', 1)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, positions, cache, i, rows, context)
+        cache.advance(rows)
         return self.norm(x)
 
 

@@ -1,0 +1,77 @@
+"""The state of streaming (cached) generation, per level (DESIGN §7).
+
+Per level and row: the KV caches of the entropy model, encoder and decoder; the encoder states of
+the open segment (the pooling input once it closes); `H[t-1]` for the delta rule; the open
+segment's length; whether the next token opens a segment; and the context the decoder reads for
+the next token. The top LM keeps its own KV cache. Rows close segments at different steps, so
+every length is per row.
+
+Example (one level, max_segment_len 4): after the prompt "<s>a c", if the rule fired at "c" the
+segment "c" is already closed and its code is in the top LM's cache: `pending_new` is True and
+`context` is the top LM's g for the next segment. The next byte then starts a new open segment.
+Shape letters: B rows, L max segment length, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .kv_cache import KVStore
+from .segmentation import SegmentLayout, last_real
+
+
+@dataclass
+class LevelStream:
+    entropy: KVStore
+    encoder: KVStore
+    open_states: torch.Tensor  # (B, L, D) encoder states of the open segment, by offset
+    seg_len: torch.Tensor  # (B,) tokens in the open segment
+    prev_H: torch.Tensor  # (B,) entropy (bits) at the last token; +inf before the first
+    pending_new: torch.Tensor  # (B,) bool: the next token opens a segment
+    decoder: KVStore | None = None  # set top-down by the prefill
+    context: torch.Tensor | None = None  # (B, D) predict-mode context of the next token
+
+
+@dataclass
+class StreamState:
+    levels: list[LevelStream] = field(default_factory=list)
+    top: KVStore | None = None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select / reorder rows (beam search)."""
+        for st in self.levels:
+            for store in (st.entropy, st.encoder, st.decoder):
+                store.reorder(index)
+            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context"):
+                setattr(st, name, getattr(st, name).index_select(0, index))
+        self.top.reorder(index)
+
+
+def open_level_stream(
+    level, valid, layout: SegmentLayout, fires, H, h, kv_entropy, kv_encoder
+) -> LevelStream:
+    """A level's streaming state after a whole-row prefill.
+
+    valid (B, T); fires, H (B, T) from the boundary rule; h (B, T, D) encoder states.
+    """
+    B, T = valid.shape
+    L = level.cfg.max_segment_len
+    rows = torch.arange(B, device=valid.device)
+    has = valid.any(dim=1)  # (B,) rows with at least one token at this level
+    last = last_real(valid)  # (B,)
+    seg_len = torch.where(has, layout.pos[rows, last] + 1, torch.zeros_like(last))  # (B,)
+    pending = ~has | fires[rows, last] | (seg_len >= L)
+    start = (last + 1 - seg_len).clamp(min=0)  # (B,) first position of the open segment
+    idx = (start[:, None] + torch.arange(L, device=valid.device)[None, :]).clamp(max=T - 1)  # (B, L)
+    open_states = h.detach().gather(1, idx[..., None].expand(B, L, h.shape[-1]))  # (B, L, D)
+    prev_H = torch.where(has, H[rows, last], torch.full_like(H[:, 0], float("inf")))
+    return LevelStream(
+        entropy=KVStore(kv_entropy, valid),
+        encoder=KVStore(kv_encoder, valid),
+        open_states=open_states.clone(),
+        seg_len=seg_len.clone(),
+        prev_H=prev_H.clone(),
+        pending_new=pending.clone(),
+    )
