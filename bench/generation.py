@@ -128,13 +128,18 @@ def main(argv=None):
         ids = prompt_text(n)
         t_h = time_generation(hier, ids, args.new, args.repeats)
         t_l = time_generation(llama, ids, args.new, args.repeats)
-        rows.append((n, args.new / t_h, args.new / t_l))
+        # the prefill alone (one new byte), to isolate the per-byte decoding cost
+        p_h = time_generation(hier, ids, 1, args.repeats)
+        p_l = time_generation(llama, ids, 1, args.repeats)
+        d_h, d_l = (t_h - p_h) / (args.new - 1), (t_l - p_l) / (args.new - 1)
+        rows.append((n, args.new / t_h, args.new / t_l, d_h, d_l))
         print(
-            f"prompt {n:6d} B: hier_ae {args.new / t_h:8.1f} B/s   llama {args.new / t_l:8.1f} B/s",
+            f"prompt {n:6d} B: hier_ae {args.new / t_h:8.1f} B/s ({1e3 * d_h:.2f} ms/byte after the prefill)"
+            f"   llama {args.new / t_l:8.1f} B/s ({1e3 * d_l:.2f} ms/byte)",
             flush=True,
         )
 
-    base = rows[0][1]
+    base = rows[0][3]
     lines = [
         f"\n## Generation speed ({datetime.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -142,15 +147,21 @@ def main(argv=None):
         f"hier_ae `{args.model}` ({n_hier:,} parameters and buffers) against an untrained byte-level "
         f"`LlamaForCausalLM` ({n_llama:,} parameters) with its KV cache; greedy, {args.new} new bytes, "
         f"median of {args.repeats}. Cached output equals uncached: {checks}.\n",
-        "| prompt (bytes) | hier_ae bytes/s | Llama bytes/s | hier_ae / Llama | hier_ae s/byte vs 64 B |",
-        "|---:|---:|---:|---:|---:|",
+        "Bytes/s include the prefill; ms/byte is the decoding cost after it: "
+        "(t(256 new) - t(1 new)) / 255.\n",
+        "| prompt (bytes) | hier_ae bytes/s | Llama bytes/s | hier_ae / Llama | hier_ae ms/byte | "
+        "Llama ms/byte | hier_ae ms/byte vs 64 B |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, h, ll in rows:
-        lines.append(f"| {n} | {h:.1f} | {ll:.1f} | {h / ll:.2f} | {base / h:.2f} |")
-    flat = base / rows[-1][1]
+    for n, h, ll, dh, dl in rows:
+        lines.append(
+            f"| {n} | {h:.1f} | {ll:.1f} | {h / ll:.2f} | {1e3 * dh:.2f} | {1e3 * dl:.2f} | {dh / base:.2f} |"
+        )
+    flat = rows[-1][3] / base
     verdict = "met" if flat <= 1.25 else "missed"
     lines.append(
-        f"\nTarget: time per byte at {rows[-1][0]} B <= 1.25 x at {rows[0][0]} B: {flat:.2f} x ({verdict})."
+        f"\nTarget: decoding time per byte at {rows[-1][0]} B <= 1.25 x at {rows[0][0]} B: "
+        f"{flat:.2f} x ({verdict})."
     )
     with open(args.results, "a") as f:
         f.write("\n".join(lines) + "\n")

@@ -130,6 +130,26 @@ def test_decode_needs_only_top_codes(trained_1level, grammar_data):
         assert got[0].item() == 2  # the document's <s> comes back
 
 
+def test_two_level_decode_from_top_codes_only(trained_2level, grammar_data):
+    """2 levels: everything but the top codes is deleted before decode; report the exact rate."""
+    model, _ = trained_2level
+    held_out = grammar_data[1][:100]
+    report = reconstruction_report(model, [s.encode() for s in held_out])  # deletes enc before decode
+    print(
+        f"\n2-level exact-match {report['exact_match']:.3f} on {report['documents']} held-out lines; "
+        f"bytes/code per level {[round(b, 2) for b in report['bytes_per_code']]}, "
+        f"top code bits/byte {report['code_bits_per_byte']:.3f}"
+    )
+    assert report["bytes_per_code"][1] > report["bytes_per_code"][0]  # level 1 compresses further
+    assert report["exact_match"] >= 0.5
+    ids, mask = doc_batch(held_out[:2])
+    enc = model.encode(ids, mask)
+    top, top_mask = enc.top_codes.clone(), enc.top_mask.clone()
+    del enc
+    out = model.decode(top, top_mask)
+    assert len(out.level_tokens) == 2 and out.sequences[:, 0].tolist() == [2, 2]
+
+
 def test_boundaries_prefix_causal_on_trained_model(trained_1level, grammar_data):
     """Changing bytes after t leaves segment ids up to t + 1 unchanged (trained entropy model)."""
     model, _ = trained_1level

@@ -66,11 +66,10 @@ class KVStore:
             idx = end[:, None] - window + torch.arange(window, device=end.device)[None, :]  # (B', W)
             inside = idx >= 0
             idx = idx.clamp(min=0)
-        mask = inside & self.key_valid[rows].gather(1, idx)  # (B', W')
-        H, hd = self.keys[layer].shape[1], self.keys[layer].shape[-1]
-        gather = idx[:, None, :, None].expand(len(rows), H, idx.shape[1], hd)
-        keys = self.keys[layer][rows].gather(2, gather)  # (B', H, W', hd)
-        values = self.values[layer][rows].gather(2, gather)
+        r = rows[:, None]  # (B', 1): index only the W' slots read, never a row's whole cache
+        mask = inside & self.key_valid[r, idx]  # (B', W')
+        keys = self.keys[layer][r, :, idx].transpose(1, 2)  # (B', W', H, hd) -> (B', H, W', hd)
+        values = self.values[layer][r, :, idx].transpose(1, 2)
         return keys, values, mask
 
     def advance(self, rows: torch.Tensor) -> None:
