@@ -51,3 +51,165 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         "code_bits_per_byte": segs[-1] * code_bits[-1] / max(n_bytes, 1),
         "code_bits_per_byte_per_level": [s * b / max(n_bytes, 1) for s, b in zip(segs, code_bits)],
     }
+
+
+# ---- prediction (the causal LM) ----------------------------------------------------------------
+def rolling_windows(n: int, window: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """Windows that score every byte of a document once: `(lo, a, b)` triples.
+
+    The document is `f = [<s>] + bytes` (n bytes, f has n + 1 ids). A window feeds `f[lo:b]` (at most
+    `window` ids) to the model and scores the targets `f[a + 1 : b + 1]` from logits `a - lo .. b - 1 - lo`.
+    Windows advance by `stride` (default `window`). With `stride == window` these are exactly
+    lm-eval's `loglikelihood_rolling` windows (`get_rolling_token_windows(..., context_len=1)` +
+    `make_disjoint_window`): the first reads `<s>` + bytes[:window-1]; every later one reads the
+    `window` ids before its last target, so only the first starts with `<s>`.
+
+    n = 300, window = 128: [(0, 0, 128), (128, 128, 256), (172, 256, 300)].
+    """
+    if window < 1 or n < 0:
+        raise ValueError(f"window={window} must be >= 1 and n={n} >= 0.")
+    stride = window if stride is None else stride
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride={stride} must be in [1, window={window}].")
+    out = []
+    for a in range(0, n, stride):
+        b = min(a + stride, n)
+        out.append((max(0, b - window), a, b))
+    return out
+
+
+def _causal_core(model):
+    """The `HierAEModel` inside a `HierAEForCausalLM` (or the model itself)."""
+    return model if hasattr(model, "predict") else model.model
+
+
+@torch.no_grad()
+def predict_loglikelihoods(
+    model,
+    docs: list[bytes],
+    window: int | None = None,
+    stride: int | None = None,
+    zero_context: bool = False,
+    batch_size: int = 8,
+) -> list[float]:
+    """Predict-mode log-likelihood (nats) of every byte of each document, given `<s>` and the bytes before.
+
+    Uses `rolling_windows` (default window: `config.max_position_embeddings`, lm-eval's max_length);
+    EOS is not scored. Windows are right-padded into batches with a mask (prefix invariance makes the
+    padding irrelevant). `model` is a `HierAEModel` or a `HierAEForCausalLM`.
+    """
+    core = _causal_core(model)
+    core.eval()
+    device = next(core.parameters()).device
+    window = window or core.config.max_position_embeddings
+    jobs = []  # (doc index, input ids, first scored logit, targets)
+    for i, doc in enumerate(docs):
+        f = frame_document(doc)[:-1]  # <s> + bytes, no </s>
+        for lo, a, b in rolling_windows(len(doc), window, stride):
+            jobs.append((i, f[lo:b], a - lo, f[a + 1 : b + 1]))
+    total = [0.0] * len(docs)
+    for k in range(0, len(jobs), batch_size):
+        chunk = jobs[k : k + batch_size]
+        ids, mask = pad_rows([j[1] for j in chunk])
+        logits = core.predict(ids.to(device), mask.to(device), zero_context=zero_context).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+        for row, (i, _, first, targets) in enumerate(chunk):
+            picked = logp[row, first : first + len(targets)].gather(1, targets[:, None])
+            total[i] += float(picked.double().sum())
+    return total
+
+
+def bits_per_byte(loglikelihoods: list[float], docs: list[bytes]) -> float:
+    """lm-eval's corpus-level bits_per_byte: -sum(log-likelihood) / (sum(bytes) * ln 2)."""
+    return -sum(loglikelihoods) / (max(sum(len(d) for d in docs), 1) * math.log(2))
+
+
+# ---- codebooks and segmentation --------------------------------------------------------------
+@torch.no_grad()
+def codebook_usage(model, docs: list[bytes], batch_size: int = 32) -> list[dict]:
+    """Per level: how the codebook is used on these documents (framed `<s>` + bytes + `</s>`).
+
+    `usage_perplexity`: exp(entropy) of the histogram of the level's codes (K^R composite ids);
+    `used_codes` / `unused_codes`: distinct codes seen / not seen, per depth r of the residual
+    codebook (K each); `dead_codes`: depth-0 codes the quantiser's training state counts as dead
+    (unused for `dead_after_steps` optimizer steps; that is about training, not about these documents).
+    """
+    core = _causal_core(model)
+    per_level = [[] for _ in core.levels]
+    for i in range(0, len(docs), batch_size):
+        ids, mask = pad_rows([frame_document(d) for d in docs[i : i + batch_size]])
+        enc = core.encode(ids.to(next(core.parameters()).device), mask.to(ids.device))
+        for lv in range(core.num_levels):
+            per_level[lv].append(enc.codes[lv][enc.code_mask[lv]].cpu())
+    out = []
+    for level, chunks in zip(core.levels, per_level):
+        q = level.quantizer
+        codes = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
+        hist = torch.bincount(codes, minlength=q.num_codes).double()
+        p = hist / hist.sum().clamp(min=1)
+        digits = q.split_codes(codes) if codes.numel() else torch.zeros(0, q.depth, dtype=torch.long)
+        used = [int(torch.unique(digits[:, r]).numel()) for r in range(q.depth)]
+        out.append(
+            {
+                "codebook_size": q.codebook_size,
+                "depth": q.depth,
+                "codes_seen": int(codes.numel()),
+                "distinct_codes": int((hist > 0).sum()),
+                "usage_perplexity": float(torch.exp(-torch.special.xlogy(p, p).sum()))
+                if codes.numel()
+                else 0.0,
+                "used_codes_per_depth": used,
+                "unused_codes_per_depth": [q.codebook_size - u for u in used],
+                "dead_codes": int((q.steps_since_used[0] >= q.dead_after_steps).sum()),
+            }
+        )
+    return out
+
+
+@torch.no_grad()
+def segmentation(model, doc: bytes) -> dict:
+    """How `encode` segments one document (`<s>` + bytes + `</s>`), in byte coordinates.
+
+    Returns `ids` (the framed ids), `entropy` (level-0 H[t] in bits: the uncertainty about id t + 1),
+    `threshold` (level 0's boundary value; in delta mode a rise, not a level), `boundary_mode`, and
+    per level `starts` (id positions where a segment of that level begins) and `codes` (one per
+    segment, in order). A segment of level l + 1 covers the ids of the level-l segments whose codes
+    it holds; framing tokens (bos / eos) of the upper streams cover no ids.
+    """
+    core = _causal_core(model)
+    ids = frame_document(doc)
+    enc = core.encode(ids[None].to(next(core.parameters()).device))
+    n = len(ids)
+    spans = [(t, t + 1) for t in range(n)]  # per token of the current level: covered id range or None
+    levels = []
+    for lv, level in enumerate(core.levels):
+        seg = enc.segment_ids[lv][0].cpu()
+        valid = enc.level_mask[lv][0].cpu().bool()
+        codes = enc.codes[lv][0][enc.code_mask[lv][0]].cpu().tolist()
+        seg_span: dict[int, tuple[int, int]] = {}
+        for t in range(int(valid.sum())):
+            s, sp = int(seg[t]), spans[t]
+            if s < 0 or sp is None:
+                continue
+            lo, hi = seg_span.get(s, sp)
+            seg_span[s] = (min(lo, sp[0]), max(hi, sp[1]))
+        levels.append(
+            {"starts": sorted(lo for lo, _ in seg_span.values()), "codes": codes, "segments": len(codes)}
+        )
+        if lv + 1 < core.num_levels:  # spans of the next level's tokens: codes map to these segments
+            up_tokens = enc.level_tokens[lv + 1][0].cpu()
+            up_valid = enc.level_mask[lv + 1][0].cpu().bool()
+            k, spans = 0, []
+            for t in range(len(up_tokens)):
+                if up_valid[t] and int(up_tokens[t]) < level.cfg.num_codes:
+                    spans.append(seg_span.get(k))
+                    k += 1
+                else:
+                    spans.append(None)
+    return {
+        "ids": ids.tolist(),
+        "entropy": enc.entropy[0][0].cpu().float().tolist(),
+        "threshold": float(core.levels[0].boundary_value),
+        "boundary_mode": core.levels[0].cfg.boundary_mode,
+        "levels": levels,
+    }
