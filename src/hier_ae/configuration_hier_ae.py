@@ -301,6 +301,17 @@ class HierAEConfig(PretrainedConfig):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, value, "must be a finite number >= 0")
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Refuse a config written for another architecture instead of loading it with a warning."""
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"config has model_type={model_type!r}; "
+                f"HierAEConfig loads only model_type='{cls.model_type}'."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     # ---- typed views -------------------------------------------------------------------------
     @property
     def level_configs(self) -> list[LevelConfig]:

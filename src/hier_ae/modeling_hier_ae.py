@@ -75,6 +75,14 @@ class HierAEPreTrainedModel(PreTrainedModel):
     # the segmenting and encoding path stays fp32 even in a bf16 load (DESIGN §3, precision)
     _keep_in_fp32_modules_strict = ["entropy_model", "encoder", "pooling", "quantizer", "boundary_value"]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Safetensors only: a folder that holds pickled weights (`pytorch_model.bin`) is refused."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("hier_ae loads safetensors weights only; use_safetensors=False is not allowed.")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
     def _init_weights(self, module):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
