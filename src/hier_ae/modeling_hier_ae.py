@@ -547,8 +547,6 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
     (logits up to t never depend on bytes after t) makes that exact.
     """
 
-    _keep_in_fp32_modules_strict = HierAEPreTrainedModel._keep_in_fp32_modules_strict
-
     def __init__(self, config: HierAEConfig):
         super().__init__(config)
         self.model = HierAEModel(config)

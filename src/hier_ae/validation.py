@@ -43,11 +43,7 @@ def check_input_ids(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids shape "
                 f"{tuple(input_ids.shape)}; both must be (batch, length)."
             )
-        if attention_mask.dtype.is_floating_point:
-            bad = ((attention_mask != 0) & (attention_mask != 1)).any()
-        else:
-            bad = ((attention_mask.long() != 0) & (attention_mask.long() != 1)).any()
-        if bad:
+        if ((attention_mask != 0) & (attention_mask != 1)).any():
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token).")
         mask = attention_mask.bool()
         if not mask.any():
