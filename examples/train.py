@@ -119,7 +119,7 @@ def flat_scalars(d: dict, prefix: str = "") -> dict:
 # ---- validation and samples ----------------------------------------------------------------------
 def display_metrics(metrics: dict, stage: Stage) -> dict:
     """At level 0 tokens are bytes: the reconstruct CE is 'recon bits/byte' (never 'bpb')."""
-    if (stage.level == 0 or stage.kind == "predict") and "recon bits/token" in metrics:
+    if (stage.level == 0 or stage.kind in ("predict", "joint")) and "recon bits/token" in metrics:
         metrics = {("recon bits/byte" if k == "recon bits/token" else k): v for k, v in metrics.items()}
     return metrics
 

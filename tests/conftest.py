@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,26 +94,61 @@ def _save(model: HierAEModel, folder: Path) -> None:
     HierAEByteTokenizer().save_pretrained(folder)
 
 
-@pytest.fixture(scope="session")
-def trained_1level(tmp_path_factory, grammar_data):
-    """A 1-level model trained on grammar sentences (all stages, about 1.5 minutes on 2 cores)."""
+def _fixture_key(name: str, stages: list[Stage]) -> str:
+    """Everything a trained fixture depends on: the package source, this file, the grammar, the
+    stages, and the torch / transformers versions and thread count (float reductions follow them)."""
+    import transformers
+
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for p in [*sorted((REPO / "src" / "hier_ae").glob("*.py")), here / "conftest.py", here / "grammar.py"]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    h.update(
+        f"{name}|{stages}|{torch.__version__}|{transformers.__version__}|{torch.get_num_threads()}".encode()
+    )
+    return h.hexdigest()[:16]
+
+
+def _trained_fixture(request, tmp_path_factory, name: str, config, lines, stages):
+    """Train once per test session; across sessions, reuse pytest's cache (`.pytest_cache`) when
+    nothing the training depends on changed (`_fixture_key`). A clean checkout (CI) always trains.
+    Tests get a private copy of the folder, so one that corrupts it cannot poison the cache."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    folder = tmp_path_factory.mktemp(name)
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
+    stored = Path(cache.mkdir(f"hier_ae_{name}_{_fixture_key(name, stages)}")) if cache else None
+    if stored is not None and (stored / "model.safetensors").exists():
+        shutil.copytree(stored, folder, dirs_exist_ok=True)
+        model = HierAEForCausalLM.from_pretrained(folder).model.eval()
+        print(f"[fixture] {name}: reused the trained checkpoint cached in {stored}")
+        return model, folder
+    model = _train(config, lines, stages)
+    _save(model, folder)
+    if stored is not None:
+        tmp = stored.with_name(stored.name + f".tmp{os.getpid()}")
+        shutil.copytree(folder, tmp)
+        shutil.rmtree(stored, ignore_errors=True)
+        tmp.rename(stored)
+    return model, folder
+
+
+@pytest.fixture(scope="session")
+def trained_1level(request, tmp_path_factory, grammar_data):
+    """A 1-level model trained on grammar sentences (all stages, about 1.5 minutes on 2 cores)."""
     stages = [
         Stage("entropy", 0, 150, 3e-3),
         Stage("autoencoder", 0, 800, 3e-3),
         Stage("top_lm", None, 100, 3e-3),
         Stage("predict", None, 300, 2e-3),
     ]
-    model = _train(tiny_config(1), grammar_data[0], stages)
-    folder = tmp_path_factory.mktemp("trained_1level")
-    _save(model, folder)
-    return model, folder
+    return _trained_fixture(
+        request, tmp_path_factory, "trained_1level", tiny_config(1), grammar_data[0], stages
+    )
 
 
 @pytest.fixture(scope="session")
-def trained_2level(tmp_path_factory, grammar_data):
+def trained_2level(request, tmp_path_factory, grammar_data):
     """A 2-level model trained on grammar sentences (all stages, about 2 minutes on 2 cores)."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     stages = [
         Stage("entropy", 0, 150, 3e-3),
         Stage("autoencoder", 0, 500, 3e-3),
@@ -120,7 +157,6 @@ def trained_2level(tmp_path_factory, grammar_data):
         Stage("top_lm", None, 100, 3e-3),
         Stage("predict", None, 200, 2e-3),
     ]
-    model = _train(tiny_config(2), grammar_data[0], stages)
-    folder = tmp_path_factory.mktemp("trained_2level")
-    _save(model, folder)
-    return model, folder
+    return _trained_fixture(
+        request, tmp_path_factory, "trained_2level", tiny_config(2), grammar_data[0], stages
+    )

@@ -314,7 +314,7 @@ class HierAEModel(HierAEPreTrainedModel):
         stream = [] if return_stream else None  # per level: the prefill of a StreamState
         # bottom up: segments, codes of completed segments, the stream of the level above
         per_level = []
-        rec_losses = []
+        rec_losses, com_losses = [], []
         tokens, v = ids, valid
         for level in self.levels:
             positions = positions_from_mask(v)
@@ -326,6 +326,7 @@ class HierAEModel(HierAEPreTrainedModel):
                 ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
                 rec_logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
                 rec_losses.append(masked_cross_entropy(rec_logits[:, : tokens.shape[1]], tokens, v))
+                com_losses.append(q.commitment)
             closed = closed_segments(layout, fires, v, level.cfg.max_segment_len)
             up = self._next_level_stream(level, tokens, v, layout, q.codes.detach(), closed=closed)
             per_level.append((tokens, v, layout, up))
@@ -365,6 +366,7 @@ class HierAEModel(HierAEPreTrainedModel):
             predict_loss=torch.stack(losses),
             top_lm_loss=top_loss,
             reconstruct_loss=torch.stack(rec_losses) if with_reconstruct else None,
+            commitment_loss=torch.stack(com_losses) if with_reconstruct else None,
             tokens_per_segment=torch.stack(
                 [lv[1].sum().float() / lv[2].seg_mask.sum().clamp(min=1).float() for lv in per_level]
             ),
@@ -568,11 +570,19 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         zero_context: bool = False,
         return_dict: bool | None = None,
+        cache: HierAECache | None = None,
         **kwargs,
     ) -> HierAECausalLMOutput:
+        """`cache` and `past_key_values` are the same argument: transformers >= 5.24 passes the
+        generation state as `cache`, earlier 5.x versions as `past_key_values`; accept either."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the generation state as `cache` or `past_key_values`, not both.")
+        past_key_values = cache if cache is not None else past_key_values
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
-            raise ValueError(f"past_key_values must be a HierAECache, got {type(past_key_values).__name__}.")
+            raise ValueError(
+                f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
+            )
         cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
         extra = {}
         if cache is None or cache.state is None:

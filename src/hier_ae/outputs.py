@@ -74,12 +74,15 @@ class HierAEPredictOutput(ModelOutput):
     predict_loss (L,): per level, decoder CE in predict mode (nats per token of that level; the
     contexts come from completed segments only, so this IS a language-model loss).
     top_lm_loss: next-code CE of the top LM (nats per code).
+    With `with_reconstruct=True` also `reconstruct_loss` (L,) (decoder CE reading the segment's own
+    code: an autoencoder figure, never a perplexity) and `commitment_loss` (L,) (beta * commitment).
     """
 
     logits: torch.Tensor | None = None
     predict_loss: torch.Tensor | None = None
     top_lm_loss: torch.Tensor | None = None
     reconstruct_loss: torch.Tensor | None = None
+    commitment_loss: torch.Tensor | None = None
     tokens_per_segment: torch.Tensor | None = None
     stream: object | None = None
 

@@ -4,6 +4,11 @@ Untrained entropy models give meaningless boundaries, and a level trained on cod
 renumbered learns nothing, so training goes bottom up, one stage at a time:
 
     entropy-0 -> autoencoder-0 -> (freeze entropy model 0 and codebook 0) -> entropy-1 -> ... -> top_lm
+        -> predict -> (optional) joint
+
+`predict` trains the causal LM (top LM, decoders in both modes, context maps) with every encoder
+fixed; the optional `joint` stage also trains the encoders and poolings, with every entropy model and
+codebook still frozen (segments never move, codes only through the encoders).
 
 `prepare_stage` is the single place that decides, for a stage, which parameters train, which
 levels are frozen, which parts of the forward run and which loss terms form the objective. Every
@@ -19,12 +24,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict")
+STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict", "joint")
+LEVELLESS_KINDS = ("top_lm", "predict", "joint")
 
 
 @dataclass
 class Stage:
-    """One stage: `kind` in STAGE_KINDS, the `level` it trains (None for top_lm), steps and lr."""
+    """One stage: `kind` in STAGE_KINDS, the `level` it trains (None for top_lm/predict/joint), steps, lr."""
 
     kind: str
     level: int | None = None
@@ -36,8 +42,11 @@ class Stage:
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"stage kind={self.kind!r} is invalid: one of {STAGE_KINDS}.")
-        if (self.kind in ("top_lm", "predict")) != (self.level is None):
-            raise ValueError(f"stage {self.kind!r}: level must be None for top_lm/predict, an int otherwise.")
+        if (self.kind in LEVELLESS_KINDS) != (self.level is None):
+            raise ValueError(
+                f"stage {self.kind!r}: level={self.level!r} must be None for {'/'.join(LEVELLESS_KINDS)} "
+                "and an int for entropy/autoencoder."
+            )
         if self.steps < 0 or self.lr <= 0:
             raise ValueError(f"stage {self.name}: steps={self.steps} must be >= 0 and lr={self.lr} > 0.")
 
@@ -53,8 +62,9 @@ def default_stages(
     top_lm_steps: int,
     lr: float = 3e-3,
     predict_steps: int = 0,
+    joint_steps: int = 0,
 ):
-    """entropy-l, autoencoder-l for every level bottom up, then top_lm, then predict."""
+    """entropy-l, autoencoder-l for every level bottom up, then top_lm, then predict, then joint."""
     stages = []
     for level in range(num_levels):
         stages.append(Stage("entropy", level, entropy_steps, lr))
@@ -62,6 +72,8 @@ def default_stages(
     stages.append(Stage("top_lm", None, top_lm_steps, lr))
     if predict_steps:
         stages.append(Stage("predict", None, predict_steps, lr))
+    if joint_steps:
+        stages.append(Stage("joint", None, joint_steps, lr))
     return stages
 
 
@@ -77,11 +89,14 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
     """Freeze and unfreeze for `stage`; return what to optimise, how to call forward, what to minimise."""
     L = model.num_levels
     if stage.level is not None and not 0 <= stage.level < L:
-        raise ValueError(f"stage {stage.name}: level must be in [0, {L}) for this model.")
+        raise ValueError(
+            f"stage {stage.name}: level={stage.level} is invalid: must be in [0, {L}) for this model."
+        )
     model.requires_grad_(False)
     top = stage.level if stage.level is not None else L
     for i, level in enumerate(model.levels):
         # levels below the trained one are fixed: their segments and codes must not move
+        # (top_lm / predict / joint: top = L, so every entropy model and codebook is frozen)
         level.entropy_frozen = i < top or (i == top and stage.kind == "autoencoder")
         level.codebook_frozen = i < top or (i == top and stage.kind == "entropy") or i > top
     if stage.kind == "entropy":
@@ -111,7 +126,7 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             return out.top_lm_loss
 
         names = ["top-LM CE"]
-    else:
+    elif stage.kind == "predict":
         # predict mode (DESIGN §4): the top LM, every decoder and the context maps train on the
         # causal LM objective; the decoders keep their reconstruct mode (same weights) too
         model.top_lm.requires_grad_(True)
@@ -124,6 +139,25 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             return out.predict_loss.sum() + out.reconstruct_loss.sum() + out.top_lm_loss
 
         names = ["predict CE", "recon CE", "top-LM CE"]
+    else:
+        # joint (DESIGN §8, optional): everything but the entropy models and codebooks, on both
+        # modes at once; the encoders now move too, held to their (frozen) codebooks by commitment.
+        # Entropy models and codebooks stay frozen so segments and code ids keep their meaning.
+        model.top_lm.requires_grad_(True)
+        for lv in model.levels:
+            for module in (lv.encoder, lv.pooling, lv.decoder, lv.context_proj):
+                module.requires_grad_(True)
+        kwargs = {"mode": "predict"}
+
+        def objective(out):
+            return (
+                out.predict_loss.sum()
+                + out.reconstruct_loss.sum()
+                + out.commitment_loss.sum()
+                + out.top_lm_loss
+            )
+
+        names = ["predict CE", "recon CE", "commitment", "top-LM CE"]
     params = [p for p in model.parameters() if p.requires_grad]
     return StagePlan(params=params, forward_kwargs=kwargs, objective=objective, metric_names=names)
 
@@ -146,6 +180,8 @@ def stage_metrics(out, stage: Stage) -> dict[str, float]:
         m["predict bits/byte"] = out.predict_loss[0].item() / math.log(2)
         m["recon bits/token"] = out.reconstruct_loss[0].item() / math.log(2)
         m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
+        if stage.kind == "joint":
+            m["commitment"] = out.commitment_loss.sum().item()
     for i, t in enumerate(out.tokens_per_segment.tolist()):
         m[f"tokens/seg L{i}"] = t
     return m

@@ -1,0 +1,78 @@
+"""The stage runner's freezing rules (DESIGN §8), checked on a trained 2-level checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from hier_ae.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.stages import Stage, default_stages, prepare_stage, train_stage
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_kinds_and_levels_are_validated():
+    with pytest.raises(ValueError, match="level=0 must be None"):
+        Stage("joint", 0, 10)
+    with pytest.raises(ValueError, match="stage kind='jointly' is invalid"):
+        Stage("jointly", None, 10)
+    names = [s.name for s in default_stages(2, 1, 1, 1, predict_steps=1, joint_steps=1)]
+    assert names == ["entropy-0", "autoencoder-0", "entropy-1", "autoencoder-1", "top_lm", "predict", "joint"]
+
+
+def test_prepare_stage_rejects_a_level_the_model_lacks(trained_2level):
+    model = copy.deepcopy(trained_2level[0])
+    with pytest.raises(ValueError, match=r"level=2 is invalid: must be in \[0, 2\)"):
+        prepare_stage(model, Stage("entropy", 2, 1))
+
+
+def test_joint_stage_moves_encoders_but_never_segments_or_codebooks(trained_2level, grammar_data):
+    """joint trains encoders, poolings, decoders, context maps and the top LM on both modes at once;
+    entropy models and codebooks stay frozen, so every segment boundary stays where it was."""
+    model = copy.deepcopy(trained_2level[0])
+    rows = [frame_document(s.encode()) for s in grammar_data[1][:8]]
+    ids, mask = pad_rows(rows)
+    before_enc = model.encode(ids, mask)
+    frozen = {
+        f"{i}.{name}": _snapshot(getattr(lv, name))
+        for i, lv in enumerate(model.levels)
+        for name in ("entropy_model", "quantizer")
+    }
+    moving = {
+        "encoder0": _snapshot(model.levels[0].encoder),
+        "pooling1": _snapshot(model.levels[1].pooling),
+        "decoder0": _snapshot(model.levels[0].decoder),
+        "top_lm": _snapshot(model.top_lm),
+    }
+    plan = prepare_stage(model, Stage("joint", None, 1))
+    assert plan.metric_names == ["predict CE", "recon CE", "commitment", "top-LM CE"]
+
+    batches = DocumentCropper([s.encode() for s in grammar_data[0]], 8, 64, seed=3, p_doc_start=0.5)
+    history = train_stage(model, Stage("joint", None, 4, 1e-3, warmup_steps=1), batches)
+    assert len(history) == 4 and all(math.isfinite(x) for x in history)
+
+    for key, snap in frozen.items():
+        lv, name = key.split(".")
+        assert _same(snap, _snapshot(getattr(model.levels[int(lv)], name))), f"{key} moved in joint"
+    for key, snap in moving.items():
+        module = {
+            "encoder0": model.levels[0].encoder,
+            "pooling1": model.levels[1].pooling,
+            "decoder0": model.levels[0].decoder,
+            "top_lm": model.top_lm,
+        }[key]
+        assert not _same(snap, _snapshot(module)), f"{key} did not train in joint"
+    after_enc = model.encode(ids, mask)
+    # level-0 segments come from the frozen entropy model alone: identical
+    assert torch.equal(before_enc.segment_ids[0], after_enc.segment_ids[0])
+    out = model.predict(ids, mask, with_reconstruct=True)
+    assert out.commitment_loss.shape == (2,) and torch.isfinite(out.commitment_loss).all()
