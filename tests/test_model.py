@@ -164,18 +164,6 @@ def test_boundaries_prefix_causal_on_trained_model(trained_1level, grammar_data)
         assert torch.equal(seg[0, : t + 2], base[0, : t + 2]), t
 
 
-def test_encode_row_alone_equals_inside_padded_batch(trained_1level, grammar_data):
-    model, _ = trained_1level
-    texts = grammar_data[1][:3]
-    ids, mask = doc_batch(texts)
-    enc = model.encode(ids, mask)
-    for row, text in enumerate(texts):
-        alone = model.encode(*doc_batch([text]))
-        n = int(alone.top_mask.sum())
-        assert torch.equal(enc.top_codes[row, :n], alone.top_codes[0, :n])
-        assert int(enc.top_mask[row].sum()) == n
-
-
 # ---- precision ----------------------------------------------------------------------------------
 def test_bf16_autocast_and_bf16_load_keep_segments_and_codes(trained_1level, grammar_data):
     model, folder = trained_1level
