@@ -559,6 +559,22 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.model.levels[0].decoder.embed
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing a prompt row without any real token.
+
+        A row whose attention_mask is all 0 has no state to stream from (cached and uncached
+        generation would disagree on it), so it raises `ValueError`; an empty prompt is `<s>` (id 2).
+        """
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
+                    "least one prompt token per row; start an empty prompt with <s> (id 2)."
+                )
+        return super().generate(inputs, *args, **kwargs)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -568,8 +584,18 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         zero_context: bool = False,
         return_dict: bool | None = None,
+        cache: HierAECache | None = None,
         **kwargs,
     ) -> HierAECausalLMOutput:
+        """`logits[:, t]` predicts x[t + 1]; with a `HierAECache`, new tokens stream through it.
+
+        The cache arrives as `past_key_values` (transformers <= 5.23) or `cache` (5.24 renamed it in
+        `generate`); an unread cache would silently restart generation from the last token, so both
+        names are read and giving both raises.
+        """
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
+        past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
             raise ValueError(f"past_key_values must be a HierAECache, got {type(past_key_values).__name__}.")
