@@ -36,7 +36,7 @@ from .quantizer import VectorQuantizer
 from .segmentation import closed_segments, frame_upper_stream, last_real, segment_last_tokens, shift_in_begin
 from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
-from .validation import check_codes, check_input_ids
+from .validation import check_codes, check_input_ids, check_labels
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -618,16 +618,18 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
             if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
                 raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
             check_input_ids(input_ids, None, self.config.max_input_bytes)
+            if cache.seen + input_ids.shape[1] > self.config.max_input_bytes:
+                raise ValueError(
+                    f"generation would feed the model {cache.seen + input_ids.shape[1]} ids, over "
+                    f"max_input_bytes={self.config.max_input_bytes}; a prompt of P ids allows at most "
+                    "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
+                )
             steps = [self.model.stream_step(cache.state, input_ids[:, j]) for j in range(input_ids.shape[1])]
             logits = torch.stack(steps, dim=1)  # (B, T_new, 259)
             cache.seen += input_ids.shape[1]
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"labels shape {tuple(labels.shape)} must equal the input_ids shape "
-                    f"{tuple(logits.shape[:2])}."
-                )
+            check_labels(labels, tuple(logits.shape[:2]))
             shift_logits = logits[:, :-1].float()  # (B, T-1, V)
             shift_labels = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(
