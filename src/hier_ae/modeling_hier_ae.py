@@ -11,6 +11,7 @@ V vocab of the current level, L levels.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -76,12 +77,29 @@ class HierAEPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["entropy_model", "encoder", "pooling", "quantizer", "boundary_value"]
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Safetensors only: a folder that holds pickled weights (`pytorch_model.bin`) is refused."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Safetensors only: a folder that holds pickled weights (`pytorch_model.bin`) is refused.
+
+        A local folder without `config.json` raises `FileNotFoundError` (transformers would build a
+        default config and load the weights into it), and so does a local path that does not exist
+        (transformers would report it as a malformed Hub repo id).
+        """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hier_ae loads safetensors weights only; use_safetensors=False is not allowed.")
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(*args, **kwargs)
+        path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if isinstance(path, str) and kwargs.get("config") is None and not kwargs.get("subfolder"):
+            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+                raise FileNotFoundError(
+                    f"{path} has no config.json: a hier_ae model folder holds config.json and "
+                    "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
+                    "is not a model folder; use the stages/ or model/ folder of the run."
+                )
+            if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
+                raise FileNotFoundError(
+                    f"{path} does not exist: expected a model folder or a Hub id 'owner/name'."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _init_weights(self, module):
         std = self.config.initializer_range
