@@ -267,9 +267,15 @@ def train_stage(
                 out = net(input_ids=ids, attention_mask=mask, **plan.forward_kwargs)
                 loss = plan.objective(out)
                 if not _all_finite(loss.detach(), accelerator, distributed):
-                    terms = nonfinite_terms(out) or ["(finite here: a term on another process)"]
-                    bad = [f"objective={loss.item()} (micro-batch {micro})", *terms]
-                    break  # no backward: nothing of this micro-batch reaches the weights
+                    if bool(torch.isfinite(loss.detach())):
+                        bad = [f"objective on another process (here {loss.item()}, micro-batch {micro})"]
+                    else:
+                        bad = [f"objective={loss.item()} (micro-batch {micro})", *nonfinite_terms(out)]
+                    if distributed and last and on_nonfinite == "skip":
+                        # DDP expects a backward after a synchronised forward: every process runs
+                        # the same all-zero one (the gradients are dropped below)
+                        accelerator.backward(sum((p * 0.0).sum() for p in plan.params))
+                    break  # no backward of the loss: nothing of this micro-batch reaches the weights
                 if accelerator is not None:
                     accelerator.backward(loss / accumulation_steps)
                 else:
