@@ -16,6 +16,7 @@ Tried here, with what each gets:
 - disk full (ENOSPC) inside `save_state`                     -> OSError; partial folder gone; previous intact
 - permission denied (EACCES) writing the rank state          -> PermissionError; previous intact and loadable
 - `training.on_nonfinite` in a train.py config               -> reaches `train_stage`; skipped records printed
+- NaN on one of two DDP processes, "skip"                    -> both drop the step; weights stay bitwise equal
 
 Tests run as root in CI, where `chmod` does not stop a write: failures are simulated with mocks.
 """
@@ -281,3 +282,21 @@ def test_train_script_plumbs_the_policy_and_prints_skipped_records(tmp_path, mon
     assert seen["on_nonfinite"] == "skip" and seen["max_consecutive_skips"] == 3
     out = capsys.readouterr().out
     assert "1 corrupt JSON line" in out and "1 not text" in out and "records skipped" in out
+
+
+def test_ddp_skip_is_collective(tmp_path):
+    """World size 2, NaN on rank 1 only: both ranks drop the same steps and stay bitwise equal."""
+    import os
+    import subprocess
+
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "29519",
+        str(REPO / "tests" / "nonfinite_ddp_probe.py"),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(launch, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK [(1, 3), (2, 2)]" in proc.stdout, (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
