@@ -12,7 +12,9 @@ that poisons every resume. Three tools, used by `stages.train_stage` and `checkp
 - `nonfinite_state(model)` lists the parameters and buffers that hold NaN or Inf (checked before
   any checkpoint or model folder is written).
 
-Policies (`training.on_nonfinite` in a training config, `on_nonfinite=` of `train_stage`):
+A step is non-finite when its objective (any micro-batch, any process) or its gradient norm is
+NaN or Inf. Policies (`training.on_nonfinite` in a training config, `on_nonfinite=` of
+`train_stage`):
 
     raise   stop at once with FloatingPointError naming the stage, the step and the terms (default)
     skip    drop the optimizer step (no weight, optimizer, EMA or threshold update), log it, go on;
