@@ -11,7 +11,9 @@ shorthands for the keys they document. Outputs under OUTPUT_DIR:
     stages/<stage>/     the full model after each stage (the next stage loads it strictly)
     checkpoints/step-*  crash-safe training state (`--resume` continues from the newest)
     model/              the final save_pretrained folder: safetensors, config, tokenizer, code, README.md card
-    losses.jsonl        the objective of every optimizer step;  metrics.json  the final evaluation
+    losses.jsonl        the objective of every optimizer step (a step dropped under
+                        `training.on_nonfinite: skip` has "loss": null and "skipped": the terms)
+    metrics.json        the final evaluation
     logs/               TensorBoard (or MLflow) logs through Accelerate
 """
 
