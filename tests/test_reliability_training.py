@@ -16,6 +16,7 @@ Tried here, with what each gets:
 - disk full (ENOSPC) inside `save_state`                     -> OSError; partial folder gone; previous intact
 - permission denied (EACCES) writing the rank state          -> PermissionError; previous intact and loadable
 - `training.on_nonfinite` in a train.py config               -> reaches `train_stage`; skipped records printed
+- NaN step in an examples/train.py run, "skip"               -> losses.jsonl marks it; the run completes
 - NaN on one of two DDP processes, "skip"                    -> both drop the step; weights stay bitwise equal
 
 Tests run as root in CI, where `chmod` does not stop a write: failures are simulated with mocks.
@@ -300,3 +301,39 @@ def test_ddp_skip_is_collective(tmp_path):
     assert proc.returncode == 0 and "OK [(1, 3), (2, 2)]" in proc.stdout, (
         proc.stdout[-3000:] + proc.stderr[-3000:]
     )
+
+
+def test_train_script_skips_a_nan_step_end_to_end(tmp_path, monkeypatch):
+    """examples/train.py with on_nonfinite=skip: the NaN step is logged as dropped, the run completes."""
+    sys.path.insert(0, str(REPO / "examples"))
+    import train
+    from test_train import mini_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in LINES))
+    stages = [
+        {"kind": "entropy", "level": 0, "steps": 2, "warmup_steps": 1},
+        {"kind": "autoencoder", "level": 0, "steps": 4, "warmup_steps": 1},
+    ]
+    config = mini_config(tmp_path, stages, on_nonfinite="skip", checkpoint_every=2)
+    original, calls = HierAEModel.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 4:  # the 2nd optimizer step of the autoencoder stage
+                value = out.reconstruct_loss.clone()
+                value[0] = float("nan")
+                out.reconstruct_loss = value
+        return out
+
+    monkeypatch.setattr(HierAEModel, "forward", forward)
+    out_dir = tmp_path / "out"
+    train.main(["--config", str(config), "--output-dir", str(out_dir), "--data", str(data)])
+    records = [json.loads(line) for line in (out_dir / "losses.jsonl").read_text().splitlines()]
+    dropped = [r for r in records if r.get("skipped")]
+    assert [(r["stage"], r["step"], r["loss"]) for r in dropped] == [("autoencoder-0", 2, None)]
+    assert "reconstruct_loss[level 0]=nan" in " ".join(dropped[0]["skipped"])
+    assert len(records) == 6 and (out_dir / "model" / "model.safetensors").exists()
+    assert latest_checkpoint(out_dir / "checkpoints").name == "step-0000006"
