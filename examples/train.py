@@ -11,7 +11,9 @@ shorthands for the keys they document. Outputs under OUTPUT_DIR:
     stages/<stage>/     the full model after each stage (the next stage loads it strictly)
     checkpoints/step-*  crash-safe training state (`--resume` continues from the newest)
     model/              the final save_pretrained folder: safetensors, config, tokenizer, code, README.md card
-    losses.jsonl        the objective of every optimizer step;  metrics.json  the final evaluation
+    losses.jsonl        the objective of every optimizer step (a step dropped under
+                        `training.on_nonfinite: skip` has "loss": null and "skipped": the terms)
+    metrics.json        the final evaluation
     logs/               TensorBoard (or MLflow) logs through Accelerate
 """
 
@@ -35,6 +37,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel
 from hier_ae.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.checkpointing import (
+    check_finite_state,
     latest_checkpoint,
     load_model_strict,
     load_rank_state,
@@ -238,6 +241,9 @@ def main(argv=None) -> dict:
         f"data: {len(train_docs)} training documents ({sum(map(len, train_docs)):,} bytes), "
         f"{len(val_docs)} held out; rows of {seq_len} bytes, {batch_size} per process per micro-batch"
     )
+    for name, docs in (("train", train_docs), ("validation", val_docs)):
+        if docs.num_skipped:  # bad records (not text, empty, corrupt JSON lines) never crash a run
+            accelerator.print(f"data: {name}: {docs.skipped_summary()}")
     p_start = float(data_cfg.get("p_doc_start", 0.5))
     batches = DocumentCropper(
         train_docs, batch_size, seq_len, seed=seed + 1000 * accelerator.process_index, p_doc_start=p_start
@@ -252,6 +258,9 @@ def main(argv=None) -> dict:
     ckpt_every = int(tcfg.get("checkpoint_every", 100))
     eval_every = int(tcfg.get("eval_every", 0)) or None
     log_every = int(tcfg.get("log_every", 10))
+    # a NaN/Inf objective or gradient: "raise" stops the run, "skip" drops the step (nonfinite.py)
+    on_nonfinite = str(tcfg.get("on_nonfinite", "raise"))
+    max_skips = int(tcfg.get("max_consecutive_skips", 10))
     ckpt_root = out_dir / "checkpoints"
 
     # resume: the newest complete checkpoint, if asked
@@ -300,10 +309,17 @@ def main(argv=None) -> dict:
             global_step += 1
             clock["tokens"] += info["tokens"] * accelerator.num_processes
             bar.update(1)
+            record = {"stage": stage.name, "step": step, "loss": info["loss"]}
+            if info.get("skipped"):
+                record["skipped"] = info["skipped"]
+                bar.write(
+                    f"[{stage.name} {step}] optimizer step dropped: non-finite {', '.join(info['skipped'])}"
+                )
             if main_proc:
                 with open(out_dir / "losses.jsonl", "a") as f:
-                    f.write(json.dumps({"stage": stage.name, "step": step, "loss": info["loss"]}) + "\n")
-            if step % log_every == 0 or step == stage.steps:
+                    f.write(json.dumps(record) + "\n")
+            # a dropped step has no metrics; validation and checkpoints still follow the step count
+            if not info.get("skipped") and (step % log_every == 0 or step == stage.steps):
                 now = time.perf_counter()
                 m = display_metrics(stage_metrics(info["out"], stage), stage)
                 m.update(
@@ -342,8 +358,11 @@ def main(argv=None) -> dict:
             start_step=start_step,
             on_prepared=on_prepared,
             on_step=on_step,
+            on_nonfinite=on_nonfinite,
+            max_consecutive_skips=max_skips,
         )
         stage_dir = out_dir / "stages" / stage.name
+        check_finite_state(model, f"stage folder {stage_dir}", accelerator)
         if main_proc:
             model.save_pretrained(stage_dir)
         accelerator.wait_for_everyone()
@@ -355,6 +374,7 @@ def main(argv=None) -> dict:
     # the final folder: rank 0 writes it, evaluates the reloaded model, renders the card
     report: dict = {}
     final = out_dir / "model"
+    check_finite_state(model, f"model folder {final}", accelerator)
     if main_proc:
         report = finish(model, final, cfg, stages, val_docs, val_lines, train_seconds, accelerator, args)
     accelerator.wait_for_everyone()

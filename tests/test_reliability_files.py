@@ -7,12 +7,23 @@ Tried here, with the error each gets:
 - `use_safetensors=False`                  -> ValueError
 - config whose model_type is not hier_ae   -> ValueError naming both types
 - weights whose shapes do not match config -> RuntimeError with transformers' mismatch report
+- no `config.json`                           -> FileNotFoundError "has no config.json" (HierAE* classes);
+                                               the Auto classes: transformers' ValueError naming config.json
+- a local path that does not exist           -> FileNotFoundError "does not exist" (HierAE* classes);
+                                               the Auto classes: transformers' OSError naming the path
+- an Accelerate training-state folder        -> the same: not a model folder (no config.json); those
+                                               folders are `checkpointing.py`'s separate format
+- custom code without trust_remote_code=True -> ValueError asking for it; the folder's code never ran
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -20,7 +31,7 @@ from conftest import tiny_config
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from hier_ae import HierAEForCausalLM
+from hier_ae import HierAEByteTokenizer, HierAEForCausalLM
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +95,65 @@ def test_shapes_that_do_not_match_the_config(saved, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         AutoModel.from_pretrained(d, trust_remote_code=True)
+
+
+def test_missing_config_or_folder(saved, tmp_path):
+    d = copy(saved, tmp_path)
+    (d / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        HierAEForCausalLM.from_pretrained(d)  # not a default config silently filled with the weights
+    with pytest.raises(ValueError, match="config.json"):
+        AutoModel.from_pretrained(d, trust_remote_code=True)
+    with pytest.raises(FileNotFoundError, match="no-such-folder does not exist"):
+        HierAEForCausalLM.from_pretrained(tmp_path / "no-such-folder")
+    with pytest.raises(OSError, match="no-such-folder"):
+        AutoModel.from_pretrained(tmp_path / "no-such-folder", trust_remote_code=True)
+
+
+def test_training_state_folder_is_not_a_model_folder(tmp_path):
+    from accelerate import Accelerator
+
+    from hier_ae import HierAEModel
+    from hier_ae.checkpointing import save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(HierAEModel(tiny_config(1)))
+    ckpt = save_checkpoint(acc, tmp_path / "checkpoints", 1, {"stage_index": 0, "stage": "s", "step": 1})
+    assert (ckpt / "model.safetensors").exists()  # weights are there, but it is not a model folder
+    with pytest.raises(FileNotFoundError, match="training-state folder"):
+        HierAEModel.from_pretrained(ckpt)
+    with pytest.raises(ValueError, match="config.json"):
+        AutoModel.from_pretrained(ckpt, trust_remote_code=True)
+    assert model is not None
+
+
+def test_folder_code_runs_only_with_trust_remote_code(saved, tmp_path):
+    """In a process without hier_ae, a folder's code is imported only when trust_remote_code=True."""
+    d = copy(saved, tmp_path)
+    HierAEByteTokenizer().save_pretrained(d)
+    marker = tmp_path / "code-ran"
+    code = d / "configuration_hier_ae.py"
+    code.write_text(code.read_text() + f"\nopen({str(marker)!r}, 'w').close()\n")  # runs on import
+    script = textwrap.dedent(
+        f"""
+        import os
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained, AutoTokenizer.from_pretrained):
+            try:
+                load({str(d)!r})
+            except ValueError as e:
+                assert "trust_remote_code=True" in str(e), e
+            else:
+                raise SystemExit("loaded without trust_remote_code")
+        assert not os.path.exists({str(marker)!r}), "the folder's code ran without trust_remote_code"
+        AutoModel.from_pretrained({str(d)!r}, trust_remote_code=True)
+        assert os.path.exists({str(marker)!r})
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

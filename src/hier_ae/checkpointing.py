@@ -11,6 +11,14 @@ atomic:
 
 A rename is atomic on one filesystem, so a kill at any moment leaves either the previous
 `step-*` folders alone or the new one complete; `latest_checkpoint` ignores `.tmp-*` folders.
+An `OSError` while writing (disk full, permission denied) removes the partial `.tmp-*` folder and
+is raised again naming the folder and the previous checkpoint, which is left intact. Weights or
+buffers that hold NaN or Inf are never written: `save_checkpoint` raises `FloatingPointError`
+first (`check_finite_state`, also used before every `save_pretrained` of the training script).
+
+These folders are Accelerate's training-state format (its own weight, optimizer, scheduler and
+RNG files, `torch.load`-ed on resume): a run's own working files, not model folders to publish or
+to load from strangers. Model folders (`save_pretrained`) are safetensors only.
 
 Not part of the model's remote-code closure (training-side code).
 """
@@ -22,6 +30,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from .nonfinite import nonfinite_state
 
 PROGRESS = "progress.json"
 
@@ -46,15 +56,26 @@ def save_checkpoint(
     root = Path(root)
     final = root / checkpoint_name(global_step)
     tmp = root / f".tmp-{checkpoint_name(global_step)}"
+    for model in accelerator._models:
+        check_finite_state(accelerator.unwrap_model(model), f"checkpoint {final}", accelerator)
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left over by a run killed while writing
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if rank_state is not None:
-        torch.save(rank_state, tmp / f"rank_state_{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        (tmp / PROGRESS).write_text(json.dumps({**progress, "global_step": global_step}, indent=2))
+    try:
+        accelerator.save_state(str(tmp))
+        if rank_state is not None:
+            torch.save(rank_state, tmp / f"rank_state_{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            (tmp / PROGRESS).write_text(json.dumps({**progress, "global_step": global_step}, indent=2))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial folder only wastes the space that ran out
+        previous = latest_checkpoint(root)
+        raise OSError(
+            e.errno,
+            f"writing checkpoint {final} failed ({e.strerror or e}); the partial folder {tmp} was removed "
+            f"and the previous checkpoint ({previous or 'none yet'}) is intact",
+        ) from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step written again (a resumed run): replace it
@@ -64,6 +85,24 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_finite_state(model, what: str, accelerator=None) -> None:
+    """Raise `FloatingPointError` before `what` is written if `model` holds a NaN or Inf.
+
+    Under several processes the decision is collective (any rank's bad tensor stops every rank), so
+    no process waits at a barrier for one that raised.
+    """
+    bad = nonfinite_state(model)
+    flag = torch.tensor(float(len(bad) > 0), device=next(model.parameters()).device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise FloatingPointError(
+            f"refusing to write {what}: non-finite values in {names or 'another process'}; "
+            "the previous checkpoint is kept."
+        )
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

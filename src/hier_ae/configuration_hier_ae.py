@@ -29,6 +29,18 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
         raise ValueError(f"{field}={value!r} is invalid: {allowed}.")
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not a string): what every float setting must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_numbers(obj: Any, prefix: str, names: tuple[str, ...]) -> None:
+    """ValueError for a float setting that is not a finite number ("2", None, nan), before comparing it."""
+    for name in names:
+        value = getattr(obj, name)
+        _check(_is_number(value), f"{prefix}{name}", value, "must be a finite number")
+
+
 @dataclass
 class LevelConfig:
     """Settings of one level: entropy model, boundary rule, encoder, pooling, quantiser, decoder.
@@ -91,6 +103,19 @@ class LevelConfig:
                 value,
                 "must be an integer >= 1",
             )
+        _check_numbers(
+            self,
+            f"{prefix}.",
+            ("rope_theta", "threshold", "delta", "threshold_adapt_rate", "beta", "ema_decay"),
+        )
+        if self.target_tokens_per_segment is not None:
+            _check_numbers(self, f"{prefix}.", ("target_tokens_per_segment",))
+        _check(
+            isinstance(self.restart_dead_codes, bool),
+            f"{prefix}.restart_dead_codes",
+            self.restart_dead_codes,
+            "must be True or False",
+        )
         _check(
             self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             f"{prefix}.hidden_size",
@@ -177,6 +202,8 @@ class TopLMConfig:
                 value,
                 "must be an integer >= 1",
             )
+        _check_numbers(self, "top_lm.", ("rope_theta",))
+        _check(self.rope_theta > 0, "top_lm.rope_theta", self.rope_theta, "must be > 0")
         _check(
             self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             "top_lm.hidden_size",
@@ -299,7 +326,13 @@ class HierAEConfig(PretrainedConfig):
             "top_lm_loss_weight",
         ):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0, name, value, "must be a finite number >= 0")
+            _check(_is_number(value) and value >= 0, name, value, "must be a finite number >= 0")
+        _check(
+            _is_number(self.initializer_range) and self.initializer_range > 0,
+            "initializer_range",
+            self.initializer_range,
+            "must be a finite number > 0",
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

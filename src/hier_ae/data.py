@@ -18,6 +18,14 @@ Preparation (reading, filtering, framing-ready bytes) shows a progress bar and i
 `Dataset.save_to_disk` under `data.cache_dir` keyed by a hash of the data config and the source's
 file sizes and modification times; a second run with the same config reads the cache.
 
+Bad records are skipped and counted, never a crash and never a silent guess: a record whose text is
+not a str or bytes (None, a number, a dict), a str that cannot be UTF-8 encoded (lone surrogates),
+a document shorter than `data.min_document_bytes` (default 1: empty ones), a `.jsonl` line that is
+not valid JSON or not an object, or an object without `text_field`. `load_documents` returns a
+`Documents` list whose `skipped` maps each reason to its count; the count is shown on the progress
+bar, logged (`logging`, logger `hier_ae.data`) and printed by `examples/train.py`. `.jsonl` files are
+read line by line for this reason: `datasets`' JSON loader fails the whole load on one bad line.
+
 Not part of the model's remote-code closure (training-side code).
 """
 
@@ -25,12 +33,88 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 from .corpus import default_corpus
 
+logger = logging.getLogger(__name__)
+
+SKIPPED = "skipped_records.json"  # in a cache folder: the skipped counts of the cached split
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".json", ".yaml", ".yml", ".html", ".csv", ""}
-LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOADERS = {".json": "json", ".parquet": "parquet"}  # .jsonl is read line by line (`_iter_jsonl`)
+
+
+class Documents(list):
+    """The documents (bytes) of one split, plus `skipped`: {reason: count} of the records left out."""
+
+    def __init__(self, docs=(), skipped: dict[str, int] | None = None):
+        super().__init__(docs)
+        self.skipped = dict(skipped or {})
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skipped_summary(self) -> str:
+        """'3 records skipped (2 not text, 1 corrupt JSON line)', or '' when none was."""
+        if not self.skipped:
+            return ""
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+        return f"{self.num_skipped} records skipped ({parts})"
+
+
+class Skip:
+    """A record that cannot be a document, yielded in its place so that it is counted."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def as_document(text) -> bytes | Skip:
+    """The bytes of one record's text, or a `Skip` saying why it has none.
+
+    str -> UTF-8 bytes ("é" -> b"\\xc3\\xa9"); bytes / bytearray / memoryview -> bytes as they are
+    (the model reads any bytes); None, numbers, dicts, lists -> Skip("not text"): `bytes(3)` would
+    silently make three NUL bytes; a str with a lone surrogate -> Skip("not UTF-8 encodable").
+    """
+    if isinstance(text, Skip):
+        return text
+    if isinstance(text, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return Skip("not UTF-8 encodable")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    return Skip("not text")
+
+
+def _iter_jsonl(path: Path, text_field: str):
+    """(key, text or Skip) per non-blank line of a JSON-lines file; a bad line is a Skip, not a crash.
+
+    The key is the index among non-blank lines (as `datasets` numbers rows), so the split is stable.
+    A file where no object has `text_field` is a configuration error: ValueError.
+    """
+    found = False
+    with open(path, "rb") as f:
+        lines = (ln for ln in f if ln.strip())
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+                yield str(i), Skip("corrupt JSON line")
+                continue
+            if not isinstance(record, dict):
+                yield str(i), Skip("JSON line that is not an object")
+            elif text_field not in record:
+                yield str(i), Skip(f"record without {text_field!r}")
+            else:
+                found = True
+                yield str(i), record[text_field]
+    if not found:
+        raise ValueError(f"data.text_field={text_field!r} is not a key of any record of {path}.")
 
 
 def _hash01(key: str) -> float:
@@ -62,6 +146,9 @@ def _iter_local(path: Path, text_field: str):
             yield f.relative_to(path).as_posix(), f.read_bytes()
         return
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path, text_field)
+        return
     if suffix in LOADERS:
         ds = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
         if text_field not in ds.column_names:
@@ -95,7 +182,8 @@ def _iter_hub(data_cfg: dict, split: str):
         yield str(i), row[text_field], i
 
 
-def _collect(data_cfg: dict, split: str, show_progress: bool) -> list[bytes]:
+def _collect(data_cfg: dict, split: str, show_progress: bool) -> Documents:
+    """Read, split, filter and count the documents of `split`; see the module docstring."""
     from tqdm.auto import tqdm
 
     source = str(data_cfg.get("source", "default"))
@@ -105,7 +193,7 @@ def _collect(data_cfg: dict, split: str, show_progress: bool) -> list[bytes]:
     min_doc_bytes = int(data_cfg.get("min_document_bytes", 1))
     if source == "default":
         docs = default_corpus(split, max_bytes=max_bytes, val_fraction=val_fraction)
-        return docs[:max_docs] if max_docs else docs
+        return Documents(docs[:max_docs] if max_docs else docs)
 
     path = Path(source)
     if path.exists():
@@ -117,13 +205,17 @@ def _collect(data_cfg: dict, split: str, show_progress: bool) -> list[bytes]:
             f"data.source={source!r}: not a local file or folder, and not a Hub dataset name 'owner/name'. "
             "Use 'default' for the built-in corpus."
         )
-    docs, total = [], 0
+    docs, total, skipped = [], 0, Counter()
     bar = tqdm(desc=f"preparing {split} documents", unit=" docs", disable=not show_progress)
     for key, text, _ in pairs:
         if key is not None and (_hash01(key) < val_fraction) != (split == "validation"):
             continue
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        if len(data) < min_doc_bytes:
+        data = as_document(text)
+        if not isinstance(data, Skip) and len(data) < min_doc_bytes:
+            data = Skip("empty" if not data else f"shorter than min_document_bytes={min_doc_bytes}")
+        if isinstance(data, Skip):
+            skipped[data.reason] += 1
+            bar.set_postfix(skipped=sum(skipped.values()))
             continue
         docs.append(data)
         total += len(data)
@@ -131,13 +223,21 @@ def _collect(data_cfg: dict, split: str, show_progress: bool) -> list[bytes]:
         if (max_bytes is not None and total >= max_bytes) or (max_docs and len(docs) >= max_docs):
             break
     bar.close()
+    result = Documents(docs, skipped)
+    if skipped:
+        logger.warning("data.source=%r, %s split: %s", source, split, result.skipped_summary())
     if not docs:
-        raise ValueError(f"data.source={source!r} gave no {split} documents (val_fraction={val_fraction}).")
-    return docs
+        raise ValueError(
+            f"data.source={source!r} gave no {split} documents (val_fraction={val_fraction}); "
+            f"{result.skipped_summary() or 'no record was skipped'}."
+        )
+    return result
 
 
-def load_documents(data_cfg: dict, split: str, show_progress: bool = True) -> list[bytes]:
+def load_documents(data_cfg: dict, split: str, show_progress: bool = True) -> Documents:
     """The documents (bytes) of `split` ('train' or 'validation') for a config's `data` section.
+
+    Returns a `Documents` list; its `skipped` counts the records left out, by reason.
 
     Cached as a `datasets.Dataset` (one `bytes` column) under `data.cache_dir` (default
     `~/.cache/hier_ae/data`, or `$HF_DATASETS_CACHE/hier_ae`); `data.cache_dir: null` turns it off.
@@ -154,12 +254,15 @@ def load_documents(data_cfg: dict, split: str, show_progress: bool = True) -> li
     cache_root = data_cfg.get("cache_dir", str(default_root / "hier_ae"))
     cache = Path(cache_root) / f"{_fingerprint(data_cfg)}-{split}" if cache_root else None
     if cache is not None and (cache / "dataset_info.json").exists():
-        return list(datasets.load_from_disk(str(cache))["bytes"])
+        skipped_file = cache / SKIPPED
+        skipped = json.loads(skipped_file.read_text()) if skipped_file.exists() else {}
+        return Documents(datasets.load_from_disk(str(cache))["bytes"], skipped)
     docs = _collect(data_cfg, split, show_progress)
     if cache is not None:
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         features = datasets.Features({"bytes": datasets.Value("binary")})
-        datasets.Dataset.from_dict({"bytes": docs}, features=features).save_to_disk(str(tmp))
+        datasets.Dataset.from_dict({"bytes": list(docs)}, features=features).save_to_disk(str(tmp))
+        (tmp / SKIPPED).write_text(json.dumps(docs.skipped))
         try:
             tmp.rename(cache)  # atomic: a concurrent process that got there first wins
         except OSError:

@@ -11,6 +11,7 @@ V vocab of the current level, L levels.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -36,7 +37,7 @@ from .quantizer import VectorQuantizer
 from .segmentation import closed_segments, frame_upper_stream, last_real, segment_last_tokens, shift_in_begin
 from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
-from .validation import check_codes, check_input_ids
+from .validation import check_codes, check_input_ids, check_labels
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,12 +77,29 @@ class HierAEPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["entropy_model", "encoder", "pooling", "quantizer", "boundary_value"]
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Safetensors only: a folder that holds pickled weights (`pytorch_model.bin`) is refused."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Safetensors only: a folder that holds pickled weights (`pytorch_model.bin`) is refused.
+
+        A local folder without `config.json` raises `FileNotFoundError` (transformers would build a
+        default config and load the weights into it), and so does a local path that does not exist
+        (transformers would report it as a malformed Hub repo id).
+        """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hier_ae loads safetensors weights only; use_safetensors=False is not allowed.")
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(*args, **kwargs)
+        path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if isinstance(path, str) and kwargs.get("config") is None and not kwargs.get("subfolder"):
+            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+                raise FileNotFoundError(
+                    f"{path} has no config.json: a hier_ae model folder holds config.json and "
+                    "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
+                    "is not a model folder; use the stages/ or model/ folder of the run."
+                )
+            if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
+                raise FileNotFoundError(
+                    f"{path} does not exist: expected a model folder or a Hub id 'owner/name'."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -561,6 +579,22 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.model.levels[0].decoder.embed
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing a prompt row without any real token.
+
+        A row whose attention_mask is all 0 has no state to stream from (cached and uncached
+        generation would disagree on it), so it raises `ValueError`; an empty prompt is `<s>` (id 2).
+        """
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
+                    "least one prompt token per row; start an empty prompt with <s> (id 2)."
+                )
+        return super().generate(inputs, *args, **kwargs)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -573,12 +607,16 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         cache: HierAECache | None = None,
         **kwargs,
     ) -> HierAECausalLMOutput:
-        """`cache` and `past_key_values` are the same argument: transformers >= 5.24 passes the
-        generation state as `cache`, earlier 5.x versions as `past_key_values`; accept either."""
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        """`logits[:, t]` predicts x[t + 1]; with a `HierAECache`, new tokens stream through it.
+
+        The cache arrives as `past_key_values` (transformers <= 5.23) or `cache` (5.24 renamed it in
+        `generate`); an unread cache would silently restart generation from the last token, so both
+        names are read and giving both raises.
+        """
         if cache is not None and past_key_values is not None and cache is not past_key_values:
-            raise ValueError("pass the generation state as `cache` or `past_key_values`, not both.")
+            raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
         past_key_values = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
             raise ValueError(
                 f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
@@ -602,16 +640,18 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
             if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
                 raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
             check_input_ids(input_ids, None, self.config.max_input_bytes)
+            if cache.seen + input_ids.shape[1] > self.config.max_input_bytes:
+                raise ValueError(
+                    f"generation would feed the model {cache.seen + input_ids.shape[1]} ids, over "
+                    f"max_input_bytes={self.config.max_input_bytes}; a prompt of P ids allows at most "
+                    "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
+                )
             steps = [self.model.stream_step(cache.state, input_ids[:, j]) for j in range(input_ids.shape[1])]
             logits = torch.stack(steps, dim=1)  # (B, T_new, 259)
             cache.seen += input_ids.shape[1]
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"labels shape {tuple(labels.shape)} must equal the input_ids shape "
-                    f"{tuple(logits.shape[:2])}."
-                )
+            check_labels(labels, tuple(logits.shape[:2]))
             shift_logits = logits[:, :-1].float()  # (B, T-1, V)
             shift_labels = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(

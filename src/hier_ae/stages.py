@@ -18,11 +18,16 @@ Accelerate (pass `accelerator=`). Not part of the model's remote-code closure.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+from .nonfinite import BufferSnapshot, check_policy, nonfinite_terms
+
+logger = logging.getLogger(__name__)
 
 STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict", "joint")
 LEVELLESS_KINDS = ("top_lm", "predict", "joint")
@@ -208,6 +213,14 @@ def sync_running_buffers(model, accelerator) -> None:
             buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
 
 
+def _all_finite(loss: torch.Tensor, accelerator, distributed: bool) -> bool:
+    """True when the objective is finite on every process (a collective decision under DDP)."""
+    finite = torch.isfinite(loss).float()
+    if distributed:
+        finite = accelerator.reduce(finite, reduction="mean")
+    return finite.item() == 1.0
+
+
 def train_stage(
     model,
     stage: Stage,
@@ -222,6 +235,8 @@ def train_stage(
     start_step: int = 0,
     on_prepared: Callable | None = None,
     on_step: Callable[[int, dict], bool | None] | None = None,
+    on_nonfinite: str = "raise",
+    max_consecutive_skips: int = 10,
 ) -> list[float]:
     """Train one stage with AdamW; return the objective per optimizer step run.
 
@@ -235,14 +250,23 @@ def train_stage(
     loads its state there) and the loop then starts at optimizer step `start_step`;
     `on_step(steps_done, info)` runs after every optimizer step with `info` = loss, the last
     micro-batch's output, tokens read (this process) and the lr; returning True stops the stage.
-    `time_budget_s` stops the stage early (tests, benchmarks). A non-finite objective raises
-    `FloatingPointError` on every process (checked collectively, so no process hangs).
+    `time_budget_s` stops the stage early (tests, benchmarks).
+
+    Non-finite steps (see `nonfinite.py`): a NaN/Inf objective or gradient norm is detected
+    collectively (every process takes the same decision, so none hangs). `on_nonfinite="raise"`
+    raises `FloatingPointError` naming the stage, the step and the loss terms that are not finite.
+    `"skip"` drops that optimizer step: gradients are zeroed, the optimizer does not step, the
+    quantisers' EMA statistics and pool rows and the adaptive thresholds of that step are put back
+    (`BufferSnapshot`); the step still counts (the lr schedule and `on_step` go on, with
+    `info["skipped"]` = the terms), it is left out of the returned history, and
+    `max_consecutive_skips` dropped steps in a row raise `FloatingPointError`.
     """
     import time
     from contextlib import nullcontext
 
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1.")
+    check_policy(on_nonfinite, max_consecutive_skips)
     plan = prepare_stage(model, stage)
     model.train()
     if not plan.params or stage.steps == 0:
@@ -258,13 +282,16 @@ def train_stage(
     device = next(model.parameters()).device
     distributed = accelerator is not None and accelerator.num_processes > 1
     history: list[float] = []
+    skipped_in_a_row = 0
     t0 = time.perf_counter()
     for step in range(start_step, stage.steps):
         lr = lr_at(step, stage)
         for group in opt.param_groups:
             group["lr"] = lr
+        snapshot = BufferSnapshot(model) if on_nonfinite == "skip" else None
         total = torch.zeros((), device=device)
         tokens = 0
+        bad: list[str] = []  # the non-finite terms of this step; empty if the step is sound
         for micro in range(accumulation_steps):
             ids, mask = next(batches)
             ids, mask = ids.to(device), mask.to(device)
@@ -275,23 +302,52 @@ def train_stage(
             with sync:
                 out = net(input_ids=ids, attention_mask=mask, **plan.forward_kwargs)
                 loss = plan.objective(out)
-                finite = torch.isfinite(loss.detach()).float()
-                if distributed:
-                    finite = accelerator.reduce(finite, reduction="mean")
-                if finite.item() < 1.0:
-                    raise FloatingPointError(
-                        f"stage {stage.name} step {step}: non-finite objective {loss.item()} (some process)"
-                    )
+                if not _all_finite(loss.detach(), accelerator, distributed):
+                    if bool(torch.isfinite(loss.detach())):
+                        bad = [f"objective on another process (here {loss.item()}, micro-batch {micro})"]
+                    else:
+                        bad = [f"objective={loss.item()} (micro-batch {micro})", *nonfinite_terms(out)]
+                    if distributed and last and on_nonfinite == "skip":
+                        # DDP expects a backward after a synchronised forward: every process runs
+                        # the same all-zero one (the gradients are dropped below)
+                        accelerator.backward(sum((p * 0.0).sum() for p in plan.params))
+                    break  # no backward of the loss: nothing of this micro-batch reaches the weights
                 if accelerator is not None:
                     accelerator.backward(loss / accumulation_steps)
                 else:
                     (loss / accumulation_steps).backward()
             total += loss.detach()
-        if grad_clip:
+        if not bad:
+            # clipping with max_norm=inf measures the norm without scaling (no clipping configured)
+            clip = grad_clip or float("inf")
             if accelerator is not None:
-                accelerator.clip_grad_norm_(plan.params, grad_clip)
+                norm = accelerator.clip_grad_norm_(plan.params, clip)
             else:
-                torch.nn.utils.clip_grad_norm_(plan.params, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(plan.params, clip)
+            # the gradients are all-reduced already: every process sees the same norm
+            if not bool(torch.isfinite(torch.as_tensor(norm))):
+                bad = [
+                    f"gradient norm={float(norm)} (finite objective {(total / accumulation_steps).item()})"
+                ]
+        if bad:
+            where = f"stage {stage.name} step {step}: non-finite " + ", ".join(bad)
+            if on_nonfinite == "raise":
+                raise FloatingPointError(f"{where}. Set on_nonfinite='skip' to drop such steps instead.")
+            opt.zero_grad(set_to_none=True)
+            snapshot.restore()  # the EMA statistics, pool rows and thresholds of this step
+            skipped_in_a_row += 1
+            logger.warning("%s; optimizer step dropped (%d in a row)", where, skipped_in_a_row)
+            if skipped_in_a_row >= max_consecutive_skips:
+                raise FloatingPointError(
+                    f"{where}: {skipped_in_a_row} optimizer steps in a row dropped "
+                    f"(max_consecutive_skips={max_consecutive_skips}); stopping the run."
+                )
+            if on_step is not None and on_step(
+                step + 1, {"loss": None, "out": out, "tokens": tokens, "lr": lr, "skipped": bad}
+            ):
+                break
+            continue
+        skipped_in_a_row = 0
         opt.step()
         opt.zero_grad(set_to_none=True)
         # once per optimizer step; frozen levels are skipped; all-reduces across processes itself

@@ -105,7 +105,15 @@ class HierAEByteTokenizer(PreTrainedTokenizer):
     # ------------------------------------------------------------------ text <-> tokens <-> ids
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
-        return [chr(b) for b in text.encode("utf-8")]
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"HierAEByteTokenizer: the text holds {text[e.start : e.end]!r} at position {e.start}, "
+                "a lone surrogate that UTF-8 cannot encode; allowed: any str for which "
+                "s.encode('utf-8') succeeds (read files as bytes, or decode them with errors='replace')."
+            ) from None
+        return [chr(b) for b in data]
 
     def _convert_token_to_id(self, token: str) -> int:
         if len(token) == 1 and ord(token) < _NUM_BYTES:

@@ -51,13 +51,28 @@ def check_input_ids(
     return input_ids.long(), mask
 
 
+def check_labels(labels, shape: tuple[int, int], vocab_size: int = 259) -> None:
+    """Validate causal-LM `labels (B, T)`: the input ids' shape, ids in [0, vocab_size) or -100 (ignored)."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor of shape {shape}, got {type(labels).__name__}.")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer ids, got dtype {labels.dtype}.")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"labels shape {tuple(labels.shape)} must equal the input_ids shape {tuple(shape)}.")
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if bad.any():
+        raise ValueError(
+            f"labels must be ids in [0, {vocab_size}) or -100 (ignored); got {int(labels[bad][0])}."
+        )
+
+
 def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate top-level `codes (B, S)` in [0, num_codes) and an optional `mask (B, S)`."""
     if not isinstance(codes, torch.Tensor):
         raise ValueError(
             f"codes must be a torch.Tensor of shape (batch, segments), got {type(codes).__name__}."
         )
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
         raise ValueError(f"codes must hold integer ids, got dtype {codes.dtype}.")
     if codes.dim() != 2 or codes.numel() == 0:
         raise ValueError(f"codes must have a non-empty shape (batch, segments), got {tuple(codes.shape)}.")
@@ -66,6 +81,8 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
     elif not isinstance(mask, torch.Tensor) or mask.shape != codes.shape:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a tensor of the codes' shape {tuple(codes.shape)}, got {shape}.")
+    elif ((mask != 0) & (mask != 1)).any():
+        raise ValueError("mask must hold only 0 (padded segment) and 1 (real code).")
     mask = mask.bool()
     real = codes[mask]
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_codes):
