@@ -73,11 +73,24 @@ class StagePlan:
     metric_names: list[str] = field(default_factory=list)
 
 
-def prepare_stage(model, stage: Stage) -> StagePlan:
-    """Freeze and unfreeze for `stage`; return what to optimise, how to call forward, what to minimise."""
+def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
+    """Freeze and unfreeze for `stage`; return what to optimise, how to call forward, what to minimise.
+
+    `start_level > 0`: the batches are stored codes framed as the token stream of that level (code
+    shards, `HierAEModel.forward(start_level=...)`), so only stages at or above it can run: `top_lm`,
+    or `entropy` / `autoencoder` of a level >= start_level.
+    """
     L = model.num_levels
     if stage.level is not None and not 0 <= stage.level < L:
         raise ValueError(f"stage {stage.name}: level must be in [0, {L}) for this model.")
+    if not 0 <= start_level <= L:
+        raise ValueError(f"start_level={start_level} is invalid: must be in [0, {L}].")
+    if start_level and (stage.kind == "predict" or (stage.level is not None and stage.level < start_level)):
+        raise ValueError(
+            f"stage {stage.name} cannot train on stored codes of level {start_level - 1}: it needs the "
+            f"tokens of a lower level. Allowed on these codes: top_lm, and entropy / autoencoder of "
+            f"levels {start_level}..{L - 1}."
+        )
     model.requires_grad_(False)
     top = stage.level if stage.level is not None else L
     for i, level in enumerate(model.levels):
@@ -124,6 +137,8 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             return out.predict_loss.sum() + out.reconstruct_loss.sum() + out.top_lm_loss
 
         names = ["predict CE", "recon CE", "top-LM CE"]
+    if start_level:
+        kwargs["start_level"] = start_level
     params = [p for p in model.parameters() if p.requires_grad]
     return StagePlan(params=params, forward_kwargs=kwargs, objective=objective, metric_names=names)
 
@@ -186,6 +201,7 @@ def train_stage(
     start_step: int = 0,
     on_prepared: Callable | None = None,
     on_step: Callable[[int, dict], bool | None] | None = None,
+    start_level: int = 0,
 ) -> list[float]:
     """Train one stage with AdamW; return the objective per optimizer step run.
 
@@ -201,13 +217,14 @@ def train_stage(
     micro-batch's output, tokens read (this process) and the lr; returning True stops the stage.
     `time_budget_s` stops the stage early (tests, benchmarks). A non-finite objective raises
     `FloatingPointError` on every process (checked collectively, so no process hangs).
+    `start_level > 0`: the batches are stored codes of level start_level - 1 (see `prepare_stage`).
     """
     import time
     from contextlib import nullcontext
 
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1.")
-    plan = prepare_stage(model, stage)
+    plan = prepare_stage(model, stage, start_level)
     model.train()
     if not plan.params or stage.steps == 0:
         return []
