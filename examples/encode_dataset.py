@@ -164,12 +164,12 @@ def verify_shards(model, out: Path, docs, shard_size, max_ids, rank, world, batc
 
 
 def main(argv=None) -> dict:
-    from accelerate import PartialState
+    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     args = parse_args(argv)
     data_cfg = data_config(args)
-    state = PartialState()
+    state = Accelerator()  # PartialState() stays world 1 under ACCELERATE_USE_CPU (checked)
     rank, world, main_proc = state.process_index, state.num_processes, state.is_main_process
     folder = check_model_folder(args.model)
     fingerprint = model_fingerprint(folder)
@@ -191,7 +191,11 @@ def main(argv=None) -> dict:
     for tmp in out.glob("shard-*.parquet.tmp-*"):  # torn writes of a killed run (this process's shards)
         if int(tmp.name[6:11]) % world == rank:
             tmp.unlink(missing_ok=True)
-    print(f"encode_dataset: process {rank} of {world}, device {state.device}, run {key}", flush=True)
+    print(
+        f"encode_dataset: process {rank} of {world} ({state.distributed_type}), "
+        f"device {state.device}, run {key}",
+        flush=True,
+    )
 
     # encode: every process reads the document stream, encodes its own shards, skips finished ones
     bar = tqdm(unit=" docs", desc="encoding", disable=args.no_progress or not main_proc, dynamic_ncols=True)

@@ -276,12 +276,9 @@ def check_output_folder(out: Path, key: str, fingerprint: dict) -> None:
     if manifest.is_file():
         old = json.loads(manifest.read_text())
         if old.get("run_key") != key:
-            what = (
-                "another model"
-                if old.get("model", {}).get("weights_hash") != fingerprint["weights_hash"]
-                or (old.get("model", {}).get("config_hash") != fingerprint["config_hash"])
-                else "the same model with other data options"
-            )
+            old_model = old.get("model", {})
+            same_model = all(old_model.get(k) == fingerprint[k] for k in ("config_hash", "weights_hash"))
+            what = "the same model with other data options" if same_model else "another model"
             raise ValueError(
                 f"--out {out} holds code shards of {what} (manifest run_key {old.get('run_key')} != {key}); "
                 "nothing was overwritten. Use a new --out folder, or delete that one."
@@ -364,6 +361,23 @@ def build_manifest(out: Path, header: dict, n_shards: int, num_codes: list[int])
         "code_bits_per_byte": per_level[-1],
         "code_bits_per_byte_per_level": per_level,
     }
+
+
+def code_rows_from_documents(
+    model, docs: list[bytes], level: int, max_ids: int | None = None, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """What `code_rows` gives for these documents, encoded now: the rows (chunks of at most
+    `max_ids` framed ids, default `max_input_bytes`) and their codes of `level` framed as the
+    stream of the level above. Used for held-out batches, and to check stored codes."""
+    max_ids = max_ids or model.config.max_input_bytes
+    rows, framing = [], []
+    for d in docs:
+        chunks = frame_chunks(d, max_ids)
+        rows += chunks
+        framing += [(part == 0, part == len(chunks) - 1) for part in range(len(chunks))]
+    num_codes = model.levels[level].cfg.num_codes
+    encoded = encode_rows(model, rows, batch_size)
+    return [frame_codes(e["codes"][level], num_codes, bos, eos) for e, (bos, eos) in zip(encoded, framing)]
 
 
 # ---- reading shards back --------------------------------------------------------------------------
