@@ -497,9 +497,10 @@ class HierAEModel(HierAEPreTrainedModel):
         [0, K_level^R); decoding runs from that level down to bytes. Each level regenerates its
         tokens greedily; a segment ends where the boundary rule fires on the regenerated tokens (no
         lengths are stored); a row stops at its level's EOS, after its last segment, or at the hard
-        cap S * max_segment_len. `level_tokens[l]` holds the regenerated stream of each level l
-        below `level` (bottom first): `decode(torch.tensor([[c]]), level=1).level_tokens[0]` is the
-        level-0 code stream that code c of level 1 alone stands for.
+        cap S * max_segment_len. `level_tokens[l]` is the regenerated token stream of level l, for
+        l = 0..level (bytes at l = 0; above, the codes of level l - 1 framed with that level's
+        specials): `decode(torch.tensor([[c]]), level=1).level_tokens[1]` is the level-0 code stream
+        that code c of level 1 alone stands for, and `.sequences` its bytes.
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
