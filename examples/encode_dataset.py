@@ -103,7 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
     add_data_options(p)
     p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per encode batch")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per encode batch (at most)")
+    p.add_argument(
+        "--max-batch-ids",
+        type=int,
+        default=32768,
+        help="padded ids per encode batch (at most; bounds memory)",
+    )
     p.add_argument(
         "--max-ids",
         type=int,
@@ -209,7 +215,7 @@ def main(argv=None) -> dict:
             done["skipped"] += 1
             bar.update(len(docs))
             continue
-        records = encode_shard(model, docs, max_ids, args.batch_size)
+        records = encode_shard(model, docs, max_ids, args.batch_size, args.max_batch_ids)
         stats = shard_stats(records, len(num_codes))
         write_shard(path, records, len(num_codes), {"run_key": key, "shard": k, "stats": stats})
         done["encoded"] += 1

@@ -284,3 +284,28 @@ def test_train_top_lm_on_code_shards(reference, trained_1level, corpus, tmp_path
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="cannot train on stored codes of level 0"):
         train.main(["--config", str(path), "--output-dir", str(tmp_path / "run2")])
+
+
+def test_index_arithmetic_of_the_docstrings():
+    from hier_ae.code_shards import (
+        frame_chunks,
+        frame_codes,
+        length_batches,
+        segment_lengths,
+        segment_spans,
+        shard_batches,
+    )
+
+    assert [c.tolist() for c in frame_chunks(b"abcde", 4)] == [[2, 100, 101, 102], [103, 104, 1]]
+    assert frame_codes([7, 3, 9], 10).tolist() == [12, 7, 3, 9, 11]
+    assert frame_codes([7], 10, bos=False, eos=False).tolist() == [7]
+    assert segment_lengths(torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1]]), 2).tolist() == [[3, 4]]
+    assert segment_spans([[3, 4], [4]], True, True) == [[(0, 3), (3, 7)], [(0, 7)]]
+    assert segment_spans([[3, 4], [1, 1]], False, False) == [[(0, 3), (3, 7)], [(0, 3), (3, 7)]]
+    assert length_batches([3, 9, 4, 8], 4, 16) == [[1], [3, 2], [0]]
+    assert length_batches([5] * 5, 2, 100) == [[0, 1], [2, 3], [4]]
+    docs = [(None, bytes([i])) for i in range(5)]
+    got = [(k, [d[0] for d in shard]) for k, shard in shard_batches(docs, 2)]
+    assert got == [(0, [0, 1]), (1, [2, 3]), (2, [4])]
+    with pytest.raises(ValueError, match="shard_size"):
+        next(shard_batches(docs, 0))

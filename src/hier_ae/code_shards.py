@@ -134,19 +134,38 @@ def segment_lengths(segment_ids: torch.Tensor, num_segments: int) -> torch.Tenso
     return counts[:, :num_segments]  # (B, S)
 
 
+def length_batches(lengths: list[int], batch_size: int, max_batch_ids: int) -> list[list[int]]:
+    """Indices grouped into batches, longest rows first: at most `batch_size` rows and at most
+    `max_batch_ids` padded ids (rows x longest row) per batch; a longer row goes alone.
+
+    lengths [3, 9, 4, 8], batch_size 4, max_batch_ids 16 -> [[1], [3, 2], [0]]
+    (9 goes alone: 2 x 9 > 16; 8 and 4 pad to 2 x 8 = 16; adding 3 would make 3 x 8 > 16).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and (len(last) + 1) * lengths[last[0]] <= max_batch_ids:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
-def encode_rows(model, rows: list[torch.Tensor], batch_size: int = 16) -> list[dict]:
+def encode_rows(
+    model, rows: list[torch.Tensor], batch_size: int = 16, max_batch_ids: int = 32768
+) -> list[dict]:
     """Encode framed rows (1-D id tensors) with `model.encode`; per row, codes and lengths per level.
 
-    Rows are sorted by length (longest first) and batched, which limits padding; the results come
-    back in the input order as dicts {"codes": [list per level], "lengths": [list per level]}. The
-    batches depend only on `rows`, so the same rows always give the same codes.
+    Rows are sorted by length and batched (`length_batches`), which limits padding and bounds the
+    memory of a batch; the results come back in the input order as dicts {"codes": [list per
+    level], "lengths": [list per level]}. The batches depend only on `rows`, so the same rows
+    always give the same codes.
     """
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
     out: list[dict | None] = [None] * len(rows)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
+    for idx in length_batches([len(r) for r in rows], batch_size, max_batch_ids):
         ids, mask = pad_rows([rows[i] for i in idx])  # (B, T)
         enc = model.encode(ids.to(device), mask.to(device))
         per_level = []
@@ -310,7 +329,11 @@ def shard_batches(docs: Iterable[tuple[str | None, bytes]], shard_size: int) -> 
 
 
 def encode_shard(
-    model, docs: list[tuple[int, str | None, bytes]], max_ids: int, batch_size: int
+    model,
+    docs: list[tuple[int, str | None, bytes]],
+    max_ids: int,
+    batch_size: int,
+    max_batch_ids: int = 32768,
 ) -> list[dict]:
     """Rows of one shard: each document framed, chunked to `max_ids`, encoded; in corpus order."""
     rows, meta = [], []
@@ -321,7 +344,7 @@ def encode_shard(
             n_bytes = len(chunk) - int(part == 0) - int(last)
             rows.append(chunk)
             meta.append({"id": doc_id, "key": key, "part": part, "last_part": last, "num_bytes": n_bytes})
-    encoded = encode_rows(model, rows, batch_size)
+    encoded = encode_rows(model, rows, batch_size, max_batch_ids)
     return [{**m, **e} for m, e in zip(meta, encoded)]
 
 
