@@ -309,3 +309,21 @@ def test_index_arithmetic_of_the_docstrings():
     assert got == [(0, [0, 1]), (1, [2, 3]), (2, [4])]
     with pytest.raises(ValueError, match="shard_size"):
         next(shard_batches(docs, 0))
+
+
+def test_documents_stream_lazily(tmp_path, monkeypatch):
+    """iter_documents reads a folder one file at a time (nothing is collected up front)."""
+    from hier_ae.data import iter_documents
+
+    for i in range(50):
+        (tmp_path / f"{i:02d}.txt").write_text(f"document {i}")
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real(self))
+    stream = iter_documents({"source": str(tmp_path)}, "all")
+    assert next(stream) == ("00.txt", b"document 0") and reads == ["00.txt"]
+    assert next(stream)[0] == "01.txt" and len(reads) == 2
+    assert len(list(stream)) == 48
+    train = [k for k, _ in iter_documents({"source": str(tmp_path), "val_fraction": 0.3}, "train")]
+    val = [k for k, _ in iter_documents({"source": str(tmp_path), "val_fraction": 0.3}, "validation")]
+    assert sorted(train + val) == [f"{i:02d}.txt" for i in range(50)] and train and val
