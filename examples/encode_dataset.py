@@ -240,7 +240,12 @@ def main(argv=None) -> dict:
     header = {
         "format": "hier_ae-code-shards/1",
         "run_key": key,
-        "model": {"path": str(folder), **fingerprint, "num_levels": len(num_codes), "num_codes": num_codes},
+        "model": {
+            "path": str(folder.resolve()),
+            **fingerprint,
+            "num_levels": len(num_codes),
+            "num_codes": num_codes,
+        },
         "data": options,
         "long_documents": f"chunked into rows of at most {max_ids} framed ids (column part)",
         "columns": "id, key, part, last_part, num_bytes, codes_<l>, lengths_<l> for each level l",

@@ -161,7 +161,10 @@ def histogram_png(uses: Counter, K: int, title: str) -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
     counts = [uses.get(c, 0) for c in range(K)]
-    axes[0].bar(range(K), counts, width=1.0, color="#1f77b4")
+    if K <= 2048:
+        axes[0].bar(range(K), counts, width=1.0, color="#1f77b4")
+    else:  # tens of thousands of bars draw slowly: the same as a filled curve
+        axes[0].fill_between(range(K), counts, step="mid", color="#1f77b4")
     axes[0].set(xlabel="code id", ylabel="uses", title=title)
     ranked = sorted(counts, reverse=True)
     axes[1].plot(range(1, K + 1), [max(c, 0.8) for c in ranked], color="#d62728")

@@ -215,6 +215,12 @@ def model_for_code_shards(shards: str, code_level: int | None):
             f"data.code_shards={shards}: the model folder {folder} changed since the shards were written "
             "(weights hash differs); re-encode the corpus with examples/encode_dataset.py."
         )
+    if manifest["data"].get("split") != "train":
+        print(
+            f"warning: the code shards {shards} hold split {manifest['data'].get('split')!r}, not 'train': "
+            "the held-out documents used for validation are among the training rows "
+            "(encode with --split train to keep them apart)."
+        )
     model = HierAEModel.from_pretrained(folder)
     top = model.num_levels - 1
     level = top if code_level is None else int(code_level)

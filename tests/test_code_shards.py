@@ -77,7 +77,7 @@ def test_shards_manifest_and_load_dataset(reference, trained_1level, corpus):
     out, manifest = reference
     model, folder = trained_1level
     assert manifest["model"] == {
-        "path": str(folder),
+        "path": str(folder.resolve()),
         **model_fingerprint(folder),
         "num_levels": 1,
         "num_codes": [256],
