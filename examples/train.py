@@ -15,6 +15,14 @@ shorthands for the keys they document. Outputs under OUTPUT_DIR:
                         `training.on_nonfinite: skip` has "loss": null and "skipped": the terms)
     metrics.json        the final evaluation
     logs/               TensorBoard (or MLflow) logs through Accelerate
+
+Training on code shards (`examples/encode_dataset.py`): `--set data.code_shards=DIR` trains the
+stages above the stored codes on them instead of re-encoding bytes: the model is the one the shards
+were made with (its folder, from the manifest, weights hash checked; the config's `model:` section
+is not used), `data.code_level` picks the stored level (default: the top level, so `top_lm` trains;
+a lower level lets `entropy` / `autoencoder` of the levels above it train). Rows are crops of
+`data.seq_len` tokens of the framed code stream (bos, codes, eos); validation encodes the held-out
+documents of `data.source` with the same model.
 """
 
 from __future__ import annotations
@@ -128,9 +136,9 @@ def display_metrics(metrics: dict, stage: Stage) -> dict:
 
 
 @torch.no_grad()
-def validate(model, stage: Stage, batches: list) -> dict:
+def validate(model, stage: Stage, batches: list, start_level: int = 0) -> dict:
     """Mean objective and stage metrics over fixed held-out batches (eval mode: no statistic moves)."""
-    plan = prepare_stage(model, stage)
+    plan = prepare_stage(model, stage, start_level)
     model.eval()
     device = next(model.parameters()).device
     sums: dict[str, float] = {}
@@ -198,6 +206,32 @@ def hardware(accelerator) -> str:
     return f"{accelerator.num_processes} x {name}"
 
 
+def model_for_code_shards(shards: str, code_level: int | None):
+    """The model that made the code shards (its folder from the manifest, weights hash checked) and
+    the level the training batches start at (`forward(start_level=...)`): code_level + 1."""
+    from hier_ae.code_shards import check_model_folder, model_fingerprint, read_manifest
+
+    manifest = read_manifest(shards)
+    folder = check_model_folder(manifest["model"]["path"])
+    if model_fingerprint(folder)["weights_hash"] != manifest["model"]["weights_hash"]:
+        raise ValueError(
+            f"data.code_shards={shards}: the model folder {folder} changed since the shards were written "
+            "(weights hash differs); re-encode the corpus with examples/encode_dataset.py."
+        )
+    if manifest["data"].get("split") != "train":
+        print(
+            f"warning: the code shards {shards} hold split {manifest['data'].get('split')!r}, not 'train': "
+            "the held-out documents used for validation are among the training rows "
+            "(encode with --split train to keep them apart)."
+        )
+    model = HierAEModel.from_pretrained(folder)
+    top = model.num_levels - 1
+    level = top if code_level is None else int(code_level)
+    if not 0 <= level <= top:
+        raise ValueError(f"data.code_level={code_level} is invalid: the shards hold levels 0..{top}.")
+    return model, level + 1
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -227,14 +261,24 @@ def main(argv=None) -> dict:
     )
     set_seed(seed)  # same initial weights on every process
 
-    config = HierAEConfig(**cfg["model"])
-    model = HierAEModel(config).to(accelerator.device)
+    shards, start_level = data_cfg.get("code_shards"), 0
+    if shards:
+        model, start_level = model_for_code_shards(shards, data_cfg.get("code_level"))
+        accelerator.print(
+            f"data: code shards {shards}, codes of level {start_level - 1}; model {model.name_or_path}"
+        )
+        model = model.to(accelerator.device)
+        config = model.config
+    else:
+        config = HierAEConfig(**cfg["model"])
+        model = HierAEModel(config).to(accelerator.device)
     n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(f"hier_ae: {config.num_levels} level(s), {n_params:,} parameters")
 
     # data: documents through `datasets`, cached; each process reads its own seeded crops
     with accelerator.main_process_first():
-        train_docs = load_documents(data_cfg, "train", show_progress=main_proc)
+        # with code shards the training rows are the stored codes: no training bytes are read
+        train_docs = [] if shards else load_documents(data_cfg, "train", show_progress=main_proc)
         val_docs = load_documents(data_cfg, "validation", show_progress=main_proc)
     seq_len, batch_size = int(data_cfg.get("seq_len", 256)), int(data_cfg.get("batch_size", 16))
     accelerator.print(
@@ -245,10 +289,19 @@ def main(argv=None) -> dict:
         if docs.num_skipped:  # bad records (not text, empty, corrupt JSON lines) never crash a run
             accelerator.print(f"data: {name}: {docs.skipped_summary()}")
     p_start = float(data_cfg.get("p_doc_start", 0.5))
+    train_rows, val_rows = train_docs, val_docs
+    if shards:
+        from hier_ae.code_shards import code_rows, code_rows_from_documents
+
+        train_rows, _ = code_rows(shards, start_level - 1)
+        val_rows = code_rows_from_documents(model, val_docs, start_level - 1)
+        accelerator.print(
+            f"data: {len(train_rows)} code rows ({sum(map(len, train_rows)):,} tokens) from {shards}"
+        )
     batches = DocumentCropper(
-        train_docs, batch_size, seq_len, seed=seed + 1000 * accelerator.process_index, p_doc_start=p_start
+        train_rows, batch_size, seq_len, seed=seed + 1000 * accelerator.process_index, p_doc_start=p_start
     )
-    val_stream = DocumentCropper(val_docs, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
+    val_stream = DocumentCropper(val_rows, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
     val_batches = [next(val_stream) for _ in range(int(ecfg.get("val_batches", 4)))]
     val_lines = held_out_lines(val_docs, int(ecfg.get("lines", 64)))
 
@@ -330,7 +383,7 @@ def main(argv=None) -> dict:
                 accelerator.log({f"train/{stage.name}/{k}": v for k, v in m.items()}, step=global_step)
             if step == stage.steps or (eval_every and step % eval_every == 0):
                 base = accelerator.unwrap_model(model)
-                v = validate(base, stage, val_batches)
+                v = validate(base, stage, val_batches, start_level)
                 accelerator.log({f"val/{stage.name}/{k}": x for k, x in v.items()}, step=global_step)
                 sample = text_sample(base, val_lines[0], stage) if val_lines else ""
                 bar.write(f"[{stage.name} {step}] val " + " ".join(f"{k}={x:.3g}" for k, x in v.items()))
@@ -360,6 +413,7 @@ def main(argv=None) -> dict:
             on_step=on_step,
             on_nonfinite=on_nonfinite,
             max_consecutive_skips=max_skips,
+            start_level=start_level,
         )
         stage_dir = out_dir / "stages" / stage.name
         check_finite_state(model, f"stage folder {stage_dir}", accelerator)

@@ -40,17 +40,23 @@ class DocumentCropper:
     """An endless, seeded stream of (ids (B, T), mask (B, T)) batches of document crops.
 
     Its position is fully described by `state_dict()` (the generator state), so a resumed run
-    draws exactly the batches an uninterrupted one would.
+    draws exactly the batches an uninterrupted one would. `docs` are bytes (framed here) or rows
+    already framed as 1-D id tensors (code rows of a code-shard folder: bos, codes, eos).
     """
 
     def __init__(
-        self, docs: list[bytes], batch_size: int, seq_len: int, seed: int = 0, p_doc_start: float = 0.5
+        self,
+        docs: list[bytes] | list[torch.Tensor],
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        p_doc_start: float = 0.5,
     ):
         if not docs:
             raise ValueError("DocumentCropper needs at least one document; got an empty list.")
         if batch_size < 1 or seq_len < 2:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and seq_len={seq_len} >= 2.")
-        self.docs = [frame_document(d) for d in docs]
+        self.docs = [d if isinstance(d, torch.Tensor) else frame_document(d) for d in docs]
         lengths = torch.tensor([len(d) for d in self.docs], dtype=torch.float)
         self.weights = lengths / lengths.sum()  # sample documents in proportion to their length
         self.batch_size, self.seq_len, self.p_doc_start = batch_size, seq_len, p_doc_start

@@ -138,19 +138,32 @@ def _fingerprint(data_cfg: dict) -> str:
 
 
 def _iter_local(path: Path, text_field: str):
-    """(key, text) pairs of a local file or folder; the key decides the validation split."""
+    """(key, text) pairs of a local file or folder; the key decides the validation split.
+
+    A file that cannot be read or parsed raises a `ValueError` naming it (never a half-read corpus);
+    a bad record inside a readable `.jsonl` file is a `Skip` (counted), not an error.
+    """
     import datasets
 
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            yield f.relative_to(path).as_posix(), f.read_bytes()
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                raise ValueError(f"data.source: cannot read {f}: {e}") from e
+            yield f.relative_to(path).as_posix(), data
         return
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _iter_jsonl(path, text_field)
         return
     if suffix in LOADERS:
-        ds = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
+        except Exception as e:  # datasets raises many types for a corrupt or unreadable file
+            raise ValueError(
+                f"data.source={str(path)!r} is not a readable {suffix[1:]} file ({type(e).__name__}: {e})"
+            ) from e
         if text_field not in ds.column_names:
             raise ValueError(
                 f"data.text_field={text_field!r} is not a column of {path}; columns: {ds.column_names}"
@@ -158,11 +171,18 @@ def _iter_local(path: Path, text_field: str):
         for i, row in enumerate(ds):
             yield str(i), row[text_field]
         return
-    yield path.name, path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"data.source: cannot read {path}: {e}") from e
+    yield path.name, data
 
 
 def _iter_hub(data_cfg: dict, split: str):
-    """(key, text) pairs of a Hub dataset split; `split` is 'train' or 'validation'."""
+    """(key, text) pairs of a Hub dataset split; `split` is 'train', 'validation' or 'all'.
+
+    The key is None for rows of a dataset's own held-out split (no hash split needed).
+    """
     import datasets
 
     name, config = data_cfg["source"], data_cfg.get("name")
@@ -171,33 +191,51 @@ def _iter_hub(data_cfg: dict, split: str):
     splits = datasets.get_dataset_split_names(name, config)
     held_out = next((s for s in ("validation", "valid", "test") if s in splits), None)
     if held_out is not None:
-        ds = datasets.load_dataset(
-            name, config, split="train" if split == "train" else held_out, streaming=streaming
-        )
-        for i, row in enumerate(ds):
-            yield None, row[text_field], i
+        wanted = {"train": ["train"], "validation": [held_out], "all": ["train", held_out]}[split]
+        for part in wanted:
+            ds = datasets.load_dataset(name, config, split=part, streaming=streaming)
+            for row in ds:
+                yield None, row[text_field]
         return
     ds = datasets.load_dataset(name, config, split="train", streaming=streaming)
     for i, row in enumerate(ds):
-        yield str(i), row[text_field], i
+        yield str(i), row[text_field]
 
 
-def _collect(data_cfg: dict, split: str, show_progress: bool) -> Documents:
-    """Read, split, filter and count the documents of `split`; see the module docstring."""
-    from tqdm.auto import tqdm
+SPLITS = ("train", "validation", "all")
 
+
+def iter_documents(data_cfg: dict, split: str = "train", skipped: Counter | None = None):
+    """Lazily yield `(key, bytes)` for every document of `split` of a config's `data` section.
+
+    `split` is 'train', 'validation' (the hash split of `load_documents`) or 'all' (every document,
+    no split). Nothing is collected: a corpus larger than RAM streams through (local parquet files
+    are memory-mapped by `datasets`, jsonl files read line by line; Hub datasets stream with
+    `data.streaming`). The order is the corpus order, the same on every run and every process.
+    `max_bytes` / `max_documents` / `min_document_bytes` apply as in `load_documents`. Keys: a
+    folder file's relative path, a record's index in its file, a Hub row's index (None for a
+    dataset's own held-out split), the default corpus document's index. Records that cannot be
+    documents are left out and counted in `skipped` ({reason: count}) when it is given.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid: one of {SPLITS}.")
+    skipped = Counter() if skipped is None else skipped
     source = str(data_cfg.get("source", "default"))
     max_bytes = data_cfg.get("max_bytes")
     max_docs = data_cfg.get("max_documents")
     val_fraction = float(data_cfg.get("val_fraction", 0.05))
     min_doc_bytes = int(data_cfg.get("min_document_bytes", 1))
     if source == "default":
-        docs = default_corpus(split, max_bytes=max_bytes, val_fraction=val_fraction)
-        return Documents(docs[:max_docs] if max_docs else docs)
-
+        docs = (
+            default_corpus("train", max_bytes=max_bytes, val_fraction=0.0)
+            if split == "all"
+            else default_corpus(split, max_bytes=max_bytes, val_fraction=val_fraction)
+        )
+        yield from ((str(i), d) for i, d in enumerate(docs[:max_docs] if max_docs else docs))
+        return
     path = Path(source)
     if path.exists():
-        pairs = ((key, text, None) for key, text in _iter_local(path, data_cfg.get("text_field", "text")))
+        pairs = _iter_local(path, data_cfg.get("text_field", "text"))
     elif "/" in source and not source.startswith((".", "/")):
         pairs = _iter_hub(data_cfg, split)
     else:
@@ -205,28 +243,40 @@ def _collect(data_cfg: dict, split: str, show_progress: bool) -> Documents:
             f"data.source={source!r}: not a local file or folder, and not a Hub dataset name 'owner/name'. "
             "Use 'default' for the built-in corpus."
         )
-    docs, total, skipped = [], 0, Counter()
-    bar = tqdm(desc=f"preparing {split} documents", unit=" docs", disable=not show_progress)
-    for key, text, _ in pairs:
-        if key is not None and (_hash01(key) < val_fraction) != (split == "validation"):
+    n = total = 0
+    for key, text in pairs:
+        if split != "all" and key is not None and (_hash01(key) < val_fraction) != (split == "validation"):
             continue
         data = as_document(text)
         if not isinstance(data, Skip) and len(data) < min_doc_bytes:
             data = Skip("empty" if not data else f"shorter than min_document_bytes={min_doc_bytes}")
         if isinstance(data, Skip):
             skipped[data.reason] += 1
-            bar.set_postfix(skipped=sum(skipped.values()))
             continue
+        yield key, data
+        n, total = n + 1, total + len(data)
+        if (max_bytes is not None and total >= max_bytes) or (max_docs and n >= max_docs):
+            return
+
+
+def _collect(data_cfg: dict, split: str, show_progress: bool) -> Documents:
+    """Read, split, filter and count the documents of `split`; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    source = str(data_cfg.get("source", "default"))
+    docs, skipped = [], Counter()
+    bar = tqdm(desc=f"preparing {split} documents", unit=" docs", disable=not show_progress)
+    for _, data in iter_documents(data_cfg, split, skipped):
         docs.append(data)
-        total += len(data)
         bar.update(1)
-        if (max_bytes is not None and total >= max_bytes) or (max_docs and len(docs) >= max_docs):
-            break
+        if skipped:
+            bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
     bar.close()
     result = Documents(docs, skipped)
     if skipped:
         logger.warning("data.source=%r, %s split: %s", source, split, result.skipped_summary())
     if not docs:
+        val_fraction = float(data_cfg.get("val_fraction", 0.05))
         raise ValueError(
             f"data.source={source!r} gave no {split} documents (val_fraction={val_fraction}); "
             f"{result.skipped_summary() or 'no record was skipped'}."

@@ -192,6 +192,7 @@ class HierAEModel(HierAEPreTrainedModel):
         run_top_lm: bool | None = None,
         loss_weights: dict[str, float] | None = None,
         mode: str = "autoencode",
+        start_level: int = 0,
         return_dict: bool | None = None,
         **kwargs,
     ) -> HierAEOutput:
@@ -204,19 +205,31 @@ class HierAEModel(HierAEPreTrainedModel):
         Skipped terms are 0. `loss_weights` overrides the config's weights for this call (keys:
         entropy, reconstruct, commitment, top_lm). `mode="predict"` returns `predict(...)` instead
         (with the reconstruct terms), for training stages that go through `forward`.
+
+        `start_level=l > 0` starts from stored codes instead of bytes: `input_ids` is then the token
+        stream of level l (the codes of level l - 1 framed as bos, codes, eos with that level's
+        specials, K + 2, c_0, ..., K + 1; see `frame_upper_stream`), levels below l do not run and
+        their loss terms are 0. `start_level = num_levels` runs the top LM only. Rows framed from a
+        document's codes give exactly the losses that encoding the document's bytes gives.
         """
         if mode == "predict":
             return self.predict(input_ids, attention_mask, with_reconstruct=True)
         if mode != "autoencode":
             raise ValueError(f"mode={mode!r} is invalid: 'autoencode' or 'predict'.")
-        ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        if not 0 <= start_level <= self.num_levels:
+            raise ValueError(f"start_level={start_level} is invalid: must be in [0, {self.num_levels}].")
+        vocab = self.config.level_views()[start_level].vocab_size
+        ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes, vocab)
         n_run = self.num_levels if num_levels is None else num_levels
-        if not 1 <= n_run <= self.num_levels:
-            raise ValueError(f"num_levels={num_levels} is invalid: must be in [1, {self.num_levels}].")
-        recon = set(range(n_run) if reconstruct_levels is None else reconstruct_levels)
-        if not recon <= set(range(n_run)):
+        if not max(1, start_level) <= n_run <= self.num_levels:
             raise ValueError(
-                f"reconstruct_levels={sorted(recon)} must be a subset of the run levels 0..{n_run - 1}."
+                f"num_levels={num_levels} is invalid: must be in [{max(1, start_level)}, {self.num_levels}]."
+            )
+        recon = set(range(start_level, n_run) if reconstruct_levels is None else reconstruct_levels)
+        if not recon <= set(range(start_level, n_run)):
+            raise ValueError(
+                f"reconstruct_levels={sorted(recon)} must be a subset of the run levels "
+                f"{start_level}..{n_run - 1}."
             )
         top = (n_run == self.num_levels) if run_top_lm is None else run_top_lm
         if top and n_run != self.num_levels:
@@ -236,7 +249,12 @@ class HierAEModel(HierAEPreTrainedModel):
         tokens = ids
         ent_losses, rec_losses, com_losses, tps, ppl, dead = [], [], [], [], [], []
         all_codes, all_cmask, all_seg, all_tok, all_valid, all_H, all_rec = [], [], [], [], [], [], []
-        for li, level in enumerate(self.levels[:n_run]):
+        for _ in range(start_level):  # levels below the stored codes do not run
+            zero = torch.zeros((), device=ids.device)
+            for terms in (ent_losses, rec_losses, com_losses, tps, ppl, dead):
+                terms.append(zero)
+        for li in range(start_level, n_run):
+            level = self.levels[li]
             T = tokens.shape[1]
             positions = positions_from_mask(valid)  # (B, T)
             ent_logits, H, layout, _ = level.segment(tokens, valid, positions)
@@ -490,20 +508,30 @@ class HierAEModel(HierAEPreTrainedModel):
 
     # ---- decode ----------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, top_codes: torch.Tensor, mask: torch.Tensor | None = None) -> HierAEDecoderOutput:
-        """Top-level codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
+    def decode(
+        self, top_codes: torch.Tensor, mask: torch.Tensor | None = None, level: int | None = None
+    ) -> HierAEDecoderOutput:
+        """Codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
 
-        Each level regenerates its tokens greedily; a segment ends where the boundary rule fires on
-        the regenerated tokens (no lengths are stored); a row stops at its level's EOS, after its
-        last segment, or at the hard cap S * max_segment_len.
+        `top_codes (B, S)` are codes of `level` (default: the top level, `num_levels - 1`) in
+        [0, K_level^R); decoding runs from that level down to bytes. Each level regenerates its
+        tokens greedily; a segment ends where the boundary rule fires on the regenerated tokens (no
+        lengths are stored); a row stops at its level's EOS, after its last segment, or at the hard
+        cap S * max_segment_len. `level_tokens[l]` is the regenerated token stream of level l, for
+        l = 0..level (bytes at l = 0; above, the codes of level l - 1 framed with that level's
+        specials): `decode(torch.tensor([[c]]), level=1).level_tokens[1]` is the level-0 code stream
+        that code c of level 1 alone stands for, and `.sequences` its bytes.
         """
-        codes, seg_mask = check_codes(top_codes, mask, self.levels[-1].cfg.num_codes)
+        start = self.num_levels - 1 if level is None else level
+        if not isinstance(start, int) or not 0 <= start < self.num_levels:
+            raise ValueError(f"level={level!r} is invalid: an int in [0, {self.num_levels}) or None (top).")
+        codes, seg_mask = check_codes(top_codes, mask, self.levels[start].cfg.num_codes)
         streams = []
         with self._inference():
-            for li in reversed(range(self.num_levels)):
-                level = self.levels[li]
-                ctx = level.quantizer.lookup(codes)  # (B, S, D)
-                tokens, valid = self._regenerate_level(level, ctx, seg_mask)
+            for li in reversed(range(start + 1)):
+                lv = self.levels[li]
+                ctx = lv.quantizer.lookup(codes)  # (B, S, D)
+                tokens, valid = self._regenerate_level(lv, ctx, seg_mask)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)

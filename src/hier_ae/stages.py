@@ -90,12 +90,27 @@ class StagePlan:
     metric_names: list[str] = field(default_factory=list)
 
 
-def prepare_stage(model, stage: Stage) -> StagePlan:
-    """Freeze and unfreeze for `stage`; return what to optimise, how to call forward, what to minimise."""
+def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
+    """Freeze and unfreeze for `stage`; return what to optimise, how to call forward, what to minimise.
+
+    `start_level > 0`: the batches are stored codes framed as the token stream of that level (code
+    shards, `HierAEModel.forward(start_level=...)`), so only stages at or above it can run: `top_lm`,
+    or `entropy` / `autoencoder` of a level >= start_level.
+    """
     L = model.num_levels
     if stage.level is not None and not 0 <= stage.level < L:
         raise ValueError(
             f"stage {stage.name}: level={stage.level} is invalid: must be in [0, {L}) for this model."
+        )
+    if not 0 <= start_level <= L:
+        raise ValueError(f"start_level={start_level} is invalid: must be in [0, {L}].")
+    if start_level and (
+        stage.kind in ("predict", "joint") or (stage.level is not None and stage.level < start_level)
+    ):
+        raise ValueError(
+            f"stage {stage.name} cannot train on stored codes of level {start_level - 1}: it needs the "
+            f"tokens of a lower level. Allowed on these codes: top_lm, and entropy / autoencoder of "
+            f"levels {start_level}..{L - 1}."
         )
     model.requires_grad_(False)
     top = stage.level if stage.level is not None else L
@@ -163,6 +178,9 @@ def prepare_stage(model, stage: Stage) -> StagePlan:
             )
 
         names = ["predict CE", "recon CE", "commitment", "top-LM CE"]
+
+    if start_level:
+        kwargs["start_level"] = start_level
     params = [p for p in model.parameters() if p.requires_grad]
     return StagePlan(params=params, forward_kwargs=kwargs, objective=objective, metric_names=names)
 
@@ -237,6 +255,7 @@ def train_stage(
     on_step: Callable[[int, dict], bool | None] | None = None,
     on_nonfinite: str = "raise",
     max_consecutive_skips: int = 10,
+    start_level: int = 0,
 ) -> list[float]:
     """Train one stage with AdamW; return the objective per optimizer step run.
 
@@ -260,6 +279,7 @@ def train_stage(
     (`BufferSnapshot`); the step still counts (the lr schedule and `on_step` go on, with
     `info["skipped"]` = the terms), it is left out of the returned history, and
     `max_consecutive_skips` dropped steps in a row raise `FloatingPointError`.
+    `start_level > 0`: the batches are stored codes of level start_level - 1 (see `prepare_stage`).
     """
     import time
     from contextlib import nullcontext
@@ -267,7 +287,7 @@ def train_stage(
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1.")
     check_policy(on_nonfinite, max_consecutive_skips)
-    plan = prepare_stage(model, stage)
+    plan = prepare_stage(model, stage, start_level)
     model.train()
     if not plan.params or stage.steps == 0:
         return []

@@ -87,7 +87,7 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
     real = codes[mask]
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_codes):
         raise ValueError(
-            f"codes must be in [0, {num_codes}) (codebook size ** depth of the top level); "
+            f"codes must be in [0, {num_codes}) (codebook size ** depth of the level decoded); "
             f"got [{int(real.min())}, {int(real.max())}]."
         )
     return torch.where(mask, codes.long(), torch.zeros_like(codes, dtype=torch.long)), mask
