@@ -142,3 +142,25 @@ def test_cache_keys_separate_model_data_and_budget(tmp_path):
     other = run.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "10"])
     assert run.job_dir(other, "llama", "shakespeare") != run.job_dir(args, "llama", "shakespeare")
     assert run.job_dir(args, "llama", "code+multilingual").name.endswith("-8min")
+
+
+def test_hier_ae_generate_uses_its_cache():
+    """transformers >= 5.24 hands generate()'s cache over as `cache=`; the streamed logits must equal
+    one uncached forward pass over the same sequence (found by the bench's cache check)."""
+    from hier_ae import HierAEForCausalLM
+
+    torch.manual_seed(0)
+    lm = HierAEForCausalLM(HierAEConfig(**TINY)).eval()
+    ids = torch.tensor([[2] + [b + 3 for b in b"to be or not to be"]])
+    with torch.no_grad():
+        out = lm.generate(
+            ids,
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=0,
+            use_cache=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        full = lm(input_ids=out.sequences, use_cache=False).logits[0, ids.shape[1] - 1 : -1]
+    assert torch.allclose(torch.stack(out.scores, 1)[0], full, atol=1e-4)

@@ -571,6 +571,9 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> HierAECausalLMOutput:
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if past_key_values is None:
+            # transformers >= 5.24 renamed the keyword: generate() passes the cache as `cache=`
+            past_key_values = kwargs.pop("cache", None)
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
             raise ValueError(f"past_key_values must be a HierAECache, got {type(past_key_values).__name__}.")
         cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
