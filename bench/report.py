@@ -122,6 +122,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
     if scal:
         L += scaling_section(scal, args.sizes)
     L += targets_section(primary, pval, tr, sc, gen, args)
+    L += timing_section(results, datasets)
     notes = HERE / "notes.md"
     if notes.exists():
         L += ["### Notes", "", notes.read_text().strip(), ""]
@@ -225,10 +226,14 @@ def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
 def hier_details(score: dict | None, vals: list[str]) -> list[str]:
     if not score:
         return []
+    if not any("reconstruction" in score["val"][v] for v in vals):
+        return []
     L = ["hier_ae's codes and reconstruction (autoencoder figures: the decoder reads the codes):", ""]
     rows = []
     for v in vals:
         r = score["val"][v]
+        if "reconstruction" not in r:
+            continue  # the second table scores bits per byte only, unless --second-extras
         rec = r["reconstruction"]
         usage = "; ".join(
             f"L{i}: ppl {u['usage_perplexity']:.0f}, "
@@ -364,4 +369,31 @@ def targets_section(primary, pval, tr, sc, gen, args) -> list[str]:
         return []
     return ["### Targets (issue #10), on the main table", ""] + table(
         ["target", "result", "distance", "verdict"], rows, "lrrl"
+    )
+
+
+def timing_section(results: dict, datasets: list[str]) -> list[str]:
+    """Minutes per phase (each its own process, start-up included): what a full run costs, by part."""
+    parts: dict[str, dict[str, float]] = {}
+    for phase in ("train", "score"):
+        for (m, ds), r in results[phase].items():
+            if r:
+                parts.setdefault(f"{phase} ({ds})", {})[m] = r.get("phase_seconds", 0.0)
+    for m, r in results["generate"].items():
+        if r:
+            parts.setdefault("generate", {})[m] = r.get("phase_seconds", 0.0)
+    for (m, _), r in results["scaling"].items():
+        if r:
+            parts.setdefault("scaling", {})[m] = parts.get("scaling", {}).get(m, 0.0) + r.get(
+                "phase_seconds", 0.0
+            )
+    rows = []
+    total = 0.0
+    for part, per in parts.items():
+        t = sum(per.values())
+        total += t
+        rows.append([part, *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES], f"{t / 60:.1f}"])
+    rows.append(["**total**", "", "", "", f"**{total / 60:.1f}**"])
+    return ["### Run time per part (minutes, from the cached phases)", ""] + table(
+        ["part", *NAMES.values(), "all models"], rows
     )
