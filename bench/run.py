@@ -97,6 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--uncached-new", type=int, default=32, help="new bytes when a model is timed without a cache (32)"
     )
+    g.add_argument(
+        "--uncached-seconds",
+        type=float,
+        default=90.0,
+        help="time fewer uncached new bytes (down to 2) where --uncached-new would take longer per prompt",
+    )
     g.add_argument("--sizes", type=int, nargs="+", default=None, help="scaling input bytes")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # PHASE MODEL DATASET|SIZE
     args = ap.parse_args(argv)
@@ -337,8 +343,13 @@ def phase_generate(args, model: str, dataset: str) -> dict:
         rows = []
         for n in args.prompts:
             ids = prompt(n)
-            t_all = time_generation(lm, ids, new, args.repeats, use_cache=use_cache)
             t_pre = time_generation(lm, ids, 1, args.repeats, use_cache=use_cache)
+            if not use_cache:
+                # every uncached step is a full forward pass over the prompt and what follows: the
+                # cost per byte is flat, so fewer new bytes give the rate (within --uncached-seconds)
+                fit = int(args.uncached_seconds / (args.repeats * max(t_pre, 1e-3)))
+                new = max(2, min(new, fit))
+            t_all = time_generation(lm, ids, new, args.repeats, use_cache=use_cache)
             rows.append(
                 {
                     "prompt": n,
@@ -359,7 +370,7 @@ def phase_generate(args, model: str, dataset: str) -> dict:
     else:
         why = check["error"] or f"cached output differs (max logit gap {check['max_logit_diff']:.3g})"
         new = min(args.new, args.uncached_new)
-        note = f"{why}: timed uncached over {new} new bytes (each step is a full forward pass)"
+        note = f"{why}: timed uncached over {new} new bytes or fewer (each step is a full forward pass)"
         rows = timings(False, new)
     # a cache that runs but disagrees: timed too, for information only (not a valid result)
     invalid_cached = timings(True, args.new) if not valid and check["error"] is None else None
