@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean bench
 
 venv: $(VENV)/.installed
 
@@ -39,3 +39,7 @@ format: venv
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+## the benchmark against the peers (issue 10): under 2 hours on 2 cores; cached per model, resumes
+bench: venv
+	$(PY) bench/run.py

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # `bench.*` when run as a script
 
 
 def prompt_text(n_bytes: int) -> torch.Tensor:
@@ -46,28 +47,10 @@ def prompt_text(n_bytes: int) -> torch.Tensor:
 
 
 def llama_peer(n_params: int, max_len: int) -> LlamaForCausalLM:
-    """A byte-level Llama (vocab 259) with about `n_params` parameters."""
-    best = None
-    for hidden in (64, 96, 128, 160, 192, 256, 320, 384, 512):
-        for layers in range(1, 13):
-            cfg = LlamaConfig(
-                vocab_size=259,
-                hidden_size=hidden,
-                intermediate_size=hidden * 3,
-                num_hidden_layers=layers,
-                num_attention_heads=max(hidden // 32, 1),
-                num_key_value_heads=max(hidden // 32, 1),
-                max_position_embeddings=max_len,
-                pad_token_id=0,
-                bos_token_id=2,
-                eos_token_id=1,
-                tie_word_embeddings=False,
-            )
-            count = 2 * 259 * hidden + layers * (4 * hidden * hidden + 3 * hidden * hidden * 3)
-            if best is None or abs(count - n_params) < abs(best[0] - n_params):
-                best = (count, cfg)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(best[1]).eval()
+    """A byte-level Llama (vocab 259) with about `n_params` parameters (bench/peers.py's search)."""
+    from bench.peers import build_llama, llama_matched
+
+    return build_llama(llama_matched(n_params, max_len)[0]).eval()
 
 
 @torch.no_grad()
@@ -99,6 +82,40 @@ def cached_equals_uncached(model, ids: torch.Tensor, new: int = 64) -> bool:
     return torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
 
 
+@torch.no_grad()
+def cache_check(model, ids: torch.Tensor, new: int = 64) -> dict:
+    """Does the cached path give what the uncached one gives? Tokens, and the logits behind them.
+
+    `tokens_equal`: greedy outputs identical (the criterion). `max_logit_diff`: the largest gap between
+    the cached path's per-step logits and one uncached forward pass over the same generated sequence
+    (teacher-forced, so a single early flip does not hide how far the cache is off). `error`: set
+    when the cached path raises (then it cannot be timed at all).
+    """
+    try:
+        kw = {
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": new,
+            "do_sample": False,
+            "pad_token_id": 0,
+        }
+        cached = model.generate(ids, use_cache=True, output_scores=True, return_dict_in_generate=True, **kw)
+        plain = model.generate(ids, use_cache=False, **kw)
+    except Exception as err:  # noqa: BLE001 - a broken cached path is a result, not a crash
+        return {
+            "tokens_equal": False,
+            "max_logit_diff": None,
+            "error": f"{type(err).__name__}: {str(err)[:160]}",
+        }
+    seq = cached.sequences
+    full = model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1 : -1].float()  # (new, V)
+    steps = torch.stack(cached.scores, 1)[0].float()  # (new, V)
+    return {
+        "tokens_equal": bool(torch.equal(seq, plain)),
+        "max_logit_diff": float((full - steps).abs().max()),
+        "error": None,
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a trained hier_ae folder (e.g. runs/tiny/model)")
@@ -111,13 +128,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     hier = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
-    n_hier = sum(p.numel() for p in hier.parameters()) + sum(b.numel() for b in hier.buffers())
+    from bench.peers import count_parameters
+
+    n_hier = count_parameters(hier)  # parameters + codebooks, as bench/run.py counts
     max_len = max(args.prompts) + args.new + 8
     if hier.config.max_input_bytes < max_len:
         raise ValueError(f"the model's max_input_bytes={hier.config.max_input_bytes} < {max_len} needed")
     llama = llama_peer(n_hier, max_len)
     n_llama = sum(p.numel() for p in llama.parameters())
-    print(f"hier_ae: {n_hier:,} parameters and buffers; Llama peer: {n_llama:,} parameters")
+    print(f"hier_ae: {n_hier:,} parameters and codebooks; Llama peer: {n_llama:,} parameters")
 
     probe = prompt_text(64)
     checks = {"hier_ae": cached_equals_uncached(hier, probe), "llama": cached_equals_uncached(llama, probe)}
@@ -144,7 +163,7 @@ def main(argv=None):
         f"\n## Generation speed ({datetime.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.threads} threads, no GPU. Command: `python bench/generation.py {' '.join(sys.argv[1:])}`\n",
-        f"hier_ae `{args.model}` ({n_hier:,} parameters and buffers) against an untrained byte-level "
+        f"hier_ae `{args.model}` ({n_hier:,} parameters and codebooks) against an untrained byte-level "
         f"`LlamaForCausalLM` ({n_llama:,} parameters) with its KV cache; greedy, {args.new} new bytes, "
         f"median of {args.repeats}. Cached output equals uncached: {checks}.\n",
         "Bytes/s include the prefill; ms/byte is the decoding cost after it: "

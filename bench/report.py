@@ -1,0 +1,399 @@
+"""The markdown report of bench/run.py: tables, ratios hier_ae / peer, and the targets of issue #10."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS = ("llama", "blt")
+NAMES = {"hier_ae": "hier_ae", "llama": "Llama", "blt": "BLT"}
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def ratio(a, b) -> str:
+    return "n/a" if a is None or b is None or not b else f"{a / b:.2f}"
+
+
+def table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def bpb(score: dict | None, val: str, kind: str = "predict"):
+    if not score or val not in score["val"] or kind not in score["val"][val]:
+        return None
+    return score["val"][val][kind]["bits_per_byte"]
+
+
+def gen_row(gen: dict | None, prompt: int, key: str = "bytes_per_s"):
+    if not gen:
+        return None
+    for r in gen["rows"]:
+        if r["prompt"] == prompt:
+            return r[key]
+    return None
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds) -> str:
+    from bench.peers import describe
+
+    tr, sc, gen, scal = results["train"], results["score"], results["generate"], results["scaling"]
+    models = sorted({m for m, _ in tr}, key=("hier_ae", "llama", "blt").index)
+    primary = datasets[0]
+    pval = next(iter(compress[primary]))
+    cmd = "python bench/run.py" + ("" if not argv else " " + " ".join(argv))
+    phase_total = sum(
+        r.get("phase_seconds", 0.0) for group in (tr, sc, scal) for r in group.values() if r
+    ) + sum(r.get("phase_seconds", 0.0) for r in gen.values() if r)
+    L = [
+        "# hier_ae benchmark results",
+        "",
+        "Every table is measured side by side with its peers in one run, on the machine it names, by the",
+        "command it names. Ratios are hier_ae / peer.",
+        "",
+        f"## Side by side with the peers ({datetime.date.today().isoformat()})",
+        "",
+        f"Machine: {machine}; {args.threads} torch threads, no GPU.",
+        "",
+        f"Command: `{cmd}` (from the repository root; data: `{args.data_root}`). Each phase ran in its "
+        "own process, `python bench/run.py ... --worker PHASE MODEL DATA`; phases add up to "
+        f"{phase_total / 60:.1f} min (this invocation: {seconds / 60:.1f} min; cached phases are reused).",
+        "",
+        "### Models (matched parameter counts; every module counts)",
+        "",
+    ]
+    rows = []
+    for m in ("hier_ae", "llama", "blt"):
+        shape = "`configs/small.yaml` (parameters + VQ codebooks)" if m == "hier_ae" else describe(cfgs[m])
+        rows.append([NAMES[m], fmt(counts[m]), f"{counts[m] / counts['hier_ae'] - 1:+.1%}", shape])
+    L += table(["model", "parameters", "vs hier_ae", "shape"], rows, "lrrl")
+    blt_tr = tr.get(("blt", primary))
+    if blt_tr:
+        rep = blt_tr["report"]
+        pc = cfgs["blt"].patcher_config
+        L += [
+            "BLT patching: BLT's own entropy model (the patcher, "
+            f"{pc.num_hidden_layers} layers x {pc.hidden_size}, "
+            "counted in its parameters) trains first, for the share of the budget that hier_ae's level-0 "
+            f"entropy stage gets ({rep['patcher']['steps']} steps, {rep['patcher']['seconds']:.0f} s); "
+            "then its "
+            "global entropy threshold is set on training batches so that patches average 4 bytes (hier_ae "
+            f"small's level-0 target): {rep['patching_threshold_nats']:.3f} nats, calibrated mean "
+            f"{rep['calibrated_mean_patch']:.2f} bytes, at most {cfgs['blt'].max_patch_length} bytes per "
+            "patch "
+            "(hier_ae's max_segment_len); then the rest of the model trains for the remaining time with the "
+            "patcher frozen. Patching is causal (a patch opens at t + 1 when H[t] exceeds the threshold), "
+            "the same rule as hier_ae's.",
+            "",
+        ]
+    L += [
+        "Training: every model reads the same seeded batches (random crops of the train text, one file "
+        f"= one document, {tr[models[0], primary]['seq_len']} bytes x {tr[models[0], primary]['batch_size']} "
+        "rows), AdamW with warm-up and a cosine decay planned to end with the wall-clock budget "
+        "(bench/training.py). hier_ae runs every stage of `configs/small.yaml`, the budget split by "
+        "configured steps. Scoring: every validation byte once, sliding windows with context = the "
+        "training length and stride = half of it (bench/scoring.py); hier_ae in predict mode. Peak "
+        "memory: max RSS of the process that ran the phase (it includes Python and torch, about the same "
+        "for every model).",
+        "",
+    ]
+    for dataset in datasets:
+        L += dataset_section(
+            args, dataset, models, tr, sc, gen if dataset == primary else {}, compress[dataset]
+        )
+    if scal:
+        L += scaling_section(scal, args.sizes)
+    L += targets_section(primary, pval, tr, sc, gen, args)
+    L += timing_section(results, datasets)
+    notes = HERE / "notes.md"
+    if notes.exists():
+        L += ["### Notes", "", notes.read_text().strip(), ""]
+    return "\n".join(L) + "\n"
+
+
+def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
+    vals = list(compress)
+    budget = tr[models[0], dataset]["budget_s"] / 60
+    L = [f"### {dataset}: {budget:g} min of training per model", ""]
+    header = ["model", "steps", "train bytes/s"]
+    header += [f"{v} bits/byte" for v in vals] + ["scoring bytes/s", "peak RSS train / score (MB)"]
+    rows = []
+    for m in models:
+        t, s = tr[m, dataset], sc.get((m, dataset))
+        steps = t["report"].get("steps") or sum(r["steps"] for r in t["report"].get("stages", []))
+        row = [NAMES[m], fmt(steps), fmt(t["train_bytes_per_s"], 0)]
+        row += [fmt(bpb(s, v), 4) for v in vals]
+        speed = [s["val"][v]["predict"]["bytes_per_s"] for v in vals] if s else []
+        row += [fmt(sum(speed) / len(speed), 0) if speed else "n/a"]
+        row += [f"{t['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f}" if s else "n/a"]
+        rows.append(row)
+    L += table(header, rows)
+    if gen:
+        prompts = [r["prompt"] for r in next(iter(gen.values()))["rows"]]
+        g0 = next(iter(gen.values()))
+        L += [
+            f"Greedy generation, {g0['new']} new bytes (fewer where timed without a cache: see the cache "
+            "column), "
+            f"median of {g0['repeats']} runs; bytes/s including the prefill (ms/byte after the prefill):",
+            "",
+        ]
+        rows = []
+        for m in models:
+            g = gen.get(m)
+            if not g:
+                continue
+            cells = [
+                f"{fmt(gen_row(g, p), 1)} ({fmt(gen_row(g, p, 'ms_per_byte_after_prefill'), 2)})"
+                for p in prompts
+            ]
+            cache = "cached, equals uncached" if g["use_cache"] else "uncached: " + g["note"]
+            rows.append([NAMES[m], *cells, cache])
+            if g.get("invalid_cached_rows"):
+                bad = {"rows": g["invalid_cached_rows"]}
+                cells = [
+                    f"{fmt(gen_row(bad, p), 1)} ({fmt(gen_row(bad, p, 'ms_per_byte_after_prefill'), 2)})"
+                    for p in prompts
+                ]
+                rows.append(
+                    [f"{NAMES[m]} (its cache)", *cells, "cached, **differs from uncached**: not counted"]
+                )
+        L += table(
+            ["model", *[f"{p} B prompt" for p in prompts], "cache"], rows, "l" + "r" * len(prompts) + "l"
+        )
+    # ratios
+    if "hier_ae" in models:
+        h = "hier_ae"
+        rows = []
+        for p in PEERS:
+            if p not in models:
+                continue
+            row = [f"hier_ae / {NAMES[p]}"]
+            row += [ratio(bpb(sc.get((h, dataset)), v), bpb(sc.get((p, dataset)), v)) for v in vals]
+            row += [ratio(tr[h, dataset]["train_bytes_per_s"], tr[p, dataset]["train_bytes_per_s"])]
+            hs, ps = sc.get((h, dataset)), sc.get((p, dataset))
+            row += [
+                ratio(
+                    sum(hs["val"][v]["predict"]["bytes_per_s"] for v in vals),
+                    sum(ps["val"][v]["predict"]["bytes_per_s"] for v in vals),
+                )
+                if hs and ps
+                else "n/a"
+            ]
+            row += [ratio(tr[h, dataset]["peak_rss_mb"], tr[p, dataset]["peak_rss_mb"])]
+            if gen:
+                row += [ratio(gen_row(gen.get(h), q), gen_row(gen.get(p), q)) for q in prompts]
+            rows.append(row)
+        header = [
+            "ratio",
+            *[f"{v} bits/byte" for v in vals],
+            "train bytes/s",
+            "scoring bytes/s",
+            "peak RSS train",
+        ]
+        if gen:
+            header += [f"gen bytes/s {q} B" for q in prompts]
+        L += ["Ratios hier_ae / peer (bits/byte: lower is better; bytes/s: higher is better):", ""]
+        L += table(header, rows)
+        L += hier_details(sc.get((h, dataset)), vals)
+    L += ["Classical compressors on the same validation text, bits per byte:", ""]
+    names = list(next(iter(compress.values())))
+    rows = [
+        [v, *[fmt(compress[v][n], 3) if compress[v][n] is not None else "not installed" for n in names]]
+        for v in vals
+    ]
+    L += table(["val text", *names], rows)
+    return L
+
+
+def hier_details(score: dict | None, vals: list[str]) -> list[str]:
+    if not score:
+        return []
+    if not any("reconstruction" in score["val"][v] for v in vals):
+        return []
+    L = ["hier_ae's codes and reconstruction (autoencoder figures: the decoder reads the codes):", ""]
+    rows = []
+    for v in vals:
+        r = score["val"][v]
+        if "reconstruction" not in r:
+            continue  # the second table scores bits per byte only, unless --second-extras
+        rec = r["reconstruction"]
+        usage = "; ".join(
+            f"L{i}: ppl {u['usage_perplexity']:.0f}, "
+            f"{u['distinct_codes']}/{u['codebook_size'] ** u['depth']} seen, "
+            f"{u['dead_codes']} dead"
+            for i, u in enumerate(r["codebook_usage"])
+        )
+        rows.append(
+            [
+                v,
+                " / ".join(f"{t:.2f}" for t in rec["tokens_per_segment"]),
+                " / ".join(f"{t:.2f}" for t in rec["bytes_per_code"]),
+                f"{rec['code_bits_per_byte']:.3f}",
+                f"{100 * rec['exact_match']:.2f}% of {rec['documents']:,}",
+                f"{bpb(score, v):.4f}",
+                f"{bpb(score, v, 'zero_context'):.4f}",
+                usage,
+            ]
+        )
+    L += table(
+        [
+            "val text",
+            "tokens/segment per level",
+            "bytes/code per level",
+            "code bits/byte",
+            "exact-match (lines)",
+            "predict bits/byte",
+            "upper contexts zeroed",
+            "codebook usage",
+        ],
+        rows,
+        "lrrrrrrl",
+    )
+    return L
+
+
+def scaling_section(scal: dict, sizes: list[int]) -> list[str]:
+    L = [
+        "### Scaling: one forward pass (no grad, no cache), hier_ae against the Llama",
+        "",
+        "Memory: peak RSS of a fresh process during the forward minus its RSS just before it "
+        "(psutil + getrusage); the trained Tiny Shakespeare models; input = the train text.",
+        "",
+    ]
+    rows = []
+    for n in sizes:
+        h, ll = scal.get(("hier_ae", n)), scal.get(("llama", n))
+        rows.append(
+            [
+                f"{n:,}",
+                fmt(h and h["seconds"], 2),
+                fmt(ll and ll["seconds"], 2),
+                ratio(h and h["seconds"], ll and ll["seconds"]),
+                fmt(h and h["peak_delta_mb"], 0),
+                fmt(ll and ll["peak_delta_mb"], 0),
+                ratio(h and h["peak_delta_mb"], ll and ll["peak_delta_mb"]),
+            ]
+        )
+    header = ["input bytes", "hier_ae s", "Llama s", "time ratio", "hier_ae MB", "Llama MB", "memory ratio"]
+    return L + table(header, rows)
+
+
+def targets_section(primary, pval, tr, sc, gen, args) -> list[str]:
+    h_bpb = bpb(sc.get(("hier_ae", primary)), pval)
+    l_bpb = bpb(sc.get(("llama", primary)), pval)
+    b_bpb = bpb(sc.get(("blt", primary)), pval)
+    rows = []
+    if h_bpb is not None and l_bpb is not None:
+        r = h_bpb / l_bpb
+        rows.append(["bits/byte <= 0.95 x Llama's", f"{r:.3f} x", f"{r - 0.95:+.3f} x", verdict(r <= 0.95)])
+    if h_bpb is not None and b_bpb is not None:
+        rows.append(
+            [
+                "bits/byte below BLT's",
+                f"{h_bpb:.4f} vs {b_bpb:.4f}",
+                f"{h_bpb - b_bpb:+.4f}",
+                verdict(h_bpb < b_bpb),
+            ]
+        )
+    hg = gen.get("hier_ae")
+    if hg:
+        prompts = [r["prompt"] for r in hg["rows"]]
+        for p in prompts:
+            peer = max((gen_row(gen.get(m), p) or 0.0) for m in PEERS)
+            if peer:
+                r = gen_row(hg, p) / peer
+                rows.append(
+                    [
+                        f"generation bytes/s >= 2 x the faster peer's ({p} B prompt)",
+                        f"{r:.2f} x",
+                        f"{r - 2:+.2f} x",
+                        verdict(r >= 2),
+                    ]
+                )
+        lo, hi = prompts[0], prompts[-1]
+        r1 = (1 / gen_row(hg, hi)) / (1 / gen_row(hg, lo))
+        rows.append(
+            [
+                f"time per generated byte, {hi} B vs {lo} B prompt <= 1.25 x",
+                f"{r1:.2f} x",
+                f"{r1 - 1.25:+.2f} x",
+                verdict(r1 <= 1.25),
+            ]
+        )
+        d_lo, d_hi = (
+            gen_row(hg, lo, "ms_per_byte_after_prefill"),
+            gen_row(hg, hi, "ms_per_byte_after_prefill"),
+        )
+        if d_lo:
+            r2 = d_hi / d_lo
+            rows.append(
+                [
+                    "  the same, after the prefill (decoding only)",
+                    f"{r2:.2f} x",
+                    f"{r2 - 1.25:+.2f} x",
+                    verdict(r2 <= 1.25),
+                ]
+            )
+    hs = sc.get(("hier_ae", primary))
+    if hs:
+        rec = hs["val"][pval]["reconstruction"]
+        ok = rec["exact_match"] >= 0.999 and rec["code_bits_per_byte"] <= 2.0
+        rows.append(
+            [
+                "reconstruct exact-match >= 99.9% of val lines at <= 2.0 code bits/byte",
+                f"{100 * rec['exact_match']:.2f}% at {rec['code_bits_per_byte']:.3f}",
+                f"{100 * (rec['exact_match'] - 0.999):+.2f} points, "
+                f"{rec['code_bits_per_byte'] - 2.0:+.3f} bits",
+                verdict(ok),
+            ]
+        )
+    if not rows:
+        return []
+    return ["### Targets (issue #10), on the main table", ""] + table(
+        ["target", "result", "distance", "verdict"], rows, "lrrl"
+    )
+
+
+def timing_section(results: dict, datasets: list[str]) -> list[str]:
+    """Minutes per phase (each its own process, start-up included): what a full run costs, by part."""
+    parts: dict[str, dict[str, float]] = {}
+    for phase in ("train", "score"):
+        for (m, ds), r in results[phase].items():
+            if r:
+                parts.setdefault(f"{phase} ({ds})", {})[m] = r.get("phase_seconds", 0.0)
+    for m, r in results["generate"].items():
+        if r:
+            parts.setdefault("generate", {})[m] = r.get("phase_seconds", 0.0)
+    for (m, _), r in results["scaling"].items():
+        if r:
+            parts.setdefault("scaling", {})[m] = parts.get("scaling", {}).get(m, 0.0) + r.get(
+                "phase_seconds", 0.0
+            )
+    rows = []
+    total = 0.0
+    for part, per in parts.items():
+        t = sum(per.values())
+        total += t
+        rows.append([part, *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES], f"{t / 60:.1f}"])
+    rows.append(["**total**", "", "", "", f"**{total / 60:.1f}**"])
+    return ["### Run time per part (minutes, from the cached phases)", ""] + table(
+        ["part", *NAMES.values(), "all models"], rows
+    )

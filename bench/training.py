@@ -1,0 +1,238 @@
+"""Training under one wall-clock budget per model: hier_ae's staged curriculum and the peers.
+
+Every model reads the same batches (a seeded `DocumentCropper` over the same training text, the
+same seq_len and batch size) and trains with AdamW (betas 0.9 / 0.95, grad clip 1.0), a linear
+warm-up and a cosine decay to 10% of the peak. The number of steps is not fixed in advance: after
+every step `Budget` re-plans it from the mean step time so far, so the cosine schedule ends where
+the wall-clock budget does, on any machine.
+
+hier_ae: the budget is split over the config's stages in proportion to their configured steps
+(a stage that runs long takes from the later ones, never the reverse), so every stage runs.
+BLT: its entropy model (the patcher, frozen inside `BltModel`) trains first, for the share of the
+budget that hier_ae's level-0 entropy stage gets; then its patching threshold is calibrated on
+training batches to a mean patch length, and the rest of the model trains for the remainder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from hier_ae import HierAEConfig, HierAEModel
+from hier_ae.stages import Stage, train_stage
+
+UNPLANNED = 10**9  # steps before the first re-plan
+
+
+class Budget:
+    """A wall-clock budget that plans how many optimizer steps fit in it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = max(float(seconds), 0.0)
+        self.t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over(self) -> bool:
+        return self.elapsed >= self.seconds
+
+    def planned(self, done: int) -> int:
+        """Steps done so far plus the steps the time left holds at the mean step time so far."""
+        if done == 0:
+            return UNPLANNED
+        left = max(self.seconds - self.elapsed, 0.0)
+        return done + int(left / (self.elapsed / done))
+
+
+def cosine_lr(step: int, planned: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at step `planned` (as hier_ae's `lr_at`)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / max(planned - warmup, 1), 1.0)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def split_budget(seconds_left: float, steps: list[int]) -> float:
+    """The share of `seconds_left` for the first of the remaining stages, by configured steps."""
+    return seconds_left * steps[0] / max(sum(steps), 1)
+
+
+# ---- hier_ae -----------------------------------------------------------------------------------
+def train_hier_ae(
+    model_cfg: dict, stage_specs: list[dict], batches: Iterator, budget_s: float, log: Callable = print
+) -> tuple[HierAEModel, dict]:
+    """Run every stage of the curriculum within `budget_s` seconds in all; return the model and a report."""
+    torch.manual_seed(0)
+    model = HierAEModel(HierAEConfig(**model_cfg))
+    stages = [Stage(**spec) for spec in stage_specs]
+    configured = [s.steps for s in stages]
+    t_start = time.perf_counter()
+    report = {"stages": [], "tokens": 0}
+    for i, stage in enumerate(stages):
+        left = budget_s - (time.perf_counter() - t_start)
+        budget = Budget(split_budget(left, configured[i:]))
+        stage.steps = UNPLANNED
+        seen = {"tokens": 0, "loss": float("nan")}
+
+        def on_step(done, info, stage=stage, budget=budget, seen=seen):
+            seen["tokens"] += info["tokens"]
+            seen["loss"] = info["loss"]
+            stage.steps = max(budget.planned(done), done)  # the lr schedule follows the plan
+            return budget.over() or done >= stage.steps
+
+        history = train_stage(model, stage, batches, time_budget_s=budget.seconds, on_step=on_step)
+        row = {
+            "stage": stage.name,
+            "configured_steps": configured[i],
+            "steps": len(history),
+            "budget_s": round(budget.seconds, 2),
+            "seconds": round(budget.elapsed, 2),
+            "final_loss": seen["loss"],
+        }
+        report["stages"].append(row)
+        report["tokens"] += seen["tokens"]
+        log(
+            f"  [hier_ae {stage.name}] {row['steps']} steps in {row['seconds']:.1f}s, loss {seen['loss']:.3f}"
+        )
+    report["seconds"] = time.perf_counter() - t_start
+    model.eval()
+    return model, report
+
+
+# ---- peers -------------------------------------------------------------------------------------
+def train_loop(
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Iterator,
+    budget_s: float,
+    lr: float,
+    warmup: int = 10,
+) -> dict:
+    """AdamW on `loss_fn(ids, mask)` until the budget ends; returns steps, tokens, seconds, last loss."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    budget = Budget(budget_s)
+    step, planned, tokens, loss = 0, UNPLANNED, 0, float("nan")
+    while True:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, planned, lr, warmup)
+        ids, mask = next(batches)
+        tokens += int(mask.sum())
+        out = loss_fn(ids, mask)
+        if not torch.isfinite(out):
+            raise FloatingPointError(f"step {step}: non-finite loss {out.item()}")
+        out.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = out.item()
+        step += 1
+        planned = max(budget.planned(step), step)
+        if budget.over() or step >= planned:
+            break
+    return {"steps": step, "tokens": tokens, "seconds": budget.elapsed, "final_loss": loss}
+
+
+def causal_lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-byte CE: logits (B, T, V) at t predict ids[t + 1]; padded targets are ignored."""
+    targets = ids[:, 1:].masked_fill(~mask[:, 1:].bool(), -100)  # (B, T-1)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def train_llama(model, batches: Iterator, budget_s: float, lr: float, log: Callable = print) -> dict:
+    model.train()
+
+    def loss_fn(ids, mask):
+        return causal_lm_loss(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+
+    report = train_loop([p for p in model.parameters()], loss_fn, batches, budget_s, lr)
+    log(f"  [llama] {report['steps']} steps in {report['seconds']:.1f}s, loss {report['final_loss']:.3f}")
+    model.eval()
+    return report
+
+
+def entropies(patcher, ids: torch.Tensor) -> torch.Tensor:
+    """The patcher's entropy (nats) of its prediction of ids[t + 1], per position (B, T)."""
+    ent, _, _ = patcher(ids)
+    return ent
+
+
+@torch.no_grad()
+def calibrate_threshold(patcher, batches: list, mean_patch: float) -> tuple[float, float]:
+    """The global entropy threshold at which a 1 / mean_patch fraction of positions opens a patch.
+
+    BLT opens a patch at t + 1 when H[t] > threshold (H of the first position ignored), so the
+    quantile 1 - 1 / mean_patch of the entropies gives that mean. Returns (threshold, achieved mean).
+    """
+    ent = torch.cat([entropies(patcher, ids)[:, 1:].flatten() for ids, _ in batches])
+    threshold = float(torch.quantile(ent, 1.0 - 1.0 / mean_patch))
+    frac = float((ent > threshold).float().mean())
+    return threshold, 1.0 / max(frac, 1e-9)
+
+
+def train_blt(
+    model,
+    batches: Iterator,
+    budget_s: float,
+    lr: float,
+    patcher_share: float,
+    mean_patch: float,
+    log: Callable = print,
+) -> dict:
+    """Entropy model first (its share of the budget), threshold calibration, then the rest."""
+    t0 = time.perf_counter()
+    patcher = model.model.patcher
+
+    def full(ids, mask):
+        if not bool(mask.all()):
+            raise ValueError("BLT rows must be unpadded (crops of long documents are)")
+
+    # 1. the entropy model, a small byte LM (frozen inside BltModel: unfreeze it for this phase)
+    patcher.requires_grad_(True)
+    patcher.train()
+
+    def patcher_loss(ids, mask):
+        full(ids, mask)
+        return causal_lm_loss(patcher(ids)[2], ids, mask)
+
+    phase1 = train_loop(list(patcher.parameters()), patcher_loss, batches, budget_s * patcher_share, lr)
+    patcher.requires_grad_(False)
+    patcher.eval()
+    log(
+        f"  [blt patcher] {phase1['steps']} steps in {phase1['seconds']:.1f}s, "
+        f"loss {phase1['final_loss']:.3f}"
+    )
+
+    # 2. the patching threshold, on training batches
+    calib = [next(batches) for _ in range(8)]
+    threshold, achieved = calibrate_threshold(patcher, calib, mean_patch)
+    model.config.patching_threshold = threshold
+    log(f"  [blt] patching threshold {threshold:.3f} nats -> mean patch {achieved:.2f} bytes (calibration)")
+
+    # 3. everything else, for the time left
+    model.train()
+    patcher.eval()
+    rest = [p for n, p in model.named_parameters() if not n.startswith("model.patcher.")]
+
+    def blt_loss(ids, mask):
+        full(ids, mask)
+        return causal_lm_loss(model(input_ids=ids, use_cache=False).logits, ids, mask)
+
+    left = budget_s - (time.perf_counter() - t0)
+    phase2 = train_loop(rest, blt_loss, batches, left, lr)
+    log(f"  [blt] {phase2['steps']} steps in {phase2['seconds']:.1f}s, loss {phase2['final_loss']:.3f}")
+    model.eval()
+    return {
+        "steps": phase1["steps"] + phase2["steps"],
+        "tokens": phase1["tokens"] + phase2["tokens"] + sum(int(m.sum()) for _, m in calib),
+        "seconds": time.perf_counter() - t0,
+        "final_loss": phase2["final_loss"],
+        "patcher": phase1,
+        "patching_threshold_nats": threshold,
+        "calibrated_mean_patch": achieved,
+    }

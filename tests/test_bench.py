@@ -1,0 +1,166 @@
+"""The benchmark's pieces on tiny inputs (bench/): sizing, scoring, compressors, budgets, resume."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BltForCausalLM, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import run  # noqa: E402
+from bench.compressors import compressed_bits_per_byte, compressor_table  # noqa: E402
+from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matched  # noqa: E402
+from bench.scoring import coverage, plan_windows, score_text  # noqa: E402
+from bench.training import Budget, cosine_lr, split_budget  # noqa: E402
+from hier_ae import HierAEConfig, HierAEModel  # noqa: E402
+
+TINY = {
+    "max_position_embeddings": 64,
+    "levels": [
+        {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "window": 16, "codebook_size": 64},
+    ],
+    "top_lm": {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_layers": 1},
+}
+
+
+def test_hier_ae_count_includes_codebooks_but_not_training_state():
+    model = HierAEModel(HierAEConfig(**TINY))
+    params = sum(p.numel() for p in model.parameters())
+    codebooks = sum(lv.quantizer.codebook.numel() for lv in model.levels)
+    assert codebooks > 0
+    assert count_parameters(model) == params + codebooks
+
+
+@pytest.mark.parametrize("target", [1_000_000, 3_087_488])
+def test_llama_sizing_within_5_percent(target):
+    cfg, n = llama_matched(target, max_len=1024, widths=range(64, 289, 32))
+    assert abs(n / target - 1) <= 0.05, (n, target)
+    assert n == count_on_meta(lambda: LlamaForCausalLM(cfg))
+
+
+def test_blt_sizing_within_5_percent_and_every_module_counts():
+    target = 3_087_488  # hier_ae small
+    cfg, n = blt_matched(target, max_len=1024, widths=range(96, 193, 32), depths=range(6, 12))
+    assert abs(n / target - 1) <= 0.05, (n, target)
+    with torch.device("meta"):
+        blt = BltForCausalLM(cfg)
+    # the patcher (entropy model) and the hash n-gram embeddings count too
+    parts = sum(p.numel() for p in blt.model.patcher.parameters())
+    parts += blt.model.encoder_hash_tok_embedding.weight.numel()
+    assert parts > 0 and count_parameters(blt) == n
+    # BLT's fixed local parts alone exceed 1M: the search says so instead of returning a far match
+    with pytest.raises(ValueError, match="within 5%"):
+        blt_matched(1_000_000, max_len=1024, widths=(64,), depths=(1,))
+
+
+@pytest.mark.parametrize("n,context", [(1, 4), (10, 4), (11, 4), (300, 128), (1000, 256), (257, 256)])
+def test_windows_score_every_byte_exactly_once(n, context):
+    plan = plan_windows(n, context)
+    assert torch.equal(coverage(plan, n), torch.ones(n, dtype=torch.long))
+    for k, (lo, a, b) in enumerate(plan):
+        assert b - lo <= context  # never longer than the training length
+        if k > 0 and b >= context:
+            assert a - lo >= context // 2  # every later byte sees at least half a context
+
+
+def test_scorer_uniform_model_gives_log2_vocab_and_reads_only_the_past():
+    data = bytes(range(32, 127)) * 3  # 285 bytes
+    seen = []
+
+    def uniform(ids):
+        seen.append(ids.clone())
+        return torch.zeros(*ids.shape, 259)
+
+    res = score_text(uniform, data, context=16, batch_size=4)
+    assert res["bytes"] == len(data)
+    assert math.isclose(res["bits_per_byte"], math.log2(259), rel_tol=1e-6)
+    assert max(x.shape[1] for x in seen) == 16
+
+    # a model that knows the rule of the text scores ~0 bits only if logits[t] is scored against ids[t + 1]
+    digits = b"0123456789" * 30
+
+    def next_digit(ids):
+        byte = ids - 3  # <s> (id 2) -> -1, which the rule maps to "0"
+        nxt = (byte - ord("0") + 1) % 10 + ord("0") + 3  # (B, T)
+        nxt = torch.where(ids == 2, torch.full_like(ids, ord("0") + 3), nxt)
+        return torch.full((*ids.shape, 259), -1e4).scatter(2, nxt[..., None], 0.0)
+
+    assert score_text(next_digit, digits, context=16)["bits_per_byte"] < 1e-6
+    assert score_text(lambda ids: next_digit(ids).roll(1, dims=1), digits, context=16)["bits_per_byte"] > 100
+
+
+def test_compressor_bits_per_byte():
+    text = b"to be or not to be, that is the question. " * 200
+    gz = compressed_bits_per_byte(text, ["gzip", "-9", "-c"])
+    assert 0 < gz < 1.0  # highly repetitive text compresses far below 8 bits per byte
+    noise = bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist())
+    assert compressed_bits_per_byte(noise, ["gzip", "-9", "-c"]) > 7.9
+    table = compressor_table(text)
+    assert set(table) == {"gzip -9", "bzip2 -9", "xz -9e", "zstd -19"}
+    assert all(v is None or 0 < v < 8 for v in table.values())
+
+
+def test_budget_plans_steps_and_schedule_ends_at_ten_percent(monkeypatch):
+    import bench.training as training
+
+    now = [100.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    b = Budget(10.0)
+    now[0] += 2.0  # 4 steps in 2 s: 0.5 s/step, 8 s left -> 16 more
+    assert b.planned(4) == 20 and not b.over()
+    now[0] += 8.0
+    assert b.planned(20) == 20 and b.over()
+    assert cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.1)
+    assert cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert split_budget(120.0, [200, 400, 600]) == pytest.approx(20.0)
+
+
+def test_cached_phase_is_skipped_on_resume(tmp_path, monkeypatch):
+    path = tmp_path / "hier_ae-shakespeare-20min" / "train.json"
+    run.write_json(path, {"done": True})
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("a cached phase must not run again")
+
+    monkeypatch.setattr(run.subprocess, "run", no_subprocess)
+    assert run.run_phase([], "train", "hier_ae", "shakespeare", path) == {"done": True}
+    # a missing result does run (and here fails loudly through the patched subprocess)
+    with pytest.raises(AssertionError, match="must not run"):
+        run.run_phase([], "score", "hier_ae", "shakespeare", path.with_name("score.json"))
+
+
+def test_cache_keys_separate_model_data_and_budget(tmp_path):
+    args = run.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "20"])
+    keys = {run.job_dir(args, m, d) for m in run.MODELS for d in run.DATASETS}
+    assert len(keys) == len(run.MODELS) * len(run.DATASETS)
+    other = run.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "10"])
+    assert run.job_dir(other, "llama", "shakespeare") != run.job_dir(args, "llama", "shakespeare")
+    assert run.job_dir(args, "llama", "code+multilingual").name.endswith("-8min")
+
+
+def test_hier_ae_generate_uses_its_cache():
+    """transformers >= 5.24 hands generate()'s cache over as `cache=`; the streamed logits must equal
+    one uncached forward pass over the same sequence (found by the bench's cache check)."""
+    from hier_ae import HierAEForCausalLM
+
+    torch.manual_seed(0)
+    lm = HierAEForCausalLM(HierAEConfig(**TINY)).eval()
+    ids = torch.tensor([[2] + [b + 3 for b in b"to be or not to be"]])
+    with torch.no_grad():
+        out = lm.generate(
+            ids,
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=0,
+            use_cache=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        full = lm(input_ids=out.sequences, use_cache=False).logits[0, ids.shape[1] - 1 : -1]
+    assert torch.allclose(torch.stack(out.scores, 1)[0], full, atol=1e-4)
