@@ -52,7 +52,7 @@ from hier_ae.checkpointing import (
     read_progress,
     save_checkpoint,
 )
-from hier_ae.data import load_documents
+from hier_ae.data import Documents, load_documents
 from hier_ae.evaluation import reconstruction_report
 from hier_ae.stages import Stage, prepare_stage, stage_metrics, train_stage
 
@@ -278,7 +278,7 @@ def main(argv=None) -> dict:
     # data: documents through `datasets`, cached; each process reads its own seeded crops
     with accelerator.main_process_first():
         # with code shards the training rows are the stored codes: no training bytes are read
-        train_docs = [] if shards else load_documents(data_cfg, "train", show_progress=main_proc)
+        train_docs = Documents() if shards else load_documents(data_cfg, "train", show_progress=main_proc)
         val_docs = load_documents(data_cfg, "validation", show_progress=main_proc)
     seq_len, batch_size = int(data_cfg.get("seq_len", 256)), int(data_cfg.get("batch_size", 16))
     accelerator.print(
