@@ -586,6 +586,11 @@ class HierAEModel(HierAEPreTrainedModel):
         return tokens, valid
 
 
+# transformers 5.24 renamed the output field `past_key_values` to `cache` (the old name still works,
+# with a deprecation warning on every call); fill whichever field this version's output class has
+_CACHE_FIELD = "cache" if "cache" in HierAECausalLMOutput.__dataclass_fields__ else "past_key_values"
+
+
 class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
     """The hierarchy as a causal byte LM (DESIGN §6): `logits[:, t]` predicts x[t + 1] from x[0..t].
 
@@ -691,7 +696,7 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         return HierAECausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=cache,
+            **{_CACHE_FIELD: cache},
             **extra,
         )
 
