@@ -11,6 +11,8 @@ V vocab of the current level, L levels.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from contextlib import contextmanager
 
@@ -38,6 +40,41 @@ from .segmentation import closed_segments, frame_upper_stream, last_real, segmen
 from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
 from .validation import check_codes, check_input_ids, check_labels
+
+# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
+# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
+# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
+HF_IGNORED_FORWARD_KWARGS = frozenset(
+    {
+        "output_attentions",
+        "output_hidden_states",
+        "use_cache",
+        "cache",
+        "past_key_values",
+        "labels",
+        "position_ids",
+        "cache_position",
+        "logits_to_keep",
+        "token_type_ids",
+        "num_items_in_batch",
+        "return_loss",
+    }
+)
+
+
+def check_forward_kwargs(fn, kwargs: dict) -> None:
+    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
+    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
+    if not unknown:
+        return
+    params = inspect.signature(fn).parameters
+    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
+    hint = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in hints.items() if m)
+    raise TypeError(
+        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
+        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
+    )
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -211,7 +248,11 @@ class HierAEModel(HierAEPreTrainedModel):
         specials, K + 2, c_0, ..., K + 1; see `frame_upper_stream`), levels below l do not run and
         their loss terms are 0. `start_level = num_levels` runs the top LM only. Rows framed from a
         document's codes give exactly the losses that encoding the document's bytes gives.
+
+        Other keywords raise `TypeError`, except those transformers passes to every model
+        (`HF_IGNORED_FORWARD_KWARGS`: `labels`, `use_cache`, `output_attentions`, ...), which are ignored.
         """
+        check_forward_kwargs(HierAEModel.forward, kwargs)
         if mode == "predict":
             return self.predict(input_ids, attention_mask, with_reconstruct=True)
         if mode != "autoencode":
