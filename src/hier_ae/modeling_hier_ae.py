@@ -556,7 +556,9 @@ class HierAEModel(HierAEPreTrainedModel):
 
         `top_codes (B, S)` are codes of `level` (default: the top level, `num_levels - 1`) in
         [0, K_level^R); decoding runs from that level down to bytes. Each level regenerates its
-        tokens greedily; a segment ends where the boundary rule fires on the regenerated tokens (no
+        tokens greedily, streamed: each step feeds one new position to the decoder and the entropy
+        model through their windowed KV caches (O(W) per token, DESIGN §7); a segment ends where the
+        boundary rule fires on the regenerated tokens (the entropy model in fp32, as in `encode`; no
         lengths are stored); a row stops at its level's EOS, after its last segment, or at the hard
         cap S * max_segment_len. `level_tokens[l]` is the regenerated token stream of level l, for
         l = 0..level (bytes at l = 0; above, the codes of level l - 1 framed with that level's
