@@ -621,7 +621,8 @@ class HierAEModel(HierAEPreTrainedModel):
             if n == 0:
                 begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
                 kv_dec = []
-                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec)[0][:, 0]  # (B, V)
+                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec)[0]  # (B, 1, V)
+                logits = logits[:, 0]  # (B, V)
                 dec_cache = KVStore(kv_dec, one)
             else:
                 logits = level.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows)[0]  # (B', V)
@@ -634,9 +635,8 @@ class HierAEModel(HierAEPreTrainedModel):
             with fp32_region(dev):
                 if n == 0:
                     kv_ent = []
-                    ent_logits = level.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)[
-                        :, 0
-                    ]  # (B, V)
+                    ent_logits = level.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)  # (B, 1, V)
+                    ent_logits = ent_logits[:, 0]  # (B, V)
                     ent_cache = KVStore(kv_ent, one)
                 else:
                     ent_logits = level.entropy_model.step(nxt, ent_cache, rows)  # (B', V)
