@@ -11,6 +11,8 @@ V vocab of the current level, L levels.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from contextlib import contextmanager
 
@@ -38,6 +40,41 @@ from .segmentation import closed_segments, frame_upper_stream, last_real, segmen
 from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
 from .validation import check_codes, check_input_ids, check_labels
+
+# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
+# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
+# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
+HF_IGNORED_FORWARD_KWARGS = frozenset(
+    {
+        "output_attentions",
+        "output_hidden_states",
+        "use_cache",
+        "cache",
+        "past_key_values",
+        "labels",
+        "position_ids",
+        "cache_position",
+        "logits_to_keep",
+        "token_type_ids",
+        "num_items_in_batch",
+        "return_loss",
+    }
+)
+
+
+def check_forward_kwargs(fn, kwargs: dict) -> None:
+    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
+    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
+    if not unknown:
+        return
+    params = inspect.signature(fn).parameters
+    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
+    hint = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in hints.items() if m)
+    raise TypeError(
+        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
+        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
+    )
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -211,7 +248,11 @@ class HierAEModel(HierAEPreTrainedModel):
         specials, K + 2, c_0, ..., K + 1; see `frame_upper_stream`), levels below l do not run and
         their loss terms are 0. `start_level = num_levels` runs the top LM only. Rows framed from a
         document's codes give exactly the losses that encoding the document's bytes gives.
+
+        Other keywords raise `TypeError`, except those transformers passes to every model
+        (`HF_IGNORED_FORWARD_KWARGS`: `labels`, `use_cache`, `output_attentions`, ...), which are ignored.
         """
+        check_forward_kwargs(HierAEModel.forward, kwargs)
         if mode == "predict":
             return self.predict(input_ids, attention_mask, with_reconstruct=True)
         if mode != "autoencode":
@@ -515,7 +556,9 @@ class HierAEModel(HierAEPreTrainedModel):
 
         `top_codes (B, S)` are codes of `level` (default: the top level, `num_levels - 1`) in
         [0, K_level^R); decoding runs from that level down to bytes. Each level regenerates its
-        tokens greedily; a segment ends where the boundary rule fires on the regenerated tokens (no
+        tokens greedily, streamed: each step feeds one new position to the decoder and the entropy
+        model through their windowed KV caches (O(W) per token, DESIGN §7); a segment ends where the
+        boundary rule fires on the regenerated tokens (the entropy model in fp32, as in `encode`; no
         lengths are stored); a row stops at its level's EOS, after its last segment, or at the hard
         cap S * max_segment_len. `level_tokens[l]` is the regenerated token stream of level l, for
         l = 0..level (bytes at l = 0; above, the codes of level l - 1 framed with that level's
@@ -531,7 +574,7 @@ class HierAEModel(HierAEPreTrainedModel):
             for li in reversed(range(start + 1)):
                 lv = self.levels[li]
                 ctx = lv.quantizer.lookup(codes)  # (B, S, D)
-                tokens, valid = self._regenerate_level(lv, ctx, seg_mask)
+                tokens, valid, _ = self._regenerate_level(lv, ctx, seg_mask)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)
@@ -540,50 +583,76 @@ class HierAEModel(HierAEPreTrainedModel):
         )
 
     def _regenerate_level(self, level: HierLevel, ctx: torch.Tensor, seg_mask: torch.Tensor):
-        """Greedy reconstruct-mode generation of one level from one context per segment.
+        """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
 
-        ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n). Walk-through for one row with
-        two segments, max_segment_len 4: step 0 reads ctx[0] and emits x0; the rule fires on x0's
-        entropy, so step 1 reads ctx[1] and emits x1; ... the row stops after its 2nd segment closes.
+        ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
+        each token, -1 on padding: the boundaries the rule drew). Walk-through for one row with
+        two segments, max_segment_len 4: step 0 reads [BEGIN] with ctx[0] and emits x0; the entropy
+        model reads x0 and the rule fires on H[0], so step 1 reads x0 with ctx[1] and emits x1; ...
+        the row stops after its 2nd segment closes (or at its EOS, or at the cap S * max_segment_len).
+
+        Each step feeds exactly one new position per live row to the decoder and to the entropy model,
+        through their windowed KV caches (`KVStore`, as in `stream_step`): O(W) per token, not O(n).
+        Step 0 fills the caches with a one-position whole-row forward (so they take the dtype the
+        modules compute in); a finished row leaves the batch and gets padding from then on. The
+        entropy model runs in `fp32_region`, as in `level.segment`, so decode's boundaries are
+        encode's even under bf16 autocast (DESIGN §3, precision).
         """
-        B, S, D = ctx.shape
+        B, S, _ = ctx.shape
         dev = ctx.device
         L = level.cfg.max_segment_len
+        pad, eos = level.vocab.pad_id, level.vocab.eos_id
         n_seg = seg_mask.sum(dim=1)  # (B,)
-        rows = torch.arange(B, device=dev)
-        tokens = torch.zeros(B, 0, dtype=torch.long, device=dev)  # (B, n)
-        valid = torch.zeros(B, 0, dtype=torch.bool, device=dev)
-        seg_hist = torch.zeros(B, 0, dtype=torch.long, device=dev)
-        seg = torch.zeros(B, dtype=torch.long, device=dev)
-        seg_len = torch.zeros(B, dtype=torch.long, device=dev)
-        done = n_seg == 0
-        prev_H = None
-        begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
-        for _ in range(S * L):
-            n = tokens.shape[1]
-            inp = torch.cat([begin, tokens], dim=1)  # (B, n+1)
-            inp_valid = torch.cat([torch.ones_like(begin, dtype=torch.bool), valid], dim=1)
-            cur = ctx[rows, seg.clamp(max=S - 1)]  # (B, D)
-            context = torch.cat([ctx.gather(1, seg_hist[..., None].expand(B, n, D)), cur[:, None]], dim=1)
-            logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context)
-            nxt = logits[:, n].argmax(dim=-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, level.vocab.pad_id), nxt)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            valid = torch.cat([valid, ~done[:, None]], dim=1)
-            seg_hist = torch.cat([seg_hist, seg.clamp(max=S - 1)[:, None]], dim=1)
-            # the boundary rule on the regenerated prefix (same rule as encode)
-            ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))
-            H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)
-            fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
-            seg_len = seg_len + 1
-            new_seg = fires | (seg_len >= L)
-            seg = seg + new_seg.long()
-            seg_len = torch.where(new_seg, torch.zeros_like(seg_len), seg_len)
-            done = done | (nxt == level.vocab.eos_id) | (seg >= n_seg)
-            prev_H = H[:, 0]
+        tokens = torch.full((B, S * L), pad, dtype=torch.long, device=dev)  # (B, S*L) hard cap
+        valid = torch.zeros(B, S * L, dtype=torch.bool, device=dev)  # (B, S*L)
+        seg_id = torch.full((B, S * L), -1, dtype=torch.long, device=dev)  # (B, S*L)
+        seg = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) segment of the next token
+        seg_len = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) tokens in the open segment
+        prev_H = torch.zeros(B, dtype=torch.float32, device=dev)  # (B,) H of the row's last token
+        done = n_seg == 0  # (B,)
+        rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
+        one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
+        zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
+        n_steps = 0
+        for n in range(S * L):
+            n_steps = n + 1
+            # the decoder reads one token (BEGIN at step 0) with the context of the token to predict
+            cur = ctx[rows, seg[rows].clamp(max=S - 1)]  # (B', D)
+            if n == 0:
+                begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
+                kv_dec = []
+                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec)[0]  # (B, 1, V)
+                logits = logits[:, 0]  # (B, V)
+                dec_cache = KVStore(kv_dec, one)
+            else:
+                logits = level.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows)[0]  # (B', V)
+            nxt = logits.argmax(dim=-1)  # (B',)
+            nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
+            tokens[rows, n] = nxt
+            valid[rows, n] = ~done[rows]
+            seg_id[rows, n] = torch.where(done[rows], -1, seg[rows])
+            # the boundary rule on the regenerated token, with the entropy model as encode runs it
+            with fp32_region(dev):
+                if n == 0:
+                    kv_ent = []
+                    ent_logits = level.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)  # (B, 1, V)
+                    ent_logits = ent_logits[:, 0]  # (B, V)
+                    ent_cache = KVStore(kv_ent, one)
+                else:
+                    ent_logits = level.entropy_model.step(nxt, ent_cache, rows)  # (B', V)
+                H = entropy_bits(ent_logits[:, None])  # (B', 1)
+            fires = level.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
+            r_len = seg_len[rows] + 1  # (B',)
+            new_seg = fires | (r_len >= L)  # (B',)
+            r_seg = seg[rows] + new_seg.long()  # (B',)
+            seg[rows] = r_seg
+            seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)
+            prev_H[rows] = H[:, 0]
+            done[rows] = done[rows] | (nxt == eos) | (r_seg >= n_seg[rows])
             if bool(done.all()):
                 break
-        return tokens, valid
+            rows = (~done).nonzero()[:, 0]  # (B',) rows still generating
+        return tokens[:, :n_steps], valid[:, :n_steps], seg_id[:, :n_steps]
 
 
 # transformers 5.24 renamed the output field `past_key_values` to `cache` (the old name still works,
