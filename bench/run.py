@@ -54,7 +54,7 @@ PRIMARY = "shakespeare"
 SECOND_RECON_LINES = 1000  # reconstruction lines per second-table val set (decoding is sequential)
 PEER_LR = 2e-3  # hier_ae's stages use 1e-3 to 3e-3
 BLT_MEAN_PATCH = 4.0  # hier_ae small's level-0 target_tokens_per_segment
-BLT_PATCHER_SHARE = 200 / 1200  # the share of hier_ae small's steps that train its level-0 entropy model
+BLT_PATCHER_SHARE = 200 / 1200  # fallback: the share of hier_ae small's configured steps in entropy-0
 
 
 # ---- arguments ---------------------------------------------------------------------------------
@@ -247,6 +247,16 @@ def logits_fn(model: str, lm, zero_context: bool = False):
     return lambda ids: lm(input_ids=ids, use_cache=False).logits
 
 
+def patcher_share(args, dataset: str) -> float:
+    """The share of the budget that BLT's entropy model trains for: the share hier_ae's level-0 entropy
+    stage took in its (cached) run on the same data, else that stage's share of the configured steps."""
+    done = read_json(job_dir(args, "hier_ae", dataset) / "train.json")
+    if done is None:
+        return BLT_PATCHER_SHARE
+    first = done["report"]["stages"][0]
+    return first["seconds"] / done["budget_s"]
+
+
 # ---- phases (each runs in a worker subprocess) --------------------------------------------------
 def phase_train(args, model: str, dataset: str) -> dict:
     from bench.peers import build_blt, build_llama, count_parameters, describe
@@ -264,7 +274,11 @@ def phase_train(args, model: str, dataset: str) -> dict:
     folder = job_dir(args, model, dataset) / "model"
     rss0 = rss_mb()
     if model == "hier_ae":
-        net, rep = train_hier_ae(hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s)
+        # the calibration reads its own stream, so the training batches stay the ones the peers read
+        calib = DocumentCropper(docs, batch_size, seq_len, seed=1, p_doc_start=0.0)
+        net, rep = train_hier_ae(
+            hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s, calib_batches=calib
+        )
         shape = "hier_ae: configs/small.yaml"
         n = count_parameters(net)
         net.save_pretrained(folder)
@@ -276,7 +290,9 @@ def phase_train(args, model: str, dataset: str) -> dict:
         net.save_pretrained(folder)
     else:
         net = build_blt(cfgs["blt"])
-        rep = train_blt(net, batches, budget_s, PEER_LR, BLT_PATCHER_SHARE, BLT_MEAN_PATCH)
+        share = patcher_share(args, dataset)
+        rep = train_blt(net, batches, budget_s, PEER_LR, share, BLT_MEAN_PATCH)
+        rep["patcher_share"] = share
         shape, n = describe(cfgs["blt"]), count_parameters(net)
         net.save_pretrained(folder)
     return {
