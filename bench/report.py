@@ -52,7 +52,7 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
-def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds) -> str:
+def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds, plan=None) -> str:
     from bench.peers import describe
 
     tr, sc, gen, scal = results["train"], results["score"], results["generate"], results["scaling"]
@@ -127,7 +127,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
     if scal:
         L += scaling_section(scal, args.sizes)
     L += targets_section(primary, pval, tr, sc, gen, args)
-    L += timing_section(results, datasets)
+    L += timing_section(results, datasets, plan or {})
     notes = HERE / "notes.md"
     if notes.exists():
         L += ["### Notes", "", notes.read_text().strip(), ""]
@@ -412,8 +412,8 @@ def targets_section(primary, pval, tr, sc, gen, args) -> list[str]:
     )
 
 
-def timing_section(results: dict, datasets: list[str]) -> list[str]:
-    """Minutes per phase (each its own process, start-up included): what a full run costs, by part."""
+def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -> list[str]:
+    """Minutes per phase (each its own process, start-up included) against the plan printed at start."""
     parts: dict[str, dict[str, float]] = {}
     for phase in ("train", "score"):
         for (m, ds), r in results[phase].items():
@@ -432,8 +432,26 @@ def timing_section(results: dict, datasets: list[str]) -> list[str]:
     for part, per in parts.items():
         t = sum(per.values())
         total += t
-        rows.append([part, *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES], f"{t / 60:.1f}"])
-    rows.append(["**total**", "", "", "", f"**{total / 60:.1f}**"])
-    return ["### Run time per part (minutes, from the cached phases)", ""] + table(
-        ["part", *NAMES.values(), "all models"], rows
+        est = plan.get(part)
+        rows.append(
+            [
+                part,
+                *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES],
+                f"{t / 60:.1f}",
+                "" if est is None else f"{est:.1f}",
+            ]
+        )
+    starts = plan.get("process start-ups")
+    if starts is not None:
+        rows.append(["process start-ups (in the parts above)", "", "", "", "", f"({starts:.1f})"])
+    est_total = sum(plan.values()) if plan else None
+    rows.append(
+        ["**total**", "", "", "", f"**{total / 60:.1f}**", "" if est_total is None else f"{est_total:.1f}"]
     )
+    return [
+        "### Run time per part (minutes, from the cached phases; the plan's estimate beside them)",
+        "",
+        "The estimate is what `bench/run.py` prints at start: the training budgets plus the rest from the "
+        "`EST_*` rates in `bench/run.py`. Measured minutes come from the phases' own clocks.",
+        "",
+    ] + table(["part", *NAMES.values(), "all models", "estimated"], rows)
