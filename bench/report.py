@@ -443,7 +443,7 @@ def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -
         )
     starts = plan.get("process start-ups")
     if starts is not None:
-        rows.append(["process start-ups (in the parts above)", "", "", "", "", f"({starts:.1f})"])
+        rows.append(["process start-ups (outside the phases' clocks)", "", "", "", "", f"{starts:.1f}"])
     est_total = sum(plan.values()) if plan else None
     rows.append(
         ["**total**", "", "", "", f"**{total / 60:.1f}**", "" if est_total is None else f"{est_total:.1f}"]

@@ -3,6 +3,7 @@
     python bench/run.py                                   # the full run (under 2 hours on 2 cores)
     python bench/run.py --only hier_ae --only llama       # some models (the others' cached results are kept)
     python bench/run.py --budget-minutes 0.3 --second-budget-minutes 0.2 --quick --out /tmp/smoke.md
+    python bench/run.py --max-val-bytes 65536 --recon-lines 500     # capped scores (kept apart in the cache)
 
 Models, all byte-level with the same byte ids (vocab 259) and matched parameter counts (every
 module counts; the counts are printed): hier_ae (`configs/small.yaml`), a `LlamaForCausalLM`
@@ -21,6 +22,8 @@ a forward-pass scaling table (1k to 64k bytes) for hier_ae against the Llama.
 Every phase of every model runs in its own subprocess (a clean peak-memory reading) and caches its
 result as JSON under `--cache-dir`, keyed by model, data and budget; trained model folders are kept
 there too. A rerun skips what is finished, so an interrupted run resumes. The report goes to `--out`.
+At start it prints the plan: the training budgets plus an estimate of the rest (`estimate_minutes`);
+the report sets the measured minutes of every part beside that estimate.
 """
 
 from __future__ import annotations
@@ -57,14 +60,14 @@ BLT_MEAN_PATCH = 4.0  # hier_ae small's level-0 target_tokens_per_segment
 BLT_PATCHER_SHARE = 200 / 1200  # fallback: the share of hier_ae small's configured steps in entropy-0
 
 
-# Estimates of the parts other than training, for the plan printed at start (2 idle cores; see the
-# report's "run time per part" for what a run measured). Scoring bytes/s: predict mode, windows of 256
-# bytes at stride 128, --score-batch 64. Scaling: seconds of one forward pass = a x KB + b x KB^2.
-EST_STARTUP_S = 10.0  # one phase process: import torch + transformers, load the model
-EST_SCORE_BYTES_PER_S = {"hier_ae": 3000.0, "llama": 6000.0, "blt": 2500.0}
-EST_RECON_LINES_PER_S = 20.0  # hier_ae decode, lines sorted by length, --recon-batch 128
-EST_GENERATE_S = {"hier_ae": 90.0, "llama": 30.0, "blt": 420.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
-EST_SCALING_S_PER_KB = {"hier_ae": (0.02, 0.0), "llama": (0.01, 0.0004)}
+# Estimates of the parts other than training, for the plan printed at start: measured on the smoke
+# run's models (bench/notes.md) with 1 torch thread on a busy 2-core machine, so on the safe side for
+# 2 idle cores; the report sets each part's measured minutes beside them.
+EST_STARTUP_S = 4.0  # one phase process: import torch + transformers, load the model
+EST_SCORE_BYTES_PER_S = {"hier_ae": 3500.0, "llama": 6000.0, "blt": 9000.0}  # windows 256 / stride 128
+EST_RECON_LINES_PER_S = 40.0  # hier_ae decode, lines sorted by length, --recon-batch 128
+EST_GENERATE_S = {"hier_ae": 60.0, "llama": 45.0, "blt": 150.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
+EST_SCALING_S_PER_KB = {"hier_ae": (0.135, 0.019), "llama": (0.074, 0.046)}  # s = a x KB + b x KB^2
 
 
 # ---- arguments ---------------------------------------------------------------------------------
@@ -104,7 +107,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=128,
         help="lines decoded together (sorted by length first, so a batch waits little for its longest)",
     )
-    g.add_argument("--score-batch", type=int, default=64, help="windows per forward pass when scoring")
+    g.add_argument(
+        "--score-batch",
+        type=int,
+        default=16,
+        help="windows per forward pass when scoring (8 to 32 cost the same on CPU; 64 is slower)",
+    )
     g.add_argument(
         "--second-extras",
         action="store_true",

@@ -42,7 +42,7 @@ def score_text(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     data: bytes,
     context: int,
-    batch_size: int = 64,
+    batch_size: int = 8,
 ) -> dict:
     """Bits per byte of `data` (one document) under `logits_fn`, with the windows of `plan_windows`."""
     f = frame_document(data)[:-1]  # <s> + bytes, no </s>: EOS is not scored

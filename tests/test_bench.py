@@ -201,3 +201,18 @@ def test_hier_ae_generate_uses_its_cache():
         )
         full = lm(input_ids=out.sequences, use_cache=False).logits[0, ids.shape[1] - 1 : -1]
     assert torch.allclose(torch.stack(out.scores, 1)[0], full, atol=1e-4)
+
+
+def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
+    args = run.parse_args(["--cache-dir", str(tmp_path)])
+    if not Path(args.data_root).exists():
+        pytest.skip(f"the bench's data ({args.data_root}) is not here")
+    plan = run.estimate_minutes(args, list(run.MODELS), [run.PRIMARY, "code+multilingual"])
+    assert plan["train (shakespeare)"] == 3 * 20 and plan["train (code+multilingual)"] == 3 * 8
+    assert all(v > 0 for v in plan.values())
+    assert sum(plan.values()) < 120  # the limit for the whole run (an estimate: see the report)
+    assert run.score_name(args) == "score.json"
+    capped = run.parse_args(["--max-val-bytes", "4096", "--recon-lines", "100"])
+    assert run.score_name(capped) == "score-val4096-rec100.json"
+    quick = run.parse_args(["--quick", "--max-val-bytes", "1000"])
+    assert quick.max_val_bytes == 1000 and quick.recon_lines == 16  # explicit flags win over --quick
