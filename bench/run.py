@@ -519,8 +519,10 @@ def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, 
                     lines = len(val_lines((root / rel).read_bytes(), limit))
                     seconds += lines / EST_RECON_LINES_PER_S
         parts[f"score ({ds})"] = seconds / 60
+    # cached: about linear in the new bytes and runs; BLT uncached: its longest prompt's forward passes
     scale = (args.new * args.repeats * len(args.prompts)) / (256 * 3 * 3)
-    parts["generate"] = sum(EST_GENERATE_S[m] * (1.0 if m == "blt" else scale) for m in models) / 60
+    blt_scale = (max(args.prompts) / 8192) ** 2 * args.repeats / 3
+    parts["generate"] = sum(EST_GENERATE_S[m] * (blt_scale if m == "blt" else scale) for m in models) / 60
     n_proc += len(models)
     if not args.skip_scaling:
         seconds = 0.0
