@@ -52,7 +52,7 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
-def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds) -> str:
+def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds, plan=None) -> str:
     from bench.peers import describe
 
     tr, sc, gen, scal = results["train"], results["score"], results["generate"], results["scaling"]
@@ -93,7 +93,8 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
             "BLT patching: BLT's own entropy model (the patcher, "
             f"{pc.num_hidden_layers} layers x {pc.hidden_size}, "
             "counted in its parameters) trains first, for the share of the budget that hier_ae's level-0 "
-            f"entropy stage gets ({rep['patcher']['steps']} steps, {rep['patcher']['seconds']:.0f} s); "
+            f"entropy stage took ({100 * rep.get('patcher_share', 200 / 1200):.1f}%: "
+            f"{rep['patcher']['steps']} steps, {rep['patcher']['seconds']:.0f} s); "
             "then its "
             "global entropy threshold is set on training batches so that patches average 4 bytes (hier_ae "
             f"small's level-0 target): {rep['patching_threshold_nats']:.3f} nats, calibrated mean "
@@ -108,8 +109,12 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
         "Training: every model reads the same seeded batches (random crops of the train text, one file "
         f"= one document, {tr[models[0], primary]['seq_len']} bytes x {tr[models[0], primary]['batch_size']} "
         "rows), AdamW with warm-up and a cosine decay planned to end with the wall-clock budget "
-        "(bench/training.py). hier_ae runs every stage of `configs/small.yaml`, the budget split by "
-        "configured steps. Scoring: every validation byte once, sliding windows with context = the "
+        "(bench/training.py). hier_ae runs every stage of `configs/small.yaml`: a calibration "
+        "(1 + 3 optimizer steps per stage on a copy of the model, inside the budget) measures each stage's "
+        "seconds per step, and stage i gets time in proportion to configured steps_i x seconds/step_i, "
+        "so every stage runs about the same fraction of its configured steps (re-split after every "
+        "stage: an overrun comes out of the later stages). Scoring: every validation byte once, sliding "
+        "windows with context = the "
         "training length and stride = half of it (bench/scoring.py); hier_ae in predict mode. Peak "
         "memory: max RSS of the process that ran the phase (it includes Python and torch, about the same "
         "for every model).",
@@ -122,7 +127,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
     if scal:
         L += scaling_section(scal, args.sizes)
     L += targets_section(primary, pval, tr, sc, gen, args)
-    L += timing_section(results, datasets)
+    L += timing_section(results, datasets, plan or {})
     notes = HERE / "notes.md"
     if notes.exists():
         L += ["### Notes", "", notes.read_text().strip(), ""]
@@ -146,6 +151,8 @@ def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
         row += [f"{t['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f}" if s else "n/a"]
         rows.append(row)
     L += table(header, rows)
+    if "hier_ae" in models:
+        L += stages_table(tr["hier_ae", dataset]["report"])
     if gen:
         prompts = [r["prompt"] for r in next(iter(gen.values()))["rows"]]
         g0 = next(iter(gen.values()))
@@ -221,6 +228,39 @@ def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
     ]
     L += table(["val text", *names], rows)
     return L
+
+
+def stages_table(rep: dict) -> list[str]:
+    """hier_ae's stages: calibrated and measured seconds per step, steps run against configured."""
+    if "calibration_seconds" not in rep:
+        return []  # a result cached before the calibration existed
+    rows = [
+        [
+            r["stage"],
+            f"{r['calibrated_s_per_step']:.3f}",
+            f"{r['s_per_step']:.3f}",
+            f"{r['seconds']:.0f}",
+            f"{r['steps']:,} / {r['configured_steps']:,}",
+            f"{r['steps'] / max(r['configured_steps'], 1):.0%}",
+        ]
+        for r in rep["stages"]
+    ]
+    return [
+        f"hier_ae's stages (calibration: {rep['calibration_seconds']:.0f} s of the budget; time per stage "
+        "in proportion to configured steps x calibrated seconds/step):",
+        "",
+        *table(
+            [
+                "stage",
+                "calibrated s/step",
+                "measured s/step",
+                "seconds",
+                "steps run / configured",
+                "fraction",
+            ],
+            rows,
+        ),
+    ]
 
 
 def hier_details(score: dict | None, vals: list[str]) -> list[str]:
@@ -372,8 +412,8 @@ def targets_section(primary, pval, tr, sc, gen, args) -> list[str]:
     )
 
 
-def timing_section(results: dict, datasets: list[str]) -> list[str]:
-    """Minutes per phase (each its own process, start-up included): what a full run costs, by part."""
+def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -> list[str]:
+    """Minutes per phase (each its own process, start-up included) against the plan printed at start."""
     parts: dict[str, dict[str, float]] = {}
     for phase in ("train", "score"):
         for (m, ds), r in results[phase].items():
@@ -392,8 +432,26 @@ def timing_section(results: dict, datasets: list[str]) -> list[str]:
     for part, per in parts.items():
         t = sum(per.values())
         total += t
-        rows.append([part, *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES], f"{t / 60:.1f}"])
-    rows.append(["**total**", "", "", "", f"**{total / 60:.1f}**"])
-    return ["### Run time per part (minutes, from the cached phases)", ""] + table(
-        ["part", *NAMES.values(), "all models"], rows
+        est = plan.get(part)
+        rows.append(
+            [
+                part,
+                *[f"{per[m] / 60:.1f}" if m in per else "" for m in NAMES],
+                f"{t / 60:.1f}",
+                "" if est is None else f"{est:.1f}",
+            ]
+        )
+    starts = plan.get("process start-ups")
+    if starts is not None:
+        rows.append(["process start-ups (outside the phases' clocks)", "", "", "", "", f"{starts:.1f}"])
+    est_total = sum(plan.values()) if plan else None
+    rows.append(
+        ["**total**", "", "", "", f"**{total / 60:.1f}**", "" if est_total is None else f"{est_total:.1f}"]
     )
+    return [
+        "### Run time per part (minutes, from the cached phases; the plan's estimate beside them)",
+        "",
+        "The estimate is what `bench/run.py` prints at start: the training budgets plus the rest from the "
+        "`EST_*` rates in `bench/run.py`. Measured minutes come from the phases' own clocks.",
+        "",
+    ] + table(["part", *NAMES.values(), "all models", "estimated"], rows)

@@ -3,6 +3,7 @@
     python bench/run.py                                   # the full run (under 2 hours on 2 cores)
     python bench/run.py --only hier_ae --only llama       # some models (the others' cached results are kept)
     python bench/run.py --budget-minutes 0.3 --second-budget-minutes 0.2 --quick --out /tmp/smoke.md
+    python bench/run.py --max-val-bytes 65536 --recon-lines 500     # capped scores (kept apart in the cache)
 
 Models, all byte-level with the same byte ids (vocab 259) and matched parameter counts (every
 module counts; the counts are printed): hier_ae (`configs/small.yaml`), a `LlamaForCausalLM`
@@ -21,6 +22,8 @@ a forward-pass scaling table (1k to 64k bytes) for hier_ae against the Llama.
 Every phase of every model runs in its own subprocess (a clean peak-memory reading) and caches its
 result as JSON under `--cache-dir`, keyed by model, data and budget; trained model folders are kept
 there too. A rerun skips what is finished, so an interrupted run resumes. The report goes to `--out`.
+At start it prints the plan: the training budgets plus an estimate of the rest (`estimate_minutes`);
+the report sets the measured minutes of every part beside that estimate.
 """
 
 from __future__ import annotations
@@ -54,7 +57,17 @@ PRIMARY = "shakespeare"
 SECOND_RECON_LINES = 1000  # reconstruction lines per second-table val set (decoding is sequential)
 PEER_LR = 2e-3  # hier_ae's stages use 1e-3 to 3e-3
 BLT_MEAN_PATCH = 4.0  # hier_ae small's level-0 target_tokens_per_segment
-BLT_PATCHER_SHARE = 200 / 1200  # the share of hier_ae small's steps that train its level-0 entropy model
+BLT_PATCHER_SHARE = 200 / 1200  # fallback: the share of hier_ae small's configured steps in entropy-0
+
+
+# Estimates of the parts other than training, for the plan printed at start: measured on the smoke
+# run's models (bench/notes.md) with 1 torch thread on a busy 2-core machine, so on the safe side for
+# 2 idle cores; the report sets each part's measured minutes beside them.
+EST_STARTUP_S = 4.0  # one phase process: import torch + transformers, load the model
+EST_SCORE_BYTES_PER_S = {"hier_ae": 3500.0, "llama": 6000.0, "blt": 9000.0}  # windows 256 / stride 128
+EST_RECON_LINES_PER_S = 40.0  # hier_ae decode, lines sorted by length, --recon-batch 128
+EST_GENERATE_S = {"hier_ae": 60.0, "llama": 45.0, "blt": 150.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
+EST_SCALING_S_PER_KB = {"hier_ae": (0.135, 0.019), "llama": (0.074, 0.046)}  # s = a x KB + b x KB^2
 
 
 # ---- arguments ---------------------------------------------------------------------------------
@@ -69,8 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--quick",
         action="store_true",
-        help="smoke test: 8 KB of each val text, 16 reconstruction lines, prompts 64 / 512 B, "
-        "32 new bytes, 1 repeat, scaling at 1k / 4k",
+        help="smoke test, a preset of the caps below (each explicit flag wins): --max-val-bytes 8192 "
+        "--recon-lines 16 --prompts 64 512 --new 32 --repeats 1 --sizes 1024 4096 (own cache folders)",
     )
     g = ap.add_argument_group("where")
     g.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"), help="the corpora folder")
@@ -85,7 +98,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="reconstruction lines per val set (default: all on the main table, 1000 per second-table set)",
     )
-    g.add_argument("--score-batch", type=int, default=16, help="windows per forward pass when scoring")
+    g.add_argument(
+        "--max-val-bytes", type=int, default=None, help="score only the first N bytes of each val text (all)"
+    )
+    g.add_argument(
+        "--recon-batch",
+        type=int,
+        default=128,
+        help="lines decoded together (sorted by length first, so a batch waits little for its longest)",
+    )
+    g.add_argument(
+        "--score-batch",
+        type=int,
+        default=16,
+        help="windows per forward pass when scoring (8 to 32 cost the same on CPU; 64 is slower)",
+    )
     g.add_argument(
         "--second-extras",
         action="store_true",
@@ -113,7 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sizes = args.sizes or ([1024, 4096] if q else [1024, 4096, 16384, 65536])
     if args.recon_lines is None and q:
         args.recon_lines = 16
-    args.max_val_bytes = 8192 if q else None
+    if args.max_val_bytes is None and q:
+        args.max_val_bytes = 8192
     return args
 
 
@@ -131,6 +159,17 @@ def budget_of(args, dataset: str) -> float:
 def job_dir(args, model: str, dataset: str) -> Path:
     tag = f"{model}-{dataset}-{budget_of(args, dataset):g}min" + ("-quick" if args.quick else "")
     return Path(args.cache_dir) / tag
+
+
+def score_name(args) -> str:
+    """The score result's file: scores under explicit caps (--max-val-bytes, --recon-lines) are kept
+    apart from full ones (--quick has its own folders already)."""
+    caps = []
+    if not args.quick and args.max_val_bytes:
+        caps.append(f"val{args.max_val_bytes}")
+    if not args.quick and args.recon_lines:
+        caps.append(f"rec{args.recon_lines}")
+    return "-".join(["score", *caps]) + ".json"
 
 
 def scaling_path(args, model: str, size: int) -> Path:
@@ -247,6 +286,16 @@ def logits_fn(model: str, lm, zero_context: bool = False):
     return lambda ids: lm(input_ids=ids, use_cache=False).logits
 
 
+def patcher_share(args, dataset: str) -> float:
+    """The share of the budget that BLT's entropy model trains for: the share hier_ae's level-0 entropy
+    stage took in its (cached) run on the same data, else that stage's share of the configured steps."""
+    done = read_json(job_dir(args, "hier_ae", dataset) / "train.json")
+    if done is None:
+        return BLT_PATCHER_SHARE
+    first = done["report"]["stages"][0]
+    return first["seconds"] / done["budget_s"]
+
+
 # ---- phases (each runs in a worker subprocess) --------------------------------------------------
 def phase_train(args, model: str, dataset: str) -> dict:
     from bench.peers import build_blt, build_llama, count_parameters, describe
@@ -264,7 +313,11 @@ def phase_train(args, model: str, dataset: str) -> dict:
     folder = job_dir(args, model, dataset) / "model"
     rss0 = rss_mb()
     if model == "hier_ae":
-        net, rep = train_hier_ae(hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s)
+        # the calibration reads its own stream, so the training batches stay the ones the peers read
+        calib = DocumentCropper(docs, batch_size, seq_len, seed=1, p_doc_start=0.0)
+        net, rep = train_hier_ae(
+            hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s, calib_batches=calib
+        )
         shape = "hier_ae: configs/small.yaml"
         n = count_parameters(net)
         net.save_pretrained(folder)
@@ -276,7 +329,9 @@ def phase_train(args, model: str, dataset: str) -> dict:
         net.save_pretrained(folder)
     else:
         net = build_blt(cfgs["blt"])
-        rep = train_blt(net, batches, budget_s, PEER_LR, BLT_PATCHER_SHARE, BLT_MEAN_PATCH)
+        share = patcher_share(args, dataset)
+        rep = train_blt(net, batches, budget_s, PEER_LR, share, BLT_MEAN_PATCH)
+        rep["patcher_share"] = share
         shape, n = describe(cfgs["blt"]), count_parameters(net)
         net.save_pretrained(folder)
     return {
@@ -298,6 +353,8 @@ def phase_train(args, model: str, dataset: str) -> dict:
 
 
 def phase_score(args, model: str, dataset: str) -> dict:
+    import torch
+
     from bench.scoring import score_text
     from hier_ae.evaluation import codebook_usage, reconstruction_report
 
@@ -313,11 +370,19 @@ def phase_score(args, model: str, dataset: str) -> dict:
                 logits_fn(model, lm, zero_context=True), data, context, args.score_batch
             )
             limit = args.recon_lines or (None if dataset == PRIMARY else SECOND_RECON_LINES)
-            lines = val_lines(data, limit)
+            # every figure is a sum over lines: sorted by length, a decode batch waits little for its
+            # longest row (decoding streams one position per step for the whole batch)
+            lines = sorted(val_lines(data, limit), key=len)
             t0 = time.perf_counter()
-            res["reconstruction"] = reconstruction_report(lm.model, lines)
-            res["reconstruction"]["seconds"] = time.perf_counter() - t0
-            res["codebook_usage"] = codebook_usage(lm, lines)
+            with torch.inference_mode():
+                res["reconstruction"] = reconstruction_report(lm.model, lines, batch_size=args.recon_batch)
+                res["reconstruction"]["seconds"] = time.perf_counter() - t0
+                res["codebook_usage"] = codebook_usage(lm, lines, batch_size=args.recon_batch)
+            print(
+                f"  [{model} {name}] reconstruct {100 * res['reconstruction']['exact_match']:.2f}% of "
+                f"{len(lines)} lines in {res['reconstruction']['seconds']:.0f}s",
+                flush=True,
+            )
         out["val"][name] = res
     out["peak_rss_mb"] = peak_rss_mb()
     out["rss_before_mb"] = rss0
@@ -343,7 +408,9 @@ def phase_generate(args, model: str, dataset: str) -> dict:
         rows = []
         for n in args.prompts:
             ids = prompt(n)
-            t_pre = time_generation(lm, ids, 1, args.repeats, use_cache=use_cache)
+            # the prefill alone (one new byte); uncached, one run of it: it only sizes the runs below
+            # and every uncached step costs about the same (a full forward pass)
+            t_pre = time_generation(lm, ids, 1, args.repeats if use_cache else 1, use_cache=use_cache)
             if not use_cache:
                 # every uncached step is a full forward pass over the prompt and what follows: the
                 # cost per byte is flat, so fewer new bytes give the rate (within --uncached-seconds)
@@ -396,7 +463,7 @@ def phase_scaling(args, model: str, size: int) -> dict:
     while len(text) < size:
         text += text
     ids = torch.tensor([[2] + [b + 3 for b in text[: size - 1]]])  # (1, size)
-    with torch.no_grad():
+    with torch.inference_mode():
         fn(ids[:, :256])  # warm-up: kernels, lazy buffers
         rss0 = rss_mb()
         t0 = time.perf_counter()
@@ -426,9 +493,47 @@ def worker(args) -> None:
         path = scaling_path(args, model, int(key))
     else:
         res = PHASES[phase](args, model, key)
-        path = job_dir(args, model, key) / f"{phase}.json"
+        path = job_dir(args, model, key) / (score_name(args) if phase == "score" else f"{phase}.json")
     res["phase_seconds"] = time.perf_counter() - t0
     write_json(path, res)
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, float]:
+    """Minutes per part of a run with these arguments: training from the budgets, the rest estimated
+    from the EST_* rates (an estimate until a run measures it; cached phases are not subtracted)."""
+    parts: dict[str, float] = {}
+    n_proc = 0
+    for ds in datasets:
+        parts[f"train ({ds})"] = len(models) * budget_of(args, ds)
+        n_proc += 2 * len(models)
+        sizes = {name: len(d) for name, d in val_texts(args, ds).items()}
+        seconds = 0.0
+        for m in models:
+            passes = 2 if m == "hier_ae" and (ds == PRIMARY or args.second_extras) else 1  # + zeroed
+            seconds += passes * sum(sizes.values()) / EST_SCORE_BYTES_PER_S[m]
+            if passes == 2:
+                root = Path(args.data_root)
+                for rel in DATASETS[ds]["val"].values():
+                    limit = args.recon_lines or (None if ds == PRIMARY else SECOND_RECON_LINES)
+                    lines = len(val_lines((root / rel).read_bytes(), limit))
+                    seconds += lines / EST_RECON_LINES_PER_S
+        parts[f"score ({ds})"] = seconds / 60
+    # cached: about linear in the new bytes and runs; BLT uncached: its longest prompt's forward passes
+    scale = (args.new * args.repeats * len(args.prompts)) / (256 * 3 * 3)
+    blt_scale = (max(args.prompts) / 8192) ** 2 * args.repeats / 3
+    parts["generate"] = sum(EST_GENERATE_S[m] * (blt_scale if m == "blt" else scale) for m in models) / 60
+    n_proc += len(models)
+    if not args.skip_scaling:
+        seconds = 0.0
+        for m in ("hier_ae", "llama"):
+            if m in models:
+                a, b = EST_SCALING_S_PER_KB[m]
+                seconds += sum(a * n / 1024 + b * (n / 1024) ** 2 for n in args.sizes)
+                n_proc += len(args.sizes)
+        parts["scaling"] = seconds / 60
+    parts["process start-ups"] = n_proc * EST_STARTUP_S / 60
+    return parts
 
 
 # ---- orchestration -----------------------------------------------------------------------------
@@ -463,12 +568,21 @@ def main(argv=None) -> None:
         shape = "configs/small.yaml" if m == "hier_ae" else describe(cfgs[m])
         print(f"  {m:8s} {counts[m]:>10,}  ({counts[m] / counts['hier_ae'] - 1:+.1%})  {shape}")
     datasets = [PRIMARY] + ([] if args.skip_second else ["code+multilingual"])
+    plan = estimate_minutes(args, models, datasets)
+    train_min = sum(v for k, v in plan.items() if k.startswith("train"))
+    print(
+        f"planned: {sum(plan.values()):.0f} min = training {train_min:g} min (the budgets) + "
+        f"{sum(plan.values()) - train_min:.0f} min estimated for the rest ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in plan.items() if not k.startswith("train"))
+        + "); cached phases are reused",
+        flush=True,
+    )
     results: dict = {"train": {}, "score": {}, "generate": {}, "scaling": {}}
     for dataset in datasets:
         for m in models:
             d = job_dir(args, m, dataset)
             results["train"][m, dataset] = run_phase(argv, "train", m, dataset, d / "train.json")
-            results["score"][m, dataset] = run_phase(argv, "score", m, dataset, d / "score.json")
+            results["score"][m, dataset] = run_phase(argv, "score", m, dataset, d / score_name(args))
             if dataset == PRIMARY:
                 results["generate"][m] = run_phase(argv, "generate", m, dataset, d / "generate.json")
     if not args.skip_scaling:
@@ -484,7 +598,7 @@ def main(argv=None) -> None:
     from bench.report import render
 
     text = render(
-        args, argv, cfgs, counts, results, compress, datasets, machine(), time.perf_counter() - t_start
+        args, argv, cfgs, counts, results, compress, datasets, machine(), time.perf_counter() - t_start, plan
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

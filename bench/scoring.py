@@ -37,7 +37,7 @@ def coverage(plan: list[tuple[int, int, int]], n: int) -> torch.Tensor:
     return hits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_text(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     data: bytes,
@@ -56,10 +56,12 @@ def score_text(
         for k in range(0, len(ws), batch_size):
             chunk = ws[k : k + batch_size]
             ids = torch.stack([f[lo:b] for lo, _, b in chunk])  # (B, T)
-            logp = torch.log_softmax(logits_fn(ids).float(), dim=-1)  # (B, T, V)
+            logits = logits_fn(ids)  # (B, T, V)
             for row, (lo, a, b) in enumerate(chunk):
                 targets = f[a + 1 : b + 1]
-                picked = logp[row, a - lo : b - lo].gather(1, targets[:, None])  # (b - a, 1)
+                # the softmax over the scored rows only (the context rows are read, not scored)
+                logp = torch.log_softmax(logits[row, a - lo : b - lo].float(), dim=-1)  # (b - a, V)
+                picked = logp.gather(1, targets[:, None])  # (b - a, 1)
                 nats -= float(picked.double().sum())
                 scored += b - a
     seconds = time.perf_counter() - t0

@@ -6,8 +6,11 @@ warm-up and a cosine decay to 10% of the peak. The number of steps is not fixed 
 every step `Budget` re-plans it from the mean step time so far, so the cosine schedule ends where
 the wall-clock budget does, on any machine.
 
-hier_ae: the budget is split over the config's stages in proportion to their configured steps
-(a stage that runs long takes from the later ones, never the reverse), so every stage runs.
+hier_ae: a short calibration first times a few optimizer steps of every stage on a deep copy of
+the model (`calibrate_stages`; its time counts inside the budget); the rest of the budget is then
+split so that every stage gets the same fraction of its configured steps: stage i gets time
+proportional to configured steps_i x measured seconds/step_i (`allocate`), re-split after every
+stage so that a stage that runs long takes from the later ones, never the reverse.
 BLT: its entropy model (the patcher, frozen inside `BltModel`) trains first, for the share of the
 budget that hier_ae's level-0 entropy stage gets; then its patching threshold is calibrated on
 training batches to a mean patch length, and the rest of the model trains for the remainder.
@@ -15,6 +18,7 @@ training batches to a mean patch length, and the rest of the model trains for th
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -58,25 +62,101 @@ def cosine_lr(step: int, planned: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def split_budget(seconds_left: float, steps: list[int]) -> float:
-    """The share of `seconds_left` for the first of the remaining stages, by configured steps."""
-    return seconds_left * steps[0] / max(sum(steps), 1)
+def allocate(seconds: float, steps: list[int], costs: list[float]) -> tuple[list[float], list[float]]:
+    """Split `seconds` over stages so that every stage runs the same fraction of its configured steps.
+
+    Stage i gets seconds x steps_i cost_i / sum_j steps_j cost_j (cost: measured seconds per optimizer
+    step), so it runs seconds_i / cost_i = steps_i x seconds / sum_j steps_j cost_j steps: the same
+    fraction of its configured steps for every stage. Returns (seconds per stage, expected steps).
+
+        steps (200, 100), costs (0.1, 1.0) s, 60 s: sum = 120 s per configured pass, fraction 0.5
+        -> seconds (10, 50), expected steps (100, 50)
+    """
+    if len(steps) != len(costs):
+        raise ValueError(f"{len(steps)} stages but {len(costs)} costs.")
+    if any(c <= 0 for c in costs):
+        raise ValueError(f"costs={costs} must all be > 0 seconds per step.")
+    per_pass = sum(n * c for n, c in zip(steps, costs))  # seconds for every configured step
+    fraction = max(seconds, 0.0) / per_pass if per_pass else 0.0
+    return [n * c * fraction for n, c in zip(steps, costs)], [n * fraction for n in steps]
+
+
+def split_budget(seconds_left: float, steps: list[int], costs: list[float] | None = None) -> float:
+    """The share of `seconds_left` for the first of the remaining stages (`allocate`; equal costs if None)."""
+    return allocate(seconds_left, steps, costs or [1.0] * len(steps))[0][0]
 
 
 # ---- hier_ae -----------------------------------------------------------------------------------
+def calibrate_stages(
+    model: HierAEModel, stages: list[Stage], batches: Iterator, warmup: int = 1, timed: int = 3
+) -> list[float]:
+    """Seconds per optimizer step of every stage: `warmup` + `timed` steps of each, in order, on a
+    deep copy of `model` (the later stages see the copy's few earlier steps, as the real run does).
+
+    `model`'s state and the global torch RNG are left exactly as they were. Each stage's cost is the
+    mean of its last `timed` steps (the first builds the optimizer and warms the kernels).
+    """
+    rng = torch.random.get_rng_state()
+    scratch = copy.deepcopy(model)
+    costs = []
+    for spec in stages:
+        if spec.steps == 0:
+            costs.append(1.0)  # never runs: any positive cost gives it no time
+            continue
+        stage = copy.copy(spec)
+        stage.steps = warmup + timed
+        stamps: list[float] = []
+
+        def on_step(done, info, stamps=stamps):
+            stamps.append(time.perf_counter())
+            return False
+
+        train_stage(scratch, stage, batches, on_step=on_step)
+        if len(stamps) < warmup + timed:
+            raise RuntimeError(
+                f"calibration of stage {stage.name}: {len(stamps)} steps ran, not {stage.steps}"
+            )
+        costs.append((stamps[-1] - stamps[warmup - 1]) / timed if warmup else stamps[-1] / timed)
+    del scratch
+    torch.random.set_rng_state(rng)
+    return costs
+
+
 def train_hier_ae(
-    model_cfg: dict, stage_specs: list[dict], batches: Iterator, budget_s: float, log: Callable = print
+    model_cfg: dict,
+    stage_specs: list[dict],
+    batches: Iterator,
+    budget_s: float,
+    log: Callable = print,
+    calib_batches: Iterator | None = None,
 ) -> tuple[HierAEModel, dict]:
-    """Run every stage of the curriculum within `budget_s` seconds in all; return the model and a report."""
+    """Run every stage of the curriculum within `budget_s` seconds in all; return the model and a report.
+
+    `calib_batches`: the batches of the calibration (default: `batches`; bench/run.py passes its own
+    stream so that the training batches stay the ones the peers read).
+    """
     torch.manual_seed(0)
     model = HierAEModel(HierAEConfig(**model_cfg))
     stages = [Stage(**spec) for spec in stage_specs]
     configured = [s.steps for s in stages]
     t_start = time.perf_counter()
-    report = {"stages": [], "tokens": 0}
+    costs = calibrate_stages(model, stages, batches if calib_batches is None else calib_batches)
+    calib_s = time.perf_counter() - t_start
+    planned_s, expected = allocate(budget_s - calib_s, configured, costs)
+    log(
+        f"  [hier_ae calibration] {calib_s:.1f}s; s/step "
+        + ", ".join(f"{s.name} {c:.3f}" for s, c in zip(stages, costs))
+        + f"; every stage gets {expected[0] / max(configured[0], 1):.0%} of its configured steps"
+    )
+    report = {
+        "stages": [],
+        "tokens": 0,
+        "calibration_seconds": calib_s,
+        "allocation": "time_i proportional to configured steps_i x calibrated seconds/step_i",
+    }
     for i, stage in enumerate(stages):
         left = budget_s - (time.perf_counter() - t_start)
-        budget = Budget(split_budget(left, configured[i:]))
+        budget = Budget(split_budget(left, configured[i:], costs[i:]))
         stage.steps = UNPLANNED
         seen = {"tokens": 0, "loss": float("nan")}
 
@@ -90,15 +170,21 @@ def train_hier_ae(
         row = {
             "stage": stage.name,
             "configured_steps": configured[i],
+            "calibrated_s_per_step": round(costs[i], 4),
+            "planned_seconds": round(planned_s[i], 2),
+            "expected_steps": round(expected[i], 1),
             "steps": len(history),
             "budget_s": round(budget.seconds, 2),
             "seconds": round(budget.elapsed, 2),
+            "s_per_step": round(budget.elapsed / max(len(history), 1), 4),
             "final_loss": seen["loss"],
         }
         report["stages"].append(row)
         report["tokens"] += seen["tokens"]
         log(
-            f"  [hier_ae {stage.name}] {row['steps']} steps in {row['seconds']:.1f}s, loss {seen['loss']:.3f}"
+            f"  [hier_ae {stage.name}] {row['steps']} steps of {configured[i]} configured "
+            f"({row['steps'] / max(configured[i], 1):.0%}) in {row['seconds']:.1f}s "
+            f"({row['s_per_step']:.3f} s/step, calibrated {costs[i]:.3f}), loss {seen['loss']:.3f}"
         )
     report["seconds"] = time.perf_counter() - t_start
     model.eval()

@@ -16,8 +16,9 @@ from bench import run  # noqa: E402
 from bench.compressors import compressed_bits_per_byte, compressor_table  # noqa: E402
 from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matched  # noqa: E402
 from bench.scoring import coverage, plan_windows, score_text  # noqa: E402
-from bench.training import Budget, cosine_lr, split_budget  # noqa: E402
+from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget  # noqa: E402
 from hier_ae import HierAEConfig, HierAEModel  # noqa: E402
+from hier_ae.stages import Stage  # noqa: E402
 
 TINY = {
     "max_position_embeddings": 64,
@@ -121,6 +122,42 @@ def test_budget_plans_steps_and_schedule_ends_at_ten_percent(monkeypatch):
     assert split_budget(120.0, [200, 400, 600]) == pytest.approx(20.0)
 
 
+def test_allocation_gives_every_stage_the_same_fraction_of_its_steps():
+    steps, costs = [200, 400, 100, 150], [0.1, 0.5, 0.05, 2.0]  # 20 + 200 + 5 + 300 = 525 s per pass
+    seconds, expected = allocate(262.5, steps, costs)
+    assert seconds == pytest.approx([10.0, 100.0, 2.5, 150.0])
+    assert expected == pytest.approx([100.0, 200.0, 50.0, 75.0])  # half of every stage
+    assert sum(seconds) == pytest.approx(262.5)
+    # the re-split after a stage: what is left goes to the remaining stages by the same rule
+    assert split_budget(255.0 - 5.0, steps[1:], costs[1:]) == pytest.approx(250.0 * 200 / 505)
+    # equal costs: the old split by configured steps
+    assert split_budget(120.0, [200, 400, 600], [1.0, 1.0, 1.0]) == pytest.approx(20.0)
+    assert allocate(-5.0, steps, costs)[0] == [0.0] * 4  # an overrun budget gives nothing, not < 0
+    with pytest.raises(ValueError, match="> 0"):
+        allocate(10.0, [1, 2], [0.1, 0.0])
+
+
+def test_calibration_leaves_the_model_and_rng_unchanged():
+    torch.manual_seed(0)
+    model = HierAEModel(HierAEConfig(**TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            yield torch.randint(3, 259, (2, 32), generator=gen), torch.ones(2, 32, dtype=torch.long)
+
+    stages = [Stage(kind="entropy", level=0, steps=50), Stage(kind="autoencoder", level=0, steps=50)]
+    rng = torch.random.get_rng_state()
+    costs = calibrate_stages(model, stages, batches(), warmup=1, timed=1)
+    assert len(costs) == 2 and all(c > 0 for c in costs)
+    assert [s.steps for s in stages] == [50, 50]  # the specs are not changed either
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_cached_phase_is_skipped_on_resume(tmp_path, monkeypatch):
     path = tmp_path / "hier_ae-shakespeare-20min" / "train.json"
     run.write_json(path, {"done": True})
@@ -164,3 +201,18 @@ def test_hier_ae_generate_uses_its_cache():
         )
         full = lm(input_ids=out.sequences, use_cache=False).logits[0, ids.shape[1] - 1 : -1]
     assert torch.allclose(torch.stack(out.scores, 1)[0], full, atol=1e-4)
+
+
+def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
+    args = run.parse_args(["--cache-dir", str(tmp_path)])
+    if not Path(args.data_root).exists():
+        pytest.skip(f"the bench's data ({args.data_root}) is not here")
+    plan = run.estimate_minutes(args, list(run.MODELS), [run.PRIMARY, "code+multilingual"])
+    assert plan["train (shakespeare)"] == 3 * 20 and plan["train (code+multilingual)"] == 3 * 8
+    assert all(v > 0 for v in plan.values())
+    assert sum(plan.values()) < 120  # the limit for the whole run (an estimate: see the report)
+    assert run.score_name(args) == "score.json"
+    capped = run.parse_args(["--max-val-bytes", "4096", "--recon-lines", "100"])
+    assert run.score_name(capped) == "score-val4096-rec100.json"
+    quick = run.parse_args(["--quick", "--max-val-bytes", "1000"])
+    assert quick.max_val_bytes == 1000 and quick.recon_lines == 16  # explicit flags win over --quick
