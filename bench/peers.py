@@ -38,6 +38,20 @@ def count_on_meta(build) -> int:
         return count_parameters(build())
 
 
+def nearest_size(name: str, target: int, make_config, model_class, widths, depths, tolerance: float):
+    """(config, count) of the (width, depth) grid point whose parameter count is nearest `target`
+    (models built on the meta device, so nothing is allocated); ValueError beyond `tolerance`."""
+    best = None
+    for hidden in widths:
+        for layers in depths:
+            cfg = make_config(hidden, layers)
+            n = count_on_meta(lambda cfg=cfg: model_class(cfg))
+            if best is None or abs(n - target) < abs(best[1] - target):
+                best = (cfg, n)
+    check_match(name, best[1], target, tolerance)
+    return best
+
+
 # ---- Llama -------------------------------------------------------------------------------------
 def llama_config(hidden: int, layers: int, max_len: int) -> LlamaConfig:
     return LlamaConfig(
@@ -62,15 +76,15 @@ def llama_matched(
     target: int, max_len: int = 65536 + 512, widths=WIDTHS, depths=range(2, 13), tolerance: float = 0.05
 ) -> tuple[LlamaConfig, int]:
     """The (width, depth) with the count nearest `target`; 2 to 12 layers, widths in steps of 32."""
-    best = None
-    for hidden in widths:
-        for layers in depths:
-            cfg = llama_config(hidden, layers, max_len)
-            n = count_on_meta(lambda cfg=cfg: LlamaForCausalLM(cfg))
-            if best is None or abs(n - target) < abs(best[1] - target):
-                best = (cfg, n)
-    check_match("Llama", best[1], target, tolerance)
-    return best
+    return nearest_size(
+        "Llama",
+        target,
+        lambda hidden, layers: llama_config(hidden, layers, max_len),
+        LlamaForCausalLM,
+        widths,
+        depths,
+        tolerance,
+    )
 
 
 def build_llama(cfg: LlamaConfig, seed: int = 0) -> LlamaForCausalLM:
@@ -162,15 +176,15 @@ def blt_matched(
     **kw,
 ) -> tuple[BltConfig, int]:
     """The global transformer's (width, depth) with the whole model's count nearest `target`."""
-    best = None
-    for hidden in widths:
-        for layers in depths:
-            cfg = blt_config(hidden, layers, max_len, **kw)
-            n = count_on_meta(lambda cfg=cfg: BltForCausalLM(cfg))
-            if best is None or abs(n - target) < abs(best[1] - target):
-                best = (cfg, n)
-    check_match("BLT", best[1], target, tolerance)
-    return best
+    return nearest_size(
+        "BLT",
+        target,
+        lambda hidden, layers: blt_config(hidden, layers, max_len, **kw),
+        BltForCausalLM,
+        widths,
+        depths,
+        tolerance,
+    )
 
 
 def build_blt(cfg: BltConfig, seed: int = 0) -> BltForCausalLM:
