@@ -188,6 +188,7 @@ def _iter_hub(data_cfg: dict, split: str):
     name, config = data_cfg["source"], data_cfg.get("name")
     streaming = bool(data_cfg.get("streaming", False))
     text_field = data_cfg.get("text_field", "text")
+    missing = Skip(f"record without {text_field!r}")
     splits = datasets.get_dataset_split_names(name, config)
     held_out = next((s for s in ("validation", "valid", "test") if s in splits), None)
     if held_out is not None:
@@ -195,11 +196,11 @@ def _iter_hub(data_cfg: dict, split: str):
         for part in wanted:
             ds = datasets.load_dataset(name, config, split=part, streaming=streaming)
             for row in ds:
-                yield None, row[text_field]
+                yield None, row.get(text_field, missing)
         return
     ds = datasets.load_dataset(name, config, split="train", streaming=streaming)
     for i, row in enumerate(ds):
-        yield str(i), row[text_field]
+        yield str(i), row.get(text_field, missing)
 
 
 SPLITS = ("train", "validation", "all")
