@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -206,7 +207,8 @@ def main(argv=None) -> dict:
     # encode: every process reads the document stream, encodes its own shards, skips finished ones
     bar = tqdm(unit=" docs", desc="encoding", disable=args.no_progress or not main_proc, dynamic_ncols=True)
     t0, n_shards, done = time.perf_counter(), 0, {"bytes": 0, "codes": 0, "skipped": 0, "encoded": 0}
-    for k, docs in shard_batches(iter_documents(data_cfg, args.split), args.shard_size):
+    skipped = Counter()  # bad records (not text, empty, corrupt JSON lines): left out and counted
+    for k, docs in shard_batches(iter_documents(data_cfg, args.split, skipped), args.shard_size):
         n_shards = k + 1
         if k % world != rank:
             continue
@@ -234,6 +236,9 @@ def main(argv=None) -> dict:
         f"{done['bytes']:,} bytes in {seconds:.1f}s ({done['bytes'] / max(seconds, 1e-9):,.0f} bytes/s)",
         flush=True,
     )
+    if skipped:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+        print(f"process {rank}: {sum(skipped.values())} records skipped ({reasons})", flush=True)
     state.wait_for_everyone()
 
     # the manifest, last, from the shards' own metadata
@@ -247,6 +252,7 @@ def main(argv=None) -> dict:
             "num_codes": num_codes,
         },
         "data": options,
+        "skipped_records": dict(sorted(skipped.items())),
         "long_documents": f"chunked into rows of at most {max_ids} framed ids (column part)",
         "columns": "id, key, part, last_part, num_bytes, codes_<l>, lengths_<l> for each level l",
     }

@@ -327,3 +327,20 @@ def test_documents_stream_lazily(tmp_path, monkeypatch):
     train = [k for k, _ in iter_documents({"source": str(tmp_path), "val_fraction": 0.3}, "train")]
     val = [k for k, _ in iter_documents({"source": str(tmp_path), "val_fraction": 0.3}, "validation")]
     assert sorted(train + val) == [f"{i:02d}.txt" for i in range(50)] and train and val
+
+
+def test_bad_records_are_skipped_counted_and_recorded(trained_1level, tmp_path, capsys):
+    """A corrupt JSON line, a record that is not text and an empty one are left out and counted,
+    in the log and in the manifest; the good documents are encoded as usual."""
+    import encode_dataset
+
+    path = tmp_path / "mixed.jsonl"
+    good = sentences(3, seed=11)
+    lines = [json.dumps({"text": good[0]}), "{not json", json.dumps({"text": 7}), json.dumps({"text": ""})]
+    lines += [json.dumps({"text": t}) for t in good[1:]]
+    path.write_text("\n".join(lines) + "\n")
+    args = encode_args(trained_1level[1], path, tmp_path / "out", "--split", "all")
+    manifest = encode_dataset.main(args)
+    assert manifest["documents"] == 3
+    assert manifest["skipped_records"] == {"corrupt JSON line": 1, "empty": 1, "not text": 1}
+    assert "3 records skipped (1 corrupt JSON line, 1 empty, 1 not text)" in capsys.readouterr().out
