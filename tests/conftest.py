@@ -24,6 +24,17 @@ from hier_ae.stages import Stage, train_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# subprocesses (accelerate launch, the example scripts): offline, one thread each, this checkout's
+# source first on the path
+SUBPROCESS_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+}
+
 TINY_TOP = {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_layers": 1}
 
 

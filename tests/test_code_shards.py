@@ -8,7 +8,6 @@ trained 1-level model of conftest.py.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,18 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import SUBPROCESS_ENV
 from grammar import sentences
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODE = REPO / "examples" / "encode_dataset.py"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-}
+ENV = SUBPROCESS_ENV
 sys.path.insert(0, str(REPO / "examples"))
 
 

@@ -33,6 +33,13 @@ FUZZ = settings(
 )
 
 rows_strategy = st.lists(st.binary(max_size=40), min_size=1, max_size=3)
+# a batch of byte rows, framed as documents or raw, right- or left-padded, through either model
+ROWS = given(
+    rows=rows_strategy,
+    framed=st.booleans(),
+    left=st.booleans(),
+    which=st.sampled_from(["trained", "random2"]),
+)
 
 
 def build(
@@ -81,12 +88,7 @@ def check_encode(core, enc, ids, mask) -> None:
 
 
 @FUZZ
-@given(
-    rows=rows_strategy,
-    framed=st.booleans(),
-    left=st.booleans(),
-    which=st.sampled_from(["trained", "random2"]),
-)
+@ROWS
 def test_encode_decode(models, rows, framed, left, which):
     core = models[which].model
     ids, mask = build(rows, framed, left)
@@ -105,12 +107,7 @@ def test_encode_decode(models, rows, framed, left, which):
 
 
 @FUZZ
-@given(
-    rows=rows_strategy,
-    framed=st.booleans(),
-    left=st.booleans(),
-    which=st.sampled_from(["trained", "random2"]),
-)
+@ROWS
 def test_forward(models, rows, framed, left, which):
     lm = models[which]
     ids, mask = build(rows, framed, left)

@@ -6,7 +6,6 @@ Each run uses a tiny 1-level model on a small slice of the built-in corpus, so a
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,16 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import SUBPROCESS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "train.py"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = SUBPROCESS_ENV
 
 
 def mini_config(tmp_path: Path, stages: list[dict], **training) -> Path:
