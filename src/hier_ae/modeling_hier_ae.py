@@ -719,9 +719,6 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
             raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is None:
-            # transformers >= 5.24 renamed the keyword: generate() passes the cache as `cache=`
-            past_key_values = kwargs.pop("cache", None)
         if past_key_values is not None and not isinstance(past_key_values, HierAECache):
             raise ValueError(
                 f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
