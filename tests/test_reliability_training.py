@@ -217,6 +217,27 @@ def assert_intact(acc, root, first, before):
     acc.load_state(str(first))
 
 
+def test_kill_during_checkpoint_write_keeps_previous(acc_and_first, monkeypatch):
+    acc, _, root, first, before = acc_and_first
+
+    def dying_save_state(output_dir, **kw):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(acc, "save_state", dying_save_state)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(acc, root, 2, {"stage_index": 0, "stage": "s", "step": 2})
+    assert (root / ".tmp-step-0000002").exists()  # a kill leaves the torn write behind; it is ignored
+    assert latest_checkpoint(root) == first
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert read_progress(first)["step"] == 1
+    monkeypatch.undo()
+    second = save_checkpoint(acc, root, 2, {"stage_index": 0, "stage": "s", "step": 2})
+    assert latest_checkpoint(root) == second and not (root / ".tmp-step-0000002").exists()
+    acc.load_state(str(second))
+
+
 def test_disk_full_while_writing_keeps_previous(acc_and_first, monkeypatch):
     acc, _, root, first, before = acc_and_first
 
