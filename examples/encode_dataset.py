@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from hier_ae.cli import run
 from hier_ae.code_shards import (
     MANIFEST,
     atomic_write_text,
@@ -287,7 +287,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"encode_dataset.py: error: {e}")
+    run(main)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from hier_ae.cli import run
 from hier_ae.evaluation import (
     bits_per_byte,
     codebook_usage,
@@ -385,4 +386,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,13 +27,13 @@ import base64
 import html
 import io
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
 from encode_dataset import add_data_options, data_config
 
+from hier_ae.cli import run
 from hier_ae.code_shards import encode_rows, frame_chunks, load_model, segment_spans
 from hier_ae.data import iter_documents
 
@@ -329,7 +329,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"inspect_codebook.py: error: {e}")
+    run(main)

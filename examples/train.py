@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -52,8 +51,10 @@ from hier_ae.checkpointing import (
     read_progress,
     save_checkpoint,
 )
+from hier_ae.cli import run
 from hier_ae.data import Documents, load_documents
 from hier_ae.evaluation import reconstruction_report
+from hier_ae.run_config import check_run_config
 from hier_ae.stages import Stage, prepare_stage, stage_metrics, train_stage
 
 # ---- config --------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def load_config(args) -> dict:
         value = getattr(args, flag)
         if value is not None:
             set_key(cfg, key, value)
-    return apply_overrides(cfg, args.set)
+    return check_run_config(apply_overrides(cfg, args.set))
 
 
 def flat_scalars(d: dict, prefix: str = "") -> dict:
@@ -492,4 +493,4 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    run(main)
