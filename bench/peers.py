@@ -11,6 +11,8 @@ Byte ids are hier_ae's for all models (vocab 259: 0 pad, 1 eos, 2 bos, byte b ->
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import BltConfig, BltForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -206,3 +208,12 @@ def describe(cfg) -> str:
         f"{cfg.encoder_hash_byte_group_vocab}, global {g.num_hidden_layers} x {g.hidden_size}, "
         f"local decoder {d.num_hidden_layers} x {d.hidden_size}, window {cfg.local_attention_window_len}"
     )
+
+
+def config_label(path: str | Path) -> str:
+    """hier_ae's config as the report names it: relative to the repository when it is inside it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return str(path)

@@ -53,7 +53,9 @@ def verdict(ok: bool | None) -> str:
 
 
 def render(args, argv, cfgs, counts, results, compress, datasets, machine, seconds, plan=None) -> str:
-    from bench.peers import describe
+    from bench.peers import config_label, describe
+
+    hier = f"`{config_label(args.config)}`"
 
     tr, sc, gen, scal = results["train"], results["score"], results["generate"], results["scaling"]
     models = sorted({m for m, _ in tr}, key=("hier_ae", "llama", "blt").index)
@@ -82,7 +84,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
     ]
     rows = []
     for m in ("hier_ae", "llama", "blt"):
-        shape = "`configs/small.yaml` (parameters + VQ codebooks)" if m == "hier_ae" else describe(cfgs[m])
+        shape = f"{hier} (parameters + VQ codebooks)" if m == "hier_ae" else describe(cfgs[m])
         rows.append([NAMES[m], fmt(counts[m]), f"{counts[m] / counts['hier_ae'] - 1:+.1%}", shape])
     L += table(["model", "parameters", "vs hier_ae", "shape"], rows, "lrrl")
     blt_tr = tr.get(("blt", primary))
@@ -109,7 +111,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
         "Training: every model reads the same seeded batches (random crops of the train text, one file "
         f"= one document, {tr[models[0], primary]['seq_len']} bytes x {tr[models[0], primary]['batch_size']} "
         "rows), AdamW with warm-up and a cosine decay planned to end with the wall-clock budget "
-        "(bench/training.py). hier_ae runs every stage of `configs/small.yaml`: a calibration "
+        f"(bench/training.py). hier_ae runs every stage of {hier}: a calibration "
         "(1 + 3 optimizer steps per stage on a copy of the model, inside the budget) measures each stage's "
         "seconds per step, and stage i gets time in proportion to configured steps_i x seconds/step_i, "
         "so every stage runs about the same fraction of its configured steps (re-split after every "

@@ -298,7 +298,7 @@ def patcher_share(args, dataset: str) -> float:
 
 # ---- phases (each runs in a worker subprocess) --------------------------------------------------
 def phase_train(args, model: str, dataset: str) -> dict:
-    from bench.peers import build_blt, build_llama, count_parameters, describe
+    from bench.peers import build_blt, build_llama, config_label, count_parameters, describe
     from bench.training import train_blt, train_hier_ae, train_llama
     from hier_ae import HierAEByteTokenizer
     from hier_ae.batching import DocumentCropper
@@ -318,7 +318,7 @@ def phase_train(args, model: str, dataset: str) -> dict:
         net, rep = train_hier_ae(
             hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s, calib_batches=calib
         )
-        shape = "hier_ae: configs/small.yaml"
+        shape = f"hier_ae: {config_label(args.config)}"
         n = count_parameters(net)
         net.save_pretrained(folder)
         HierAEByteTokenizer().save_pretrained(folder)
@@ -557,7 +557,7 @@ def main(argv=None) -> None:
         worker(args)
         return
     from bench.compressors import compressor_table
-    from bench.peers import describe
+    from bench.peers import config_label, describe
 
     t_start = time.perf_counter()
     models = [m for m in MODELS if not args.only or m in args.only]
@@ -565,7 +565,7 @@ def main(argv=None) -> None:
     counts = cfgs["counts"]
     print("parameter counts (every module; hier_ae: parameters + codebooks):")
     for m in MODELS:
-        shape = "configs/small.yaml" if m == "hier_ae" else describe(cfgs[m])
+        shape = config_label(args.config) if m == "hier_ae" else describe(cfgs[m])
         print(f"  {m:8s} {counts[m]:>10,}  ({counts[m] / counts['hier_ae'] - 1:+.1%})  {shape}")
     datasets = [PRIMARY] + ([] if args.skip_second else ["code+multilingual"])
     plan = estimate_minutes(args, models, datasets)
