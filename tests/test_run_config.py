@@ -3,7 +3,7 @@
 Tried here, with what the error names:
 
 - a misspelt key in any section          -> "<section>.<key> is not a known key (did you mean ...)"
-- a misspelt section ("trainning")       -> "is not a known section of the run config (did you mean 'training'?)"
+- a misspelt section ("trainning")       -> "is not a known section ... (did you mean 'training'?)"
 - model.num_levels (a derived property)   -> "one dict per level"
 - a misspelt stage key ("step")          -> "training.stages[0].step ... did you mean 'steps'"
 - a wrong type or range (batch_size "8", 0; val_fraction 0.9; on_nonfinite "ignore")
