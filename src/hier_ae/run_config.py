@@ -24,9 +24,10 @@ from dataclasses import fields
 from typing import Any
 
 from .configuration_hier_ae import HierAEConfig
-from .stages import Stage
+from .nonfinite import NONFINITE_POLICIES
+from .stages import STAGE_KINDS, Stage
 
-# a rule: (type name, predicate, what is allowed)
+# a kind: (type name, type predicate); `_rule` turns one into (value predicate, what is allowed)
 _INT = ("int", lambda v: isinstance(v, int) and not isinstance(v, bool))
 _NUM = ("number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 _STR = ("str", lambda v: isinstance(v, str) and v != "")
@@ -85,7 +86,7 @@ TRAINING = {
     "checkpoint_every": _rule(_INT, low=1),
     "eval_every": _rule(_INT, low=0),
     "log_every": _rule(_INT, low=1),
-    "on_nonfinite": _rule(_STR, choices=("raise", "skip")),
+    "on_nonfinite": _rule(_STR, choices=NONFINITE_POLICIES),
     "max_consecutive_skips": _rule(_INT, low=1),
     "keep_checkpoints": _rule(_INT, low=1),
 }
@@ -95,7 +96,7 @@ EVALUATION = {
     "predict_docs": _rule(_INT, low=0),
 }
 STAGE = {
-    "kind": _rule(_STR),
+    "kind": _rule(_STR, choices=STAGE_KINDS),
     "level": _rule(_INT, low=0, optional=True),
     "steps": _rule(_INT, low=0),
     "lr": _rule(_NUM, low=0.0),
@@ -113,8 +114,12 @@ def model_keys() -> list[str]:
 
 
 def _unknown(where: str, key: str, allowed) -> ValueError:
-    near = difflib.get_close_matches(key, list(allowed), n=1)
+    """`where.key is not a known key (did you mean ...?)`; at the top level (where="") a section."""
+    near = difflib.get_close_matches(str(key), list(allowed), n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
+    if not where:
+        known = sorted(allowed)
+        return ValueError(f"{key!r} is not a known section of the run config{hint}; allowed: {known}.")
     return ValueError(f"{where}.{key} is not a known key{hint}; {where} allows {sorted(allowed)}.")
 
 
@@ -137,11 +142,7 @@ def check_run_config(cfg: Any) -> dict:
         )
     for key in cfg:
         if key not in TOP:
-            near = difflib.get_close_matches(str(key), TOP, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(
-                f"{key!r} is not a known section of the run config{hint}; allowed: {sorted(TOP)}."
-            )
+            raise _unknown("", key, TOP)
     if "model" not in cfg and not (cfg.get("data") or {}).get("code_shards"):
         raise ValueError("the run config has no 'model' section (HierAEConfig's keyword arguments).")
     if "stages" not in (cfg.get("training") or {}):
