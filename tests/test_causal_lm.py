@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_TOP, tiny_level
+from helpers.ties import chooser_logits, compare_greedy
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
 from hier_ae import HierAEConfig, HierAEForCausalLM, HierAEModel
@@ -110,7 +111,55 @@ def test_one_folder_loads_through_both_auto_classes(trained_1level):
         assert not info["missing_keys"] and not info["unexpected_keys"], info
     lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
-        torch.testing.assert_close(lm(ids).logits, as_lm(model)(ids).logits, atol=0, rtol=0)
+        # same weights, another kernel path (see test_reloaded_folder_is_the_trained_model)
+        torch.testing.assert_close(lm(ids).logits, as_lm(model)(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def _outputs(lm: HierAEForCausalLM, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every output the model has on `ids`: autoencode losses and logits, codes, predict logits."""
+    core = lm.model
+    with torch.no_grad():
+        out = core(ids)
+        enc = core.encode(ids)
+        return {
+            "loss": out.loss,
+            "reconstruct_logits": out.reconstruct_logits[0],
+            "entropy": out.entropy[0],
+            "codes": enc.top_codes,
+            "segment_ids": enc.segment_ids[0],
+            "predict_logits": lm(ids).logits,
+            "zero_context_logits": lm(ids, zero_context=True).logits,
+        }
+
+
+def test_reloaded_folder_is_the_trained_model(trained_1level):
+    """The saved folder holds the trained model: every tensor of the state (parameters, EMA buffers,
+    thresholds) comes back bit for bit, with its dtype and shape.
+
+    Its outputs then agree only within float32 rounding, not bit for bit: `from_pretrained` leaves
+    the weights in safetensors' memory map at addresses that are not 64-byte aligned, and the CPU
+    matmul kernels block their reductions differently for such pointers on some CPUs (seen on AMD
+    EPYC: 4e-6 on logits of magnitude 10; Intel Xeon gave equal bits). Copying the loaded weights
+    into freshly allocated (aligned) memory removes the difference: in one process the same tensors
+    at the same kind of address give the same bits, so that comparison is exact.
+    """
+    model, folder = trained_1level
+    ids = right_padded(["A dog sees the river.", "The cat runs."])
+    lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    trained, loaded = model.state_dict(), lm.model.state_dict()
+    assert trained.keys() == loaded.keys()
+    for k in trained:
+        assert trained[k].dtype == loaded[k].dtype and torch.equal(trained[k], loaded[k]), k
+    want = _outputs(as_lm(model), ids)
+    got = _outputs(lm, ids)
+    for k in want:
+        if want[k].is_floating_point():
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
+    for t in (*lm.parameters(), *lm.buffers()):
+        t.data = t.data.clone()  # fresh, aligned memory
+    aligned = _outputs(lm, ids)
+    for k in want:
+        assert torch.equal(aligned[k], want[k]), k
 
 
 # ---- the levels above carry information ---------------------------------------------------------
@@ -196,7 +245,12 @@ def test_greedy_cache_equals_no_cache(lm2, bos):
         }
     a = lm.generate(**enc, max_new_tokens=40, do_sample=False, use_cache=True)
     b = lm.generate(**enc, max_new_tokens=40, do_sample=False, use_cache=False)
-    assert torch.equal(a, b)
+    # the cached step and the whole-sequence forward round differently: equal tokens, except after
+    # a greedy choice within float32 rounding of a tie (helpers/ties.py); none is expected here
+    reports = compare_greedy(
+        a, b, chooser_logits(lm, b, enc["attention_mask"]), start=enc["input_ids"].shape[1]
+    )
+    assert not reports, reports
 
 
 def test_left_padded_batch_equals_each_prompt_alone(lm2):

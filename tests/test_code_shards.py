@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +23,7 @@ import pytest
 import torch
 from conftest import SUBPROCESS_ENV
 from grammar import sentences
+from helpers.ties import MARGIN, NearTieWarning, code_gap, encode_with_pooled
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODE = REPO / "examples" / "encode_dataset.py"
@@ -49,6 +52,44 @@ def folder_bytes(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+@contextmanager
+def one_thread():
+    """Run in-process encodes with one thread, as the subprocesses run (ENV: OMP_NUM_THREADS=1).
+
+    Shards are compared byte for byte across processes: that holds for the same shapes, kernels
+    and thread count on one machine; another thread count may block a matmul differently and move
+    a code that sits within float32 rounding of a tie.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def shard_row_near_tie(model, row: dict, enc, pooled, lengths: list[int]) -> str | None:
+    """None if a shard row holds exactly `enc`'s segments and codes; a report if they first differ
+    at a near-tie (helpers/ties.py); fails on a difference with a clear margin."""
+    if row["lengths_0"] == lengths and row["codes_0"] == enc.codes[0][0].tolist():
+        return None
+    level = model.levels[0]
+    if row["lengths_0"] != lengths:  # a boundary moved: the decision after token t - 1
+        ends_a, ends_b = torch.tensor(row["lengths_0"]).cumsum(0), torch.tensor(lengths).cumsum(0)
+        n = min(len(ends_a), len(ends_b))
+        k = int((ends_a[:n] != ends_b[:n]).nonzero()[0]) if bool((ends_a[:n] != ends_b[:n]).any()) else n - 1
+        t = int(min(ends_a[k], ends_b[k]))
+        margin = abs(float(enc.entropy[0][0, t - 1]) - float(level.boundary_value))
+        where = f"shard row: boundary at {t} differs, |H - theta| = {margin:.2e}"
+        assert margin < MARGIN, where
+        return where
+    s = next(i for i, (a, b) in enumerate(zip(row["codes_0"], enc.codes[0][0].tolist())) if a != b)
+    gap = code_gap(pooled[0][0, s], level.quantizer.codebook)
+    where = f"shard row: code of segment {s} differs, gap {gap:.2e}"
+    assert gap < MARGIN, where
+    return where
+
+
 @pytest.fixture(scope="module")
 def reference(trained_1level, corpus, tmp_path_factory):
     """One uninterrupted single-process run with --verify (in-process)."""
@@ -57,7 +98,8 @@ def reference(trained_1level, corpus, tmp_path_factory):
     _, folder = trained_1level
     out = tmp_path_factory.mktemp("codes") / "ref"
     t0 = time.perf_counter()
-    manifest = encode_dataset.main(encode_args(folder, corpus, out, "--verify"))
+    with one_thread():
+        manifest = encode_dataset.main(encode_args(folder, corpus, out, "--verify"))
     print(f"[reference] encode + verify: {time.perf_counter() - t0:.1f}s")
     return out, manifest
 
@@ -93,8 +135,14 @@ def test_shards_manifest_and_load_dataset(reference, trained_1level, corpus):
     from hier_ae.batching import frame_document
 
     ids = frame_document(docs[5])[128:256]
-    enc = model.encode(ids[None])
-    assert row["codes_0"] == enc.codes[0][0].tolist() and sum(row["lengths_0"]) == len(ids)
+    assert sum(row["lengths_0"]) == len(ids)
+    # the script encoded this row loaded from the folder inside a batch of 4 (other shapes, other
+    # memory: float32 rounding may differ), so equal up to a decision at a near-tie
+    enc, pooled = encode_with_pooled(model, ids[None], None)
+    lengths = torch.bincount(enc.segment_ids[0][0]).tolist()
+    report = shard_row_near_tie(model, row, enc, pooled, lengths)
+    if report:
+        warnings.warn(NearTieWarning(report), stacklevel=1)
     assert row["num_bytes"] == len(ids) - int(row["last_part"])
     spans = segment_spans([row["lengths_0"]], starts_doc=False, ends_doc=row["last_part"])[0]
     assert (
@@ -126,6 +174,7 @@ def test_verify_reports_exact_match_and_catches_bad_codes(reference, trained_1le
     assert v_bad["exact_documents"] <= good["exact_documents"] - 3, (v_bad, good)
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_rerun_after_sigkill_equals_uninterrupted_run(reference, trained_1level, corpus, tmp_path):
     import encode_dataset
 
@@ -148,13 +197,15 @@ def test_rerun_after_sigkill_equals_uninterrupted_run(reference, trained_1level,
         assert pq.read_table(out / name).num_rows > 0
 
     t0 = time.perf_counter()
-    encode_dataset.main(encode_args(trained_1level[1], corpus, out))
+    with one_thread():
+        encode_dataset.main(encode_args(trained_1level[1], corpus, out))
     print(f"[resume] {time.perf_counter() - t0:.1f}s")
     # shards and manifest byte for byte (the reference also holds its --verify results)
     expected = {k: v for k, v in folder_bytes(ref).items() if not k.startswith("verify")}
     assert folder_bytes(out) == expected
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_two_processes_write_the_same_shards(reference, trained_1level, corpus, tmp_path):
     ref, _ = reference
     out = tmp_path / "ddp"

@@ -8,9 +8,12 @@ masks and boundaries.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import tiny_level
+from helpers.ties import LOGIT_MARGIN, MARGIN, NearTieWarning, compare_boundaries, top2_gap
 
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.batching import frame_document, pad_rows
@@ -23,7 +26,10 @@ from hier_ae.transformer import positions_from_mask
 def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
     """The former `_regenerate_level` (entropy model in fp32, as `level.segment` runs it).
 
-    ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (-1 on padding).
+    ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (-1 on padding),
+    and the margins of its decisions: `token_gap (B, n)`, the two best logits' gap of each greedy
+    token, and `rule_gap (B, n)`, how far the boundary rule's quantity after each token was from
+    its value (|H - theta| in threshold mode, |H - H_prev - delta| in delta mode).
     """
     B, S, D = ctx.shape
     dev = ctx.device
@@ -37,6 +43,8 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
     seg_len = torch.zeros(B, dtype=torch.long, device=dev)
     done = n_seg == 0
     prev_H = None
+    token_gap, rule_gap = [], []
+    value = float(level.boundary_value)
     begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
     for _ in range(S * L):
         n = tokens.shape[1]
@@ -46,6 +54,7 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         context = torch.cat([ctx.gather(1, seg_hist[..., None].expand(B, n, D)), cur[:, None]], dim=1)
         logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context)
         nxt = logits[:, n].argmax(dim=-1)  # (B,)
+        token_gap.append(top2_gap(logits[:, n]))
         nxt = torch.where(done, torch.full_like(nxt, level.vocab.pad_id), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         valid = torch.cat([valid, ~done[:, None]], dim=1)
@@ -54,6 +63,8 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
             ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))
         H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)
         fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
+        rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
+        rule_gap.append((rise - value).abs())
         seg_len = seg_len + 1
         new_seg = fires | (seg_len >= L)
         seg = seg + new_seg.long()
@@ -62,20 +73,44 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         prev_H = H[:, 0]
         if bool(done.all()):
             break
-    return tokens, valid, torch.where(valid, seg_hist, torch.full_like(seg_hist, -1))
+    seg_id = torch.where(valid, seg_hist, torch.full_like(seg_hist, -1))
+    return tokens, valid, seg_id, torch.stack(token_gap, 1), torch.stack(rule_gap, 1)
 
 
 @torch.no_grad()
 def _recompute_decode(model, codes: torch.Tensor, mask: torch.Tensor):
-    """The former `decode`, level by level with `_recompute_level`: (sequences, mask, level_tokens)."""
-    streams = []
+    """The former `decode`, level by level with `_recompute_level`: (sequences, mask, level_tokens,
+    per level the margins (token_gap, rule_gap) of its decisions)."""
+    streams, margins = [], []
     for li in reversed(range(model.num_levels)):
         lv = model.levels[li]
-        tokens, valid, _ = _recompute_level(lv, lv.quantizer.lookup(codes), mask)
+        tokens, valid, _, token_gap, rule_gap = _recompute_level(lv, lv.quantizer.lookup(codes), mask)
         streams.append(tokens)
+        margins.append((token_gap, rule_gap))
         if li > 0:
             codes, mask = compact_codes(tokens, valid, model.levels[li - 1].cfg.num_codes)
-    return tokens, valid.long(), tuple(reversed(streams))
+    return tokens, valid.long(), tuple(reversed(streams)), tuple(reversed(margins))
+
+
+def _near_ties(got: torch.Tensor, ref: torch.Tensor, token_gap, rule_gap, level: int) -> list[str]:
+    """Rows of one level's streams that differ must first differ after a decision at a near-tie.
+
+    The streamed step and the whole-prefix recompute round differently (helpers/ties.py): at the
+    first differing position p, the greedy token at p or a boundary decision before p must have been
+    within rounding of its tie; a difference with clear margins fails.
+    """
+    n = max(got.shape[1], ref.shape[1])
+    g = torch.nn.functional.pad(got, (0, n - got.shape[1]), value=-1)  # (B, n)
+    r = torch.nn.functional.pad(ref, (0, n - ref.shape[1]), value=-1)  # (B, n)
+    reports = []
+    for row in (g != r).any(dim=1).nonzero()[:, 0].tolist():
+        p = int((g[row] != r[row]).nonzero()[0])
+        tok = float(token_gap[row, p]) if p < token_gap.shape[1] else float("inf")
+        rule = float(rule_gap[row, :p].min()) if p > 0 else float("inf")
+        where = f"level {level} row {row} position {p}: token gap {tok:.2e}, closest boundary {rule:.2e}"
+        assert tok < LOGIT_MARGIN or rule < MARGIN, where
+        reports.append(where)
+    return reports
 
 
 def _mixed_batch(model, lines: list[str]):
@@ -93,14 +128,21 @@ def _mixed_batch(model, lines: list[str]):
 
 
 def _assert_same(model, codes, cmask):
+    """Streamed decode == the recompute, token for token, except after a near-tie decision (then
+    that row may differ from there on, and the levels below; reported as a warning, at most one)."""
     out = model.decode(codes, cmask)
-    seq, amask, streams = _recompute_decode(model, codes, cmask)
+    seq, amask, streams, margins = _recompute_decode(model, codes, cmask)
+    assert len(out.level_tokens) == len(streams)
+    for li in reversed(range(len(streams))):  # top level first, as decode runs
+        reports = _near_ties(out.level_tokens[li], streams[li], *margins[li], level=li)
+        if reports:
+            for report in reports:
+                warnings.warn(NearTieWarning(report), stacklevel=1)
+            assert len(reports) <= 1, reports
+            return out, margins
     assert torch.equal(out.sequences, seq)
     assert torch.equal(out.attention_mask, amask)
-    assert len(out.level_tokens) == len(streams)
-    for got, ref in zip(out.level_tokens, streams):
-        assert torch.equal(got, ref)
-    return out
+    return out, margins
 
 
 # ---- (a) streamed == recompute, bit for bit ---------------------------------------------------
@@ -109,18 +151,27 @@ def test_streamed_decode_equals_recompute(fixture, request, grammar_data):
     model, _ = request.getfixturevalue(fixture)
     lines = grammar_data[1][:12]
     codes, cmask = _mixed_batch(model, lines)
-    out = _assert_same(model, codes, cmask)
+    out, margins = _assert_same(model, codes, cmask)
     ends_eos = (out.sequences == 1).any(dim=1)  # (B,)
     print(f"\n{fixture}: {int(ends_eos.sum())} rows end at EOS, {int((~ends_eos).sum())} at their count")
     assert bool(ends_eos.any()) and not bool(ends_eos.all())  # rows end at EOS and at their count
     assert len(set(cmask.sum(1).tolist())) > 3  # rows with different numbers of segments
-    # batch == one row at a time
+    # batch == one row at a time (other shapes, other rounding: up to a near-tie, as above)
     for row in (0, len(lines) - 1):
         n = int(cmask[row].sum())
         alone = model.decode(codes[row : row + 1, :n], cmask[row : row + 1, :n])
         width = alone.sequences.shape[1]
-        assert torch.equal(alone.sequences[0], out.sequences[row, :width])
-        assert not bool(out.attention_mask[row, width:].any())
+        reports = []
+        for li in reversed(range(model.num_levels)):
+            gaps = [m[row : row + 1] for m in margins[li]]
+            got, want = alone.level_tokens[li], out.level_tokens[li][row : row + 1]
+            reports = _near_ties(got, want[:, : got.shape[1]], *gaps, level=li)
+            if reports:
+                warnings.warn(NearTieWarning(reports[0]), stacklevel=1)
+                break
+        if not reports:
+            assert torch.equal(alone.sequences[0], out.sequences[row, :width])
+            assert not bool(out.attention_mask[row, width:].any())
 
 
 @pytest.mark.parametrize("mode", ["threshold", "delta"])
@@ -135,7 +186,7 @@ def test_streamed_decode_equals_recompute_untrained(mode):
     model = HierAEModel(cfg).eval()
     codes = torch.randint(0, 256, (5, 9))  # (B, S)
     cmask = torch.arange(9)[None, :] < torch.tensor([9, 1, 4, 0, 6])[:, None]  # a row without codes
-    out = _assert_same(model, codes, cmask)
+    out, _ = _assert_same(model, codes, cmask)
     assert out.sequences.shape[1] > 4  # longer than the window: the KV caches wrap
     assert not bool(out.attention_mask[3].any())
 
@@ -202,11 +253,15 @@ def test_bf16_decode_boundaries_match_encode(trained_1level, grammar_data):
     assert torch.equal(auto_seq, auto[0])
     for tokens, valid, seg_id in (auto, loaded):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            _, _, layout, _ = level.segment(tokens, valid, positions_from_mask(valid))
-        assert torch.equal(seg_id, layout.seg_id)  # decode's boundaries == encode's
+            _, H, layout, _ = level.segment(tokens, valid, positions_from_mask(valid))
+        # decode's boundaries == encode's (the streamed step and the whole-row forward round
+        # differently: up to a near-tie, helpers/ties.py)
+        theta = float(level.boundary_value)
+        assert len(compare_boundaries(seg_id, layout.seg_id, H, theta)) <= 1
         n = min(tokens.shape[1], ref[0].shape[1])
         same = (tokens[:, :n] == ref[0][:, :n]).all(dim=1) & (valid[:, n:].sum(1) == 0)  # (B,)
         same &= ref[1][:, n:].sum(1) == 0
         print(f"\nbf16: {int(same.sum())} of {len(same)} rows regenerate the fp32 tokens")
         assert int(same.sum()) >= len(same) // 2
-        assert torch.equal(seg_id[same, :n], ref[2][same, :n])  # == the fp32 decode's boundaries
+        # == the fp32 decode's boundaries, up to a near-tie
+        assert len(compare_boundaries(seg_id[same, :n], ref[2][same, :n], H[same, :n], theta)) <= 1

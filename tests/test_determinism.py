@@ -3,13 +3,16 @@
 What is compared, and how strictly:
 
 - two `train_stage` runs from the same seed: the losses of 20 optimizer steps (entropy and
-  autoencoder stages) and every weight and buffer afterwards, bit for bit;
-- `encode` of the same input twice, and by the two models trained above: identical output;
+  autoencoder stages) and every weight and buffer afterwards, bit for bit: one process computes the
+  same tensors with the same shapes, threads and kernels twice, which gives the same bits on any CPU;
+- `encode` of the same input twice, and by the two models trained above: identical output (the same
+  argument);
 - `encode` of each row alone and inside a right- or left-padded batch: identical segments and codes,
   except where the decision that differs sits within DESIGN §6's margin of its threshold
   (`|H - theta|` for a boundary, the gap between the two nearest codes for a code, below 1e-5).
   Such a near-tie is reported with a `NearTieWarning` (shown in pytest's warning summary) instead of
-  failing; a mismatch with a clear margin fails and prints the margin.
+  failing; a mismatch with a clear margin fails and prints the margin (`helpers/ties.py`: the
+  batch changes the kernels' blocking, so only float32 rounding is guaranteed to agree).
 """
 
 from __future__ import annotations
@@ -19,16 +22,11 @@ import warnings
 import pytest
 import torch
 from conftest import tiny_config
+from helpers.ties import NearTieWarning, compare_row, encode_with_pooled
 
 from hier_ae import HierAEModel
 from hier_ae.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.stages import Stage, train_stage
-
-MARGIN = 1e-5  # DESIGN §6: below this a discrete decision may differ between batch shapes
-
-
-class NearTieWarning(UserWarning):
-    """A discrete decision differed where its float margin is below DESIGN §6's 1e-5."""
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -76,59 +74,6 @@ def pad_left(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, r in enumerate(rows):
         ids[i, n - len(r) :], mask[i, n - len(r) :] = r, 1
     return ids, mask
-
-
-def encode_with_pooled(model, ids, mask):
-    """`encode` plus each level's pooled segment vectors (B, S, D), the quantiser's inputs."""
-    pooled, hooks = [], []
-    for level in model.levels:
-        hooks.append(level.pooling.register_forward_hook(lambda m, i, out: pooled.append(out.detach())))
-    try:
-        enc = model.encode(ids, mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    return enc, pooled
-
-
-def code_gap(vector: torch.Tensor, codebook: torch.Tensor) -> float:
-    """Squared-distance gap between the nearest and second-nearest codes (depth 0) of one vector."""
-    d = (codebook[0] - vector[None]).pow(2).sum(-1)  # (K,)
-    two = d.topk(2, largest=False).values
-    return float(two[1] - two[0])
-
-
-def compare_row(model, alone, batch, row: int) -> list[str]:
-    """Compare one row level by level; return near-tie reports, fail on a clear-margin mismatch.
-
-    Once a decision differs at a near-tie everything after it may differ too, so the row stops there.
-    """
-    (ea, pa), (eb, pb) = alone, batch
-    for li, level in enumerate(model.levels):
-        va, vb = ea.level_mask[li][0], eb.level_mask[li][row]
-        ta, tb = ea.level_tokens[li][0][va], eb.level_tokens[li][row][vb]
-        assert torch.equal(ta, tb), f"row {row} level {li}: the token streams differ"
-        sa, sb = ea.segment_ids[li][0][va], eb.segment_ids[li][row][vb]
-        if not torch.equal(sa, sb):
-            t = int((sa != sb).nonzero()[0])  # first position whose segment differs
-            # fires[t - 1] decided whether x[t] opens a segment; the margin is the closer of the two
-            theta = float(level.boundary_value)
-            Ha, Hb = float(ea.entropy[li][0][va][t - 1]), float(eb.entropy[li][row][vb][t - 1])
-            margin = min(abs(Ha - theta), abs(Hb - theta))
-            where = f"row {row} level {li} position {t}: boundary differs, |H - theta| = {margin:.2e}"
-            assert margin < MARGIN, where
-            return [where]
-        ma, mb = ea.code_mask[li][0], eb.code_mask[li][row]
-        ca, cb = ea.codes[li][0][ma], eb.codes[li][row][mb]
-        assert ca.shape == cb.shape, f"row {row} level {li}: {ca.shape} vs {cb.shape} segments"
-        if not torch.equal(ca, cb):
-            s = int((ca != cb).nonzero()[0])
-            cbook = level.quantizer.codebook
-            gap = min(code_gap(pa[li][0][ma][s], cbook), code_gap(pb[li][row][mb][s], cbook))
-            where = f"row {row} level {li} segment {s}: code {int(ca[s])} vs {int(cb[s])}, gap {gap:.2e}"
-            assert gap < MARGIN, where
-            return [where]
-    return []
 
 
 @pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])

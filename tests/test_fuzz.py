@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
+from helpers.ties import chooser_logits, compare_greedy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -142,4 +143,6 @@ def test_generate(models, rows, bos, new):
     assert cached.shape[0] == ids.shape[0] and T < cached.shape[1] <= T + new
     assert torch.equal(cached[:, :T], ids), "the prompt is kept"
     assert bool((cached >= 0).all()) and bool((cached < 259).all())
-    assert torch.equal(cached, plain), "cached generation equals uncached generation"
+    # cached generation equals uncached generation, up to a greedy choice within float32 rounding
+    # of a tie (the cached step and the whole-sequence forward round differently; helpers/ties.py)
+    compare_greedy(cached, plain, chooser_logits(lm, plain, mask), start=T)

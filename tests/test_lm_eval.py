@@ -100,6 +100,7 @@ def test_rolling_windows_are_lm_eval_windows(n, window):
 
 
 # ---- the CLI on the trained fixture -------------------------------------------------------------------
+@pytest.mark.slow  # end to end: a subprocess
 def test_lm_eval_cli_matches_own_bits_per_byte(trained_1level, tmp_path):
     _, folder = trained_1level
     argv = readme_lm_eval_command()

@@ -1,7 +1,8 @@
 """Model folders that are broken or not ours: each one gets a clear error, none loads silently.
 
 Tried here, with the error each gets:
-- truncated `model.safetensors`            -> safetensors' SafetensorError ("incomplete metadata")
+- truncated or corrupt `model.safetensors` -> OSError naming the file and what to do (download or
+                                               save it again), safetensors' message kept
 - no weights file                          -> OSError ("no file named model.safetensors")
 - pickled weights only (`pytorch_model.bin`) -> OSError: safetensors only, pickles are never unpickled
 - `use_safetensors=False`                  -> ValueError
@@ -52,12 +53,25 @@ def test_intact_folder_loads(saved):
     AutoModel.from_pretrained(saved, trust_remote_code=True)
 
 
-def test_truncated_weights(saved, tmp_path):
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda data: data[: len(data) // 2], "incomplete metadata"),  # an interrupted download
+        (lambda data: data[:8], "invalid header length"),  # only the length prefix arrived
+        (lambda data: bytes(len(data)), "invalid JSON"),  # zeroed (a sparse file never written)
+    ],
+)
+def test_truncated_or_corrupt_weights(saved, tmp_path, damage, why):
     d = copy(saved, tmp_path)
-    data = (d / "model.safetensors").read_bytes()
-    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SafetensorError, match="incomplete metadata"):
-        AutoModel.from_pretrained(d, trust_remote_code=True)
+    weights = d / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    for auto in (AutoModel, AutoModelForCausalLM):
+        with pytest.raises(OSError, match="truncated or corrupt") as info:
+            auto.from_pretrained(d, trust_remote_code=True)
+        msg = str(info.value)
+        assert str(weights) in msg and why in msg, msg  # names the file, keeps safetensors' reason
+        assert "download it again" in msg and "save_pretrained" in msg, msg
+        assert isinstance(info.value.__cause__, SafetensorError)
 
 
 def test_missing_weights(saved, tmp_path):
@@ -127,6 +141,7 @@ def test_training_state_folder_is_not_a_model_folder(tmp_path):
     assert model is not None
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_folder_code_runs_only_with_trust_remote_code(saved, tmp_path):
     """In a process without hier_ae, a folder's code is imported only when trust_remote_code=True."""
     d = copy(saved, tmp_path)

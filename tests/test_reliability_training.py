@@ -306,6 +306,7 @@ def test_train_script_plumbs_the_policy_and_prints_skipped_records(tmp_path, mon
     assert "1 corrupt JSON line" in out and "1 not text" in out and "records skipped" in out
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_ddp_skip_is_collective(tmp_path):
     """World size 2, NaN on rank 1 only: both ranks drop the same steps and stay bitwise equal."""
     import os

@@ -97,6 +97,7 @@ def test_cli_run_exit_codes(capsys):
         run(lambda: (_ for _ in ()).throw(RuntimeError("a bug")), prog="x.py")
 
 
+@pytest.mark.slow  # end to end: a subprocess
 @pytest.mark.parametrize("traceback", [False, True])
 def test_train_script_reports_one_line(tmp_path: Path, traceback: bool):
     path = tmp_path / "run.yaml"

@@ -299,6 +299,7 @@ _LOADER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_save_and_load_with_remote_code(tmp_path):
     folder = tmp_path / "tokenizer"
     HierAEByteTokenizer.register_for_auto_class("AutoTokenizer")  # hier_ae/__init__.py does this too

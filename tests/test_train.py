@@ -88,6 +88,7 @@ AE_STAGES = [
 ]
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     config = mini_config(tmp_path, AE_STAGES)
     ref = tmp_path / "ref"
@@ -129,6 +130,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert "trust_remote_code=True" in card and "exact_match" in card
 
 
+@pytest.mark.slow  # end to end: a subprocess
 def test_two_processes_ddp(tmp_path):
     """World size 2: bitwise-equal parameters and buffers, EMA counts of both ranks, only rank 0 writes."""
     stages = [

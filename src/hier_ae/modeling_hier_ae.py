@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -119,7 +120,9 @@ class HierAEPreTrainedModel(PreTrainedModel):
 
         A local folder without `config.json` raises `FileNotFoundError` (transformers would build a
         default config and load the weights into it), and so does a local path that does not exist
-        (transformers would report it as a malformed Hub repo id).
+        (transformers would report it as a malformed Hub repo id). A truncated or corrupt
+        `model.safetensors` raises `OSError` naming the file and what to do (not only safetensors'
+        bare "incomplete metadata").
         """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hier_ae loads safetensors weights only; use_safetensors=False is not allowed.")
@@ -136,7 +139,15 @@ class HierAEPreTrainedModel(PreTrainedModel):
                 raise FileNotFoundError(
                     f"{path} does not exist: expected a model folder or a Hub id 'owner/name'."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as e:
+            where = os.path.join(path, "model.safetensors") if path and os.path.isdir(path) else path
+            raise OSError(
+                f"could not read the weights {where!r}: {e}. The file is truncated or corrupt (an "
+                "interrupted download, copy or save): download it again (from_pretrained(..., "
+                "force_download=True) for a Hub model) or save the model again with save_pretrained."
+            ) from e
 
     def _init_weights(self, module):
         std = self.config.initializer_range
