@@ -27,7 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the grammar of the test fixtures
 
-from grammar import sentences  # noqa: E402
+from helpers.grammar import sentences  # noqa: E402
 
 from hier_ae import HierAEModel  # noqa: E402
 

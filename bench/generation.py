@@ -37,7 +37,7 @@ def prompt_text(n_bytes: int) -> torch.Tensor:
     if shared.exists():
         data = shared.read_bytes()
     else:
-        from hier_ae.corpus import default_corpus
+        from hier_ae.data.corpus import default_corpus
 
         data = b"".join(default_corpus("validation"))
     while len(data) < n_bytes:

@@ -301,7 +301,7 @@ def phase_train(args, model: str, dataset: str) -> dict:
     from bench.peers import build_blt, build_llama, config_label, count_parameters, describe
     from bench.training import train_blt, train_hier_ae, train_llama
     from hier_ae import HierAEByteTokenizer
-    from hier_ae.batching import DocumentCropper
+    from hier_ae.data.batching import DocumentCropper
 
     cfgs = matched_configs(args)
     hier_cfg = cfgs["hier_ae"]
@@ -356,7 +356,7 @@ def phase_score(args, model: str, dataset: str) -> dict:
     import torch
 
     from bench.scoring import score_text
-    from hier_ae.evaluation import codebook_usage, reconstruction_report
+    from hier_ae.evaluation.reports import codebook_usage, reconstruction_report
 
     lm = load_trained(model, job_dir(args, model, dataset) / "model")
     context = read_json(job_dir(args, model, dataset) / "train.json")["seq_len"]

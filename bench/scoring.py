@@ -1,7 +1,7 @@
 """One sliding-window scorer for every model: each validation byte is scored exactly once.
 
 The validation text is one document, `f = [<s>] + bytes` (n bytes, n + 1 ids). Windows come from
-`hier_ae.evaluation.rolling_windows(n, L, L // 2)`: context = the training length L, stride L / 2.
+`hier_ae.evaluation.reports.rolling_windows(n, L, L // 2)`: context = the training length L, stride L / 2.
 A window feeds `f[lo:b]` and scores the targets `f[a + 1 : b + 1]`, the bytes the previous window
 did not score, each with at least L / 2 bytes of context (the first window scores all of its own).
 
@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from hier_ae.batching import frame_document
-from hier_ae.evaluation import rolling_windows
+from hier_ae.data.batching import frame_document
+from hier_ae.evaluation.reports import rolling_windows
 
 
 def plan_windows(n: int, context: int) -> list[tuple[int, int, int]]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hier_ae import HierAEConfig, HierAEModel
-from hier_ae.stages import Stage, train_stage
+from hier_ae.training.stages import Stage, train_stage
 
 UNPLANNED = 10**9  # steps before the first re-plan
 

@@ -12,13 +12,13 @@ Documents stream in lazily, one shard (`--shard-size` documents) in memory at a 
 documents [k * N, (k + 1) * N) in corpus order and process r of W encodes the shards k = r mod W.
 
 Writes OUT/shard-00000.parquet, ... (one row per document: id, key, part, last_part, num_bytes,
-codes_<l> and lengths_<l> per level; see `hier_ae.code_shards`) and OUT/manifest.json (model
+codes_<l> and lengths_<l> per level; see `hier_ae.codes.shards`) and OUT/manifest.json (model
 config and weights hashes, data options, per-shard counts, bytes, code bits per byte), last. Each
 shard is written under a temporary name and renamed, so a rerun (after a crash or a kill) skips
 the finished shards and ends with exactly the output of an uninterrupted run. `--verify` then
 decodes every shard from its top-level codes and writes OUT/verify.json (exact-match rate).
 
-Load the shards with `datasets.load_dataset("parquet", data_files=hier_ae.code_shards.shard_files(OUT))`;
+Load the shards with `datasets.load_dataset("parquet", data_files=hier_ae.codes.shards.shard_files(OUT))`;
 train a top LM on them with train.py's `data.code_shards: OUT`.
 """
 
@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from hier_ae.cli import run
-from hier_ae.code_shards import (
+from hier_ae.codes.shards import (
     MANIFEST,
     atomic_write_text,
     build_manifest,
@@ -52,7 +52,7 @@ from hier_ae.code_shards import (
     shard_stats,
     write_shard,
 )
-from hier_ae.data import SPLITS, iter_documents
+from hier_ae.data.sources import SPLITS, iter_documents
 
 DATA_DEFAULTS = {
     "source": "default",
@@ -131,7 +131,7 @@ def verify_shards(model, out: Path, docs, shard_size, max_ids, rank, world, batc
     """
     import pyarrow.parquet as pq
 
-    from hier_ae.batching import EOS, pad_rows
+    from hier_ae.data.batching import EOS, pad_rows
 
     top = f"codes_{model.num_levels - 1}"
     (out / "verify").mkdir(exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from hier_ae.cli import run
-from hier_ae.evaluation import (
+from hier_ae.evaluation.reports import (
     bits_per_byte,
     codebook_usage,
     predict_loglikelihoods,

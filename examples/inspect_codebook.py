@@ -16,7 +16,7 @@ The first `--max-documents` documents are encoded (`<s>` + bytes + `</s>`, chunk
     codebook.json    every figure above, for scripts
 
 A code's byte strings are the bytes its segments covered: at level 0 the segment's bytes, above
-that the union of the bytes under its children (`hier_ae.code_shards.segment_spans`); `<s>` and
+that the union of the bytes under its children (`hier_ae.codes.shards.segment_spans`); `<s>` and
 `</s>` show where a segment held the document's framing.
 """
 
@@ -34,8 +34,8 @@ import torch
 from encode_dataset import add_data_options, data_config
 
 from hier_ae.cli import run
-from hier_ae.code_shards import encode_rows, frame_chunks, load_model, segment_spans
-from hier_ae.data import iter_documents
+from hier_ae.codes.shards import encode_rows, frame_chunks, load_model, segment_spans
+from hier_ae.data.sources import iter_documents
 
 SPECIAL = {0: "<pad>", 1: "</s>", 2: "<s>"}
 

@@ -42,8 +42,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel
-from hier_ae.batching import DocumentCropper, frame_document, pad_rows
-from hier_ae.checkpointing import (
+from hier_ae.cli import run
+from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.data.sources import Documents, load_documents
+from hier_ae.evaluation.reports import reconstruction_report
+from hier_ae.training.checkpointing import (
     check_finite_state,
     latest_checkpoint,
     load_model_strict,
@@ -51,11 +54,8 @@ from hier_ae.checkpointing import (
     read_progress,
     save_checkpoint,
 )
-from hier_ae.cli import run
-from hier_ae.data import Documents, load_documents
-from hier_ae.evaluation import reconstruction_report
-from hier_ae.run_config import check_run_config
-from hier_ae.stages import Stage, prepare_stage, stage_metrics, train_stage
+from hier_ae.training.run_config import check_run_config
+from hier_ae.training.stages import Stage, prepare_stage, stage_metrics, train_stage
 
 # ---- config --------------------------------------------------------------------------------------
 SHORTHANDS = {  # flag -> config key
@@ -210,7 +210,7 @@ def hardware(accelerator) -> str:
 def model_for_code_shards(shards: str, code_level: int | None):
     """The model that made the code shards (its folder from the manifest, weights hash checked) and
     the level the training batches start at (`forward(start_level=...)`): code_level + 1."""
-    from hier_ae.code_shards import check_model_folder, model_fingerprint, read_manifest
+    from hier_ae.codes.shards import check_model_folder, model_fingerprint, read_manifest
 
     manifest = read_manifest(shards)
     folder = check_model_folder(manifest["model"]["path"])
@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
     p_start = float(data_cfg.get("p_doc_start", 0.5))
     train_rows, val_rows = train_docs, val_docs
     if shards:
-        from hier_ae.code_shards import code_rows, code_rows_from_documents
+        from hier_ae.codes.shards import code_rows, code_rows_from_documents
 
         train_rows, _ = code_rows(shards, start_level - 1)
         val_rows = code_rows_from_documents(model, val_docs, start_level - 1)
@@ -440,7 +440,7 @@ def main(argv=None) -> dict:
 def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, accelerator, args) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
-    from hier_ae.model_card import render_model_card
+    from hier_ae.publishing.model_card import render_model_card
 
     model.eval()
     model.save_pretrained(final)
@@ -485,7 +485,7 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     print(f"training: {train_seconds / 60:.1f} min on {hardware(accelerator)}")
     print(f"metrics: {out_dir / 'metrics.json'}")
     if args.push_to_hub:
-        from hier_ae.hub import push_folder
+        from hier_ae.publishing.hub import push_folder
 
         info = push_folder(final, args.push_to_hub, private=args.hub_private)
         print(f"pushed to the Hub: {args.push_to_hub} ({getattr(info, 'commit_url', info)})")

@@ -16,11 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from grammar import sentences  # noqa: E402
+from helpers.grammar import sentences  # noqa: E402
 
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEForCausalLM, HierAEModel  # noqa: E402
-from hier_ae.batching import DocumentCropper  # noqa: E402
-from hier_ae.stages import Stage, train_stage  # noqa: E402
+from hier_ae.data.batching import DocumentCropper  # noqa: E402
+from hier_ae.training.stages import Stage, train_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,15 +105,23 @@ def _save(model: HierAEModel, folder: Path) -> None:
     HierAEByteTokenizer().save_pretrained(folder)
 
 
+# what training a fixture runs besides the model's own code (the top-level modules)
+FIXTURE_TRAINING_FILES = ("training/stages.py", "training/nonfinite.py", "data/batching.py")
+
+
 def _fixture_key(name: str, stages: list[Stage]) -> str:
-    """Everything a trained fixture depends on: the package source, this file, the grammar, the
-    stages, and the torch / transformers versions and thread count (float reductions follow them)."""
+    """Everything a trained fixture depends on: the model's code (the top level of the package,
+    which is what ships with a model), the training loop and batching, this file, the grammar, the
+    stages, and the torch / transformers versions and thread count (float reductions follow them).
+    Editing evaluation, publishing or data-loading code keeps the cached fixtures."""
     import transformers
 
     h = hashlib.sha256()
     here = Path(__file__).parent
-    for p in [*sorted((REPO / "src" / "hier_ae").glob("*.py")), here / "conftest.py", here / "grammar.py"]:
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    pkg = REPO / "src" / "hier_ae"
+    files = [*sorted(pkg.glob("*.py")), *(pkg / f for f in FIXTURE_TRAINING_FILES)]
+    for p in [*files, here / "conftest.py", here / "helpers" / "grammar.py"]:
+        h.update(p.relative_to(REPO).as_posix().encode() + b"\0" + p.read_bytes())
     h.update(
         f"{name}|{stages}|{torch.__version__}|{transformers.__version__}|{torch.get_num_threads()}".encode()
     )

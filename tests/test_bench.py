@@ -18,7 +18,7 @@ from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matc
 from bench.scoring import coverage, plan_windows, score_text  # noqa: E402
 from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget  # noqa: E402
 from hier_ae import HierAEConfig, HierAEModel  # noqa: E402
-from hier_ae.stages import Stage  # noqa: E402
+from hier_ae.training.stages import Stage  # noqa: E402
 
 TINY = {
     "max_position_embeddings": 64,

@@ -12,7 +12,7 @@ from helpers.ties import chooser_logits, compare_greedy
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStreamer, pipeline
 
 from hier_ae import HierAEConfig, HierAEForCausalLM, HierAEModel
-from hier_ae.batching import frame_document, pad_rows
+from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.modeling_hier_ae import HierAEModel as _Model
 
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SUBPROCESS_ENV
-from grammar import sentences
+from helpers.grammar import sentences
 from helpers.ties import MARGIN, NearTieWarning, code_gap, encode_with_pooled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def reference(trained_1level, corpus, tmp_path_factory):
 def test_shards_manifest_and_load_dataset(reference, trained_1level, corpus):
     import datasets
 
-    from hier_ae.code_shards import code_rows, model_fingerprint, segment_spans, shard_files
+    from hier_ae.codes.shards import code_rows, model_fingerprint, segment_spans, shard_files
 
     out, manifest = reference
     model, folder = trained_1level
@@ -132,7 +132,7 @@ def test_shards_manifest_and_load_dataset(reference, trained_1level, corpus):
     assert [r["id"] for r in rows if r["part"] == 0] == list(range(122))
     # the codes are what encode gives for each row; the lengths cover the row's ids
     row = next(r for r in rows if r["id"] == 5 and r["part"] == 1)
-    from hier_ae.batching import frame_document
+    from hier_ae.data.batching import frame_document
 
     ids = frame_document(docs[5])[128:256]
     assert sum(row["lengths_0"]) == len(ids)
@@ -272,8 +272,8 @@ def test_bad_inputs_raise_and_overwrite_nothing(reference, trained_1level, corpu
 
 def test_forward_from_stored_codes_equals_encoding_bytes(reference, trained_1level, corpus):
     """The top-LM loss of code rows (start_level) equals the one of the same documents' bytes."""
-    from hier_ae.batching import frame_document, pad_rows
-    from hier_ae.code_shards import code_rows, code_rows_from_documents, shard_files
+    from hier_ae.codes.shards import code_rows, code_rows_from_documents, shard_files
+    from hier_ae.data.batching import frame_document, pad_rows
 
     out, _ = reference
     model, _ = trained_1level
@@ -331,7 +331,7 @@ def test_train_top_lm_on_code_shards(reference, trained_1level, corpus, tmp_path
 
 
 def test_index_arithmetic_of_the_docstrings():
-    from hier_ae.code_shards import (
+    from hier_ae.codes.shards import (
         frame_chunks,
         frame_codes,
         length_batches,
@@ -357,7 +357,7 @@ def test_index_arithmetic_of_the_docstrings():
 
 def test_documents_stream_lazily(tmp_path, monkeypatch):
     """iter_documents reads a folder one file at a time (nothing is collected up front)."""
-    from hier_ae.data import iter_documents
+    from hier_ae.data.sources import iter_documents
 
     for i in range(50):
         (tmp_path / f"{i:02d}.txt").write_text(f"document {i}")

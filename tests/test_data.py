@@ -1,4 +1,4 @@
-"""Hub datasets through `hier_ae.data`, with the Hub mocked (tests run offline).
+"""Hub datasets through `hier_ae.data.sources`, with the Hub mocked (tests run offline).
 
 `datasets.get_dataset_split_names` and `datasets.load_dataset` are replaced by in-memory datasets,
 map-style or streaming (`IterableDataset`), so the code path a user with network access takes runs
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from hier_ae.data import iter_documents, load_documents
+from hier_ae.data.sources import iter_documents, load_documents
 
 
 def fake_hub(monkeypatch, splits: dict[str, list[dict]]):

@@ -16,7 +16,7 @@ from conftest import tiny_level
 from helpers.ties import LOGIT_MARGIN, MARGIN, NearTieWarning, compare_boundaries, top2_gap
 
 from hier_ae import HierAEConfig, HierAEModel
-from hier_ae.batching import frame_document, pad_rows
+from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.level import entropy_bits, fp32_region
 from hier_ae.modeling_hier_ae import compact_codes
 from hier_ae.transformer import positions_from_mask

@@ -25,8 +25,8 @@ from conftest import tiny_config
 from helpers.ties import NearTieWarning, compare_row, encode_with_pooled
 
 from hier_ae import HierAEModel
-from hier_ae.batching import DocumentCropper, frame_document, pad_rows
-from hier_ae.stages import Stage, train_stage
+from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.training.stages import Stage, train_stage
 
 
 # ---- training -----------------------------------------------------------------------------------

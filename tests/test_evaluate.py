@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TOP, tiny_config, tiny_level
-from grammar import sentences
+from helpers.grammar import sentences
 
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEForCausalLM, HierAEModel
-from hier_ae.evaluation import bits_per_byte, predict_loglikelihoods, segmentation
+from hier_ae.evaluation.reports import bits_per_byte, predict_loglikelihoods, segmentation
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICTION = "prediction (causal LM)"

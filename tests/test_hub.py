@@ -9,13 +9,13 @@ from unittest import mock
 from conftest import tiny_config
 
 from hier_ae import HierAEByteTokenizer, HierAEModel
-from hier_ae.model_card import render_model_card
+from hier_ae.publishing.model_card import render_model_card
 
 
 def test_model_card_and_push_to_hub_mocked(tmp_path):
     from huggingface_hub import HfApi, ModelCard
 
-    from hier_ae.hub import push_folder
+    from hier_ae.publishing.hub import push_folder
 
     folder = tmp_path / "model"
     model = HierAEModel(tiny_config(1))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import _save, tiny_config
-from grammar import sentences
+from helpers.grammar import sentences
 
 from hier_ae import HierAEModel
 from hier_ae.modeling_hier_ae import compact_codes
@@ -26,7 +26,7 @@ def write_jsonl(path: Path, docs: list[str]) -> Path:
 def test_inspect_codebook_on_trained_model(trained_1level, tmp_path):
     import inspect_codebook
 
-    from hier_ae.evaluation import codebook_usage
+    from hier_ae.evaluation.reports import codebook_usage
 
     model, folder = trained_1level
     docs = sentences(60, seed=11)

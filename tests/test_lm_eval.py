@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from hier_ae.evaluation import bits_per_byte, predict_loglikelihoods, rolling_windows
+from hier_ae.evaluation.reports import bits_per_byte, predict_loglikelihoods, rolling_windows
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "examples" / "lm_eval_tasks"

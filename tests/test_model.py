@@ -14,13 +14,13 @@ import warnings
 import pytest
 import torch
 from conftest import REPO, TINY_TOP, tiny_config, tiny_level
-from grammar import sentences
+from helpers.grammar import sentences
 from helpers.ties import NearTieWarning, compare_encodings, encode_with_pooled
 
 from hier_ae import HierAEConfig, HierAEModel
-from hier_ae.batching import DocumentCropper, frame_document, pad_rows
-from hier_ae.evaluation import reconstruction_report
-from hier_ae.stages import Stage, train_stage
+from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.evaluation.reports import reconstruction_report
+from hier_ae.training.stages import Stage, train_stage
 
 
 def doc_batch(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

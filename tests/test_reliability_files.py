@@ -128,7 +128,7 @@ def test_training_state_folder_is_not_a_model_folder(tmp_path):
     from accelerate import Accelerator
 
     from hier_ae import HierAEModel
-    from hier_ae.checkpointing import save_checkpoint
+    from hier_ae.training.checkpointing import save_checkpoint
 
     acc = Accelerator(cpu=True)
     model = acc.prepare(HierAEModel(tiny_config(1)))

@@ -35,10 +35,10 @@ import torch
 from conftest import REPO, tiny_config
 
 from hier_ae import HierAEModel
-from hier_ae.batching import DocumentCropper
-from hier_ae.checkpointing import latest_checkpoint, read_progress, save_checkpoint
-from hier_ae.data import Documents, as_document, load_documents
-from hier_ae.stages import Stage, train_stage
+from hier_ae.data.batching import DocumentCropper
+from hier_ae.data.sources import Documents, as_document, load_documents
+from hier_ae.training.checkpointing import latest_checkpoint, read_progress, save_checkpoint
+from hier_ae.training.stages import Stage, train_stage
 
 LINES = [f"line {i}: the cat sat on the mat number {i}." for i in range(60)]
 
@@ -62,7 +62,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines))
     cfg = {"source": str(path), "val_fraction": 0.0, "cache_dir": str(tmp_path / "cache")}
-    with caplog.at_level(logging.WARNING, logger="hier_ae.data"):
+    with caplog.at_level(logging.WARNING, logger="hier_ae.data.sources"):
         docs = load_documents(cfg, "train", show_progress=False)
     assert isinstance(docs, Documents)
     assert list(docs) == [t.encode() for t in LINES[:20]]
@@ -255,7 +255,7 @@ def test_disk_full_while_writing_keeps_previous(acc_and_first, monkeypatch):
 
 def test_permission_denied_while_writing_keeps_previous(acc_and_first, monkeypatch):
     acc, _, root, first, before = acc_and_first
-    import hier_ae.checkpointing as ckpt
+    import hier_ae.training.checkpointing as ckpt
 
     def denied(*a, **kw):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -316,7 +316,7 @@ def test_ddp_skip_is_collective(tmp_path):
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "29519",
-        str(REPO / "tests" / "nonfinite_ddp_probe.py"),
+        str(REPO / "tests" / "helpers" / "nonfinite_ddp_probe.py"),
     ]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -25,7 +25,7 @@ import yaml
 from conftest import REPO, SUBPROCESS_ENV
 
 from hier_ae.cli import run
-from hier_ae.run_config import check_run_config
+from hier_ae.training.run_config import check_run_config
 
 GOOD = {"model": {"levels": [{}]}, "data": {"batch_size": 4}, "training": {"stages": [{"kind": "top_lm"}]}}
 

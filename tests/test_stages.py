@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hier_ae.batching import DocumentCropper, frame_document, pad_rows
-from hier_ae.stages import Stage, default_stages, prepare_stage, train_stage
+from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
+from hier_ae.training.stages import Stage, default_stages, prepare_stage, train_stage
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

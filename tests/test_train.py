@@ -143,7 +143,8 @@ def test_two_processes_ddp(tmp_path):
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "29517",
-        str(REPO / "tests" / "train_ddp_probe.py"), "--config", str(config), "--output-dir", str(out),
+        str(REPO / "tests" / "helpers" / "train_ddp_probe.py"),
+        "--config", str(config), "--output-dir", str(out),
     ]  # fmt: skip
     env = {**ENV, "ACCELERATE_USE_CPU": "1"}
     proc = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -176,7 +177,7 @@ def test_cli_overrides_and_local_data(tmp_path):
     sys.path.insert(0, str(REPO / "examples"))
     import train
 
-    from hier_ae.data import load_documents
+    from hier_ae.data.sources import load_documents
 
     config = mini_config(tmp_path, AE_STAGES)
     args = train.parse_args(

@@ -13,8 +13,8 @@ import torch
 from conftest import tiny_config
 
 from hier_ae import HierAEForCausalLM, HierAEModel
-from hier_ae.batching import DocumentCropper
-from hier_ae.stages import Stage, train_stage
+from hier_ae.data.batching import DocumentCropper
+from hier_ae.training.stages import Stage, train_stage
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +37,7 @@ def trained(grammar_data):
 
 
 def _batch(lines):
-    from hier_ae.batching import frame_document, pad_rows
+    from hier_ae.data.batching import frame_document, pad_rows
 
     return pad_rows([frame_document(s.encode()) for s in lines])
 

@@ -28,7 +28,7 @@ DATA = HERE / "data"
 
 # the test suite's grammar is the single source of the vocabulary
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
-from grammar import OBJECTS, PLACES, SUBJECTS, VERBS  # noqa: E402
+from helpers.grammar import OBJECTS, PLACES, SUBJECTS, VERBS  # noqa: E402
 
 # places whose last word is the only one the grammar allows after the words before it
 # ("in the" -> park or rain, and "at" -> noon or "the station", are ambiguous, so they are left out)

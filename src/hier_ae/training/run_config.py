@@ -23,7 +23,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
-from .configuration_hier_ae import HierAEConfig
+from ..configuration_hier_ae import HierAEConfig
 from .nonfinite import NONFINITE_POLICIES
 from .stages import STAGE_KINDS, Stage
 

@@ -23,7 +23,7 @@ not a str or bytes (None, a number, a dict), a str that cannot be UTF-8 encoded 
 a document shorter than `data.min_document_bytes` (default 1: empty ones), a `.jsonl` line that is
 not valid JSON or not an object, or an object without `text_field`. `load_documents` returns a
 `Documents` list whose `skipped` maps each reason to its count; the count is shown on the progress
-bar, logged (`logging`, logger `hier_ae.data`) and printed by `examples/train.py`. `.jsonl` files are
+bar, logged (`logging`, logger `hier_ae.data.sources`) and printed by `examples/train.py`. `.jsonl` files are
 read line by line for this reason: `datasets`' JSON loader fails the whole load on one bad line.
 
 Not part of the model's remote-code closure (training-side code).

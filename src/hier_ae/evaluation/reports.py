@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .batching import EOS, frame_document, pad_rows
+from ..data.batching import EOS, frame_document, pad_rows
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_card_template.md"
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"  # package data
 
 
 def _architecture(config) -> str:

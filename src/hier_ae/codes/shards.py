@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .batching import frame_document, pad_rows
+from ..data.batching import frame_document, pad_rows
 
 MANIFEST = "manifest.json"
 FORMAT = "hier_ae-code-shards/1"

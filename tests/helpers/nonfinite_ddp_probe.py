@@ -13,13 +13,13 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
 
 from conftest import tiny_config  # noqa: E402
 
 from hier_ae import HierAEModel  # noqa: E402
-from hier_ae.batching import DocumentCropper  # noqa: E402
-from hier_ae.stages import Stage, train_stage  # noqa: E402
+from hier_ae.data.batching import DocumentCropper  # noqa: E402
+from hier_ae.training.stages import Stage, train_stage  # noqa: E402
 
 ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
 acc = Accelerator(kwargs_handlers=[ddp])
