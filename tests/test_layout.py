@@ -106,13 +106,18 @@ def test_model_card_template_ships_as_package_data(tmp_path):
 
 @pytest.mark.slow  # end to end: builds the wheel and installs it into a folder (about 15 s)
 def test_installed_wheel_renders_a_model_card(tmp_path):
-    """Build the wheel, install it (no source checkout on the path), render a card from it."""
+    """Build the wheel, install it (no source checkout on the path), render a card and load a metric."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "-q"]
     build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)]
     subprocess.run(build, check=True, cwd=tmp_path, capture_output=True, env=SUBPROCESS_ENV)
     (wheel,) = wheels.glob("hier_ae-*.whl")
-    assert "hier_ae/publishing/model_card_template.md" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hier_ae/publishing/model_card_template.md" in names
+    assert {
+        "hier_ae/metrics/reconstruction/reconstruction.py",
+        "hier_ae/metrics/bits_per_byte/bits_per_byte.py",
+    } <= set(names)
     subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True
     )
@@ -124,6 +129,9 @@ assert hier_ae.__file__.startswith({str(site)!r}), hier_ae.__file__
 cfg = hier_ae.HierAEConfig(levels=[{{"codebook_size": 16}}])
 render_model_card({str(folder)!r}, config=cfg, repo_id=None, training_data="t", stages=["s"],
                   train_seconds=1.0, hardware="cpu", metrics={{}})
+from hier_ae import metrics
+assert metrics.path("reconstruction").startswith({str(site)!r})
+print(metrics.load("reconstruction").compute(predictions=[b"ab"], references=[b"ab"])["exact_match"])
 """
     env = {**SUBPROCESS_ENV, "PYTHONPATH": str(site)}
     proc = subprocess.run(
@@ -131,3 +139,4 @@ render_model_card({str(folder)!r}, config=cfg, repo_id=None, training_data="t", 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trust_remote_code=True" in (folder / "README.md").read_text()
+    assert proc.stdout.strip().endswith("1.0"), proc.stdout  # a metric loads from the installed wheel
