@@ -42,4 +42,4 @@ clean:
 
 ## the benchmark against the peers (issue 10): under 2 hours on 2 cores; cached per model, resumes
 bench: venv
-	$(PY) bench/run.py
+	$(PY) -m bench.run

@@ -1,12 +1,16 @@
 """Decode speed: `HierAEModel.decode` on documents of ~256 B, 1 KB and 4 KB.
 
-    python bench/decode_speed.py --model PATH                 # a trained hier_ae folder
-    python bench/decode_speed.py --model PATH --sizes 256 1024 4096 --repeats 3
+    python -m bench.decode_speed --model PATH --text SENTENCES.txt       # a trained hier_ae folder
+    python -m bench.decode_speed --model PATH --text SENTENCES.txt --sizes 256 1024 4096 --repeats 3
 
-Each document is grammar sentences (tests/grammar.py) joined by spaces up to the size, framed as
-`<s>` + bytes + `</s>`. It is encoded once; the median wall time of `--repeats` decodes of its top
-codes is printed with bytes/s and whether the round trip is exact (one thread by default, so runs
-on a shared machine compare).
+Each document is the sentences of `--text` (one per line, in order) joined by spaces up to the size,
+framed as `<s>` + bytes + `</s>`: use text like the model's training text. It is encoded once; the
+median wall time of `--repeats` decodes of its top codes is printed with bytes/s and whether the round
+trip is exact (one thread by default, so runs on a shared machine compare). The bench does not import
+the tests; the sentences it drew for the test fixtures (the grammar of tests/helpers/grammar.py) are
+
+    PYTHONPATH=tests python -c "from helpers.grammar import sentences
+    print(*sentences(10_000, seed=3), sep=chr(10))" > /tmp/grammar.txt
 
 The tiny test fixtures were trained on single sentences (64-byte crops) and end a long document with
 EOS after its first sentence or so. To time a full-length decode, the bench therefore suppresses the
@@ -18,39 +22,40 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the grammar of the test fixtures
-
-from helpers.grammar import sentences  # noqa: E402
-
-from hier_ae import HierAEModel  # noqa: E402
+from hier_ae import HierAEModel
 
 
-def document(n_bytes: int, seed: int = 3) -> torch.Tensor:
-    """`<s>` + about `n_bytes` bytes of grammar sentences + `</s>`, as ids (1, T)."""
+def document(sentences: list[str], n_bytes: int) -> torch.Tensor:
+    """`<s>` + the first sentences joined by spaces, at most `n_bytes` bytes, + `</s>`, as ids (1, T).
+
+    ["Ab.", "Cd."], n_bytes 6 -> "Ab." (adding " Cd." would make 7 bytes) -> [[2, 68, 101, 49, 1]].
+    """
     text = ""
-    for s in sentences(10_000, seed=seed):
+    for s in sentences:
         if len(text) + len(s) + 1 > n_bytes:
             break
         text = f"{text} {s}" if text else s
+    if not text:
+        raise ValueError(f"no sentence of the text fits in {n_bytes} bytes (its first: {sentences[:1]})")
     return torch.tensor([[2] + [b + 3 for b in text.encode()] + [1]])
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a trained hier_ae model folder")
+    ap.add_argument("--text", required=True, help="sentences, one per line, joined in order into documents")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--allow-eos", action="store_true", help="do not suppress the decoders' EOS logit")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    sentences = [ln.strip() for ln in Path(args.text).read_text().splitlines() if ln.strip()]
     model = HierAEModel.from_pretrained(args.model).eval()
     if not args.allow_eos:
         for level in model.levels:
@@ -62,7 +67,7 @@ def main() -> None:
 
             level.decoder.head.register_forward_hook(no_eos)
     for size in args.sizes:
-        ids = document(size)
+        ids = document(sentences, size)
         enc = model.encode(ids)
         times = []
         for _ in range(args.repeats):

@@ -1,7 +1,7 @@
 """Generation speed: hier_ae's streaming cache against a byte-level Llama with its KV cache.
 
-    python bench/generation.py --model runs/tiny/model            # a trained hier_ae folder
-    python bench/generation.py --model runs/tiny/model --prompts 64 1024 8192 --new 256 --repeats 3
+    python -m bench.generation --model runs/tiny/model            # a trained hier_ae folder
+    python -m bench.generation --model runs/tiny/model --prompts 64 1024 8192 --new 256 --repeats 3
 
 For each prompt length (bytes), both models greedily generate `--new` bytes (`min_new_tokens` forces
 the full length) and the median wall time of `--repeats` runs gives bytes/s. The Llama peer has
@@ -28,7 +28,6 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # `bench.*` when run as a script
 
 
 def prompt_text(n_bytes: int) -> torch.Tensor:
@@ -162,7 +161,7 @@ def main(argv=None):
     lines = [
         f"\n## Generation speed ({datetime.date.today().isoformat()})\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} threads, no GPU. Command: `python bench/generation.py {' '.join(sys.argv[1:])}`\n",
+        f"{args.threads} threads, no GPU. Command: `python -m bench.generation {' '.join(sys.argv[1:])}`\n",
         f"hier_ae `{args.model}` ({n_hier:,} parameters and codebooks) against an untrained byte-level "
         f"`LlamaForCausalLM` ({n_llama:,} parameters) with its KV cache; greedy, {args.new} new bytes, "
         f"median of {args.repeats}. Cached output equals uncached: {checks}.\n",

@@ -1,7 +1,7 @@
 """Reconstruction benchmark: how well a saved hier_ae model's codes give back held-out text (issue 21).
 
-    python bench/recon.py --model runs/tiny/model --out /tmp/recon/results.json --markdown /tmp/recon/r.md
-    python bench/recon.py --model runs/tiny/model --text default ../shared/data/code/val.txt --lines 256
+    python -m bench.recon --model runs/tiny/model --out /tmp/recon/results.json --markdown /tmp/recon/r.md
+    python -m bench.recon --model runs/tiny/model --text default ../shared/data/code/val.txt --lines 256
 
 `--text` takes val files (default: every `/work/shared/data/*/val.txt`) and the word `default`: the
 validation split of the built-in corpus (standard-library sources, `val_fraction` 0.05, the split
@@ -46,17 +46,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))  # `bench.*` when run as a script
-
-from bench.compressors import compressor_table  # noqa: E402
-from hier_ae import metrics  # noqa: E402
-from hier_ae.data.batching import EOS, frame_document, pad_rows  # noqa: E402
-from hier_ae.data.corpus import default_corpus  # noqa: E402
-from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods  # noqa: E402
-from hier_ae.segmentation import frame_upper_stream, shift_in_begin  # noqa: E402
-from hier_ae.transformer import positions_from_mask  # noqa: E402
+from bench.compressors import compressor_table
+from hier_ae import metrics
+from hier_ae.data.batching import EOS, frame_document, pad_rows
+from hier_ae.data.corpus import default_corpus
+from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
+from hier_ae.segmentation import frame_upper_stream, shift_in_begin
+from hier_ae.transformer import positions_from_mask
 
 DATA_ROOT = Path("/work/shared/data")
 DEFAULT_VAL_FRACTION = 0.05  # the shipped configs' data.val_fraction
@@ -518,7 +514,7 @@ def main(argv=None) -> dict:
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
         f"{torch.get_num_threads()} torch threads, {args.device}",
-        "command": "python bench/recon.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.recon " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model,
         "levels": model.num_levels,
         "parameters": sum(p.numel() for p in model.parameters()),

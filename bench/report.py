@@ -61,7 +61,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
     models = sorted({m for m, _ in tr}, key=("hier_ae", "llama", "blt").index)
     primary = datasets[0]
     pval = next(iter(compress[primary]))
-    cmd = "python bench/run.py" + ("" if not argv else " " + " ".join(argv))
+    cmd = "python -m bench.run" + ("" if not argv else " " + " ".join(argv))
     phase_total = sum(
         r.get("phase_seconds", 0.0) for group in (tr, sc, scal) for r in group.values() if r
     ) + sum(r.get("phase_seconds", 0.0) for r in gen.values() if r)
@@ -76,7 +76,7 @@ def render(args, argv, cfgs, counts, results, compress, datasets, machine, secon
         f"Machine: {machine}; {args.threads} torch threads, no GPU.",
         "",
         f"Command: `{cmd}` (from the repository root; data: `{args.data_root}`). Each phase ran in its "
-        "own process, `python bench/run.py ... --worker PHASE MODEL DATA`; phases add up to "
+        "own process, `python -m bench.run ... --worker PHASE MODEL DATA`; phases add up to "
         f"{phase_total / 60:.1f} min (this invocation: {seconds / 60:.1f} min; cached phases are reused).",
         "",
         "### Models (matched parameter counts; every module counts)",
@@ -453,7 +453,7 @@ def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -
     return [
         "### Run time per part (minutes, from the cached phases; the plan's estimate beside them)",
         "",
-        "The estimate is what `bench/run.py` prints at start: the training budgets plus the rest from the "
-        "`EST_*` rates in `bench/run.py`. Measured minutes come from the phases' own clocks.",
+        "The estimate is what `python -m bench.run` prints at start: the training budgets plus the rest "
+        "from the `EST_*` rates in `bench/run.py`. Measured minutes come from the phases' own clocks.",
         "",
     ] + table(["part", *NAMES.values(), "all models", "estimated"], rows)

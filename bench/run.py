@@ -1,9 +1,9 @@
 """hier_ae side by side with its peers, in one run: how good, how fast, how big (issue #10).
 
-    python bench/run.py                                   # the full run (under 2 hours on 2 cores)
-    python bench/run.py --only hier_ae --only llama       # some models (the others' cached results are kept)
-    python bench/run.py --budget-minutes 0.3 --second-budget-minutes 0.2 --quick --out /tmp/smoke.md
-    python bench/run.py --max-val-bytes 65536 --recon-lines 500     # capped scores (kept apart in the cache)
+    python -m bench.run                                   # the full run (under 2 hours on 2 cores)
+    python -m bench.run --only hier_ae --only llama       # some models (the others' cached results are kept)
+    python -m bench.run --budget-minutes 0.3 --second-budget-minutes 0.2 --quick --out /tmp/smoke.md
+    python -m bench.run --max-val-bytes 65536 --recon-lines 500     # capped scores (kept apart in the cache)
 
 Models, all byte-level with the same byte ids (vocab 259) and matched parameter counts (every
 module counts; the counts are printed): hier_ae (`configs/small.yaml`), a `LlamaForCausalLM`
@@ -40,7 +40,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))  # `bench.*` when run as a script
 
 MODELS = ("hier_ae", "llama", "blt")
 DATASETS = {
@@ -544,7 +543,7 @@ def run_phase(argv: list[str], phase: str, model: str, key: str, path: Path) -> 
         return read_json(path)
     print(f"[{phase} {model} {key}] running", flush=True)
     t0 = time.perf_counter()
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", phase, model, key]
+    cmd = [sys.executable, "-m", "bench.run", *argv, "--worker", phase, model, key]  # same cwd
     subprocess.run(cmd, check=True)
     print(f"[{phase} {model} {key}] done in {time.perf_counter() - t0:.0f}s", flush=True)
     return read_json(path)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BltForCausalLM, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import run  # noqa: E402
-from bench.compressors import compressed_bits_per_byte, compressor_table  # noqa: E402
-from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matched  # noqa: E402
-from bench.scoring import coverage, plan_windows, score_text  # noqa: E402
-from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget  # noqa: E402
-from hier_ae import HierAEConfig, HierAEModel  # noqa: E402
-from hier_ae.training.stages import Stage  # noqa: E402
+from bench import run
+from bench.compressors import compressed_bits_per_byte, compressor_table
+from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matched
+from bench.scoring import coverage, plan_windows, score_text
+from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget
+from hier_ae import HierAEConfig, HierAEModel
+from hier_ae.training.stages import Stage
 
 TINY = {
     "max_position_embeddings": 64,
@@ -216,3 +213,26 @@ def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
     assert run.score_name(capped) == "score-val4096-rec100.json"
     quick = run.parse_args(["--quick", "--max-val-bytes", "1000"])
     assert quick.max_val_bytes == 1000 and quick.recon_lines == 16  # explicit flags win over --quick
+
+
+def test_bench_is_a_package_that_does_not_reach_into_tests():
+    """`python -m bench.X` from the repository root: no sys.path edits, no imports of tests/."""
+    import ast
+
+    from bench.decode_speed import document
+
+    for path in Path(run.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path":
+                assert not (isinstance(node.value, ast.Name) and node.value.id == "sys"), path
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                )
+                assert not any(n.split(".")[0] in ("tests", "helpers", "conftest") for n in names), path
+    # the first sentences that fit, joined by spaces, framed <s> ... </s>: "Ab." = ids 68, 101, 49
+    assert document(["Ab.", "Cd."], 6).tolist() == [[2, 68, 101, 49, 1]]
+    assert document(["Ab.", "Cd."], 7).tolist() == [[2, 68, 101, 49, 35, 70, 103, 49, 1]]
+    with pytest.raises(ValueError, match="fits in 2 bytes"):
+        document(["Ab."], 2)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("evaluate")
 
-from conftest import REPO, _save, tiny_config  # noqa: E402
+from conftest import _save, tiny_config
 
-sys.path.insert(0, str(REPO))
-from bench import recon  # noqa: E402
-from hier_ae import HierAEModel  # noqa: E402
-from hier_ae.data.batching import frame_document, pad_rows  # noqa: E402
+from bench import recon
+from hier_ae import HierAEModel
+from hier_ae.data.batching import frame_document, pad_rows
 
 TEXT = (
     b"The quick brown fox jumps over the lazy dog, again and again.\n"
