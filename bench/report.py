@@ -454,6 +454,6 @@ def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -
         "### Run time per part (minutes, from the cached phases; the plan's estimate beside them)",
         "",
         "The estimate is what `python -m bench.run` prints at start: the training budgets plus the rest "
-        "from the `EST_*` rates in `bench/run.py`. Measured minutes come from the phases' own clocks.",
+        "from the `EST_*` rates in `bench/plan.py`. Measured minutes come from the phases' own clocks.",
         "",
     ] + table(["part", *NAMES.values(), "all models", "estimated"], rows)

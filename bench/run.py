@@ -24,49 +24,35 @@ result as JSON under `--cache-dir`, keyed by model, data and budget; trained mod
 there too. A rerun skips what is finished, so an interrupted run resumes. The report goes to `--out`.
 At start it prints the plan: the training budgets plus an estimate of the rest (`estimate_minutes`);
 the report sets the measured minutes of every part beside that estimate.
+
+The pieces: bench/plan.py (models, data, budgets, cache paths, the job plan and its estimate),
+bench/phases.py (what each worker process runs), this file (the arguments and the orchestration),
+bench/report.py (the markdown).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.plan import (
+    MODELS,
+    PRIMARY,
+    Job,
+    estimate_minutes,
+    jobs,
+    matched_configs,
+    read_json,
+    val_texts,
+)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-MODELS = ("hier_ae", "llama", "blt")
-DATASETS = {
-    "shakespeare": {
-        "train": ["tinyshakespeare/train.txt"],
-        "val": {"tinyshakespeare": "tinyshakespeare/val.txt"},
-    },
-    "code+multilingual": {
-        "train": ["code/train.txt", "multilingual/train.txt"],
-        "val": {"code": "code/val.txt", "multilingual": "multilingual/val.txt"},
-    },
-}
-PRIMARY = "shakespeare"
-SECOND_RECON_LINES = 1000  # reconstruction lines per second-table val set (decoding is sequential)
-PEER_LR = 2e-3  # hier_ae's stages use 1e-3 to 3e-3
-BLT_MEAN_PATCH = 4.0  # hier_ae small's level-0 target_tokens_per_segment
-BLT_PATCHER_SHARE = 200 / 1200  # fallback: the share of hier_ae small's configured steps in entropy-0
-
-
-# Estimates of the parts other than training, for the plan printed at start: measured on the smoke
-# run's models (bench/notes.md) with 1 torch thread on a busy 2-core machine, so on the safe side for
-# 2 idle cores; the report sets each part's measured minutes beside them.
-EST_STARTUP_S = 4.0  # one phase process: import torch + transformers, load the model
-EST_SCORE_BYTES_PER_S = {"hier_ae": 3500.0, "llama": 6000.0, "blt": 9000.0}  # windows 256 / stride 128
-EST_RECON_LINES_PER_S = 40.0  # hier_ae decode, lines sorted by length, --recon-batch 128
-EST_GENERATE_S = {"hier_ae": 60.0, "llama": 45.0, "blt": 150.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
-EST_SCALING_S_PER_KB = {"hier_ae": (0.135, 0.019), "llama": (0.074, 0.046)}  # s = a x KB + b x KB^2
 
 
 # ---- arguments ---------------------------------------------------------------------------------
@@ -144,74 +130,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---- shared helpers ----------------------------------------------------------------------------
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    return yaml.safe_load(Path(path).read_text())
-
-
-def budget_of(args, dataset: str) -> float:
-    return args.budget_minutes if dataset == PRIMARY else args.second_budget_minutes
-
-
-def job_dir(args, model: str, dataset: str) -> Path:
-    tag = f"{model}-{dataset}-{budget_of(args, dataset):g}min" + ("-quick" if args.quick else "")
-    return Path(args.cache_dir) / tag
-
-
-def score_name(args) -> str:
-    """The score result's file: scores under explicit caps (--max-val-bytes, --recon-lines) are kept
-    apart from full ones (--quick has its own folders already)."""
-    caps = []
-    if not args.quick and args.max_val_bytes:
-        caps.append(f"val{args.max_val_bytes}")
-    if not args.quick and args.recon_lines:
-        caps.append(f"rec{args.recon_lines}")
-    return "-".join(["score", *caps]) + ".json"
-
-
-def scaling_path(args, model: str, size: int) -> Path:
-    tag = f"scaling-{args.budget_minutes:g}min" + ("-quick" if args.quick else "")
-    return Path(args.cache_dir) / tag / f"{model}-{size}.json"
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.rename(path)  # atomic: a killed phase leaves no half-written result
-
-
-def val_texts(args, dataset: str) -> dict[str, bytes]:
-    root = Path(args.data_root)
-    out = {}
-    for name, rel in DATASETS[dataset]["val"].items():
-        data = (root / rel).read_bytes()
-        out[name] = data[: args.max_val_bytes] if args.max_val_bytes else data
-    return out
-
-
-def val_lines(data: bytes, limit: int | None) -> list[bytes]:
-    """The non-empty lines of a val text, each to be encoded as its own document."""
-    lines = [ln for ln in data.split(b"\n") if ln.strip()]
-    return lines[:limit] if limit else lines
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def machine() -> str:
     import torch
     import transformers
@@ -230,329 +148,28 @@ def machine() -> str:
     )
 
 
-# ---- models ------------------------------------------------------------------------------------
-def matched_configs(args) -> dict:
-    """hier_ae's config and the peers' configs sized to its count; the counts of all three.
-
-    The search runs once; its result is cached beside the results, keyed by the config's text.
-    """
-    import hashlib
-
-    from transformers import BltConfig, LlamaConfig
-
-    from bench.peers import blt_matched, count_on_meta, llama_matched
-    from hier_ae import HierAEConfig, HierAEModel
-
-    text = Path(args.config).read_text()
-    cfg = load_yaml(args.config)
-    path = Path(args.cache_dir) / f"matched-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
-    found = read_json(path)
-    if found is None:
-        target = count_on_meta(lambda: HierAEModel(HierAEConfig(**cfg["model"])))
-        llama_cfg, n_llama = llama_matched(target)
-        blt_cfg, n_blt = blt_matched(target)
-        found = {
-            "llama": llama_cfg.to_dict(),
-            "blt": blt_cfg.to_dict(),
-            "counts": {"hier_ae": target, "llama": n_llama, "blt": n_blt},
-        }
-        write_json(path, found)
-    return {
-        "hier_ae": cfg,
-        "llama": LlamaConfig.from_dict(found["llama"]),
-        "blt": BltConfig.from_dict(found["blt"]),
-        "counts": found["counts"],
-    }
-
-
-def load_trained(model: str, folder: Path):
-    """A trained model folder as a causal LM (hier_ae through the Auto classes, as a user loads it)."""
-    from transformers import AutoModelForCausalLM, BltForCausalLM, LlamaForCausalLM
-
-    if model == "hier_ae":
-        m = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
-    elif model == "llama":
-        m = LlamaForCausalLM.from_pretrained(folder)
-    else:
-        m = BltForCausalLM.from_pretrained(folder)
-    return m.eval()
-
-
-def logits_fn(model: str, lm, zero_context: bool = False):
-    """ids (B, T) -> logits (B, T, V), row t predicting ids[t + 1]; no cache."""
-    if model == "hier_ae":
-        return lambda ids: lm(input_ids=ids, use_cache=False, zero_context=zero_context).logits
-    return lambda ids: lm(input_ids=ids, use_cache=False).logits
-
-
-def patcher_share(args, dataset: str) -> float:
-    """The share of the budget that BLT's entropy model trains for: the share hier_ae's level-0 entropy
-    stage took in its (cached) run on the same data, else that stage's share of the configured steps."""
-    done = read_json(job_dir(args, "hier_ae", dataset) / "train.json")
-    if done is None:
-        return BLT_PATCHER_SHARE
-    first = done["report"]["stages"][0]
-    return first["seconds"] / done["budget_s"]
-
-
-# ---- phases (each runs in a worker subprocess) --------------------------------------------------
-def phase_train(args, model: str, dataset: str) -> dict:
-    from bench.peers import build_blt, build_llama, config_label, count_parameters, describe
-    from bench.training import train_blt, train_hier_ae, train_llama
-    from hier_ae import HierAEByteTokenizer
-    from hier_ae.data.batching import DocumentCropper
-
-    cfgs = matched_configs(args)
-    hier_cfg = cfgs["hier_ae"]
-    seq_len, batch_size = int(hier_cfg["data"]["seq_len"]), int(hier_cfg["data"]["batch_size"])
-    docs = [(Path(args.data_root) / rel).read_bytes() for rel in DATASETS[dataset]["train"]]
-    # every model reads the same seeded crops; one file is one document, crops start anywhere
-    batches = DocumentCropper(docs, batch_size, seq_len, seed=0, p_doc_start=0.0)
-    budget_s = 60 * budget_of(args, dataset)
-    folder = job_dir(args, model, dataset) / "model"
-    rss0 = rss_mb()
-    if model == "hier_ae":
-        # the calibration reads its own stream, so the training batches stay the ones the peers read
-        calib = DocumentCropper(docs, batch_size, seq_len, seed=1, p_doc_start=0.0)
-        net, rep = train_hier_ae(
-            hier_cfg["model"], hier_cfg["training"]["stages"], batches, budget_s, calib_batches=calib
-        )
-        shape = f"hier_ae: {config_label(args.config)}"
-        n = count_parameters(net)
-        net.save_pretrained(folder)
-        HierAEByteTokenizer().save_pretrained(folder)
-    elif model == "llama":
-        net = build_llama(cfgs["llama"])
-        rep = train_llama(net, batches, budget_s, PEER_LR)
-        shape, n = describe(cfgs["llama"]), count_parameters(net)
-        net.save_pretrained(folder)
-    else:
-        net = build_blt(cfgs["blt"])
-        share = patcher_share(args, dataset)
-        rep = train_blt(net, batches, budget_s, PEER_LR, share, BLT_MEAN_PATCH)
-        rep["patcher_share"] = share
-        shape, n = describe(cfgs["blt"]), count_parameters(net)
-        net.save_pretrained(folder)
-    return {
-        "model": model,
-        "dataset": dataset,
-        "budget_s": budget_s,
-        "parameters": n,
-        "counts": cfgs["counts"],
-        "shape": shape,
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "train_seconds": rep["seconds"],
-        "train_bytes": rep["tokens"],
-        "train_bytes_per_s": rep["tokens"] / max(rep["seconds"], 1e-9),
-        "report": rep,
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_before_mb": rss0,
-    }
-
-
-def phase_score(args, model: str, dataset: str) -> dict:
-    import torch
-
-    from bench.scoring import score_text
-    from hier_ae.evaluation.reports import codebook_usage, reconstruction_report
-
-    lm = load_trained(model, job_dir(args, model, dataset) / "model")
-    context = read_json(job_dir(args, model, dataset) / "train.json")["seq_len"]
-    rss0 = rss_mb()
-    out = {"model": model, "dataset": dataset, "val": {}}
-    for name, data in val_texts(args, dataset).items():
-        res = {"predict": score_text(logits_fn(model, lm), data, context, args.score_batch)}
-        print(f"  [{model} {name}] {res['predict']['bits_per_byte']:.4f} bits/byte", flush=True)
-        if model == "hier_ae" and (dataset == PRIMARY or args.second_extras):
-            res["zero_context"] = score_text(
-                logits_fn(model, lm, zero_context=True), data, context, args.score_batch
-            )
-            limit = args.recon_lines or (None if dataset == PRIMARY else SECOND_RECON_LINES)
-            # every figure is a sum over lines: sorted by length, a decode batch waits little for its
-            # longest row (decoding streams one position per step for the whole batch)
-            lines = sorted(val_lines(data, limit), key=len)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                res["reconstruction"] = reconstruction_report(lm.model, lines, batch_size=args.recon_batch)
-                res["reconstruction"]["seconds"] = time.perf_counter() - t0
-                res["codebook_usage"] = codebook_usage(lm, lines, batch_size=args.recon_batch)
-            print(
-                f"  [{model} {name}] reconstruct {100 * res['reconstruction']['exact_match']:.2f}% of "
-                f"{len(lines)} lines in {res['reconstruction']['seconds']:.0f}s",
-                flush=True,
-            )
-        out["val"][name] = res
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["rss_before_mb"] = rss0
-    return out
-
-
-def phase_generate(args, model: str, dataset: str) -> dict:
-    import torch
-
-    from bench.generation import cache_check, time_generation
-
-    lm = load_trained(model, job_dir(args, model, dataset) / "model")
-    text = (
-        Path(args.data_root) / DATASETS[dataset]["val"][next(iter(DATASETS[dataset]["val"]))]
-    ).read_bytes()
-    while len(text) < max(args.prompts):
-        text += text
-
-    def prompt(n):
-        return torch.tensor([[2] + [b + 3 for b in text[: n - 1]]])  # (1, n)
-
-    def timings(use_cache: bool, new: int) -> list[dict]:
-        rows = []
-        for n in args.prompts:
-            ids = prompt(n)
-            # the prefill alone (one new byte); uncached, one run of it: it only sizes the runs below
-            # and every uncached step costs about the same (a full forward pass)
-            t_pre = time_generation(lm, ids, 1, args.repeats if use_cache else 1, use_cache=use_cache)
-            if not use_cache:
-                # every uncached step is a full forward pass over the prompt and what follows: the
-                # cost per byte is flat, so fewer new bytes give the rate (within --uncached-seconds)
-                fit = int(args.uncached_seconds / (args.repeats * max(t_pre, 1e-3)))
-                new = max(2, min(new, fit))
-            t_all = time_generation(lm, ids, new, args.repeats, use_cache=use_cache)
-            rows.append(
-                {
-                    "prompt": n,
-                    "new": new,
-                    "seconds": t_all,
-                    "bytes_per_s": new / t_all,
-                    "ms_per_byte_after_prefill": 1e3 * (t_all - t_pre) / max(new - 1, 1),
-                }
-            )
-            print(f"  [{model}] prompt {n}, cache {use_cache}: {new / t_all:.1f} bytes/s", flush=True)
-        return rows
-
-    # the fastest cache whose greedy output equals the uncached output, else no cache
-    check = cache_check(lm, prompt(64), new=min(64, args.new))
-    valid = check["tokens_equal"]
-    if valid:
-        rows, note = timings(True, args.new), ""
-    else:
-        why = check["error"] or f"cached output differs (max logit gap {check['max_logit_diff']:.3g})"
-        new = min(args.new, args.uncached_new)
-        note = f"{why}: timed uncached over {new} new bytes or fewer (each step is a full forward pass)"
-        rows = timings(False, new)
-    # a cache that runs but disagrees: timed too, for information only (not a valid result)
-    invalid_cached = timings(True, args.new) if not valid and check["error"] is None else None
-    return {
-        "model": model,
-        "use_cache": valid,
-        "cache_check": check,
-        "note": note,
-        "new": args.new,
-        "repeats": args.repeats,
-        "rows": rows,
-        "invalid_cached_rows": invalid_cached,
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
-def phase_scaling(args, model: str, size: int) -> dict:
-    import torch
-
-    lm = load_trained(model, job_dir(args, model, PRIMARY) / "model")
-    fn = logits_fn(model, lm)
-    text = (Path(args.data_root) / DATASETS[PRIMARY]["train"][0]).read_bytes()
-    while len(text) < size:
-        text += text
-    ids = torch.tensor([[2] + [b + 3 for b in text[: size - 1]]])  # (1, size)
-    with torch.inference_mode():
-        fn(ids[:, :256])  # warm-up: kernels, lazy buffers
-        rss0 = rss_mb()
-        t0 = time.perf_counter()
-        fn(ids)
-        seconds = time.perf_counter() - t0
-    return {
-        "model": model,
-        "bytes": size,
-        "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_delta_mb": peak_rss_mb() - rss0,
-    }
-
-
-PHASES = {"train": phase_train, "score": phase_score, "generate": phase_generate, "scaling": phase_scaling}
-
-
-def worker(args) -> None:
-    import torch
-
-    phase, model, key = args.worker
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    if phase == "scaling":
-        res = PHASES[phase](args, model, int(key))
-        path = scaling_path(args, model, int(key))
-    else:
-        res = PHASES[phase](args, model, key)
-        path = job_dir(args, model, key) / (score_name(args) if phase == "score" else f"{phase}.json")
-    res["phase_seconds"] = time.perf_counter() - t0
-    write_json(path, res)
-
-
-# ---- the plan ------------------------------------------------------------------------------------
-def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, float]:
-    """Minutes per part of a run with these arguments: training from the budgets, the rest estimated
-    from the EST_* rates (an estimate until a run measures it; cached phases are not subtracted)."""
-    parts: dict[str, float] = {}
-    n_proc = 0
-    for ds in datasets:
-        parts[f"train ({ds})"] = len(models) * budget_of(args, ds)
-        n_proc += 2 * len(models)
-        sizes = {name: len(d) for name, d in val_texts(args, ds).items()}
-        seconds = 0.0
-        for m in models:
-            passes = 2 if m == "hier_ae" and (ds == PRIMARY or args.second_extras) else 1  # + zeroed
-            seconds += passes * sum(sizes.values()) / EST_SCORE_BYTES_PER_S[m]
-            if passes == 2:
-                root = Path(args.data_root)
-                for rel in DATASETS[ds]["val"].values():
-                    limit = args.recon_lines or (None if ds == PRIMARY else SECOND_RECON_LINES)
-                    lines = len(val_lines((root / rel).read_bytes(), limit))
-                    seconds += lines / EST_RECON_LINES_PER_S
-        parts[f"score ({ds})"] = seconds / 60
-    # cached: about linear in the new bytes and runs; BLT uncached: its longest prompt's forward passes
-    scale = (args.new * args.repeats * len(args.prompts)) / (256 * 3 * 3)
-    blt_scale = (max(args.prompts) / 8192) ** 2 * args.repeats / 3
-    parts["generate"] = sum(EST_GENERATE_S[m] * (blt_scale if m == "blt" else scale) for m in models) / 60
-    n_proc += len(models)
-    if not args.skip_scaling:
-        seconds = 0.0
-        for m in ("hier_ae", "llama"):
-            if m in models:
-                a, b = EST_SCALING_S_PER_KB[m]
-                seconds += sum(a * n / 1024 + b * (n / 1024) ** 2 for n in args.sizes)
-                n_proc += len(args.sizes)
-        parts["scaling"] = seconds / 60
-    parts["process start-ups"] = n_proc * EST_STARTUP_S / 60
-    return parts
-
-
 # ---- orchestration -----------------------------------------------------------------------------
-def run_phase(argv: list[str], phase: str, model: str, key: str, path: Path) -> dict:
-    """Run one phase in a fresh process unless its cached result exists; return the result."""
-    if path.exists():
-        print(f"[{phase} {model} {key}] cached: {path}", flush=True)
-        return read_json(path)
-    print(f"[{phase} {model} {key}] running", flush=True)
+def run_phase(argv: list[str], job: Job) -> dict:
+    """Run one job in a fresh process unless its cached result exists; return the result."""
+    name = f"[{job.phase} {job.model} {job.key}]"
+    if job.path.exists():
+        print(f"{name} cached: {job.path}", flush=True)
+        return read_json(job.path)
+    print(f"{name} running", flush=True)
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "bench.run", *argv, "--worker", phase, model, key]  # same cwd
+    # the same interpreter and working directory: `bench` imports as it did here
+    cmd = [sys.executable, "-m", "bench.run", *argv, "--worker", job.phase, job.model, job.key]
     subprocess.run(cmd, check=True)
-    print(f"[{phase} {model} {key}] done in {time.perf_counter() - t0:.0f}s", flush=True)
-    return read_json(path)
+    print(f"{name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    return read_json(job.path)
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:
+        from bench.phases import worker
+
         worker(args)
         return
     from bench.compressors import compressor_table
@@ -577,20 +194,8 @@ def main(argv=None) -> None:
         flush=True,
     )
     results: dict = {"train": {}, "score": {}, "generate": {}, "scaling": {}}
-    for dataset in datasets:
-        for m in models:
-            d = job_dir(args, m, dataset)
-            results["train"][m, dataset] = run_phase(argv, "train", m, dataset, d / "train.json")
-            results["score"][m, dataset] = run_phase(argv, "score", m, dataset, d / score_name(args))
-            if dataset == PRIMARY:
-                results["generate"][m] = run_phase(argv, "generate", m, dataset, d / "generate.json")
-    if not args.skip_scaling:
-        for size in args.sizes:
-            for m in ("hier_ae", "llama"):
-                if m in models:
-                    results["scaling"][m, size] = run_phase(
-                        argv, "scaling", m, str(size), scaling_path(args, m, size)
-                    )
+    for job in jobs(args, models, datasets):
+        results[job.phase][job.slot] = run_phase(argv, job)
     compress = {
         ds: {name: compressor_table(data) for name, data in val_texts(args, ds).items()} for ds in datasets
     }

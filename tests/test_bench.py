@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BltForCausalLM, LlamaForCausalLM
 
-from bench import run
+from bench import plan, run
 from bench.compressors import compressed_bits_per_byte, compressor_table
 from bench.peers import blt_matched, count_on_meta, count_parameters, llama_matched
 from bench.scoring import coverage, plan_windows, score_text
@@ -157,25 +157,47 @@ def test_calibration_leaves_the_model_and_rng_unchanged():
 
 def test_cached_phase_is_skipped_on_resume(tmp_path, monkeypatch):
     path = tmp_path / "hier_ae-shakespeare-20min" / "train.json"
-    run.write_json(path, {"done": True})
+    plan.write_json(path, {"done": True})
 
     def no_subprocess(*a, **k):
         raise AssertionError("a cached phase must not run again")
 
     monkeypatch.setattr(run.subprocess, "run", no_subprocess)
-    assert run.run_phase([], "train", "hier_ae", "shakespeare", path) == {"done": True}
+    assert run.run_phase([], plan.Job("train", "hier_ae", "shakespeare", path)) == {"done": True}
     # a missing result does run (and here fails loudly through the patched subprocess)
     with pytest.raises(AssertionError, match="must not run"):
-        run.run_phase([], "score", "hier_ae", "shakespeare", path.with_name("score.json"))
+        run.run_phase([], plan.Job("score", "hier_ae", "shakespeare", path.with_name("score.json")))
 
 
 def test_cache_keys_separate_model_data_and_budget(tmp_path):
     args = run.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "20"])
-    keys = {run.job_dir(args, m, d) for m in run.MODELS for d in run.DATASETS}
-    assert len(keys) == len(run.MODELS) * len(run.DATASETS)
+    keys = {plan.job_dir(args, m, d) for m in plan.MODELS for d in plan.DATASETS}
+    assert len(keys) == len(plan.MODELS) * len(plan.DATASETS)
     other = run.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "10"])
-    assert run.job_dir(other, "llama", "shakespeare") != run.job_dir(args, "llama", "shakespeare")
-    assert run.job_dir(args, "llama", "code+multilingual").name.endswith("-8min")
+    assert plan.job_dir(other, "llama", "shakespeare") != plan.job_dir(args, "llama", "shakespeare")
+    assert plan.job_dir(args, "llama", "code+multilingual").name.endswith("-8min")
+
+
+def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_path):
+    args = run.parse_args(["--cache-dir", str(tmp_path), "--quick"])
+    todo = plan.jobs(args, ["hier_ae", "blt"], [plan.PRIMARY, "code+multilingual"])
+    assert [(j.phase, j.model, j.key) for j in todo[:3]] == [
+        ("train", "hier_ae", "shakespeare"),
+        ("score", "hier_ae", "shakespeare"),
+        ("generate", "hier_ae", "shakespeare"),
+    ]
+    generate = [j for j in todo if j.phase == "generate"]
+    assert [j.model for j in generate] == ["hier_ae", "blt"] and generate[0].slot == "hier_ae"
+    scaling = [j for j in todo if j.phase == "scaling"]  # BLT is not in the scaling table
+    assert [(j.model, j.slot) for j in scaling] == [
+        ("hier_ae", ("hier_ae", 1024)),
+        ("hier_ae", ("hier_ae", 4096)),
+    ]
+    for j in todo:  # the worker writes where the orchestration reads
+        assert j.path == plan.result_path(args, j.phase, j.model, j.key)
+    assert len({j.path for j in todo}) == len(todo)
+    skip = run.parse_args(["--cache-dir", str(tmp_path), "--skip-scaling"])
+    assert not [j for j in plan.jobs(skip, ["hier_ae"], [plan.PRIMARY]) if j.phase == "scaling"]
 
 
 def test_hier_ae_generate_uses_its_cache():
@@ -204,13 +226,13 @@ def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
     args = run.parse_args(["--cache-dir", str(tmp_path)])
     if not Path(args.data_root).exists():
         pytest.skip(f"the bench's data ({args.data_root}) is not here")
-    plan = run.estimate_minutes(args, list(run.MODELS), [run.PRIMARY, "code+multilingual"])
-    assert plan["train (shakespeare)"] == 3 * 20 and plan["train (code+multilingual)"] == 3 * 8
-    assert all(v > 0 for v in plan.values())
-    assert sum(plan.values()) < 120  # the limit for the whole run (an estimate: see the report)
-    assert run.score_name(args) == "score.json"
+    minutes = plan.estimate_minutes(args, list(plan.MODELS), [plan.PRIMARY, "code+multilingual"])
+    assert minutes["train (shakespeare)"] == 3 * 20 and minutes["train (code+multilingual)"] == 3 * 8
+    assert all(v > 0 for v in minutes.values())
+    assert sum(minutes.values()) < 120  # the limit for the whole run (an estimate: see the report)
+    assert plan.score_name(args) == "score.json"
     capped = run.parse_args(["--max-val-bytes", "4096", "--recon-lines", "100"])
-    assert run.score_name(capped) == "score-val4096-rec100.json"
+    assert plan.score_name(capped) == "score-val4096-rec100.json"
     quick = run.parse_args(["--quick", "--max-val-bytes", "1000"])
     assert quick.max_val_bytes == 1000 and quick.recon_lines == 16  # explicit flags win over --quick
 
