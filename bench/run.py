@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from bench.plan import (
+    DATASETS,
     MODELS,
     PRIMARY,
     Job,
@@ -50,6 +51,7 @@ from bench.plan import (
     read_json,
     val_texts,
 )
+from bench.targets import evaluate, show
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -199,14 +201,19 @@ def main(argv=None) -> None:
     compress = {
         ds: {name: compressor_table(data) for name, data in val_texts(args, ds).items()} for ds in datasets
     }
-    from bench.report import render
+    from bench.report import RunReport, render
 
-    text = render(
-        args, argv, cfgs, counts, results, compress, datasets, machine(), time.perf_counter() - t_start, plan
+    report = RunReport(
+        args, argv, cfgs, results, compress, datasets, machine(), time.perf_counter() - t_start, plan
     )
+    text = render(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
+    print("targets (bench/targets.py), on the main table:")
+    for o in evaluate(results, PRIMARY, next(iter(DATASETS[PRIMARY]["val"]))):
+        result, distance = show(o)
+        print(f"  {'met' if o.met else 'missed':6s} {o.name.strip()}: {result} (distance {distance})")
     print(f"report: {args.out} ({(time.perf_counter() - t_start) / 60:.1f} min this invocation)")
 
 
