@@ -1,6 +1,7 @@
 """The phases of a bench run, each run by a worker process (`python -m bench.run ARGS --worker PHASE
-MODEL KEY`): train, score, generate and scaling. Each returns a plain dict that the worker caches as
-JSON at the job's `bench.plan.result_path`; the phase's own process gives a clean peak-memory reading.
+MODEL KEY`): train, score, recon (hier_ae only), generate and scaling. Each returns a plain dict that
+the worker caches as JSON at the job's `bench.plan.result_path`; the phase's own process gives a clean
+peak-memory reading.
 """
 
 from __future__ import annotations
@@ -162,6 +163,44 @@ def phase_score(args, model: str, dataset: str) -> dict:
     return out
 
 
+def phase_recon(args, model: str, dataset: str) -> dict:
+    """bench/recon.py's reconstruction benchmark of the trained hier_ae on the dataset's val texts.
+
+    Autoencoder figures (the decoder reads the codes of the text it reconstructs), never LM figures.
+    """
+    import dataclasses
+
+    from transformers import AutoModel
+
+    from bench.recon import Samples, evaluate_text
+    from hier_ae import metrics
+
+    if model != "hier_ae":
+        raise ValueError(f"the recon phase measures hier_ae's autoencoder, not {model!r}")
+    net = AutoModel.from_pretrained(job_dir(args, model, dataset) / "model", trust_remote_code=True).eval()
+    samples = Samples(lines=args.recon_sample_lines, docs=args.recon_sample_docs)
+    recon_metric = metrics.load("reconstruction", keep_in_memory=True)
+    bpb_metric = metrics.load("bits_per_byte", keep_in_memory=True)
+    rss0 = rss_mb()
+    texts = {
+        name: {
+            "source": DATASETS[dataset]["val"][name],
+            **evaluate_text(net, name, [data], samples, recon_metric, bpb_metric),
+        }
+        for name, data in val_texts(args, dataset).items()
+    }
+    return {
+        "model": model,
+        "dataset": dataset,
+        "levels": net.num_levels,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "settings": dataclasses.asdict(samples),
+        "texts": texts,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss0,
+    }
+
+
 def phase_generate(args, model: str, dataset: str) -> dict:
     import torch
 
@@ -251,7 +290,13 @@ def phase_scaling(args, model: str, size: int) -> dict:
     }
 
 
-PHASES = {"train": phase_train, "score": phase_score, "generate": phase_generate, "scaling": phase_scaling}
+PHASES = {
+    "train": phase_train,
+    "score": phase_score,
+    "recon": phase_recon,
+    "generate": phase_generate,
+    "scaling": phase_scaling,
+}
 
 
 def worker(args) -> None:

@@ -1,9 +1,10 @@
 """What a run of `python -m bench.run` runs and where its results live: the models, the data, the
 budgets, the cache paths, the job plan and the estimate of its minutes.
 
-Every phase of every model is one job, run in its own process and cached as JSON under
-`--cache-dir`, keyed by model, data and budget (`job_dir`); `jobs` lists them in the order they run,
-`result_path` names each one's file, for the orchestration and for the worker that writes it.
+Every phase of every model (train, score, recon, generate, scaling) is one job, run in its own
+process and cached as JSON under `--cache-dir`, keyed by model, data and budget (`job_dir`); `jobs`
+lists them in the order they run, `result_path` names each one's file, for the orchestration and for
+the worker that writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ EST_SCORE_BYTES_PER_S = {"hier_ae": 3500.0, "llama": 6000.0, "blt": 9000.0}  # w
 EST_RECON_LINES_PER_S = 40.0  # hier_ae decode, lines sorted by length, --recon-batch 128
 EST_GENERATE_S = {"hier_ae": 60.0, "llama": 45.0, "blt": 150.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
 EST_SCALING_S_PER_KB = {"hier_ae": (0.135, 0.019), "llama": (0.074, 0.046)}  # s = a x KB + b x KB^2
+# the reconstruction benchmark per val text: from its baseline (bench/experiments.md: 88 s for 4 texts
+# x (256 lines + 32 docs) with configs/tiny.yaml, 1 thread) x 5 for small's size and its second level
+EST_RECON_BENCH_S = {"line": 0.25, "doc": 2.5}
 
 
 # ---- budgets and cache paths ---------------------------------------------------------------------
@@ -64,11 +68,18 @@ def scaling_path(args, model: str, size: int) -> Path:
     return Path(args.cache_dir) / tag / f"{model}-{size}.json"
 
 
+def recon_name(args) -> str:
+    """The reconstruction benchmark's file, named by its samples (and by --max-val-bytes, as scores)."""
+    cap = f"-val{args.max_val_bytes}" if not args.quick and args.max_val_bytes else ""
+    return f"recon-l{args.recon_sample_lines}-d{args.recon_sample_docs}{cap}.json"
+
+
 def result_path(args, phase: str, model: str, key: str) -> Path:
     """The cached result of one job; `key` is the dataset, or the input bytes of a scaling job."""
     if phase == "scaling":
         return scaling_path(args, model, int(key))
-    return job_dir(args, model, key) / (score_name(args) if phase == "score" else f"{phase}.json")
+    name = {"score": score_name(args), "recon": recon_name(args)}.get(phase, f"{phase}.json")
+    return job_dir(args, model, key) / name
 
 
 def read_json(path: Path) -> dict | None:
@@ -158,8 +169,8 @@ class Job:
 
 
 def jobs(args, models: list[str], datasets: list[str]) -> list[Job]:
-    """Every job of a run, in order: per dataset and model, train then score (then generate, on the
-    main data); then the scaling table."""
+    """Every job of a run, in order: per dataset and model, train then score (then, for hier_ae, the
+    reconstruction benchmark; then generate, on the main data); then the scaling table."""
 
     def job(phase, model, key):
         return Job(phase, model, key, result_path(args, phase, model, key))
@@ -168,6 +179,8 @@ def jobs(args, models: list[str], datasets: list[str]) -> list[Job]:
     for ds in datasets:
         for m in models:
             out += [job("train", m, ds), job("score", m, ds)]
+            if m == "hier_ae" and not args.skip_recon:
+                out.append(job("recon", m, ds))
             if ds == PRIMARY:
                 out.append(job("generate", m, ds))
     if not args.skip_scaling:
@@ -193,6 +206,10 @@ def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, 
                     lines = len(val_lines((root / rel).read_bytes(), limit))
                     seconds += lines / EST_RECON_LINES_PER_S
         parts[f"score ({ds})"] = seconds / 60
+        if "hier_ae" in models and not args.skip_recon:
+            per_text = args.recon_sample_lines * EST_RECON_BENCH_S["line"]
+            per_text += args.recon_sample_docs * EST_RECON_BENCH_S["doc"]
+            parts[f"recon ({ds})"] = len(sizes) * per_text / 60
     # cached: about linear in the new bytes and runs; BLT uncached: its longest prompt's forward passes
     scale = (args.new * args.repeats * len(args.prompts)) / (256 * 3 * 3)
     blt_scale = (max(args.prompts) / 8192) ** 2 * args.repeats / 3

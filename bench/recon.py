@@ -34,6 +34,7 @@ functions below take a model and byte strings and return plain dicts (tests/test
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -41,6 +42,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,6 +63,23 @@ DOC_BYTES = 1024
 
 
 # ---- samples ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Samples:
+    """What `evaluate_text` samples from a text, and the batch sizes it decodes them in."""
+
+    lines: int = 200  # held-out lines of LINE_BYTES
+    docs: int = 16  # windows of DOC_BYTES
+    seed: int = 0
+    batch_size: int = 32  # lines per batch
+    doc_batch_size: int = 8  # docs per batch
+
+    def __post_init__(self):
+        if self.lines < 0 or self.docs < 0 or self.lines + self.docs == 0:
+            raise ValueError(f"--lines {self.lines} and --docs {self.docs}: both >= 0, at least one > 0.")
+        if self.batch_size < 1 or self.doc_batch_size < 1:
+            raise ValueError("--batch-size and --doc-batch-size must be >= 1.")
+
+
 def load_text(spec: str) -> tuple[str, list[bytes]]:
     """`spec` -> (name, documents). 'default': the built-in corpus' validation split; a file: one document.
 
@@ -352,16 +371,20 @@ def evaluate_sample(
     }
 
 
-def evaluate_text(model, name: str, docs: list[bytes], args, recon_metric, bpb_metric) -> dict:
+def evaluate_text(
+    model, name: str, docs: list[bytes], samples: Samples, recon_metric=None, bpb_metric=None
+) -> dict:
     """Lines and 1 KB docs of one text, with codebook usage, predict bits per byte and the compressors."""
+    recon_metric = recon_metric or metrics.load("reconstruction", keep_in_memory=True)
+    bpb_metric = bpb_metric or metrics.load("bits_per_byte", keep_in_memory=True)
     t0 = time.perf_counter()
-    lines = held_out_lines(docs, args.lines, seed=args.seed)
-    windows = document_windows(docs, args.docs, seed=args.seed)
+    lines = held_out_lines(docs, samples.lines, seed=samples.seed)
+    windows = document_windows(docs, samples.docs, seed=samples.seed)
     out = {"documents": len(docs), "bytes": sum(len(d) for d in docs)}
     if lines:
-        out["lines"] = evaluate_sample(model, lines, args.batch_size, recon_metric, bpb_metric)
+        out["lines"] = evaluate_sample(model, lines, samples.batch_size, recon_metric, bpb_metric)
     if windows:
-        out["docs"] = evaluate_sample(model, windows, args.doc_batch_size, recon_metric, bpb_metric)
+        out["docs"] = evaluate_sample(model, windows, samples.doc_batch_size, recon_metric, bpb_metric)
         ll = predict_loglikelihoods(model, windows)
         out["predict_bits_per_byte"] = bpb_metric.compute(
             nll=[-x for x in ll], num_bytes=[len(w) for w in windows]
@@ -387,13 +410,28 @@ def _num(x, digits: int = 2) -> str:
 
 
 def markdown(results: dict) -> str:
-    """Two tables: reconstruction per text and level; compression and the top LM per text."""
+    """The benchmark's page: what was run, then the two tables."""
+    return (
+        "\n".join(
+            [
+                f"# Reconstruction benchmark ({results['date']})",
+                "",
+                f"Model: `{results['model']}` ({results['levels']} level(s), {results['parameters']:,} "
+                f"parameters). Machine: {results['machine']}. Command: `{results['command']}` "
+                f"({results['seconds']:.0f} s).",
+                "",
+                *reconstruction_table(results["texts"], results["levels"]),
+                "",
+                *compression_table(results["texts"]),
+            ]
+        )
+        + "\n"
+    )
+
+
+def reconstruction_table(texts: dict, levels: int) -> list[str]:
+    """Per text and level (decoding from level l's codes): exact match, accuracies, CE, bits per byte."""
     L = [
-        f"# Reconstruction benchmark ({results['date']})",
-        "",
-        f"Model: `{results['model']}` ({results['levels']} level(s), {results['parameters']:,} parameters). "
-        f"Machine: {results['machine']}. Command: `{results['command']}` ({results['seconds']:.0f} s).",
-        "",
         "Lines: held-out lines of 20-120 bytes, docs: 1 KB windows, each framed `<s>` + text + `</s>`. "
         "Exact: every id up to `</s>` decoded back from level l's codes. TF: teacher-forced reconstruct "
         "mode. Free acc: 1 - edit distance / length of the free decode. 1st err: median position of the "
@@ -405,9 +443,9 @@ def markdown(results: dict) -> str:
         "| aligned lines | total bits/B (docs) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results["texts"].items():
+    for name, r in texts.items():
         lines, docs = r.get("lines"), r.get("docs")
-        for lv in range(results["levels"]):
+        for lv in range(levels):
             a = lines["levels"][lv] if lines else None
             b = docs["levels"][lv] if docs else None
             ref = b or a
@@ -433,44 +471,57 @@ def markdown(results: dict) -> str:
                 )
                 + " |"
             )
-    L += [
-        "",
+    return L
+
+
+def compression_table(texts: dict, predict: bool = True) -> list[str]:
+    """Per text, on the docs: total bits per byte (fixed codes, top LM) beside the compressors; top LM.
+
+    `predict`: a column of predict-mode (causal LM) bits per byte on the same docs, for comparison; off
+    where the table must hold autoencoder figures only (bench/report.py).
+    """
+    header = ["text", "total (fixed codes)", "total (top LM)", "top LM bits/code", "top-1"]
+    header += ["predict bits/B"] if predict else []
+    header += [
+        "gzip -9",
+        "bzip2 -9",
+        "xz -9e",
+        "zstd -19",
+        "codes used (level 0)",
+        "usage perplexity (level 0)",
+    ]
+    L = [
         "Compression on the docs (bits/byte; the compressors on the same concatenated 1 KB windows, "
         "and xz -9e on the whole text in brackets). Total (top LM): the top codes coded by the top LM "
         "+ every level's reconstruct CE. Top-1: the top LM's next-code accuracy (codes only).",
         "",
-        "| text | total (fixed codes) | total (top LM) | top LM bits/code | top-1 | predict bits/B "
-        "| gzip -9 | bzip2 -9 | xz -9e | zstd -19 | codes used (level 0) | usage perplexity (level 0) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
     ]
-    for name, r in results["texts"].items():
+    for name, r in texts.items():
         docs = r.get("docs")
         if not docs:
             continue
         c, whole = r["compressors"]["docs"], r["compressors"]["text"]
         usage = r["codebook_usage"][0] if r["codebook_usage"] else {}
-        xz = f"{_num(c.get('xz -9e'))} ({_num(whole.get('xz -9e'))})"
-        L.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    _num(docs["levels"][-1]["total_bits_per_byte"]),
-                    _num(docs["top_lm"]["total_bits_per_byte"]),
-                    _num(docs["top_lm"]["bits_per_code"]),
-                    _pct(docs["top_lm"]["top1_accuracy_codes"]),
-                    _num(r.get("predict_bits_per_byte"), 3),
-                    _num(c.get("gzip -9")),
-                    _num(c.get("bzip2 -9")),
-                    xz,
-                    _num(c.get("zstd -19")),
-                    f"{usage.get('distinct_codes', '-')} / {usage.get('codebook_size', '-')}",
-                    _num(usage.get("usage_perplexity"), 1),
-                ]
-            )
-            + " |"
-        )
-    return "\n".join(L) + "\n"
+        row = [
+            name,
+            _num(docs["levels"][-1]["total_bits_per_byte"]),
+            _num(docs["top_lm"]["total_bits_per_byte"]),
+            _num(docs["top_lm"]["bits_per_code"]),
+            _pct(docs["top_lm"]["top1_accuracy_codes"]),
+        ]
+        row += [_num(r.get("predict_bits_per_byte"), 3)] if predict else []
+        row += [
+            _num(c.get("gzip -9")),
+            _num(c.get("bzip2 -9")),
+            f"{_num(c.get('xz -9e'))} ({_num(whole.get('xz -9e'))})",
+            _num(c.get("zstd -19")),
+            f"{usage.get('distinct_codes', '-')} / {usage.get('codebook_size', '-')}",
+            _num(usage.get("usage_perplexity"), 1),
+        ]
+        L.append("| " + " | ".join(row) + " |")
+    return L
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -497,10 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.lines < 0 or args.docs < 0 or args.lines + args.docs == 0:
-        raise ValueError(f"--lines {args.lines} and --docs {args.docs}: both >= 0, at least one > 0.")
-    if args.batch_size < 1 or args.doc_batch_size < 1:
-        raise ValueError("--batch-size and --doc-batch-size must be >= 1.")
+    samples = Samples(args.lines, args.docs, args.seed, args.batch_size, args.doc_batch_size)
     from transformers import AutoModel
 
     texts = args.text or sorted(str(p) for p in DATA_ROOT.glob("*/val.txt"))
@@ -518,14 +566,14 @@ def main(argv=None) -> dict:
         "model": args.model,
         "levels": model.num_levels,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "settings": {k: getattr(args, k) for k in ("lines", "docs", "seed", "batch_size", "doc_batch_size")},
+        "settings": dataclasses.asdict(samples),
         "texts": {},
     }
     for spec in texts:
         name, docs = load_text(spec)
         results["texts"][name] = {
             "source": spec,
-            **evaluate_text(model, name, docs, args, recon_metric, bpb_metric),
+            **evaluate_text(model, name, docs, samples, recon_metric, bpb_metric),
         }
     results["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

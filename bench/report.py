@@ -68,12 +68,13 @@ def render(report: RunReport) -> str:
     hier = f"`{config_label(args.config)}`"
 
     tr, sc, gen, scal = results["train"], results["score"], results["generate"], results["scaling"]
+    rec = results.get("recon", {})
     models = sorted({m for m, _ in tr}, key=("hier_ae", "llama", "blt").index)
     primary = datasets[0]
     pval = next(iter(compress[primary]))
     cmd = "python -m bench.run" + ("" if not argv else " " + " ".join(argv))
     phase_total = sum(
-        r.get("phase_seconds", 0.0) for group in (tr, sc, scal) for r in group.values() if r
+        r.get("phase_seconds", 0.0) for group in (tr, sc, rec, scal) for r in group.values() if r
     ) + sum(r.get("phase_seconds", 0.0) for r in gen.values() if r)
     L = [
         "# hier_ae benchmark results",
@@ -136,6 +137,8 @@ def render(report: RunReport) -> str:
         L += dataset_section(
             args, dataset, models, tr, sc, gen if dataset == primary else {}, compress[dataset]
         )
+    if rec:
+        L += recon_section(rec, datasets)
     if scal:
         L += scaling_section(scal, args.sizes)
     L += targets_section(primary, pval, results)
@@ -322,6 +325,37 @@ def hier_details(score: dict | None, vals: list[str]) -> list[str]:
     return L
 
 
+def recon_section(rec: dict, datasets: list[str]) -> list[str]:
+    """hier_ae's reconstruction benchmark (bench/recon.py) per dataset: autoencoder figures."""
+    from bench.recon import compression_table, reconstruction_table
+
+    L = [
+        "### Reconstruction: hier_ae as an autoencoder (bench/recon.py)",
+        "",
+        "**Autoencoder figures, not LM figures**: the decoder reads the codes of the very text it "
+        "reconstructs, so none of these bits per byte compares with the predict-mode (LM) bits per byte "
+        "above. Total bits/byte = code bits + reconstruct CE: what a lossless coder built on the codes "
+        "would spend, beside the classical compressors on the same docs. Held-out text: the dataset's "
+        "val texts; each trained hier_ae on the dataset it trained on.",
+        "",
+    ]
+    for ds in datasets:
+        r = rec.get(("hier_ae", ds))
+        if not r:
+            continue
+        s = r["settings"]
+        L += [
+            f"#### {ds}: {r['levels']} level(s), {s['lines']} held-out lines and {s['docs']} 1 KB docs per "
+            f"val text (seed {s['seed']})",
+            "",
+            *reconstruction_table(r["texts"], r["levels"]),
+            "",
+            *compression_table(r["texts"], predict=False),  # the LM's bits per byte are above
+            "",
+        ]
+    return L
+
+
 def scaling_section(scal: dict, sizes: list[int]) -> list[str]:
     L = [
         "### Scaling: one forward pass (no grad, no cache), hier_ae against the Llama",
@@ -361,8 +395,8 @@ def targets_section(primary: str, pval: str, results: dict) -> list[str]:
 def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -> list[str]:
     """Minutes per phase (each its own process, start-up included) against the plan printed at start."""
     parts: dict[str, dict[str, float]] = {}
-    for phase in ("train", "score"):
-        for (m, ds), r in results[phase].items():
+    for phase in ("train", "score", "recon"):
+        for (m, ds), r in results.get(phase, {}).items():
             if r:
                 parts.setdefault(f"{phase} ({ds})", {})[m] = r.get("phase_seconds", 0.0)
     for m, r in results["generate"].items():

@@ -183,11 +183,15 @@ def test_cache_keys_separate_model_data_and_budget(tmp_path):
 def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_path):
     args = run.parse_args(["--cache-dir", str(tmp_path), "--quick"])
     todo = plan.jobs(args, ["hier_ae", "blt"], [plan.PRIMARY, "code+multilingual"])
-    assert [(j.phase, j.model, j.key) for j in todo[:3]] == [
+    assert [(j.phase, j.model, j.key) for j in todo[:4]] == [
         ("train", "hier_ae", "shakespeare"),
         ("score", "hier_ae", "shakespeare"),
+        ("recon", "hier_ae", "shakespeare"),  # the reconstruction benchmark, hier_ae only
         ("generate", "hier_ae", "shakespeare"),
     ]
+    recon = [j for j in todo if j.phase == "recon"]
+    assert [(j.model, j.key) for j in recon] == [("hier_ae", "shakespeare"), ("hier_ae", "code+multilingual")]
+    assert recon[0].path.name == "recon-l16-d2.json"  # --quick's samples; its own cache folder
     generate = [j for j in todo if j.phase == "generate"]
     assert [j.model for j in generate] == ["hier_ae", "blt"] and generate[0].slot == "hier_ae"
     scaling = [j for j in todo if j.phase == "scaling"]  # BLT is not in the scaling table
@@ -198,8 +202,10 @@ def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_pa
     for j in todo:  # the worker writes where the orchestration reads
         assert j.path == plan.result_path(args, j.phase, j.model, j.key)
     assert len({j.path for j in todo}) == len(todo)
-    skip = run.parse_args(["--cache-dir", str(tmp_path), "--skip-scaling"])
-    assert not [j for j in plan.jobs(skip, ["hier_ae"], [plan.PRIMARY]) if j.phase == "scaling"]
+    skip = run.parse_args(["--cache-dir", str(tmp_path), "--skip-scaling", "--skip-recon"])
+    assert {j.phase for j in plan.jobs(skip, ["hier_ae"], [plan.PRIMARY])} == {"train", "score", "generate"}
+    capped = run.parse_args(["--max-val-bytes", "4096", "--recon-sample-lines", "50"])
+    assert plan.recon_name(capped) == "recon-l50-d16-val4096.json"  # samples of a capped text kept apart
 
 
 def test_hier_ae_generate_uses_its_cache():
@@ -230,6 +236,7 @@ def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
         pytest.skip(f"the bench's data ({args.data_root}) is not here")
     minutes = plan.estimate_minutes(args, list(plan.MODELS), [plan.PRIMARY, "code+multilingual"])
     assert minutes["train (shakespeare)"] == 3 * 20 and minutes["train (code+multilingual)"] == 3 * 8
+    assert minutes["recon (code+multilingual)"] == 2 * minutes["recon (shakespeare)"]  # two val texts
     assert all(v > 0 for v in minutes.values())
     assert sum(minutes.values()) < 120  # the issue's limit for the whole run (an estimate: see the report)
     assert plan.score_name(args) == "score.json"
@@ -355,3 +362,54 @@ def test_report_renders_one_run_report_with_its_targets(tmp_path):
     assert "Command: `python -m bench.run --quick`" in text and "Machine: a test machine" in text
     assert "| bits/byte <= 0.95 x Llama's | 1.119 x (2.4244 vs 2.1672) | +0.169 x | **missed** |" in text
     assert "BLT's" not in text.split("### Targets")[1].split("###")[0]  # BLT did not run: no BLT target
+
+
+RECON_TEXT = (
+    b"The quick brown fox jumps over the lazy dog, again and again.\n"
+    b"short\n"
+    b"def reconstruct(codes):  # a line of code that is long enough\n"
+) * 20
+
+
+def test_recon_phase_is_cached_by_its_worker_and_reported_as_autoencoder_figures(tmp_path):
+    """The recon phase on a tiny random hier_ae (the run's worker, in this process), then its report."""
+    from conftest import _save, tiny_config
+
+    from bench.phases import worker
+    from hier_ae import HierAEModel
+
+    val = tmp_path / "data" / "tinyshakespeare" / "val.txt"
+    val.parent.mkdir(parents=True)
+    val.write_bytes(RECON_TEXT)
+    argv = ["--quick", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--recon-sample-lines", "2", "--recon-sample-docs", "1"]
+    argv += ["--threads", str(torch.get_num_threads())]  # the worker sets it: leave this process's alone
+    args = run.parse_args([*argv, "--worker", "recon", "hier_ae", "shakespeare"])
+    torch.manual_seed(0)
+    _save(HierAEModel(tiny_config(1)).eval(), plan.job_dir(args, "hier_ae", "shakespeare") / "model")
+    worker(args)
+
+    job = next(j for j in plan.jobs(args, ["hier_ae"], ["shakespeare"]) if j.phase == "recon")
+    res = run.run_phase(argv, job)  # cached: no process starts
+    assert res["model"] == "hier_ae" and res["levels"] == 1 and res["phase_seconds"] > 0
+    assert res["settings"]["lines"] == 2 and res["settings"]["docs"] == 1
+    text = res["texts"]["tinyshakespeare"]
+    assert text["source"] == "tinyshakespeare/val.txt" and text["bytes"] == len(RECON_TEXT)
+    assert text["lines"]["texts"] == 2 and text["docs"]["texts"] == 1 and text["docs"]["bytes"] == 1024
+    lv0 = text["lines"]["levels"][0]
+    for key in ("exact_match", "teacher_forced_accuracy", "code_bits_per_byte", "total_bits_per_byte"):
+        assert lv0[key] >= 0.0
+    assert 0.0 <= text["docs"]["top_lm"]["top1_accuracy_codes"] <= 1.0
+    assert "xz -9e" in text["compressors"]["docs"]
+    with pytest.raises(ValueError, match="hier_ae's autoencoder"):
+        worker(run.parse_args([*argv, "--worker", "recon", "llama", "shakespeare"]))
+
+    results = fake_results()
+    results["recon"] = {("hier_ae", "shakespeare"): res}
+    report = render(fake_report(tmp_path, results))
+    section = report.split("### Reconstruction: hier_ae as an autoencoder")[1].split("\n### ")[0]
+    assert "**Autoencoder figures, not LM figures**" in section
+    assert "| tinyshakespeare | 0 |" in section  # per text and level
+    assert "exact lines | exact docs | TF acc lines" in section and "top-1" in section and "xz -9e" in section
+    assert "predict bits/B" not in section  # no LM figure in the autoencoder section
+    assert "| recon (shakespeare) |" in report  # its minutes in the run-time table
