@@ -1,0 +1,1 @@
+"""Benchmarks and peers of hier_ae (run as modules: `python -m bench.ae_peer ...`)."""
