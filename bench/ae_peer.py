@@ -352,12 +352,27 @@ def corpus_file(spec: str, split: str) -> Path:
     return path
 
 
-def sample_batch(data: torch.Tensor, batch: int, chunk: int, p_cut: float, gen: torch.Generator):
+def sample_batch(
+    data: torch.Tensor,
+    batch: int,
+    chunk: int,
+    p_cut: float,
+    gen: torch.Generator,
+    line_starts: torch.Tensor | None = None,
+    p_line: float = 0.0,
+):
     """Random 128-byte windows; a fraction `p_cut` is cut at a random length and padded as a text would be.
 
-    Returns ids (B, 128) and scored (B, 128): a cut row scores its bytes and the PADs of its last chunk.
+    A fraction `p_line` starts at a line start (an index of `line_starts`) instead of anywhere: a held-out
+    line is decoded with no byte before it, and only there does the decoder meet a line's first byte
+    without the newline that tells it, say, that the byte is a capital. Returns ids (B, 128) and scored
+    (B, 128): a cut row scores its bytes and the PADs of its last chunk.
     """
     starts = torch.randint(0, len(data) - WINDOW, (batch,), generator=gen)  # (B,)
+    if p_line > 0:  # drawn only then: with p_line = 0 the random stream is the plain peer's
+        at_line = torch.rand(batch, generator=gen) < p_line  # (B,)
+        pick = torch.randint(0, len(line_starts), (int(at_line.sum()),), generator=gen)
+        starts[at_line] = line_starts[pick]
     ids = torch.stack([data[s : s + WINDOW] for s in starts.tolist()])  # (B, T)
     lengths = torch.full((batch,), WINDOW)  # (B,)
     cut = torch.rand(batch, generator=gen) < p_cut  # (B,)
@@ -374,6 +389,7 @@ def train(args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     path = corpus_file(args.data, "train")
     data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long()  # (n,)
+    line_starts = (data[: len(data) - WINDOW] == ord("\n")).nonzero().squeeze(1) + 1  # (lines,)
     levels = args.levels or list(fsq_levels_for_rate(args.rate, args.chunk))
     cfg = PeerConfig(chunk=args.chunk, levels=levels, width=args.width, layers=args.layers)
     model = AEPeer(cfg)
@@ -392,7 +408,9 @@ def train(args) -> dict:
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, scored = sample_batch(data, args.batch_size, cfg.chunk, args.p_cut, gen)
+        ids, scored = sample_batch(
+            data, args.batch_size, cfg.chunk, args.p_cut, gen, line_starts, args.p_line_start
+        )
         loss = model(ids, scored).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -414,6 +432,7 @@ def train(args) -> dict:
         "batch_size": args.batch_size,
         "window": WINDOW,
         "p_cut": args.p_cut,
+        "p_line_start": args.p_line_start,
         "lr": args.lr,
         "seed": args.seed,
         "threads": args.threads,
@@ -524,6 +543,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--warmup", type=int, default=100)
     g.add_argument("--p-cut", type=float, default=0.25, help="fraction of windows cut short and padded")
+    g.add_argument(
+        "--p-line-start", type=float, default=0.0, help="fraction of windows that start at a line start"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--log-every", type=int, default=200)

@@ -90,6 +90,18 @@ def test_sample_batch_cut_rows_score_their_last_chunk():
         assert int(sc.sum()) == math.ceil(length / 4) * 4 and sc[: int(sc.sum())].all()
 
 
+def test_sample_batch_line_starts():
+    """p_line = 1: every window begins right after a newline; p_line = 0 draws what the plain peer draws."""
+    text = b"".join(b"Line %d, said he\n" % i for i in range(200))
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    starts = (data[: len(data) - 128] == ord("\n")).nonzero().squeeze(1) + 1
+    ids, _ = ae_peer.sample_batch(data, 32, 4, 0.0, torch.Generator().manual_seed(0), starts, 1.0)
+    assert all(row[:4].tolist() == list(b"Line") for row in ids)
+    a = ae_peer.sample_batch(data, 8, 4, 0.5, torch.Generator().manual_seed(1))
+    b = ae_peer.sample_batch(data, 8, 4, 0.5, torch.Generator().manual_seed(1), starts, 0.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 # ---- the model -----------------------------------------------------------------------------------
 def test_decoder_is_causal_in_bytes():
     """Given the codes, the logits at positions <= t do not depend on the decoder's input after t."""
