@@ -1,5 +1,6 @@
 """The boundary rule, segment layout, framing of the level above, and pooling."""
 
+import pytest
 import torch
 
 from hier_ae.pooling import LearnedQueryPooling, gather_segments
@@ -7,6 +8,7 @@ from hier_ae.segmentation import (
     boundary_starts,
     frame_upper_stream,
     rule_fires,
+    segment_closes,
     segment_layout,
     shift_in_begin,
 )
@@ -117,3 +119,68 @@ def test_pooling_memory_is_linear_in_length():
     layout = segment_layout(starts, valid)
     blocks, slots = gather_segments(h, layout.seg_id, layout.pos, layout.seg_mask.shape[1], L)
     assert blocks.numel() == T * D  # S * L = T exactly here
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_starts_equal_token_by_token_closing(seed):
+    """`boundary_starts` (a whole row at once, as encode and predict use it) equals stepping token by
+    token with `segment_closes` (as streaming and decode do), on random entropies, EOS positions,
+    lengths, left or right padding and segment caps, in both rule modes."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 8, 40
+    L = int(torch.randint(1, 9, (1,), generator=g))
+    H = torch.rand(B, T, generator=g) * 4
+    x = torch.randint(3, 259, (B, T), generator=g)
+    x[torch.rand(B, T, generator=g) < 0.05] = 1  # EOS closes its segment too
+    n = torch.randint(0, T + 1, (B,), generator=g)  # (B,) real tokens per row
+    t = torch.arange(T)[None, :]
+    valid = t < n[:, None] if seed % 2 else t >= (T - n)[:, None]  # right / left padding
+    mode = "threshold" if seed < 3 else "delta"
+    fires = rule_fires(H, x, 1, mode, 2.0, 0.5, valid=valid)
+    starts = boundary_starts(fires, valid, L)
+    for b in range(B):
+        want, opens, seg_len = [], True, 0
+        for i in range(T):
+            if not valid[b, i]:
+                want.append(False)
+                continue
+            want.append(opens)
+            seg_len = 1 if opens else seg_len + 1
+            opens = bool(segment_closes(fires[b, i], torch.tensor(seg_len), L))
+        assert starts[b].tolist() == want, (b, L, mode)
+
+
+def test_decoder_offsets_worked_examples():
+    """The docstring's examples: offsets of the tokens each decoder output predicts."""
+    from hier_ae.segmentation import decoder_offsets
+
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    fires = torch.tensor([[0, 0, 1, 0, 0], [0, 0, 1, 0, 1]], dtype=torch.bool)
+    layout = segment_layout(boundary_starts(fires, valid, 4), valid)
+    assert layout.pos.tolist() == [[0, 1, 2, 0, 1]] * 2
+    assert decoder_offsets(layout, fires, valid, 4).tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 0]]
+    full = torch.zeros(1, 4, dtype=torch.bool)
+    v4 = torch.ones(1, 4, dtype=torch.bool)
+    layout = segment_layout(boundary_starts(full, v4, 4), v4)
+    assert decoder_offsets(layout, full, v4, 4).tolist() == [[0, 1, 2, 3, 0]]
+    # right padding: the offset after the last real token, padding 0
+    vp = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    layout = segment_layout(boundary_starts(full, vp, 4), vp)
+    assert decoder_offsets(layout, full, vp, 4).tolist() == [[0, 1, 2, 3, 0]]
+
+
+def test_slot_offsets_let_pooling_tell_the_order_of_a_segment():
+    """Without slot embeddings a segment's pooled vector cannot depend on the order of identical
+    slot states; with them it does."""
+    torch.manual_seed(0)
+    a, b = torch.randn(64), torch.randn(64)
+    blocks = torch.stack([torch.stack([a, b]), torch.stack([b, a])])[:, None]  # (2, 1, 2, 64): ab, ba
+    slots = torch.ones(2, 1, 2, dtype=torch.bool)
+    plain = LearnedQueryPooling(64, 4)
+    with_slots = LearnedQueryPooling(64, 4, slots=8, mix_layers=1, intermediate=128)
+    torch.nn.init.normal_(plain.query)
+    torch.nn.init.normal_(with_slots.query)
+    p = plain(blocks, slots)
+    torch.testing.assert_close(p[0], p[1])  # attention pooling is order-blind
+    q = with_slots(blocks, slots)
+    assert (q[0] - q[1]).abs().max() > 1e-3

@@ -214,6 +214,20 @@ def last_real(valid: torch.Tensor) -> torch.Tensor:
     return T - 1 - valid.flip(1).long().argmax(dim=1)
 
 
+def segment_closes(fires: torch.Tensor, seg_len: torch.Tensor, max_segment_len: int) -> torch.Tensor:
+    """The one rule for closing a segment, token by token: it closes after a token when the boundary
+    rule fired there (`rule_fires`, which also fires on EOS) or when it now holds `max_segment_len`
+    tokens. `seg_len`: tokens in the segment so far, this one included. Elementwise, any shape.
+
+    `boundary_starts` is the same rule for a whole row at once (a token opens a segment when the one
+    before it closed one); tests/test_segmentation.py checks the two agree. With L = 3:
+
+        fires    0 0 0 0 0 1 0 0
+        seg_len  1 2 3 1 2 3 1 2      closes  0 0 1 0 0 1 0 0   (t = 2: full; t = 5: fired and full)
+    """
+    return fires | (seg_len >= max_segment_len)
+
+
 def closed_segments(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
     """Which segments are complete at the end of the row (B, S) bool.
 
@@ -223,7 +237,31 @@ def closed_segments(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Ten
     """
     rows = torch.arange(valid.shape[0], device=valid.device)
     last = last_real(valid)  # (B,)
-    fired_last = fires[rows, last] | (layout.pos[rows, last] + 1 >= max_segment_len)  # (B,)
+    fired_last = segment_closes(fires[rows, last], layout.pos[rows, last] + 1, max_segment_len)  # (B,)
     S = layout.seg_mask.shape[1]
     is_last = torch.arange(S, device=valid.device)[None, :] == (layout.num_segments - 1)[:, None]  # (B, S)
     return layout.seg_mask & ~(is_last & ~fired_last[:, None])
+
+
+def decoder_offsets(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
+    """Offset in its segment of the token each decoder output predicts. (B, T) -> (B, T + 1).
+
+    The decoder reads [BEGIN, x] (T + 1 positions) and output i predicts x[i], so output i < T gets
+    `layout.pos[i]`. Output last + 1 predicts the token after the row's last real token: offset 0
+    when the segment closes at `last` (the rule fired there, or the segment is full), else
+    pos[last] + 1. Padding gets 0. With max_segment_len 4:
+
+        pos     0 1 2 0 1        fires  0 0 1 0 0   ->  offsets 0 1 2 0 1 2
+        pos     0 1 2 0 1        fires  0 0 1 0 1   ->  offsets 0 1 2 0 1 0
+        pos     0 1 2 3          fires  0 0 0 0     ->  offsets 0 1 2 3 0   (full: a new segment)
+    """
+    B, T = valid.shape
+    rows = torch.arange(B, device=valid.device)
+    last = last_real(valid)  # (B,)
+    pos = torch.where(valid, layout.pos, torch.zeros_like(layout.pos))  # (B, T)
+    after = pos[rows, last] + 1  # (B,)
+    closes = segment_closes(fires[rows, last], after, max_segment_len)  # (B,)
+    nxt = torch.where(closes | ~valid.any(dim=1), torch.zeros_like(after), after)  # (B,)
+    out = torch.cat([pos, torch.zeros_like(pos[:, :1])], dim=1)  # (B, T+1)
+    out[rows, last + 1] = nxt
+    return out
