@@ -43,6 +43,7 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
     seg_len = torch.zeros(B, dtype=torch.long, device=dev)
     done = n_seg == 0
     prev_H = None
+    offsets = torch.zeros(B, 0, dtype=torch.long, device=dev)  # (B, n) offset of each token in its segment
     token_gap, rule_gap = [], []
     value = float(level.boundary_value)
     begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
@@ -52,13 +53,15 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         inp_valid = torch.cat([torch.ones_like(begin, dtype=torch.bool), valid], dim=1)
         cur = ctx[rows, seg.clamp(max=S - 1)]  # (B, D)
         context = torch.cat([ctx.gather(1, seg_hist[..., None].expand(B, n, D)), cur[:, None]], dim=1)
-        logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context)
+        offs = torch.cat([offsets, seg_len[:, None]], dim=1)  # (B, n+1): output j predicts token j
+        logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context, offsets=offs)
         nxt = logits[:, n].argmax(dim=-1)  # (B,)
         token_gap.append(top2_gap(logits[:, n]))
         nxt = torch.where(done, torch.full_like(nxt, level.vocab.pad_id), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         valid = torch.cat([valid, ~done[:, None]], dim=1)
         seg_hist = torch.cat([seg_hist, seg.clamp(max=S - 1)[:, None]], dim=1)
+        offsets = offs
         with fp32_region(dev):
             ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))
         H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)

@@ -76,3 +76,36 @@ def test_joint_stage_moves_encoders_but_never_segments_or_codebooks(trained_2lev
     assert torch.equal(before_enc.segment_ids[0], after_enc.segment_ids[0])
     out = model.predict(ids, mask, with_reconstruct=True)
     assert out.commitment_loss.shape == (2,) and torch.isfinite(out.commitment_loss).all()
+
+
+@pytest.mark.parametrize(
+    "kind, level", [("entropy", 0), ("autoencoder", 0), ("top_lm", None), ("predict", None)]
+)
+def test_stage_objectives_use_the_config_loss_weights(kind, level):
+    """Each stage minimises the config's weighted terms: the weights are set in one place."""
+    from conftest import tiny_config
+
+    from hier_ae import HierAEModel
+
+    weights = {
+        "entropy_loss_weight": 0.5,
+        "reconstruct_loss_weight": 2.0,
+        "commitment_loss_weight": 3.0,
+        "predict_loss_weight": 5.0,
+        "top_lm_loss_weight": 7.0,
+    }
+    torch.manual_seed(0)
+    model = HierAEModel(tiny_config(1, **weights)).eval()
+    plan = prepare_stage(model, Stage(kind, level, 1, 1e-3))
+    ids, mask = pad_rows([frame_document(b"a dog runs."), frame_document(b"the cat")])
+    with torch.no_grad():
+        out = model(ids, mask, **plan.forward_kwargs)
+    want = {
+        "entropy": lambda: 0.5 * out.entropy_loss[0],
+        "autoencoder": lambda: 2.0 * out.reconstruct_loss[0] + 3.0 * out.commitment_loss[0],
+        "top_lm": lambda: 7.0 * out.top_lm_loss,
+        "predict": lambda: (
+            5.0 * out.predict_loss.sum() + 2.0 * out.reconstruct_loss.sum() + 7.0 * out.top_lm_loss
+        ),
+    }[kind]()
+    torch.testing.assert_close(plan.objective(out), want)

@@ -66,6 +66,9 @@ class LevelConfig:
     # encoder + learned-query pooling
     encoder_layers: int = 2
     pooling_heads: int = 4
+    # bidirectional layers over each segment's slots before pooling (0: the query reads the causal
+    # encoder states directly); see pooling.SegmentMixer
+    segment_mixer_layers: int = 0
     # quantiser (DESIGN §3.5)
     codebook_size: int = 256
     codebook_depth: int = 1
@@ -76,6 +79,10 @@ class LevelConfig:
     restart_pool_size: int = 1024
     # decoder (expander)
     decoder_layers: int = 2
+    # where each token sits inside its segment (0 .. max_segment_len - 1), told to both sides: the
+    # pooling's slots get a learned offset embedding (the code can say which byte comes first) and
+    # the decoder's input adds the offset of the token it predicts (it knows which byte it is at)
+    segment_offsets: bool = True
 
     @property
     def num_codes(self) -> int:
@@ -111,11 +118,20 @@ class LevelConfig:
         if self.target_tokens_per_segment is not None:
             _check_numbers(self, f"{prefix}.", ("target_tokens_per_segment",))
         _check(
-            isinstance(self.restart_dead_codes, bool),
-            f"{prefix}.restart_dead_codes",
-            self.restart_dead_codes,
-            "must be True or False",
+            isinstance(self.segment_mixer_layers, int)
+            and not isinstance(self.segment_mixer_layers, bool)
+            and self.segment_mixer_layers >= 0,
+            f"{prefix}.segment_mixer_layers",
+            self.segment_mixer_layers,
+            "must be an integer >= 0",
         )
+        for name in ("restart_dead_codes", "segment_offsets"):
+            _check(
+                isinstance(getattr(self, name), bool),
+                f"{prefix}.{name}",
+                getattr(self, name),
+                "must be True or False",
+            )
         _check(
             self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             f"{prefix}.hidden_size",
@@ -234,7 +250,8 @@ class HierAEConfig(PretrainedConfig):
         max_position_embeddings (`int`): the trained context in bytes (lm-eval's window).
         max_input_bytes (`int`): hard limit on the input length in bytes (default 65536).
         entropy_loss_weight, reconstruct_loss_weight, predict_loss_weight, commitment_loss_weight,
-        top_lm_loss_weight (`float`): default weights of the loss terms (a training stage may override).
+        top_lm_loss_weight (`float`): weights of the loss terms in `forward`'s `loss` and in every training
+            stage's objective (`training.stages.prepare_stage`), 1.0 each by default.
 
     Example:
         >>> cfg = HierAEConfig(levels=[{"codebook_size": 64}, {"codebook_size": 32}])

@@ -95,6 +95,10 @@ class SegmentDecoder(nn.Module):
         super().__init__()
         self.begin_id = vocab
         self.embed = nn.Embedding(vocab + 1, cfg.hidden_size)
+        # `segment_offsets`: input i also adds the offset of x[i] (the token it predicts) in its segment
+        self.offset_embed = (
+            nn.Embedding(cfg.max_segment_len, cfg.hidden_size) if cfg.segment_offsets else None
+        )
         self.body = CausalTransformer(
             cfg.hidden_size,
             cfg.decoder_layers,
@@ -106,14 +110,26 @@ class SegmentDecoder(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, inp, inp_valid, positions, context, doc_ids=None, kv_out=None):
-        x = self.embed(inp)  # (B, T+1, D)
+    def _embed(self, inp, offsets):
+        x = self.embed(inp)  # (B, n, D)
+        if self.offset_embed is not None:
+            assert offsets is not None, (
+                "segment_offsets: the decoder needs the offset of each predicted token"
+            )
+            x = x + self.offset_embed(offsets)  # (B, n, D)
+        return x
+
+    def forward(self, inp, inp_valid, positions, context, doc_ids=None, kv_out=None, offsets=None):
+        """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
+        its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
+        x = self._embed(inp, offsets)  # (B, T+1, D)
         h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
 
-    def step(self, tokens, context, cache, rows):
-        """Read one token per row of `rows` with the context of the token to predict (B', D)."""
-        x = self.embed(tokens[:, None])  # (B', 1, D)
+    def step(self, tokens, context, cache, rows, offsets=None):
+        """Read one token per row of `rows` with the context (B', D) and offset (B',) of the token
+        to predict."""
+        x = self._embed(tokens[:, None], None if offsets is None else offsets[:, None])  # (B', 1, D)
         h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
         return self.head(h), h  # (B', V), (B', D)
 
@@ -128,7 +144,13 @@ class HierLevel(nn.Module):
         D = cfg.hidden_size
         self.entropy_model = TokenLM(vocab.vocab_size, cfg, cfg.entropy_layers)
         self.encoder = TokenEncoder(vocab.vocab_size, cfg)
-        self.pooling = LearnedQueryPooling(D, cfg.pooling_heads)
+        self.pooling = LearnedQueryPooling(
+            D,
+            cfg.pooling_heads,
+            slots=cfg.max_segment_len if cfg.segment_offsets else None,
+            mix_layers=cfg.segment_mixer_layers,
+            intermediate=cfg.intermediate_size,
+        )
         self.quantizer = VectorQuantizer(
             dim=D,
             codebook_size=cfg.codebook_size,

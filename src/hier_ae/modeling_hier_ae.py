@@ -37,7 +37,15 @@ from .outputs import (
 )
 from .pooling import LearnedQueryPooling
 from .quantizer import VectorQuantizer
-from .segmentation import closed_segments, frame_upper_stream, last_real, segment_last_tokens, shift_in_begin
+from .segmentation import (
+    closed_segments,
+    decoder_offsets,
+    frame_upper_stream,
+    last_real,
+    segment_closes,
+    segment_last_tokens,
+    shift_in_begin,
+)
 from .streaming import StreamState, open_level_stream
 from .transformer import positions_from_mask
 from .validation import check_codes, check_input_ids, check_labels
@@ -309,7 +317,7 @@ class HierAEModel(HierAEPreTrainedModel):
             level = self.levels[li]
             T = tokens.shape[1]
             positions = positions_from_mask(valid)  # (B, T)
-            ent_logits, H, layout, _ = level.segment(tokens, valid, positions)
+            ent_logits, H, layout, fires = level.segment(tokens, valid, positions)
             pair = valid[:, 1:] & valid[:, :-1]  # (B, T-1) next-token pairs inside the row
             ent_losses.append(masked_cross_entropy(ent_logits[:, :-1], tokens[:, 1:], pair))
             tps.append(valid.sum().float() / layout.seg_mask.sum().clamp(min=1).float())
@@ -334,7 +342,10 @@ class HierAEModel(HierAEPreTrainedModel):
                 # reconstruct mode: the decoder reads the segment's own (straight-through) code
                 inp, inp_valid = shift_in_begin(tokens, valid, level.decoder.begin_id, level.vocab.pad_id)
                 ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
-                dec_logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+                offsets = decoder_offsets(layout, fires, valid, level.cfg.max_segment_len)  # (B, T+1)
+                dec_logits, _ = level.decoder(
+                    inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets
+                )
                 rec_logits = dec_logits[:, :T]  # (B, T, V): output i predicts tokens[i]
                 rec_losses.append(masked_cross_entropy(rec_logits, tokens, valid))
                 all_rec.append(rec_logits)
@@ -412,12 +423,15 @@ class HierAEModel(HierAEPreTrainedModel):
             if with_reconstruct:
                 inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
                 ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
-                rec_logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), ctx)
+                offsets = decoder_offsets(layout, fires, v, level.cfg.max_segment_len)  # (B, T+1)
+                rec_logits, _ = level.decoder(
+                    inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets
+                )
                 rec_losses.append(masked_cross_entropy(rec_logits[:, : tokens.shape[1]], tokens, v))
                 com_losses.append(q.commitment)
             closed = closed_segments(layout, fires, v, level.cfg.max_segment_len)
             up = self._next_level_stream(level, tokens, v, layout, q.codes.detach(), closed=closed)
-            per_level.append((tokens, v, layout, up))
+            per_level.append((tokens, v, layout, up, fires))
             if return_stream:
                 stream.append(open_level_stream(level, v, layout, fires, H, h, kv_ent, kv_enc))
             tokens, v = up.tokens, up.valid
@@ -434,14 +448,15 @@ class HierAEModel(HierAEPreTrainedModel):
         rows = torch.arange(ids.shape[0], device=ids.device)
         for li in reversed(range(self.num_levels)):
             level = self.levels[li]
-            tokens, v, layout, up = per_level[li]
+            tokens, v, layout, up, fires = per_level[li]
             ctx = self._predict_context(level, upper_h, upper_n, up.seg_pos, layout, v)  # (B, T+1, D)
             if zero_context and li == 0:
                 ctx = torch.zeros_like(ctx)
             inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
             kv_dec = [] if return_stream else None
+            offsets = decoder_offsets(layout, fires, v, level.cfg.max_segment_len)  # (B, T+1)
             dec_logits, dec_h = level.decoder(
-                inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_dec
+                inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_dec, offsets=offsets
             )
             losses[li] = masked_cross_entropy(dec_logits[:, : tokens.shape[1]], tokens, v)
             if return_stream:
@@ -484,7 +499,8 @@ class HierAEModel(HierAEPreTrainedModel):
             st.open_states[rows, seg_len] = h
             seg_len = seg_len + 1
             H = entropy_bits(level.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
-        fires = level.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0] | (seg_len >= L)  # (B',)
+        fires = level.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
+        fires = segment_closes(fires, seg_len, L)  # (B',) the open segment closes after this token
         st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
         if bool(fires.any()):
             closing = rows[fires]
@@ -500,7 +516,8 @@ class HierAEModel(HierAEPreTrainedModel):
             st.context[closing] = level.context_proj(g.to(level.context_proj.weight.dtype)).to(
                 st.context.dtype
             )
-        return level.decoder.step(toks, st.context[rows], st.decoder, rows)
+        offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
+        return level.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets)
 
     def _upper_step(self, state: StreamState, ui: int, rows: torch.Tensor, toks: torch.Tensor):
         """The level above (or the top LM) reads one code per row; its hidden state is g_next."""
@@ -632,11 +649,14 @@ class HierAEModel(HierAEPreTrainedModel):
             if n == 0:
                 begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
                 kv_dec = []
-                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec)[0]  # (B, 1, V)
+                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec, offsets=zero_pos)[0]
                 logits = logits[:, 0]  # (B, V)
                 dec_cache = KVStore(kv_dec, one)
             else:
-                logits = level.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows)[0]  # (B', V)
+                # the token to predict sits at offset seg_len in its segment
+                logits = level.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows])[
+                    0
+                ]
             nxt = logits.argmax(dim=-1)  # (B',)
             nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
             tokens[rows, n] = nxt
@@ -654,7 +674,7 @@ class HierAEModel(HierAEPreTrainedModel):
                 H = entropy_bits(ent_logits[:, None])  # (B', 1)
             fires = level.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
-            new_seg = fires | (r_len >= L)  # (B',)
+            new_seg = segment_closes(fires, r_len, L)  # (B',)
             r_seg = seg[rows] + new_seg.long()  # (B',)
             seg[rows] = r_seg
             seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .transformer import MLP
+
 
 def gather_segments(h: torch.Tensor, seg_id: torch.Tensor, pos: torch.Tensor, num_segments: int, slots: int):
     """Scatter token states `h (B, T, D)` into per-segment blocks `(B, S, L, D)` and a slot mask.
@@ -41,12 +43,51 @@ def gather_segments(h: torch.Tensor, seg_id: torch.Tensor, pos: torch.Tensor, nu
     return blocks, slot_mask
 
 
-class LearnedQueryPooling(nn.Module):
-    """Multi-head attention of one learned query over the slots of each segment. Output (B, S, D)."""
+class SegmentMixer(nn.Module):
+    """A pre-norm transformer layer over the slots of each segment, bidirectional inside it.
 
-    def __init__(self, dim: int, num_heads: int):
+    Every slot sees the whole segment (and nothing outside it) before pooling. The code is read only
+    once its segment is closed, so this stays causal at the segment level and streaming still works.
+    blocks (B, S, L, D), slot_mask (B, S, L) -> (B, S, L, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, intermediate: int):
         super().__init__()
         self.num_heads = num_heads
+        self.norm1 = nn.RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm2 = nn.RMSNorm(dim)
+        self.mlp = MLP(dim, intermediate)
+
+    def forward(self, blocks: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+        B, S, L, D = blocks.shape
+        H = self.num_heads
+        q, k, v = (
+            self.qkv(self.norm1(blocks)).view(B, S, L, 3, H, D // H).permute(3, 0, 1, 4, 2, 5)
+        )  # (B, S, H, L, hd)
+        keys = slot_mask.clone()
+        keys[..., 0] = True  # an empty (padded) segment reads its slot 0; callers mask it
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, :, None, None, :])  # (B, S, H, L, hd)
+        blocks = blocks + self.proj(y.transpose(2, 3).reshape(B, S, L, D))  # (B, S, L, D)
+        return blocks + self.mlp(self.norm2(blocks))
+
+
+class LearnedQueryPooling(nn.Module):
+    """Multi-head attention of one learned query over the slots of each segment. Output (B, S, D).
+
+    Options: `slots`, a learned embedding per slot (the token's offset in its segment) added before
+    the keys and values, so the pooled vector can say in which order the segment's tokens came;
+    `mix_layers` `SegmentMixer` layers before the query reads the slots.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, slots: int | None = None, mix_layers: int = 0, intermediate: int = 0
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.slot_embed = nn.Embedding(slots, dim) if slots else None
+        self.mixers = nn.ModuleList(SegmentMixer(dim, num_heads, intermediate) for _ in range(mix_layers))
         self.head_dim = dim // num_heads
         self.query = nn.Parameter(torch.zeros(dim))
         self.norm = nn.RMSNorm(dim)
@@ -56,6 +97,10 @@ class LearnedQueryPooling(nn.Module):
     def forward(self, blocks: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
         B, S, L, D = blocks.shape
         H, hd = self.num_heads, self.head_dim
+        if self.slot_embed is not None:
+            blocks = blocks + self.slot_embed.weight[:L].to(blocks.dtype)  # (B, S, L, D)
+        for mixer in self.mixers:
+            blocks = mixer(blocks, slot_mask)  # (B, S, L, D)
         k, v = (
             self.kv(self.norm(blocks)).view(B, S, L, 2, H, hd).permute(3, 0, 1, 4, 2, 5)
         )  # (B, S, H, L, hd)

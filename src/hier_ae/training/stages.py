@@ -113,6 +113,10 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
             f"levels {start_level}..{L - 1}."
         )
     model.requires_grad_(False)
+    # the config's loss weights, the one place they are set (1.0 each by default)
+    c = model.config
+    w_ent, w_rec, w_com = c.entropy_loss_weight, c.reconstruct_loss_weight, c.commitment_loss_weight
+    w_pred, w_top = c.predict_loss_weight, c.top_lm_loss_weight
     top = stage.level if stage.level is not None else L
     for i, level in enumerate(model.levels):
         # levels below the trained one are fixed: their segments and codes must not move
@@ -125,7 +129,7 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         kwargs = {"num_levels": stage.level + 1, "reconstruct_levels": (), "run_top_lm": False}
 
         def objective(out):
-            return out.entropy_loss[stage.level]
+            return w_ent * out.entropy_loss[stage.level]
 
         names = ["entropy CE"]
     elif stage.kind == "autoencoder":
@@ -135,7 +139,7 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         kwargs = {"num_levels": stage.level + 1, "reconstruct_levels": (stage.level,), "run_top_lm": False}
 
         def objective(out):
-            return out.reconstruct_loss[stage.level] + out.commitment_loss[stage.level]
+            return w_rec * out.reconstruct_loss[stage.level] + w_com * out.commitment_loss[stage.level]
 
         names = ["recon CE", "commitment"]
     elif stage.kind == "top_lm":
@@ -143,7 +147,7 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         kwargs = {"reconstruct_levels": (), "run_top_lm": True}
 
         def objective(out):
-            return out.top_lm_loss
+            return w_top * out.top_lm_loss
 
         names = ["top-LM CE"]
     elif stage.kind == "predict":
@@ -156,7 +160,9 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         kwargs = {"mode": "predict"}
 
         def objective(out):
-            return out.predict_loss.sum() + out.reconstruct_loss.sum() + out.top_lm_loss
+            return (
+                w_pred * out.predict_loss.sum() + w_rec * out.reconstruct_loss.sum() + w_top * out.top_lm_loss
+            )
 
         names = ["predict CE", "recon CE", "top-LM CE"]
     else:
@@ -171,10 +177,10 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
 
         def objective(out):
             return (
-                out.predict_loss.sum()
-                + out.reconstruct_loss.sum()
-                + out.commitment_loss.sum()
-                + out.top_lm_loss
+                w_pred * out.predict_loss.sum()
+                + w_rec * out.reconstruct_loss.sum()
+                + w_com * out.commitment_loss.sum()
+                + w_top * out.top_lm_loss
             )
 
         names = ["predict CE", "recon CE", "commitment", "top-LM CE"]
