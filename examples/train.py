@@ -69,11 +69,21 @@ SHORTHANDS = {  # flag -> config key
 
 
 def set_key(cfg: dict, key: str, value) -> None:
+    """Set `a.b.c` in nested dicts; a number indexes a list (`model.levels.0.codebook_size`)."""
     node = cfg
     *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
+    for i, p in enumerate([*parents, leaf]):
+        if isinstance(node, list) and not (p.isdigit() and int(p) < len(node)):
+            raise ValueError(
+                f"--set {key}: {p!r} is not an index of a list of {len(node)} items (0..{len(node) - 1})."
+            )
+        if i == len(parents):
+            break
+        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    if isinstance(node, list):
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
@@ -290,6 +300,7 @@ def main(argv=None) -> dict:
         if docs.num_skipped:  # bad records (not text, empty, corrupt JSON lines) never crash a run
             accelerator.print(f"data: {name}: {docs.skipped_summary()}")
     p_start = float(data_cfg.get("p_doc_start", 0.5))
+    p_line = float(data_cfg.get("p_line", 0.0))  # rows that are one line framed as a document
     train_rows, val_rows = train_docs, val_docs
     if shards:
         from hier_ae.codes.shards import code_rows, code_rows_from_documents
@@ -300,7 +311,12 @@ def main(argv=None) -> dict:
             f"data: {len(train_rows)} code rows ({sum(map(len, train_rows)):,} tokens) from {shards}"
         )
     batches = DocumentCropper(
-        train_rows, batch_size, seq_len, seed=seed + 1000 * accelerator.process_index, p_doc_start=p_start
+        train_rows,
+        batch_size,
+        seq_len,
+        seed=seed + 1000 * accelerator.process_index,
+        p_doc_start=p_start,
+        p_line=0.0 if shards else p_line,
     )
     val_stream = DocumentCropper(val_rows, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
     val_batches = [next(val_stream) for _ in range(int(ecfg.get("val_batches", 4)))]
@@ -477,6 +493,13 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     print(f"model folder: {final}")
     print("reconstruction (autoencoder; the decoder reads the codes - not a language-model score):")
     print(f"  exact-match on {report['documents']} held-out lines: {report['exact_match']:.1%}")
+    print(
+        f"  byte accuracy: {report['teacher_forced_accuracy']:.1%} teacher-forced (level 0), "
+        f"{report['byte_accuracy']:.1%} free decode (1 - edit distance / length)"
+    )
+    for sample in report["samples"][:2]:
+        print(f"  held-out line: {sample['line']!r}")
+        print(f"  decoded:       {sample['decoded']!r}")
     for lv, (tps, bpc) in enumerate(zip(report["tokens_per_segment"], report["bytes_per_code"])):
         print(f"  level {lv}: {tps:.2f} tokens per segment, {bpc:.2f} bytes per code")
     print(f"  code bits per byte (top level): {report['code_bits_per_byte']:.3f}")

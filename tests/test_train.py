@@ -185,6 +185,11 @@ def test_cli_overrides_and_local_data(tmp_path):
     )
     cfg = train.load_config(args)
     assert cfg["data"]["batch_size"] == 7 and cfg["data"]["source"] == "x.jsonl"
+    # a number indexes a list: the settings of one level
+    args = train.parse_args(["--config", str(config), "--set", "model.levels.0.codebook_size=64"])
+    assert train.load_config(args)["model"]["levels"][0]["codebook_size"] == 64
+    with pytest.raises(ValueError, match="not an index"):
+        train.load_config(train.parse_args(["--config", str(config), "--set", "model.levels.3.window=8"]))
     assert cfg["training"]["gradient_accumulation_steps"] == 3
 
     docs = [f"document {i}: " + "word " * (i + 1) for i in range(40)]

@@ -3,7 +3,9 @@
 A document is framed as `<s>` + bytes + `</s>` (ids 2, b + 3, 1). A row is a window of `seq_len`
 ids of one framed document. Windows start at the document's start with probability
 `p_doc_start` (so the row begins with `<s>`), otherwise anywhere (rows that start mid-document, as
-lm-eval's contexts do). Short documents give short rows, right-padded with 0.
+lm-eval's contexts do). Short documents give short rows, right-padded with 0. With probability
+`p_line` a row is instead one line of a document framed as a document of its own (`<s>` + line +
+`</s>`, cropped to `seq_len`), as `examples/evaluate_model.py` and `bench/recon.py` frame held-out lines.
 
 Example: doc b"hi", seq_len 8 -> row [2, 107, 108, 1, 0, 0, 0, 0], mask [1, 1, 1, 1, 0, 0, 0, 0].
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 PAD, EOS, BOS, OFFSET = 0, 1, 2, 3
+NEWLINE = ord("\n") + OFFSET
 
 
 def frame_document(doc: bytes) -> torch.Tensor:
@@ -51,6 +54,7 @@ class DocumentCropper:
         seq_len: int,
         seed: int = 0,
         p_doc_start: float = 0.5,
+        p_line: float = 0.0,
     ):
         if not docs:
             raise ValueError("DocumentCropper needs at least one document; got an empty list.")
@@ -60,7 +64,9 @@ class DocumentCropper:
         lengths = torch.tensor([len(d) for d in self.docs], dtype=torch.float)
         self.weights = lengths / lengths.sum()  # sample documents in proportion to their length
         self.batch_size, self.seq_len, self.p_doc_start = batch_size, seq_len, p_doc_start
+        self.p_line = p_line
         self.generator = torch.Generator().manual_seed(seed)
+        self._lines: dict[int, torch.Tensor] = {}  # doc index -> (n, 2) [start, end) of its non-empty lines
 
     def __iter__(self):
         return self
@@ -71,11 +77,34 @@ class DocumentCropper:
         rows = []
         for i in idx.tolist():
             doc = self.docs[i]
+            if self.p_line > 0 and torch.rand((), generator=g).item() < self.p_line:
+                line = self._line(i, g)
+                if line is not None:
+                    rows.append(line[: self.seq_len])
+                    continue
             room = max(len(doc) - self.seq_len, 0)
             at_start = torch.rand((), generator=g).item() < self.p_doc_start
             start = 0 if at_start or room == 0 else int(torch.randint(0, room + 1, (), generator=g))
             rows.append(doc[start : start + self.seq_len])
         return pad_rows(rows)
+
+    def _line(self, i: int, g: torch.Generator) -> torch.Tensor | None:
+        """A random non-empty line of document i, framed `<s>` + line + `</s>` (None: no line).
+
+        Framed doc [2, a, b, NL, c, 1] has the lines [a, b] and [c] -> e.g. [2, c + 0, 1].
+        """
+        if i not in self._lines:
+            doc = self.docs[i]
+            cuts = torch.cat(
+                [torch.tensor([0]), (doc == NEWLINE).nonzero()[:, 0], torch.tensor([len(doc) - 1])]
+            )
+            spans = torch.stack([cuts[:-1] + 1, cuts[1:]], dim=1)  # (n, 2) between separators
+            self._lines[i] = spans[spans[:, 1] > spans[:, 0]]
+        spans = self._lines[i]
+        if not len(spans):
+            return None
+        a, b = spans[int(torch.randint(0, len(spans), (), generator=g))].tolist()
+        return torch.cat([torch.tensor([BOS]), self.docs[i][a:b], torch.tensor([EOS])])
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -125,7 +125,9 @@ def _hash01(key: str) -> float:
 def _fingerprint(data_cfg: dict) -> str:
     """Hash of the data config plus, for local sources, the size and mtime of every file read."""
     keyed = {
-        k: data_cfg.get(k) for k in sorted(data_cfg) if k not in ("batch_size", "seq_len", "p_doc_start")
+        k: data_cfg.get(k)
+        for k in sorted(data_cfg)
+        if k not in ("batch_size", "seq_len", "p_doc_start", "p_line")
     }
     source = str(data_cfg.get("source", "default"))
     stats = []

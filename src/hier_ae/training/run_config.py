@@ -69,6 +69,7 @@ DATA = {
     "seq_len": _rule(_INT, low=2),
     "batch_size": _rule(_INT, low=1),
     "p_doc_start": _rule(_NUM, low=0.0, high=1.0),
+    "p_line": _rule(_NUM, low=0.0, high=1.0),
     "code_shards": _rule(_STR, optional=True),
     "code_level": _rule(_INT, low=0, optional=True),
 }
