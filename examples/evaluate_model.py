@@ -1,7 +1,7 @@
 """Evaluate a saved hier_ae model on a text file: prediction, reconstruction, codes, segmentation.
 
-    python examples/evaluate.py --model runs/tiny/model --text examples/lm_eval_tasks/data/sentences.txt \
-        --out runs/tiny/eval
+    python examples/evaluate_model.py --model runs/tiny/model \
+        --text examples/lm_eval_tasks/data/sentences.txt --out runs/tiny/eval
 
 Two different things are measured, and the report keeps them apart:
 

@@ -8,6 +8,7 @@ trained 1-level model of conftest.py.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -320,9 +321,19 @@ def test_train_top_lm_on_code_shards(reference, trained_1level, corpus, tmp_path
     run = tmp_path / "run"
     train.main(["--config", str(path), "--output-dir", str(run)])
     losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
-    assert len(losses) == 30
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
-    assert (run / "model" / "model.safetensors").exists()
+    assert len(losses) == 30 and all(map(math.isfinite, losses))
+    # the top LM trained (its weights moved) and nothing else did: the levels that made the codes
+    # are the shards' model, bit for bit (the fixture's top LM is already trained, so its loss on
+    # these few steps need not fall; what moved is the test)
+    from safetensors.torch import load_file
+
+    def weights(folder):  # the fixture folder was saved as HierAEForCausalLM ("model." prefix)
+        return {k.removeprefix("model."): v for k, v in load_file(folder / "model.safetensors").items()}
+
+    before, after = weights(trained_1level[1]), weights(run / "model")
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("top_lm.") for k in moved), sorted(moved)[:5]
     # a stage that needs bytes below the stored codes is refused with a clear message
     cfg["training"]["stages"] = [{"kind": "autoencoder", "level": 0, "steps": 2}]
     path.write_text(yaml.safe_dump(cfg))

@@ -1,4 +1,4 @@
-"""examples/evaluate.py: the report's fields, its labels, and the segmentation pictures."""
+"""examples/evaluate_model.py: the report's fields, its labels, and the segmentation pictures."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ RECONSTRUCTION = "reconstruction (autoencoder; decoder reads the codes)"
 
 
 def load_evaluate():
-    spec = importlib.util.spec_from_file_location("hier_evaluate", REPO / "examples" / "evaluate.py")
+    spec = importlib.util.spec_from_file_location("hier_evaluate", REPO / "examples" / "evaluate_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

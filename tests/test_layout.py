@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -107,9 +108,14 @@ def test_model_card_template_ships_as_package_data(tmp_path):
 @pytest.mark.slow  # end to end: builds the wheel and installs it into a folder (about 15 s)
 def test_installed_wheel_renders_a_model_card(tmp_path):
     """Build the wheel, install it (no source checkout on the path), render a card and load a metric."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "-q"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
     subprocess.run(build, check=True, cwd=tmp_path, capture_output=True, env=SUBPROCESS_ENV)
     (wheel,) = wheels.glob("hier_ae-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

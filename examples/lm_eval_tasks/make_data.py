@@ -13,7 +13,7 @@ a pure function of the seeds below; re-running the script reproduces the committ
   only grammatical last word (" river"). Fields: context, target.
 - `data/ppl.jsonl` (task `hier_ppl`, loglikelihood_rolling): paragraphs of 4 to 9 sentences
   (about 150 to 450 bytes, so they span several 128-byte windows). Field: text.
-- `data/sentences.txt`: 64 sentences, one per line (a sample input for `examples/evaluate.py`).
+- `data/sentences.txt`: 64 sentences, one per line (a sample input for `examples/evaluate_model.py`).
 """
 
 from __future__ import annotations

@@ -18,9 +18,17 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     """Encode each document as `<s>` + bytes + `</s>`, decode from the top-level codes only.
 
     A document is exact only if `decode` returns exactly its ids up to and including EOS.
-    Returns the exact-match rate, tokens per segment per level, and code bits per byte:
-    top-level codes x log2(K_top^R) / bytes, the fixed-length size of what `decode` needs.
+    `teacher_forced_accuracy`: level 0's reconstruct-mode argmax on the true previous bytes (what
+    decoding would get right if every earlier byte were right); `samples`: the first three lines
+    beside their free decodes.
+    Returns the exact-match rate, the edit-distance byte accuracy and where the first error falls
+    (the `reconstruction` evaluate metric, `hier_ae.metrics`), tokens per segment per level, and code
+    bits per byte: top-level codes x log2(K_top^R) / bytes, the fixed-length size of what `decode` needs.
     """
+    from ..metrics import load
+
+    predictions, references = [], []
+    tf_right = tf_total = 0
     model.eval()
     device = next(model.parameters()).device
     exact = n_bytes = 0
@@ -30,6 +38,14 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         framed = [frame_document(d) for d in docs[i : i + batch_size]]
         ids, mask = pad_rows(framed)
         enc = model.encode(ids.to(device), mask.to(device))
+        # teacher-forced level 0: the decoder reads the true previous bytes and the level's codes
+        with model._inference():
+            tf = model(
+                ids.to(device), mask.to(device), num_levels=1, reconstruct_levels=(0,), run_top_lm=False
+            )
+        real = mask.to(device).bool()  # (B, T)
+        tf_right += int((tf.reconstruct_logits[0].argmax(-1) == ids.to(device))[real].sum())
+        tf_total += int(real.sum())
         for lv in range(model.num_levels):
             segs[lv] += int(enc.code_mask[lv].sum())
             toks[lv] += int(enc.level_mask[lv].sum())
@@ -41,11 +57,25 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
             if EOS in got.tolist():
                 got = got[: got.tolist().index(EOS) + 1]
             exact += int(torch.equal(got, ref))
+            predictions.append(got.tolist())
+            references.append(ref.tolist())
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
+    scores = load("reconstruction").compute(predictions=predictions, references=references) if docs else {}
+    assert not docs or abs(scores["exact_match"] - exact / len(docs)) < 1e-9, "metric and count disagree"
     return {
         "documents": len(docs),
         "exact_match": exact / max(len(docs), 1),
+        "teacher_forced_accuracy": tf_right / max(tf_total, 1),
+        "byte_accuracy": scores.get("byte_accuracy"),
+        "samples": [
+            {
+                "line": bytes(max(i - 3, 0) for i in r[1:-1]).decode("utf-8", "replace"),
+                "decoded": bytes(i - 3 for i in p if i >= 3).decode("utf-8", "replace"),
+            }
+            for r, p in zip(references[:3], predictions[:3])
+        ],
+        "first_error_median": scores.get("first_error_median"),
         "tokens_per_segment": [t / max(s, 1) for t, s in zip(toks, segs)],
         "bytes_per_code": [n_bytes / max(s, 1) for s in segs],
         "code_bits_per_byte": segs[-1] * code_bits[-1] / max(n_bytes, 1),
@@ -120,8 +150,14 @@ def predict_loglikelihoods(
 
 
 def bits_per_byte(loglikelihoods: list[float], docs: list[bytes]) -> float:
-    """lm-eval's corpus-level bits_per_byte: -sum(log-likelihood) / (sum(bytes) * ln 2)."""
-    return -sum(loglikelihoods) / (max(sum(len(d) for d in docs), 1) * math.log(2))
+    """lm-eval's corpus-level bits_per_byte: -sum(log-likelihood) / (sum(bytes) * ln 2), computed by
+    the `bits_per_byte` evaluate metric (`hier_ae.metrics`)."""
+    from ..metrics import load
+
+    if not docs:
+        return 0.0
+    nll = [-ll for ll in loglikelihoods]
+    return load("bits_per_byte").compute(nll=nll, num_bytes=[len(d) for d in docs])["bits_per_byte"]
 
 
 # ---- codebooks and segmentation --------------------------------------------------------------

@@ -30,7 +30,11 @@ def _architecture(config) -> str:
 def _evaluation(metrics: dict) -> str:
     rows = ["| metric | value |", "|---|---|"]
     for key, value in metrics.items():
-        if isinstance(value, float):
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            continue  # examples (held-out lines beside their decodes), not figures
+        if value is None:
+            value = "-"
+        elif isinstance(value, float):
             value = f"{value:.4f}"
         elif isinstance(value, list):
             value = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
