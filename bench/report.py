@@ -123,10 +123,12 @@ def render(report: RunReport) -> str:
         f"= one document, {tr[models[0], primary]['seq_len']} bytes x {tr[models[0], primary]['batch_size']} "
         "rows), AdamW with warm-up and a cosine decay planned to end with the wall-clock budget "
         f"(bench/training.py). hier_ae runs every stage of {hier}: a calibration "
-        "(1 + 3 optimizer steps per stage on a copy of the model, inside the budget) measures each stage's "
-        "seconds per step, and stage i gets time in proportion to configured steps_i x seconds/step_i, "
-        "so every stage runs about the same fraction of its configured steps (re-split after every "
-        "stage: an overrun comes out of the later stages). Scoring: every validation byte once, sliding "
+        "(1 warm-up + 5 timed optimizer steps per stage on a copy of the model, inside the budget; the "
+        "median of the timed steps) measures each stage's seconds per step, and stage i gets time in "
+        "proportion to configured steps_i x seconds/step_i, so every stage runs about the same fraction "
+        "of its configured steps (re-split after every stage: an overrun comes out of the later stages); "
+        "each stage runs at least its floor, a quarter of the steps planned for it, as long as the later "
+        "stages' floors still fit. Scoring: every validation byte once, sliding "
         "windows with context = the "
         "training length and stride = half of it (bench/scoring.py); hier_ae in predict mode. Peak "
         "memory: max RSS of the process that ran the phase (it includes Python and torch, about the same "
@@ -257,12 +259,13 @@ def stages_table(rep: dict) -> list[str]:
             f"{r['seconds']:.0f}",
             f"{r['steps']:,} / {r['configured_steps']:,}",
             f"{r['steps'] / max(r['configured_steps'], 1):.0%}",
+            fmt(r.get("floor_steps")),
         ]
         for r in rep["stages"]
     ]
     return [
         f"hier_ae's stages (calibration: {rep['calibration_seconds']:.0f} s of the budget; time per stage "
-        "in proportion to configured steps x calibrated seconds/step):",
+        "in proportion to configured steps x calibrated seconds/step; floor: the fewest steps it runs):",
         "",
         *table(
             [
@@ -272,6 +275,7 @@ def stages_table(rep: dict) -> list[str]:
                 "seconds",
                 "steps run / configured",
                 "fraction",
+                "floor",
             ],
             rows,
         ),

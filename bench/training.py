@@ -7,10 +7,15 @@ every step `Budget` re-plans it from the mean step time so far, so the cosine sc
 the wall-clock budget does, on any machine.
 
 hier_ae: a short calibration first times a few optimizer steps of every stage on a deep copy of
-the model (`calibrate_stages`; its time counts inside the budget); the rest of the budget is then
-split so that every stage gets the same fraction of its configured steps: stage i gets time
+the model (`calibrate_stages`: a warm-up step left out, then the median of the timed steps, so that
+a moment of contention cannot skew it; its time counts inside the budget); the rest of the budget is
+then split so that every stage gets the same fraction of its configured steps: stage i gets time
 proportional to configured steps_i x measured seconds/step_i (`allocate`), re-split after every
-stage so that a stage that runs long takes from the later ones, never the reverse.
+stage so that a stage that runs long takes from the later ones, never the reverse. No stage is
+starved: each runs at least its floor (`stage_floors`: a quarter of the steps its share plans, at
+most its configured steps), even when it runs slower than its calibration said, unless that would
+leave the later stages less than their own floors (a stage stops there; the floors are sized to fit
+the budget, so the run still ends on time).
 BLT: its entropy model (the patcher, frozen inside `BltModel`) trains first, for the share of the
 budget that hier_ae's level-0 entropy stage gets; then its patching threshold is calibrated on
 training batches to a mean patch length, and the rest of the model trains for the remainder.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -81,6 +87,32 @@ def allocate(seconds: float, steps: list[int], costs: list[float]) -> tuple[list
     return [n * c * fraction for n, c in zip(steps, costs)], [n * fraction for n in steps]
 
 
+MIN_SHARE = 0.25  # every stage runs at least this fraction of the steps its share of the budget plans
+
+
+def stage_floors(
+    seconds: float, steps: list[int], costs: list[float], min_share: float = MIN_SHARE, min_steps: int = 0
+) -> list[int]:
+    """The fewest optimizer steps each stage runs, whatever its measured pace: at most its configured
+    steps, at least `min_share` of the steps `allocate` plans for it, and at least `min_steps`.
+
+    Their calibrated time never exceeds `seconds`: floors that would (a `min_steps` too large for a
+    short budget) are scaled down in proportion, rounding down.
+
+        steps (600, 1200), costs (0.05, 0.2) s, 100 s: allocate plans 0.37 of each -> (222, 444) steps;
+        floors (56, 112); with min_steps=1000 -> (600, 1000) = 230 s, scaled by 100/230 -> (260, 434)
+    """
+    if not 0.0 <= min_share <= 1.0 or min_steps < 0:
+        raise ValueError(f"min_share={min_share} must be in [0, 1] and min_steps={min_steps} >= 0.")
+    _, expected = allocate(seconds, steps, costs)
+    floors = [min(n, max(math.ceil(min_share * e - 1e-9), min_steps)) for n, e in zip(steps, expected)]
+    need = sum(f * c for f, c in zip(floors, costs))
+    if need > max(seconds, 0.0):
+        scale = max(seconds, 0.0) / need
+        floors = [int(f * scale) for f in floors]
+    return floors
+
+
 def split_budget(seconds_left: float, steps: list[int], costs: list[float] | None = None) -> float:
     """The share of `seconds_left` for the first of the remaining stages (`allocate`; equal costs if None)."""
     return allocate(seconds_left, steps, costs or [1.0] * len(steps))[0][0]
@@ -88,14 +120,18 @@ def split_budget(seconds_left: float, steps: list[int], costs: list[float] | Non
 
 # ---- hier_ae -----------------------------------------------------------------------------------
 def calibrate_stages(
-    model: HierAEModel, stages: list[Stage], batches: Iterator, warmup: int = 1, timed: int = 3
+    model: HierAEModel, stages: list[Stage], batches: Iterator, warmup: int = 1, timed: int = 5
 ) -> list[float]:
     """Seconds per optimizer step of every stage: `warmup` + `timed` steps of each, in order, on a
     deep copy of `model` (the later stages see the copy's few earlier steps, as the real run does).
 
     `model`'s state and the global torch RNG are left exactly as they were. Each stage's cost is the
-    mean of its last `timed` steps (the first builds the optimizer and warms the kernels).
+    median duration of its last `timed` steps: the `warmup` steps (the first builds the optimizer
+    and warms the kernels) are left out, and a few steps slowed by another process do not move a
+    median (a mean of 3 steps, one of them 10x slow, was 4x too high).
     """
+    if warmup < 0 or timed < 1:
+        raise ValueError(f"warmup={warmup} must be >= 0 and timed={timed} >= 1.")
     rng = torch.random.get_rng_state()
     scratch = copy.deepcopy(model)
     costs = []
@@ -107,16 +143,20 @@ def calibrate_stages(
         stage.steps = warmup + timed
         stamps: list[float] = []
 
+        def on_prepared(net, opt, stamps=stamps):
+            stamps.append(time.perf_counter())  # the start of the first step
+
         def on_step(done, info, stamps=stamps):
             stamps.append(time.perf_counter())
             return False
 
-        train_stage(scratch, stage, batches, on_step=on_step)
-        if len(stamps) < warmup + timed:
+        train_stage(scratch, stage, batches, on_prepared=on_prepared, on_step=on_step)
+        if len(stamps) < 1 + warmup + timed:
             raise RuntimeError(
-                f"calibration of stage {stage.name}: {len(stamps)} steps ran, not {stage.steps}"
+                f"calibration of stage {stage.name}: {len(stamps) - 1} steps ran, not {stage.steps}"
             )
-        costs.append((stamps[-1] - stamps[warmup - 1]) / timed if warmup else stamps[-1] / timed)
+        durations = [b - a for a, b in zip(stamps[:-1], stamps[1:])][warmup:]  # the timed steps
+        costs.append(max(statistics.median(durations), 1e-9))
     del scratch
     torch.random.set_rng_state(rng)
     return costs
@@ -129,11 +169,16 @@ def train_hier_ae(
     budget_s: float,
     log: Callable = print,
     calib_batches: Iterator | None = None,
+    min_share: float = MIN_SHARE,
+    min_steps: int = 0,
 ) -> tuple[HierAEModel, dict]:
     """Run every stage of the curriculum within `budget_s` seconds in all; return the model and a report.
 
     `calib_batches`: the batches of the calibration (default: `batches`; bench/run.py passes its own
-    stream so that the training batches stay the ones the peers read).
+    stream so that the training batches stay the ones the peers read). `min_share`, `min_steps`: the
+    floors of `stage_floors`. A stage runs until its share of the time left is spent (`split_budget`),
+    but at least its floor, unless going on would leave the later stages less calibrated time than
+    their floors need (its deadline).
     """
     torch.manual_seed(0)
     model = HierAEModel(HierAEConfig(**model_cfg))
@@ -143,36 +188,48 @@ def train_hier_ae(
     costs = calibrate_stages(model, stages, batches if calib_batches is None else calib_batches)
     calib_s = time.perf_counter() - t_start
     planned_s, expected = allocate(budget_s - calib_s, configured, costs)
+    floors = stage_floors(budget_s - calib_s, configured, costs, min_share, min_steps)
     log(
         f"  [hier_ae calibration] {calib_s:.1f}s; s/step "
         + ", ".join(f"{s.name} {c:.3f}" for s, c in zip(stages, costs))
         + f"; every stage gets {expected[0] / max(configured[0], 1):.0%} of its configured steps"
+        + f" (floors {', '.join(str(f) for f in floors)})"
     )
     report = {
         "stages": [],
         "tokens": 0,
         "calibration_seconds": calib_s,
         "allocation": "time_i proportional to configured steps_i x calibrated seconds/step_i",
+        "floors": f"at least {min_share:.0%} of the planned steps (at most the configured), >= {min_steps}",
     }
     for i, stage in enumerate(stages):
         left = budget_s - (time.perf_counter() - t_start)
         budget = Budget(split_budget(left, configured[i:], costs[i:]))
+        # past its deadline a stage stops even below its floor: the later floors must still fit
+        deadline = left - sum(f * c for f, c in zip(floors[i + 1 :], costs[i + 1 :]))
+        floor = floors[i]
         stage.steps = UNPLANNED
         seen = {"tokens": 0, "loss": float("nan")}
 
-        def on_step(done, info, stage=stage, budget=budget, seen=seen):
+        def on_step(done, info, stage=stage, budget=budget, seen=seen, floor=floor, deadline=deadline):
             seen["tokens"] += info["tokens"]
             seen["loss"] = info["loss"]
+            if done < floor and budget.elapsed < deadline:
+                stage.steps = max(budget.planned(done), floor)  # the lr schedule ends at the floor
+                return False
             stage.steps = max(budget.planned(done), done)  # the lr schedule follows the plan
             return budget.over() or done >= stage.steps
 
-        history = train_stage(model, stage, batches, time_budget_s=budget.seconds, on_step=on_step)
+        history = train_stage(
+            model, stage, batches, time_budget_s=max(deadline, budget.seconds), on_step=on_step
+        )
         row = {
             "stage": stage.name,
             "configured_steps": configured[i],
             "calibrated_s_per_step": round(costs[i], 4),
             "planned_seconds": round(planned_s[i], 2),
             "expected_steps": round(expected[i], 1),
+            "floor_steps": floor,
             "steps": len(history),
             "budget_s": round(budget.seconds, 2),
             "seconds": round(budget.elapsed, 2),

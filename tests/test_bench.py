@@ -15,7 +15,7 @@ from bench.peers import blt_config, blt_matched, count_on_meta, count_parameters
 from bench.report import RunReport, render
 from bench.scoring import coverage, plan_windows, score_text
 from bench.targets import TARGETS, Target, evaluate, show
-from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget
+from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget, stage_floors
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.training.stages import Stage
 
@@ -134,6 +134,110 @@ def test_allocation_gives_every_stage_the_same_fraction_of_its_steps():
     assert allocate(-5.0, steps, costs)[0] == [0.0] * 4  # an overrun budget gives nothing, not < 0
     with pytest.raises(ValueError, match="> 0"):
         allocate(10.0, [1, 2], [0.1, 0.0])
+
+
+def test_floors_fit_the_budget_and_scale_down_when_they_would_not():
+    steps, costs = [600, 1200, 300], [0.05, 0.2, 0.05]  # 30 + 240 + 15 = 285 s per configured pass
+    _, expected = allocate(100.0, steps, costs)
+    floors = stage_floors(100.0, steps, costs)
+    assert floors == [math.ceil(0.25 * e) for e in expected]  # a quarter of each planned share
+    assert stage_floors(1000.0, steps, costs) == [527, 1053, 264]  # 3.5 x configured planned: a quarter
+    assert stage_floors(1e6, steps, costs, min_share=1.0) == steps  # never above the configured steps
+    # a minimum that the budget cannot hold: scaled down in proportion, never over the budget
+    for seconds in (100.0, 10.0, 1.0, 0.0, -5.0):
+        for slow in range(3):
+            cal = [c * (4.0 if i == slow else 1.0) for i, c in enumerate(costs)]  # one calibration 4x slow
+            big = stage_floors(seconds, steps, cal, min_steps=500)
+            assert sum(f * c for f, c in zip(big, cal)) <= max(seconds, 0.0) + 1e-9
+            assert all(0 <= f <= n for f, n in zip(big, steps))
+    # (500, 500, 300) need 140 s of 100: scaled by 100 / 140, rounded down
+    assert stage_floors(100.0, steps, costs, min_steps=500) == [357, 357, 214]
+    with pytest.raises(ValueError, match="min_share"):
+        stage_floors(10.0, steps, costs, min_share=1.5)
+
+
+def fake_clock_run(monkeypatch, calibrated, real, budget_s, min_share=0.25, configured=(600, 1200, 300)):
+    """train_hier_ae with its calibration and every optimizer step replaced by a clock: stage i's
+    calibration says calibrated[i] s/step, its steps really take real[i] s. Returns the report."""
+    import bench.training as training
+
+    now = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    kinds = [("entropy", 0), ("autoencoder", 0), ("top_lm", None)]
+    specs = [{"kind": k, "level": lv, "steps": n} for (k, lv), n in zip(kinds, configured)]
+    names = [Stage(**spec).name for spec in specs]
+
+    def calibrate(model, stages, batches):
+        now[0] += 5.0  # the calibration's own time, inside the budget
+        return list(calibrated)
+
+    def fake_train_stage(model, stage, batches, time_budget_s=None, on_step=None):
+        t0, history = now[0], []
+        for step in range(stage.steps):
+            now[0] += real[names.index(stage.name)]
+            history.append(1.0)
+            if on_step(step + 1, {"tokens": 2048, "loss": 1.0}):
+                break
+            if time_budget_s is not None and now[0] - t0 > time_budget_s:
+                break
+        return history
+
+    monkeypatch.setattr(training, "calibrate_stages", calibrate)
+    monkeypatch.setattr(training, "train_stage", fake_train_stage)
+    _, report = training.train_hier_ae(
+        TINY, specs, iter(()), budget_s, log=lambda *a: None, min_share=min_share
+    )
+    return report
+
+
+@pytest.mark.parametrize("slow", [4.0, 8.0])
+def test_a_stage_slower_than_its_calibration_still_gets_its_floor(monkeypatch, slow):
+    """The issue's case: entropy-0 calibrated at a quarter (or an eighth) of its real step time."""
+    costs = [0.05, 0.2, 0.05]
+    real = [costs[0] * slow, *costs[1:]]
+    starved = fake_clock_run(monkeypatch, costs, real, 105.0, min_share=0.0)["stages"]
+    rep = fake_clock_run(monkeypatch, costs, real, 105.0)
+    floors = stage_floors(100.0, [600, 1200, 300], costs)
+    assert [r["floor_steps"] for r in rep["stages"]] == floors
+    for r, f in zip(rep["stages"], floors):
+        assert r["steps"] >= f, (r, f)
+    assert starved[0]["steps"] < floors[0] <= rep["stages"][0]["steps"]  # without the floor it starved
+    assert rep["seconds"] <= 105.0 + max(real)  # the budget holds (to within one step)
+
+
+def test_a_calibration_slowed_4x_for_one_stage_still_gives_every_stage_its_floor(monkeypatch):
+    costs = [0.05, 0.2, 0.05]
+    for slow in range(3):
+        calibrated = [c * (4.0 if i == slow else 1.0) for i, c in enumerate(costs)]
+        rep = fake_clock_run(monkeypatch, calibrated, costs, 105.0)
+        floors = stage_floors(100.0, [600, 1200, 300], calibrated)
+        assert sum(f * c for f, c in zip(floors, calibrated)) <= 100.0
+        for r, f in zip(rep["stages"], floors):
+            assert r["steps"] >= f, (slow, r, f)
+        assert rep["seconds"] <= 105.0 + max(costs)
+
+
+def test_calibration_takes_the_median_of_the_timed_steps_after_the_warm_up(monkeypatch):
+    import bench.training as training
+
+    now = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    # a warm-up step of 5 s, then 5 timed steps, one of them slowed 10x by another process
+    durations = iter([5.0, 0.1, 0.1, 1.0, 0.1, 0.1] * 2)
+
+    def fake_train_stage(model, stage, batches, on_prepared=None, on_step=None):
+        on_prepared(model, None)
+        for step in range(stage.steps):
+            now[0] += next(durations)
+            on_step(step + 1, {})
+        return []
+
+    monkeypatch.setattr(training, "train_stage", fake_train_stage)
+    model = HierAEModel(HierAEConfig(**TINY))
+    stages = [Stage(kind="entropy", level=0, steps=50), Stage(kind="top_lm", steps=0)]
+    stages.append(Stage(kind="autoencoder", level=0, steps=50))
+    costs = calibrate_stages(model, stages, iter(()))
+    assert costs == pytest.approx([0.1, 1.0, 0.1])  # the mean of the timed steps was 0.28 s (3.8 x slow)
 
 
 def test_calibration_leaves_the_model_and_rng_unchanged():
