@@ -1,5 +1,5 @@
 """The phases of a bench run, each run by a worker process (`python -m bench.run ARGS --worker PHASE
-MODEL KEY`): train, score, recon (hier_ae only), generate and scaling. Each returns a plain dict that
+MODEL KEY`): train, flops, score, recon (hier_ae only), generate and scaling. Each returns a plain dict that
 the worker caches as JSON at the job's `bench.plan.result_path`; the phase's own process gives a clean
 peak-memory reading.
 """
@@ -124,6 +124,41 @@ def phase_train(args, model: str, dataset: str) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": rss0,
     }
+
+
+def phase_flops(args, model: str, dataset: str) -> dict:
+    """FLOPs per byte of the trained model (bench/flops.py), on one batch of the shape the run trained
+    on (a crop stream of the same data with its own seed), beside its parameter count; and the
+    training FLOPs of the run: every stage's (phase's) steps x its FLOPs per step."""
+    from bench.flops import blt_flops, hier_ae_flops, llama_flops, run_flops
+    from bench.plan import load_yaml
+    from hier_ae.data.batching import DocumentCropper
+
+    trained = read_json(job_dir(args, model, dataset) / "train.json")
+    lm = load_trained(model, job_dir(args, model, dataset) / "model")
+    seq_len, batch_size = trained["seq_len"], trained["batch_size"]
+    docs = [(Path(args.data_root) / rel).read_bytes() for rel in DATASETS[dataset]["train"]]
+    ids, mask = next(DocumentCropper(docs, batch_size, seq_len, seed=2, p_doc_start=0.0))
+    rep = trained["report"]
+    t0 = time.perf_counter()
+    if model == "hier_ae":
+        specs = load_yaml(args.config)["training"]["stages"]
+        steps = [r["steps"] for r in rep["stages"]] if "stages" in rep else None
+        out = hier_ae_flops(lm, specs, ids, mask, steps)
+    elif model == "llama":
+        out = llama_flops(lm, ids, mask, rep["steps"])
+    else:
+        out = blt_flops(lm, ids, mask, [rep["patcher"]["steps"], rep["steps"] - rep["patcher"]["steps"]])
+    # the run's batches are crops of this shape, as full as this one (long documents)
+    out["run_train_flops"] = run_flops(out, out["bytes"])
+    out.update(model=model, dataset=dataset, seq_len=seq_len, batch_size=batch_size)
+    out["count_seconds"] = time.perf_counter() - t0
+    print(
+        f"  [{model} flops] train {out['train_flops_per_byte'] / 1e6:.2f} MFLOP/byte, inference "
+        f"{out['inference_flops_per_byte'] / 1e6:.2f} MFLOP/byte, {out['parameters']:,} parameters",
+        flush=True,
+    )
+    return out
 
 
 def phase_score(args, model: str, dataset: str) -> dict:
@@ -292,6 +327,7 @@ def phase_scaling(args, model: str, size: int) -> dict:
 
 PHASES = {
     "train": phase_train,
+    "flops": phase_flops,
     "score": phase_score,
     "recon": phase_recon,
     "generate": phase_generate,

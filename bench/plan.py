@@ -1,7 +1,7 @@
 """What a run of `python -m bench.run` runs and where its results live: the models, the data, the
 budgets, the cache paths, the job plan and the estimate of its minutes.
 
-Every phase of every model (train, score, recon, generate, scaling) is one job, run in its own
+Every phase of every model (train, flops, score, recon, generate, scaling) is one job, run in its own
 process and cached as JSON under `--cache-dir`, keyed by model, data and budget (`job_dir`); `jobs`
 lists them in the order they run, `result_path` names each one's file, for the orchestration and for
 the worker that writes it.
@@ -35,6 +35,7 @@ SECOND_RECON_LINES = 1000  # reconstruction lines per second-table val set (deco
 EST_STARTUP_S = 4.0  # one phase process: import torch + transformers, load the model
 EST_SCORE_BYTES_PER_S = {"hier_ae": 3500.0, "llama": 6000.0, "blt": 9000.0}  # windows 256 / stride 128
 EST_RECON_LINES_PER_S = 40.0  # hier_ae decode, lines sorted by length, --recon-batch 128
+EST_FLOPS_S = {"hier_ae": 20.0, "llama": 5.0, "blt": 10.0}  # one batch per stage, counted (bench/flops.py)
 EST_GENERATE_S = {"hier_ae": 60.0, "llama": 45.0, "blt": 150.0}  # 64 / 1k / 8k prompts, 256 new, 3 runs
 EST_SCALING_S_PER_KB = {"hier_ae": (0.135, 0.019), "llama": (0.074, 0.046)}  # s = a x KB + b x KB^2
 # the reconstruction benchmark per val text: from its baseline (bench/experiments.md: 88 s for 4 texts
@@ -169,8 +170,8 @@ class Job:
 
 
 def jobs(args, models: list[str], datasets: list[str]) -> list[Job]:
-    """Every job of a run, in order: per dataset and model, train then score (then, for hier_ae, the
-    reconstruction benchmark; then generate, on the main data); then the scaling table."""
+    """Every job of a run, in order: per dataset and model, train, its FLOPs per byte, then score (then,
+    for hier_ae, the reconstruction benchmark; then generate, on the main data); then the scaling table."""
 
     def job(phase, model, key):
         return Job(phase, model, key, result_path(args, phase, model, key))
@@ -178,7 +179,7 @@ def jobs(args, models: list[str], datasets: list[str]) -> list[Job]:
     out = []
     for ds in datasets:
         for m in models:
-            out += [job("train", m, ds), job("score", m, ds)]
+            out += [job("train", m, ds), job("flops", m, ds), job("score", m, ds)]
             if m == "hier_ae" and not args.skip_recon:
                 out.append(job("recon", m, ds))
             if ds == PRIMARY:
@@ -194,6 +195,7 @@ def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, 
     parts: dict[str, float] = {}
     for ds in datasets:
         parts[f"train ({ds})"] = len(models) * budget_of(args, ds)
+        parts[f"flops ({ds})"] = sum(EST_FLOPS_S[m] for m in models) / 60
         sizes = {name: len(d) for name, d in val_texts(args, ds).items()}
         seconds = 0.0
         for m in models:

@@ -60,7 +60,7 @@ class RunReport:
 
 
 def render(report: RunReport) -> str:
-    from bench.peers import config_label, describe
+    from bench.peers import config_label
 
     args, argv, cfgs, counts = report.args, report.argv, report.configs, report.counts
     results, compress, datasets = report.results, report.compress, report.datasets
@@ -74,7 +74,10 @@ def render(report: RunReport) -> str:
     pval = next(iter(compress[primary]))
     cmd = "python -m bench.run" + ("" if not argv else " " + " ".join(argv))
     phase_total = sum(
-        r.get("phase_seconds", 0.0) for group in (tr, sc, rec, scal) for r in group.values() if r
+        r.get("phase_seconds", 0.0)
+        for group in (tr, results.get("flops", {}), sc, rec, scal)
+        for r in group.values()
+        if r
     ) + sum(r.get("phase_seconds", 0.0) for r in gen.values() if r)
     L = [
         "# hier_ae benchmark results",
@@ -93,11 +96,7 @@ def render(report: RunReport) -> str:
         "### Models (matched parameter counts; every module counts)",
         "",
     ]
-    rows = []
-    for m in ("hier_ae", "llama", "blt"):
-        shape = f"{hier} (parameters + VQ codebooks)" if m == "hier_ae" else describe(cfgs[m])
-        rows.append([NAMES[m], fmt(counts[m]), f"{counts[m] / counts['hier_ae'] - 1:+.1%}", shape])
-    L += table(["model", "parameters", "vs hier_ae", "shape"], rows, "lrrl")
+    L += models_table(cfgs, counts, results.get("flops", {}), primary, hier)
     blt_tr = tr.get(("blt", primary))
     if blt_tr:
         rep = blt_tr["report"]
@@ -149,6 +148,51 @@ def render(report: RunReport) -> str:
     if notes.exists():
         L += ["### Notes", "", notes.read_text().strip(), ""]
     return "\n".join(L) + "\n"
+
+
+def models_table(cfgs: dict, counts: dict, flops: dict, primary: str, hier: str) -> list[str]:
+    """Every model's parameters beside its training and inference FLOPs per byte (bench/flops.py, the
+    main data's flops phase) and the training FLOPs of its run; hier_ae's per stage, BLT's per phase."""
+    from bench.flops import fmt_flops
+    from bench.peers import describe
+
+    rows = []
+    for m in ("hier_ae", "llama", "blt"):
+        shape = f"{hier} (parameters + VQ codebooks)" if m == "hier_ae" else describe(cfgs[m])
+        f = flops.get((m, primary)) or {}
+        rows.append(
+            [
+                NAMES[m],
+                fmt(counts[m]),
+                f"{counts[m] / counts['hier_ae'] - 1:+.1%}",
+                fmt_flops(f.get("train_flops_per_byte")),
+                fmt_flops(f.get("inference_flops_per_byte")),
+                fmt_flops(f.get("run_train_flops")),
+                shape,
+            ]
+        )
+    header = ["model", "parameters", "vs hier_ae", "train FLOPs/byte", "inference FLOPs/byte"]
+    L = table([*header, "training FLOPs (run)", "shape"], rows, "lrrrrrl")
+    if not flops:
+        return L
+    L += [
+        "FLOPs: counted with `torch.utils.flop_counter.FlopCounterMode` on one batch of the training shape "
+        f"({primary}; bench/flops.py): matrix products and attention, 2 per multiply-add (elementwise work, "
+        "embeddings and the optimizer step are not counted), divided by the batch's real bytes. Training: "
+        "one forward + backward of the training objective, the mean over stages weighted by the steps each "
+        "ran; inference: one causal-LM forward over the whole batch (hier_ae in predict mode), no grad. "
+        "Training FLOPs (run): sum over stages of steps x FLOPs of one step.",
+        "",
+    ]
+    for m, what in (("hier_ae", "stage"), ("blt", "phase")):
+        f = flops.get((m, primary))
+        if f and len(f["stages"]) > 1:
+            per = ", ".join(
+                f"{r['stage']} {fmt_flops(r['train_flops_per_byte'])} x {fmt(r['steps'])} steps"
+                for r in f["stages"]
+            )
+            L += [f"{NAMES[m]}'s training FLOPs/byte per {what}: {per}.", ""]
+    return L
 
 
 def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
@@ -399,7 +443,7 @@ def targets_section(primary: str, pval: str, results: dict) -> list[str]:
 def timing_section(results: dict, datasets: list[str], plan: dict[str, float]) -> list[str]:
     """Minutes per phase (each its own process, start-up included) against the plan printed at start."""
     parts: dict[str, dict[str, float]] = {}
-    for phase in ("train", "score", "recon"):
+    for phase in ("train", "flops", "score", "recon"):
         for (m, ds), r in results.get(phase, {}).items():
             if r:
                 parts.setdefault(f"{phase} ({ds})", {})[m] = r.get("phase_seconds", 0.0)

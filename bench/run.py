@@ -11,7 +11,9 @@ and a `BltForCausalLM` from transformers (bench/peers.py). Each trains on the sa
 same wall-clock budget (bench/training.py): Tiny Shakespeare for `--budget-minutes` (the main table),
 then code + multilingual for `--second-budget-minutes` (scored on each val.txt separately).
 
-Per model: validation bits per byte with one sliding-window scorer for all (bench/scoring.py;
+Per model: its parameter count beside its training and inference FLOPs per byte, counted with
+`FlopCounterMode` on one batch of the training shape (bench/flops.py; hier_ae per stage) and the
+training FLOPs of its run; validation bits per byte with one sliding-window scorer for all (bench/scoring.py;
 context = the training length, stride = half of it; hier_ae in predict mode), training and scoring
 bytes/s, peak memory (max RSS of the process that ran the phase), greedy generation bytes/s at
 64 B / 1 KB / 8 KB prompts (256 new bytes, median of 3, with the fastest cache whose output equals the
@@ -216,7 +218,7 @@ def main(argv=None) -> None:
         + "); cached phases are reused",
         flush=True,
     )
-    results: dict = {"train": {}, "score": {}, "recon": {}, "generate": {}, "scaling": {}}
+    results: dict = {"train": {}, "flops": {}, "score": {}, "recon": {}, "generate": {}, "scaling": {}}
     for job in jobs(args, models, datasets):
         results[job.phase][job.slot] = run_phase(argv, job)
     compress = {

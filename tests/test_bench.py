@@ -287,8 +287,9 @@ def test_cache_keys_separate_model_data_and_budget(tmp_path):
 def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_path):
     args = run.parse_args(["--cache-dir", str(tmp_path), "--quick"])
     todo = plan.jobs(args, ["hier_ae", "blt"], [plan.PRIMARY, "code+multilingual"])
-    assert [(j.phase, j.model, j.key) for j in todo[:4]] == [
+    assert [(j.phase, j.model, j.key) for j in todo[:5]] == [
         ("train", "hier_ae", "shakespeare"),
+        ("flops", "hier_ae", "shakespeare"),  # FLOPs per byte of the trained model (bench/flops.py)
         ("score", "hier_ae", "shakespeare"),
         ("recon", "hier_ae", "shakespeare"),  # the reconstruction benchmark, hier_ae only
         ("generate", "hier_ae", "shakespeare"),
@@ -307,7 +308,12 @@ def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_pa
         assert j.path == plan.result_path(args, j.phase, j.model, j.key)
     assert len({j.path for j in todo}) == len(todo)
     skip = run.parse_args(["--cache-dir", str(tmp_path), "--skip-scaling", "--skip-recon"])
-    assert {j.phase for j in plan.jobs(skip, ["hier_ae"], [plan.PRIMARY])} == {"train", "score", "generate"}
+    assert {j.phase for j in plan.jobs(skip, ["hier_ae"], [plan.PRIMARY])} == {
+        "train",
+        "flops",
+        "score",
+        "generate",
+    }
     capped = run.parse_args(["--max-val-bytes", "4096", "--recon-sample-lines", "50"])
     assert plan.recon_name(capped) == "recon-l50-d16-val4096.json"  # samples of a capped text kept apart
 
