@@ -135,7 +135,7 @@ def top_code_stream(model, enc):
     """The framed top code stream (bos, codes, eos) that `forward` feeds the top LM, from `encode`'s output.
 
     A row that began with the top level's `<s>` gets the stream's bos; a segment that holds the level's
-    `</s>` (it closes its segment) is followed by the stream's eos (as `_next_level_stream` frames it).
+    `</s>` (it closes its segment) is followed by the stream's eos (as `HierLevel.upper_stream` frames it).
     Returns `UpperStream` tokens (B, T'), valid (B, T').
     """
     top = model.num_levels - 1
@@ -149,8 +149,7 @@ def top_code_stream(model, enc):
     is_eos = (valid & (tokens == level.vocab.eos_id) & (seg >= 0)).long()  # (B, T)
     ends = torch.zeros(B, S, dtype=torch.long, device=tokens.device)  # (B, S)
     ends = ends.scatter_reduce(1, seg.clamp(min=0), is_eos, reduce="amax").bool() & cmask  # (B, S)
-    n = level.cfg.num_codes
-    return frame_upper_stream(codes, cmask, starts_with_bos, ends, n, n + 1, n + 2)
+    return frame_upper_stream(codes, cmask, starts_with_bos, ends, level.upper_vocab)
 
 
 @torch.no_grad()
