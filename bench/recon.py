@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from bench.compressors import compressor_table
 from hier_ae import metrics
-from hier_ae.data.batching import EOS, frame_document, pad_rows
+from hier_ae.configuration_hier_ae import EOS_ID
+from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
 from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
 from hier_ae.segmentation import frame_upper_stream, shift_in_begin
@@ -122,7 +123,7 @@ def document_windows(docs: list[bytes], n: int, size: int = DOC_BYTES, seed: int
 # ---- per-batch pieces ----------------------------------------------------------------------------
 def cut_at_eos(ids: list[int]) -> list[int]:
     """A decoded row up to and including its first `</s>`: [2, 9, 1, 5] -> [2, 9, 1]."""
-    return ids[: ids.index(EOS) + 1] if EOS in ids else ids
+    return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
 
 
 def segment_starts(seg_id: torch.Tensor, valid: torch.Tensor) -> list[int]:
@@ -230,7 +231,7 @@ def boundary_drift(model, refs: list[list[int]], decoded: list[list[int]], ref_s
     match (errors that keep the segments aligned), and of rows that drift before their first byte error
     (should be 0: it would mean decode's rule disagrees with encode's).
     """
-    rows = [torch.tensor(d if d else [EOS]) for d in decoded]
+    rows = [torch.tensor(d if d else [EOS_ID]) for d in decoded]
     ids, mask = pad_rows(rows)
     device = next(model.parameters()).device
     enc = model.encode(ids.to(device), mask.to(device))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from .configuration_hier_ae import BOS_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
+
 
 def check_input_ids(
-    input_ids, attention_mask, max_input_bytes: int, vocab_size: int = 259
+    input_ids, attention_mask, max_input_bytes: int, vocab_size: int = BYTE_VOCAB_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate `input_ids (B, T)` and an optional `attention_mask (B, T)`; return (ids long, mask bool)."""
     if not isinstance(input_ids, torch.Tensor):
@@ -31,7 +33,8 @@ def check_input_ids(
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(
-            f"input_ids must be in [0, {vocab_size}) (pad 0, eos 1, bos 2, byte b -> b+3); got [{lo}, {hi}]."
+            f"input_ids must be in [0, {vocab_size}) (pad {PAD_ID}, eos {EOS_ID}, bos {BOS_ID}, byte b -> "
+            f"b+{BYTE_OFFSET}); got [{lo}, {hi}]."
         )
     if attention_mask is None:
         mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -51,7 +54,7 @@ def check_input_ids(
     return input_ids.long(), mask
 
 
-def check_labels(labels, shape: tuple[int, int], vocab_size: int = 259) -> None:
+def check_labels(labels, shape: tuple[int, int], vocab_size: int = BYTE_VOCAB_SIZE) -> None:
     """Validate causal-LM `labels (B, T)`: the input ids' shape, ids in [0, vocab_size) or -100 (ignored)."""
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"labels must be a torch.Tensor of shape {shape}, got {type(labels).__name__}.")
