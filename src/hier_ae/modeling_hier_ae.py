@@ -16,8 +16,6 @@ V vocab of the current level.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 from contextlib import contextmanager
 
@@ -45,42 +43,15 @@ from .quantizer import VectorQuantizer
 from .segmentation import compact_codes, shift_in_begin
 from .streaming import StreamState
 from .transformer import positions_from_mask
-from .validation import check_codes, check_input_ids, check_labels
-
-# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
-# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
-# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
-HF_IGNORED_FORWARD_KWARGS = frozenset(
-    {
-        "output_attentions",
-        "output_hidden_states",
-        "use_cache",
-        "cache",
-        "past_key_values",
-        "labels",
-        "position_ids",
-        "cache_position",
-        "logits_to_keep",
-        "token_type_ids",
-        "num_items_in_batch",
-        "return_loss",
-    }
+from .validation import (
+    check_codes,
+    check_forward_kwargs,
+    check_input_ids,
+    check_labels,
+    check_loss_weights,
+    check_model_path,
+    check_run_levels,
 )
-
-
-def check_forward_kwargs(fn, kwargs: dict) -> None:
-    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
-    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
-    if not unknown:
-        return
-    params = inspect.signature(fn).parameters
-    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
-    hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
-    hint = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in hints.items() if m)
-    raise TypeError(
-        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
-        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
-    )
 
 
 class HierAEPreTrainedModel(PreTrainedModel):
@@ -106,16 +77,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
         kwargs["use_safetensors"] = True
         path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
         if isinstance(path, str) and kwargs.get("config") is None and not kwargs.get("subfolder"):
-            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-                raise FileNotFoundError(
-                    f"{path} has no config.json: a hier_ae model folder holds config.json and "
-                    "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
-                    "is not a model folder; use the stages/ or model/ folder of the run."
-                )
-            if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
-                raise FileNotFoundError(
-                    f"{path} does not exist: expected a model folder or a Hub id 'owner/name'."
-                )
+            check_model_path(path)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as e:
@@ -256,31 +218,18 @@ class HierAEModel(HierAEPreTrainedModel):
             raise ValueError(f"start_level={start_level} is invalid: must be in [0, {self.num_levels}].")
         vocab = self.config.level_views()[start_level].vocab_size
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes, vocab)
-        n_run = self.num_levels if num_levels is None else num_levels
-        if not max(1, start_level) <= n_run <= self.num_levels:
-            raise ValueError(
-                f"num_levels={num_levels} is invalid: must be in [{max(1, start_level)}, {self.num_levels}]."
-            )
-        recon = set(range(start_level, n_run) if reconstruct_levels is None else reconstruct_levels)
-        if not recon <= set(range(start_level, n_run)):
-            raise ValueError(
-                f"reconstruct_levels={sorted(recon)} must be a subset of the run levels "
-                f"{start_level}..{n_run - 1}."
-            )
-        top = (n_run == self.num_levels) if run_top_lm is None else run_top_lm
-        if top and n_run != self.num_levels:
-            raise ValueError("run_top_lm=True needs every level to run (num_levels=None).")
-        w = {
-            "entropy": self.config.entropy_loss_weight,
-            "reconstruct": self.config.reconstruct_loss_weight,
-            "commitment": self.config.commitment_loss_weight,
-            "top_lm": self.config.top_lm_loss_weight,
-        }
-        if loss_weights:
-            unknown = set(loss_weights) - set(w)
-            if unknown:
-                raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; allowed: {sorted(w)}.")
-            w.update(loss_weights)
+        n_run, recon, top = check_run_levels(
+            self.num_levels, start_level, num_levels, reconstruct_levels, run_top_lm
+        )
+        w = check_loss_weights(
+            {
+                "entropy": self.config.entropy_loss_weight,
+                "reconstruct": self.config.reconstruct_loss_weight,
+                "commitment": self.config.commitment_loss_weight,
+                "top_lm": self.config.top_lm_loss_weight,
+            },
+            loss_weights,
+        )
 
         passes = self._bottom_up(
             ids, valid, range(start_level, n_run), encode_last=top or (n_run - 1) in recon

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+
 import torch
 
 from .configuration_hier_ae import BOS_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
@@ -94,3 +98,86 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
             f"got [{int(real.min())}, {int(real.max())}]."
         )
     return torch.where(mask, codes.long(), torch.zeros_like(codes, dtype=torch.long)), mask
+
+
+def did_you_mean(name, allowed) -> str | None:
+    """The allowed name nearest a misspelt `name` (difflib), or None: `did_you_mean("lr_rate", ["lr"])`."""
+    near = difflib.get_close_matches(str(name), list(allowed), n=1)
+    return near[0] if near else None
+
+
+# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
+# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
+# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
+HF_IGNORED_FORWARD_KWARGS = frozenset(
+    {
+        "output_attentions",
+        "output_hidden_states",
+        "use_cache",
+        "cache",
+        "past_key_values",
+        "labels",
+        "position_ids",
+        "cache_position",
+        "logits_to_keep",
+        "token_type_ids",
+        "num_items_in_batch",
+        "return_loss",
+    }
+)
+
+
+def check_forward_kwargs(fn, kwargs: dict) -> None:
+    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
+    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
+    if not unknown:
+        return
+    params = inspect.signature(fn).parameters
+    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    hints = {u: did_you_mean(u, allowed) for u in unknown}
+    hint = "".join(f" Did you mean {m!r} for {u!r}?" for u, m in hints.items() if m)
+    raise TypeError(
+        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
+        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
+    )
+
+
+def check_run_levels(total: int, start_level: int, num_levels, reconstruct_levels, run_top_lm):
+    """`HierAEModel.forward`'s choice of levels -> (levels run, reconstructed levels, top LM runs)."""
+    n_run = total if num_levels is None else num_levels
+    if not max(1, start_level) <= n_run <= total:
+        raise ValueError(f"num_levels={num_levels} is invalid: must be in [{max(1, start_level)}, {total}].")
+    recon = set(range(start_level, n_run) if reconstruct_levels is None else reconstruct_levels)
+    if not recon <= set(range(start_level, n_run)):
+        raise ValueError(
+            f"reconstruct_levels={sorted(recon)} must be a subset of the run levels "
+            f"{start_level}..{n_run - 1}."
+        )
+    top = (n_run == total) if run_top_lm is None else run_top_lm
+    if top and n_run != total:
+        raise ValueError("run_top_lm=True needs every level to run (num_levels=None).")
+    return n_run, recon, top
+
+
+def check_loss_weights(weights: dict[str, float], overrides: dict[str, float] | None) -> dict[str, float]:
+    """The config's loss `weights` with a call's `overrides` (known keys only)."""
+    w = dict(weights)
+    if overrides:
+        unknown = set(overrides) - set(w)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; allowed: {sorted(w)}.")
+        w.update(overrides)
+    return w
+
+
+def check_model_path(path: str) -> None:
+    """`FileNotFoundError` for a local folder without config.json or a local path that does not exist
+    (transformers would build a default config, or report a malformed Hub repo id)."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{path} has no config.json: a hier_ae model folder holds config.json and "
+            "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
+            "is not a model folder; use the stages/ or model/ folder of the run."
+        )
+    if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
+        raise FileNotFoundError(f"{path} does not exist: expected a model folder or a Hub id 'owner/name'.")
