@@ -46,11 +46,14 @@ from .transformer import positions_from_mask
 from .validation import (
     check_codes,
     check_forward_kwargs,
+    check_generation_cache,
     check_input_ids,
     check_labels,
     check_loss_weights,
     check_model_path,
+    check_prompt_rows,
     check_run_levels,
+    check_stream_input,
 )
 
 
@@ -170,6 +173,18 @@ class HierAEModel(HierAEPreTrainedModel):
         logits, h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid), kv_out=kv_out)
         return logits, h, inp_valid, masked_cross_entropy(logits[:, : tokens.shape[1]], tokens, valid)
 
+    @staticmethod
+    def _level_fields(passes: list[LevelPass]) -> dict:
+        """The per-level fields of `HierAEOutput` / `HierAEEncoderOutput`, one entry per run level."""
+        return {
+            "codes": tuple(p.q.codes for p in passes if p.q is not None),
+            "code_mask": tuple(p.layout.seg_mask for p in passes),
+            "segment_ids": tuple(p.layout.seg_id for p in passes),
+            "level_tokens": tuple(p.tokens for p in passes),
+            "level_mask": tuple(p.valid for p in passes),
+            "entropy": tuple(p.H for p in passes),
+        }
+
     def apply_quantizer_updates(self) -> list[dict]:
         """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
         return [
@@ -269,12 +284,7 @@ class HierAEModel(HierAEPreTrainedModel):
             reconstruct_loss=rec,
             commitment_loss=com,
             top_lm_loss=top_loss,
-            codes=tuple(p.q.codes for p in passes if p.q is not None),
-            code_mask=tuple(p.layout.seg_mask for p in passes),
-            segment_ids=tuple(p.layout.seg_id for p in passes),
-            level_tokens=tuple(p.tokens for p in passes),
-            level_mask=tuple(p.valid for p in passes),
-            entropy=tuple(p.H for p in passes),
+            **self._level_fields(passes),
             reconstruct_logits=tuple(all_rec),
             tokens_per_segment=torch.stack(tps),
             usage_perplexity=torch.stack(ppl),
@@ -375,12 +385,7 @@ class HierAEModel(HierAEPreTrainedModel):
         return HierAEEncoderOutput(
             top_codes=passes[-1].q.codes,
             top_mask=passes[-1].layout.seg_mask,
-            codes=tuple(p.q.codes for p in passes),
-            code_mask=tuple(p.layout.seg_mask for p in passes),
-            segment_ids=tuple(p.layout.seg_id for p in passes),
-            level_tokens=tuple(p.tokens for p in passes),
-            level_mask=tuple(p.valid for p in passes),
-            entropy=tuple(p.H for p in passes),
+            **self._level_fields(passes),
         )
 
     # ---- decode ----------------------------------------------------------------------------
@@ -451,14 +456,7 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         A row whose attention_mask is all 0 has no state to stream from (cached and uncached
         generation would disagree on it), so it raises `ValueError`; an empty prompt is `<s>` (id 2).
         """
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(
-                    f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
-                    "least one prompt token per row; start an empty prompt with <s> (id 2)."
-                )
+        check_prompt_rows(kwargs.get("attention_mask"))
         return super().generate(inputs, *args, **kwargs)
 
     def forward(
@@ -479,14 +477,8 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         `generate`); an unread cache would silently restart generation from the last token, so both
         names are read and giving both raises.
         """
-        if cache is not None and past_key_values is not None and cache is not past_key_values:
-            raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
-        past_key_values = cache if cache is not None else past_key_values
+        past_key_values = check_generation_cache(cache, past_key_values, HierAECache)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is not None and not isinstance(past_key_values, HierAECache):
-            raise ValueError(
-                f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
-            )
         cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
         extra = {}
         if cache is None or cache.state is None:
@@ -501,17 +493,9 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
                 cache.state, cache.seen = pred.stream, input_ids.shape[1]
         else:
             # streaming: one new byte at a time through the cached state
-            if zero_context:
-                raise ValueError("zero_context is an evaluation switch; it cannot be combined with a cache.")
-            if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
-                raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
-            check_input_ids(input_ids, None, self.config.max_input_bytes)
-            if cache.seen + input_ids.shape[1] > self.config.max_input_bytes:
-                raise ValueError(
-                    f"generation would feed the model {cache.seen + input_ids.shape[1]} ids, over "
-                    f"max_input_bytes={self.config.max_input_bytes}; a prompt of P ids allows at most "
-                    "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
-                )
+            check_stream_input(
+                input_ids, attention_mask, cache.seen, self.config.max_input_bytes, zero_context
+            )
             steps = [self.model.stream_step(cache.state, input_ids[:, j]) for j in range(input_ids.shape[1])]
             logits = torch.stack(steps, dim=1)  # (B, T_new, 259)
             cache.seen += input_ids.shape[1]

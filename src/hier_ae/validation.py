@@ -181,3 +181,41 @@ def check_model_path(path: str) -> None:
         )
     if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
         raise FileNotFoundError(f"{path} does not exist: expected a model folder or a Hub id 'owner/name'.")
+
+
+def check_prompt_rows(mask) -> None:
+    """`generate`: every prompt row needs a real token (an all-0 attention_mask row has no state)."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
+                "least one prompt token per row; start an empty prompt with <s> (id 2)."
+            )
+
+
+def check_generation_cache(cache, past_key_values, cache_class):
+    """The generation cache, given as `cache` or `past_key_values` (not two different ones), or None."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
+    past_key_values = cache if cache is not None else past_key_values
+    if past_key_values is not None and not isinstance(past_key_values, cache_class):
+        raise ValueError(
+            f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
+        )
+    return past_key_values
+
+
+def check_stream_input(input_ids, attention_mask, seen: int, max_input_bytes: int, zero_context) -> None:
+    """New tokens fed to a generation cache that has already read `seen` ids."""
+    if zero_context:
+        raise ValueError("zero_context is an evaluation switch; it cannot be combined with a cache.")
+    if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
+        raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
+    check_input_ids(input_ids, None, max_input_bytes)
+    if seen + input_ids.shape[1] > max_input_bytes:
+        raise ValueError(
+            f"generation would feed the model {seen + input_ids.shape[1]} ids, over "
+            f"max_input_bytes={max_input_bytes}; a prompt of P ids allows at most "
+            "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
+        )
