@@ -159,11 +159,11 @@ class HierLevel(nn.Module):
             valid=valid,
         )
 
-    def segment(self, tokens, valid, positions, doc_ids=None, kv_out=None):
+    def segment(self, tokens, valid, positions, kv_out=None):
         """Entropy-model logits (with grad), entropies in bits, the segment layout and the rule's
         firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad."""
         with fp32_region(tokens.device):
-            logits = self.entropy_model(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, V)
+            logits = self.entropy_model(tokens, valid, positions, kv_out=kv_out)  # (B, T, V)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
                 fires = self.rule(H, tokens, valid=valid)  # (B, T)
@@ -186,11 +186,11 @@ class HierLevel(nn.Module):
         self.boundary_value.add_(step).clamp_(min=0.0)
 
     # ---- encode ----------------------------------------------------------------------------
-    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, doc_ids=None, kv_out=None):
+    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, kv_out=None):
         """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats) and the encoder
         states h (B, T, D)."""
         with fp32_region(tokens.device):
-            h = self.encoder(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, D)
+            h = self.encoder(tokens, valid, positions, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
             blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
             pooled = self.pooling(blocks, slots)  # (B, S, D)

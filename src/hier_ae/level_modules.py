@@ -25,8 +25,8 @@ class TokenLM(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
-        h = self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
+    def forward(self, tokens, valid, positions, kv_out=None):
+        h = self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
         return self.head(h)  # (B, T, V)
 
     def step(self, tokens, cache, rows):
@@ -50,8 +50,8 @@ class TokenEncoder(nn.Module):
             cfg.rope_theta,
         )
 
-    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
-        return self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
+    def forward(self, tokens, valid, positions, kv_out=None):
+        return self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
 
     def step(self, tokens, cache, rows):
         return self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
@@ -92,11 +92,11 @@ class SegmentDecoder(nn.Module):
             x = x + self.offset_embed(offsets)  # (B, n, D)
         return x
 
-    def forward(self, inp, inp_valid, positions, context, doc_ids=None, kv_out=None, offsets=None):
+    def forward(self, inp, inp_valid, positions, context, kv_out=None, offsets=None):
         """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
         its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
         x = self._embed(inp, offsets)  # (B, T+1, D)
-        h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
+        h = self.body(x, positions, inp_valid, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
 
     def step(self, tokens, context, cache, rows, offsets=None):

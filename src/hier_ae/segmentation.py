@@ -16,7 +16,8 @@ Worked example (threshold mode, theta = 2.5 bits, max_segment_len large):
     seg_id   0    0    1    1    1    1    2    2    2    2      cumsum(starts) - 1
     pos      0    1    0    1    2    3    0    1    2    3      t - start of its segment
 
-Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments.
+Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments,
+L slots per segment (max_segment_len).
 """
 
 from __future__ import annotations
