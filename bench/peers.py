@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from transformers import BltConfig, BltForCausalLM, LlamaConfig, LlamaForCausalLM
 
-VOCAB, PAD, EOS, BOS = 259, 0, 1, 2
+from hier_ae.configuration_hier_ae import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
+
 HEAD_DIM = 32
 
 
@@ -57,16 +58,16 @@ def nearest_size(name: str, target: int, make_config, model_class, widths, depth
 # ---- Llama -------------------------------------------------------------------------------------
 def llama_config(hidden: int, layers: int, max_len: int) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=BYTE_VOCAB_SIZE,
         hidden_size=hidden,
         intermediate_size=int(8 * hidden / 3) // 16 * 16,
         num_hidden_layers=layers,
         num_attention_heads=max(hidden // HEAD_DIM, 1),
         num_key_value_heads=max(hidden // HEAD_DIM, 1),
         max_position_embeddings=max_len,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
         tie_word_embeddings=False,
     )
 
@@ -117,7 +118,7 @@ def blt_config(
     local = {"hidden_size": local_hidden, "num_attention_heads": heads, "intermediate_size": 256}
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     return BltConfig(
-        vocab_size=VOCAB,
+        vocab_size=BYTE_VOCAB_SIZE,
         max_position_embeddings=max_len,
         patch_in_forward=True,
         patch_size=4,
@@ -129,14 +130,14 @@ def blt_config(
         encoder_hash_byte_group_size=list(hash_groups),
         encoder_hash_byte_group_vocab=hash_vocab,
         encoder_hash_byte_group_nb_functions=1,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
         rope_parameters=rope,
         use_cache=False,  # BLT's cache needs a flat config in transformers 5.2x; time it uncached
         patcher_config={
             **local,
-            "vocab_size": VOCAB,
+            "vocab_size": BYTE_VOCAB_SIZE,
             "num_hidden_layers": patcher_layers,
             "max_position_embeddings": max_len,
             "sliding_window": window,
@@ -144,7 +145,7 @@ def blt_config(
         },
         encoder_config={
             **local,
-            "vocab_size": VOCAB,
+            "vocab_size": BYTE_VOCAB_SIZE,
             "num_hidden_layers": encoder_layers,
             "hidden_size_global": global_hidden,
             "max_position_embeddings": max_len,
@@ -152,7 +153,7 @@ def blt_config(
         },
         decoder_config={
             **local,
-            "vocab_size": VOCAB,
+            "vocab_size": BYTE_VOCAB_SIZE,
             "num_hidden_layers": decoder_layers,
             "hidden_size_global": global_hidden,
             "max_position_embeddings": max_len,

@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from bench.compressors import compressor_table
 from hier_ae import metrics
-from hier_ae.data.batching import EOS, frame_document, pad_rows
+from hier_ae.configuration_hier_ae import EOS_ID
+from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
 from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
 from hier_ae.segmentation import frame_upper_stream, shift_in_begin
@@ -122,7 +123,7 @@ def document_windows(docs: list[bytes], n: int, size: int = DOC_BYTES, seed: int
 # ---- per-batch pieces ----------------------------------------------------------------------------
 def cut_at_eos(ids: list[int]) -> list[int]:
     """A decoded row up to and including its first `</s>`: [2, 9, 1, 5] -> [2, 9, 1]."""
-    return ids[: ids.index(EOS) + 1] if EOS in ids else ids
+    return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
 
 
 def segment_starts(seg_id: torch.Tensor, valid: torch.Tensor) -> list[int]:
@@ -135,7 +136,7 @@ def top_code_stream(model, enc):
     """The framed top code stream (bos, codes, eos) that `forward` feeds the top LM, from `encode`'s output.
 
     A row that began with the top level's `<s>` gets the stream's bos; a segment that holds the level's
-    `</s>` (it closes its segment) is followed by the stream's eos (as `_next_level_stream` frames it).
+    `</s>` (it closes its segment) is followed by the stream's eos (as `HierLevel.upper_stream` frames it).
     Returns `UpperStream` tokens (B, T'), valid (B, T').
     """
     top = model.num_levels - 1
@@ -149,8 +150,7 @@ def top_code_stream(model, enc):
     is_eos = (valid & (tokens == level.vocab.eos_id) & (seg >= 0)).long()  # (B, T)
     ends = torch.zeros(B, S, dtype=torch.long, device=tokens.device)  # (B, S)
     ends = ends.scatter_reduce(1, seg.clamp(min=0), is_eos, reduce="amax").bool() & cmask  # (B, S)
-    n = level.cfg.num_codes
-    return frame_upper_stream(codes, cmask, starts_with_bos, ends, n, n + 1, n + 2)
+    return frame_upper_stream(codes, cmask, starts_with_bos, ends, level.upper_vocab)
 
 
 @torch.no_grad()
@@ -231,7 +231,7 @@ def boundary_drift(model, refs: list[list[int]], decoded: list[list[int]], ref_s
     match (errors that keep the segments aligned), and of rows that drift before their first byte error
     (should be 0: it would mean decode's rule disagrees with encode's).
     """
-    rows = [torch.tensor(d if d else [EOS]) for d in decoded]
+    rows = [torch.tensor(d if d else [EOS_ID]) for d in decoded]
     ids, mask = pad_rows(rows)
     device = next(model.parameters()).device
     enc = model.encode(ids.to(device), mask.to(device))

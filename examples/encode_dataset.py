@@ -131,7 +131,8 @@ def verify_shards(model, out: Path, docs, shard_size, max_ids, rank, world, batc
     """
     import pyarrow.parquet as pq
 
-    from hier_ae.data.batching import EOS, pad_rows
+    from hier_ae.configuration_hier_ae import EOS_ID
+    from hier_ae.data.batching import pad_rows
 
     top = f"codes_{model.num_levels - 1}"
     (out / "verify").mkdir(exist_ok=True)
@@ -153,8 +154,8 @@ def verify_shards(model, out: Path, docs, shard_size, max_ids, rank, world, batc
             dec = model.decode(codes.to(device), mask.bool().to(device))
             for j, i in enumerate(idx):
                 got = dec.sequences[j][dec.attention_mask[j].bool()].cpu().tolist()
-                if EOS in got:
-                    got = got[: got.index(EOS) + 1]
+                if EOS_ID in got:
+                    got = got[: got.index(EOS_ID) + 1]
                 ok = got == refs[(recs[i]["id"], recs[i]["part"])].tolist()
                 exact_doc[recs[i]["id"]] &= ok
                 exact_rows += int(ok)

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from hier_ae.cli import run
+from hier_ae.configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID, PAD_ID
 from hier_ae.evaluation.reports import (
     bits_per_byte,
     codebook_usage,
@@ -83,11 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- display helpers ----------------------------------------------------------------------------
 def id_label(i: int) -> str:
     """One printable label per byte id: <s>, </s>, the character, or a visible stand-in."""
-    if i == 2:
+    if i == BOS_ID:
         return "⟨s⟩"
-    if i == 1:
+    if i == EOS_ID:
         return "⟨/s⟩"
-    b = i - 3
+    b = i - BYTE_OFFSET
     if b == 0x20:
         return "␣"
     if b == 0x0A:
@@ -98,7 +99,7 @@ def id_label(i: int) -> str:
 
 
 def id_title(i: int) -> str:
-    return {0: "<pad>", 1: "</s>", 2: "<s>"}.get(i, f"byte 0x{i - 3:02x}")
+    return {PAD_ID: "<pad>", EOS_ID: "</s>", BOS_ID: "<s>"}.get(i, f"byte 0x{i - BYTE_OFFSET:02x}")
 
 
 def boundary_levels(seg: dict) -> list[int]:
@@ -232,7 +233,7 @@ def text_view(s: dict) -> str:
             out.append(f'<i class="b b{min(lv, 4)}" title="level {lv} segment start"></i>')
         if t in starts0:
             seg0 += 1
-        ch = html.escape(chr(i - 3) if 0x20 <= i - 3 < 0x7F else id_label(i))
+        ch = html.escape(chr(i - BYTE_OFFSET) if 0x20 <= i - BYTE_OFFSET < 0x7F else id_label(i))
         title = f"{id_title(i)}, level-0 segment {seg0}, code {codes0[seg0]}"
         if t > 0:
             title += f", H = {s['entropy'][t - 1]:.2f} bits"

@@ -35,9 +35,10 @@ from encode_dataset import add_data_options, data_config
 
 from hier_ae.cli import run
 from hier_ae.codes.shards import encode_rows, frame_chunks, load_model, segment_spans
+from hier_ae.configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID, PAD_ID, LevelVocab
 from hier_ae.data.sources import iter_documents
 
-SPECIAL = {0: "<pad>", 1: "</s>", 2: "<s>"}
+SPECIAL = {PAD_ID: "<pad>", EOS_ID: "</s>", BOS_ID: "<s>"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,8 +60,8 @@ def ids_text(ids: list[int]) -> str:
     """
     out, buf = [], bytearray()
     for i in ids:
-        if i >= 3:
-            buf.append(i - 3)
+        if i >= BYTE_OFFSET:
+            buf.append(i - BYTE_OFFSET)
             continue
         out.append(buf.decode("utf-8", errors="replace"))
         buf = bytearray()
@@ -71,7 +72,8 @@ def ids_text(ids: list[int]) -> str:
 
 def codes_text(tokens: list[int], num_codes: int) -> str:
     """A regenerated code stream of a level: codes as numbers, framing as bos / eos / pad."""
-    names = {num_codes: "pad", num_codes + 1: "eos", num_codes + 2: "bos"}
+    vocab = LevelVocab.of_codes(num_codes)
+    names = {vocab.pad_id: "pad", vocab.eos_id: "eos", vocab.bos_id: "bos"}
     return " ".join(names.get(t, str(t)) for t in tokens)
 
 
@@ -182,7 +184,7 @@ def table_rows(uses: Counter, shown: list[int], strings: dict, alone: dict, top:
     total = max(sum(uses.values()), 1)
     for code in shown:
         count, covered = uses[code], strings[code]
-        mean_len = sum(len([i for i in s if i >= 3]) * k for s, k in covered.items()) / count
+        mean_len = sum(len([i for i in s if i >= BYTE_OFFSET]) * k for s, k in covered.items()) / count
         rows.append(
             {
                 "code": code,

@@ -7,13 +7,11 @@ import torch.nn.functional as F
 from hier_ae.transformer import full_causal_attention, positions_from_mask, sliding_window_attention
 
 
-def dense_reference(q, k, v, window, key_valid, doc_ids=None):
+def dense_reference(q, k, v, window, key_valid):
     T = q.shape[2]
     t = torch.arange(T)
     allowed = (t[None, :] <= t[:, None]) & (t[:, None] - t[None, :] < window if window else True)
     mask = allowed[None] & key_valid[:, None, :]
-    if doc_ids is not None:
-        mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
     mask = mask | torch.eye(T, dtype=torch.bool)[None]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
 
@@ -24,10 +22,9 @@ def test_sliding_window_matches_dense(T, W):
     q, k, v = (torch.randn(2, 3, T, 8, generator=g) for _ in range(3))
     key_valid = torch.ones(2, T, dtype=torch.bool)
     key_valid[1, : T // 3] = False  # left padding
-    doc_ids = torch.zeros(2, T, dtype=torch.long)
-    doc_ids[0, T // 2 :] = 1  # two packed documents
-    got = sliding_window_attention(q, k, v, W, key_valid, doc_ids)
-    want = dense_reference(q, k, v, W, key_valid, doc_ids)
+    key_valid[0, T - T // 4 :] = False  # right padding
+    got = sliding_window_attention(q, k, v, W, key_valid)
+    want = dense_reference(q, k, v, W, key_valid)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

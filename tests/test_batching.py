@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from hier_ae.data.batching import BOS, EOS, OFFSET, DocumentCropper, frame_document
+from hier_ae.configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
+from hier_ae.data.batching import DocumentCropper, frame_document
 
 
 def ids_of(text: bytes) -> list[int]:
-    return [b + OFFSET for b in text]
+    return [b + BYTE_OFFSET for b in text]
 
 
 def test_line_rows_are_lines_framed_as_documents():
     docs = [b"ab\ncd\n\nxyz", b"single"]
-    lines = {(BOS, *ids_of(x), EOS) for x in (b"ab", b"cd", b"xyz", b"single")}  # empty lines never
+    lines = {(BOS_ID, *ids_of(x), EOS_ID) for x in (b"ab", b"cd", b"xyz", b"single")}  # empty lines never
     cropper = DocumentCropper(docs, batch_size=64, seq_len=16, seed=0, p_line=1.0)
     ids, mask = next(cropper)
     rows = {tuple(r[m.bool()].tolist()) for r, m in zip(ids, mask)}
@@ -24,7 +25,7 @@ def test_line_rows_mix_with_crops_and_are_cropped_to_seq_len():
     docs = [b"x" * 200 + b"\n" + b"y" * 50]
     cropper = DocumentCropper(docs, batch_size=200, seq_len=32, seed=1, p_doc_start=0.0, p_line=0.5)
     ids, mask = next(cropper)
-    line_rows = (ids[:, 0] == BOS).sum().item()  # p_doc_start=0: only line rows start with <s>
+    line_rows = (ids[:, 0] == BOS_ID).sum().item()  # p_doc_start=0: only line rows start with <s>
     assert 60 < line_rows < 140
     assert ids.shape[1] == 32 and bool((mask.sum(1) <= 32).all())
 

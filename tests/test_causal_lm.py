@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TextStr
 
 from hier_ae import HierAEConfig, HierAEForCausalLM, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
-from hier_ae.modeling_hier_ae import HierAEModel as _Model
+from hier_ae.level import HierLevel
 
 
 def as_lm(model: HierAEModel) -> HierAEForCausalLM:
@@ -169,7 +169,7 @@ def test_upper_contexts_carry_information(trained_1level, grammar_data, monkeypa
     a, b = grammar_data[1][10], grammar_data[1][11]
     ids_a, ids_b = right_padded([a]), right_padded([b])
     captured = {}
-    original = _Model._predict_context
+    original = HierLevel.predict_context
 
     def capture(level, upper_h, upper_n, seg_pos, layout, valid):
         ctx = original(level, upper_h, upper_n, seg_pos, layout, valid)
@@ -177,7 +177,7 @@ def test_upper_contexts_carry_information(trained_1level, grammar_data, monkeypa
             captured["ctx"], captured["seg_id"] = ctx, layout.seg_id
         return ctx
 
-    monkeypatch.setattr(_Model, "_predict_context", staticmethod(capture))
+    monkeypatch.setattr(HierLevel, "predict_context", capture)
     with torch.no_grad():
         model.predict(ids_b)
     ctx_b, seg_b = captured["ctx"], captured["seg_id"]
@@ -196,9 +196,9 @@ def test_upper_contexts_carry_information(trained_1level, grammar_data, monkeypa
 
     with torch.no_grad():
         real = loglik(model.predict(ids_a).logits)
-        monkeypatch.setattr(_Model, "_predict_context", staticmethod(swapped))
+        monkeypatch.setattr(HierLevel, "predict_context", swapped)
         other = loglik(model.predict(ids_a).logits)
-        monkeypatch.setattr(_Model, "_predict_context", staticmethod(original))
+        monkeypatch.setattr(HierLevel, "predict_context", original)
         zeroed = loglik(model.predict(ids_a, zero_context=True).logits)
     print(
         f"\nmean log-likelihood (nats/byte): own contexts {real:.4f}, another document's {other:.4f}, "

@@ -18,13 +18,13 @@ from helpers.ties import LOGIT_MARGIN, MARGIN, NearTieWarning, compare_boundarie
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.level import entropy_bits, fp32_region
-from hier_ae.modeling_hier_ae import compact_codes
+from hier_ae.segmentation import compact_codes
 from hier_ae.transformer import positions_from_mask
 
 
 # ---- the reference: recompute every prefix ------------------------------------------------------
 def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
-    """The former `_regenerate_level` (entropy model in fp32, as `level.segment` runs it).
+    """The former `HierLevel.regenerate` (entropy model in fp32, as `level.segment` runs it).
 
     ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (-1 on padding),
     and the margins of its decisions: `token_gap (B, n)`, the two best logits' gap of each greedy
@@ -220,7 +220,7 @@ def test_decode_feeds_one_position_per_step(trained_2level, grammar_data):
         for h in hooks:
             h.remove()
     top_codes = model.levels[1].quantizer.lookup(codes)
-    _, valid1, _ = model._regenerate_level(model.levels[1], top_codes, cmask)
+    _, valid1, _ = model.levels[1].regenerate(top_codes, cmask)
     valid = {0: out.attention_mask.bool(), 1: valid1}
     for li in range(model.num_levels):
         for name in ("decoder", "entropy"):
@@ -243,16 +243,16 @@ def test_bf16_decode_boundaries_match_encode(trained_1level, grammar_data):
     hook = level.entropy_model.head.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
     try:
         with torch.no_grad():
-            ref = model._regenerate_level(level, ctx, cmask)
+            ref = level.regenerate(ctx, cmask)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                auto = model._regenerate_level(level, ctx, cmask)
+                auto = level.regenerate(ctx, cmask)
                 auto_seq = model.decode(codes, cmask).sequences
     finally:
         hook.remove()
     assert dtypes and set(dtypes) == {torch.float32}  # the segmenting path stays fp32 under autocast
     with torch.no_grad():
         bf16 = HierAEModel.from_pretrained(folder, dtype=torch.bfloat16).eval()
-        loaded = bf16._regenerate_level(bf16.levels[0], ctx, cmask)
+        loaded = bf16.levels[0].regenerate(ctx, cmask)
     assert torch.equal(auto_seq, auto[0])
     for tokens, valid, seg_id in (auto, loaded):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

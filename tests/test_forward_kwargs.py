@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 
 from hier_ae import HierAEForCausalLM, HierAEModel
-from hier_ae.modeling_hier_ae import HF_IGNORED_FORWARD_KWARGS
+from hier_ae.validation import HF_IGNORED_FORWARD_KWARGS
 
 
 @pytest.fixture(scope="module")

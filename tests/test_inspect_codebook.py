@@ -12,7 +12,7 @@ from conftest import _save, tiny_config
 from helpers.grammar import sentences
 
 from hier_ae import HierAEModel
-from hier_ae.modeling_hier_ae import compact_codes
+from hier_ae.segmentation import compact_codes
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))

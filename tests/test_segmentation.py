@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hier_ae.configuration_hier_ae import LevelVocab
 from hier_ae.pooling import LearnedQueryPooling, gather_segments
 from hier_ae.segmentation import (
     boundary_starts,
@@ -68,7 +69,7 @@ def test_frame_upper_stream():
     seg_mask = torch.tensor([[True, True, True], [True, True, False]])
     bos = torch.tensor([True, False])
     eos = torch.tensor([[False, True, False], [False, True, False]])
-    up = frame_upper_stream(codes, seg_mask, bos, eos, pad_id=10, eos_id=11, bos_id=12)
+    up = frame_upper_stream(codes, seg_mask, bos, eos, LevelVocab.of_codes(10))  # pad 10, eos 11, bos 12
     assert up.tokens.tolist() == [[12, 7, 3, 11, 9], [4, 5, 11, 10, 10]]
     assert up.valid.int().tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert up.seg_pos.tolist() == [[1, 2, 4], [0, 1, 0]]

@@ -24,8 +24,8 @@ class CodeLM(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def forward(self, inp, inp_valid, positions, doc_ids=None, kv_out=None):
-        h = self.body(self.embed(inp), positions, inp_valid, doc_ids, kv_out=kv_out)  # (B, T+1, D)
+    def forward(self, inp, inp_valid, positions, kv_out=None):
+        h = self.body(self.embed(inp), positions, inp_valid, kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
 
     def step(self, tokens, cache, rows):

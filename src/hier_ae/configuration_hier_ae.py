@@ -10,6 +10,10 @@ byte `b -> b + 3`, so `V_0 = 259`. Level `l >= 1` reads the codes of level `l - 
 **after** the codes so that a code never collides with one:
 
     N = 4 codes:  ids 0 1 2 3 are codes, 4 = pad, 5 = eos, 6 = bos  ->  V = N + 3 = 7
+
+`PAD_ID`, `EOS_ID`, `BOS_ID`, `BYTE_OFFSET` and `BYTE_VOCAB_SIZE` below are the one definition of the
+byte ids; everything else (tokenizer, validation, data, bench) imports them. `LevelVocab.of_bytes()` and
+`LevelVocab.of_codes(N)` are the one place a level's specials are placed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from transformers import PretrainedConfig
+
+# the byte vocabulary of level 0 (DESIGN §2, ByT5 ids): 0 = <pad>, 1 = </s>, 2 = <s>, byte b -> b + 3
+PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+BYTE_OFFSET = 3
+BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET  # 259
 
 BOUNDARY_MODES = ("threshold", "delta")
 MAX_COMPOSITE_CODES = 65536
@@ -39,6 +48,31 @@ def _check_numbers(obj: Any, prefix: str, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(obj, name)
         _check(_is_number(value), f"{prefix}{name}", value, "must be a finite number")
+
+
+@dataclass(frozen=True)
+class LevelVocab:
+    """Token ids of one level's stream: `vocab_size` ids, of which pad / eos / bos are specials.
+
+    `LevelVocab.of_bytes()` is level 0's (259 ids, specials 0 1 2); `LevelVocab.of_codes(N)` is the stream
+    of the N codes of a level, specials after the codes: `of_codes(4)` = ids 0..3 codes, pad 4, eos 5,
+    bos 6, vocab 7.
+    """
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int
+
+    @classmethod
+    def of_bytes(cls) -> LevelVocab:
+        return cls(vocab_size=BYTE_VOCAB_SIZE, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID)
+
+    @classmethod
+    def of_codes(cls, num_codes: int) -> LevelVocab:
+        """The vocabulary of the stream of a level's codes `[0, num_codes)` (the level above's)."""
+        n = num_codes
+        return cls(vocab_size=n + 3, pad_id=n, eos_id=n + 1, bos_id=n + 2)
 
 
 @dataclass
@@ -267,7 +301,7 @@ class HierAEConfig(PretrainedConfig):
         top_lm: dict | None = None,
         max_position_embeddings: int = 1024,
         max_input_bytes: int = 65536,
-        vocab_size: int = 259,
+        vocab_size: int = BYTE_VOCAB_SIZE,
         entropy_loss_weight: float = 1.0,
         reconstruct_loss_weight: float = 1.0,
         predict_loss_weight: float = 1.0,
@@ -275,9 +309,9 @@ class HierAEConfig(PretrainedConfig):
         top_lm_loss_weight: float = 1.0,
         initializer_range: float = 0.02,
         use_cache: bool = True,
-        pad_token_id: int = 0,
-        eos_token_id: int = 1,
-        bos_token_id: int = 2,
+        pad_token_id: int = PAD_ID,
+        eos_token_id: int = EOS_ID,
+        bos_token_id: int = BOS_ID,
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
@@ -331,7 +365,12 @@ class HierAEConfig(PretrainedConfig):
             self.max_position_embeddings,
             f"must be <= max_input_bytes={self.max_input_bytes}",
         )
-        _check(self.vocab_size == 259, "vocab_size", self.vocab_size, "hier_ae reads bytes: must be 259")
+        _check(
+            self.vocab_size == BYTE_VOCAB_SIZE,
+            "vocab_size",
+            self.vocab_size,
+            f"hier_ae reads bytes: must be {BYTE_VOCAB_SIZE}",
+        )
         for i, lv in enumerate(self.level_configs):
             lv.validate(f"levels[{i}]", self.max_input_bytes)
         self.top_lm_config.validate()
@@ -377,21 +416,17 @@ class HierAEConfig(PretrainedConfig):
 
     def level_views(self) -> list[LevelVocab]:
         """The vocabulary of every level's token stream, plus the top LM's, bottom first."""
-        views = [LevelVocab(vocab_size=259, pad_id=0, eos_id=1, bos_id=2)]
-        for lv in self.level_configs:
-            n = lv.num_codes
-            views.append(LevelVocab(vocab_size=n + 3, pad_id=n, eos_id=n + 1, bos_id=n + 2))
-        return views
+        return [LevelVocab.of_bytes()] + [LevelVocab.of_codes(lv.num_codes) for lv in self.level_configs]
 
 
-@dataclass(frozen=True)
-class LevelVocab:
-    """Token ids of one level's stream: `vocab_size` ids, of which pad / eos / bos are specials."""
-
-    vocab_size: int
-    pad_id: int
-    eos_id: int
-    bos_id: int
-
-
-__all__ = ["HierAEConfig", "LevelConfig", "TopLMConfig", "LevelVocab"]
+__all__ = [
+    "HierAEConfig",
+    "LevelConfig",
+    "TopLMConfig",
+    "LevelVocab",
+    "PAD_ID",
+    "EOS_ID",
+    "BOS_ID",
+    "BYTE_OFFSET",
+    "BYTE_VOCAB_SIZE",
+]

@@ -1,29 +1,55 @@
-"""One level of the hierarchy: entropy model, boundary rule, encoder, pooling, quantiser, decoder.
+"""One level of the hierarchy: its networks, its boundary state, and every per-level step.
 
 The data flow of a level over its tokens `x (B, T)` (bytes at level 0, framed codes above):
 
     entropy model -> H[t] (bits) -> boundary rule -> segments
     encoder -> h (B, T, D) -> learned-query pooling per segment -> (B, S, D) -> quantiser -> codes, z
-    decoder([BEGIN, x], context = z of the segment being predicted) -> logits (B, T, V)
+    codes of the completed segments, framed [bos] codes [eos] -> the token stream of the level above
+    decoder([BEGIN, x], context of the segment being predicted) -> logits (B, T + 1, V)
+
+`HierLevel.bottom_up` is that pass (what `forward`, `predict` and `encode` share); the context is
+the segment's own code in reconstruct mode (`reconstruct_logits`) and the hidden state of the level
+above in predict mode (`predict_logits`). `step` reads one token (streaming generation) and
+`regenerate` decodes a level from its codes. The model (`modeling_hier_ae.py`) only chains levels.
 
 The segmenting and encoding path runs in fp32 with autocast off (DESIGN §3, precision), so bf16
-never changes a segment or a code. Shape letters: B batch, T tokens, S segments, D width, V vocab.
+never changes a segment or a code. Shape letters: B batch, T tokens, S segments, D width, V vocab,
+L slots per segment (max_segment_len).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .configuration_hier_ae import LevelConfig, LevelVocab
+from .kv_cache import KVStore
+from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
 from .pooling import LearnedQueryPooling, gather_segments
-from .quantizer import VectorQuantizer
-from .segmentation import SegmentLayout, boundary_starts, rule_fires, segment_layout
-from .transformer import CausalTransformer
+from .quantizer import QuantizerOutput, VectorQuantizer
+from .segmentation import (
+    SegmentLayout,
+    UpperStream,
+    boundary_starts,
+    closed_segments,
+    decoder_offsets,
+    first_real,
+    frame_upper_stream,
+    last_real,
+    rule_fires,
+    segment_closes,
+    segment_last_tokens,
+    segment_layout,
+    shift_in_begin,
+)
+from .streaming import LevelStream, open_level_stream
+from .transformer import positions_from_mask
 
 LN2 = math.log(2.0)
 
@@ -41,97 +67,42 @@ def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
 
 
-class TokenLM(nn.Module):
-    """Embedding + causal transformer + head: the entropy model (predicts x[t+1] at t)."""
-
-    def __init__(self, vocab: int, cfg: LevelConfig, num_layers: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, cfg.hidden_size)
-        self.body = CausalTransformer(
-            cfg.hidden_size, num_layers, cfg.num_heads, cfg.intermediate_size, cfg.window, cfg.rope_theta
-        )
-        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
-
-    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
-        h = self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
-        return self.head(h)  # (B, T, V)
-
-    def step(self, tokens, cache, rows):
-        """One new token per row of `rows`: (B',) -> logits (B', V) for the token after it."""
-        h = self.body.step(self.embed(tokens[:, None]).float(), cache, rows)  # (B', 1, D)
-        return self.head(h[:, 0])
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean CE (nats) of `logits (B, T, V)` against `targets (B, T)` over `mask (B, T)`; 0 if empty."""
+    if not mask.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
-class TokenEncoder(nn.Module):
-    """Embedding + causal transformer: h[t] depends on x[0..t] only."""
+@dataclass
+class LevelPass:
+    """One level's bottom-up pass over its tokens (`HierLevel.bottom_up`).
 
-    def __init__(self, vocab: int, cfg: LevelConfig):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, cfg.hidden_size)
-        self.body = CausalTransformer(
-            cfg.hidden_size,
-            cfg.encoder_layers,
-            cfg.num_heads,
-            cfg.intermediate_size,
-            cfg.window,
-            cfg.rope_theta,
-        )
-
-    def forward(self, tokens, valid, positions, doc_ids=None, kv_out=None):
-        return self.body(self.embed(tokens).float(), positions, valid, doc_ids, kv_out=kv_out)  # (B, T, D)
-
-    def step(self, tokens, cache, rows):
-        return self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
-
-
-class SegmentDecoder(nn.Module):
-    """Predicts a level's tokens from [BEGIN, x] with one context vector per position (DESIGN §4).
-
-    Input index i holds x[i - 1] (index 0: BEGIN), so output i predicts x[i] and reads the context of
-    the segment x[i] belongs to. The embedding has V + 1 rows; row V is BEGIN.
+    tokens, valid, positions, fires, H (B, T); entropy_logits (B, T, V) (with grad); layout: the
+    segments. When the level was encoded: q (codes (B, S), z (B, S, D), ...), h (B, T, D) encoder
+    states and up, the framed token stream of the level above; with `keep_kv`, stream: the level's
+    state for streaming generation (its decoder cache is filled top-down by `predict_logits`).
     """
 
-    def __init__(self, vocab: int, cfg: LevelConfig, context_dim: int):
-        super().__init__()
-        self.begin_id = vocab
-        self.embed = nn.Embedding(vocab + 1, cfg.hidden_size)
-        # `segment_offsets`: input i also adds the offset of x[i] (the token it predicts) in its segment
-        self.offset_embed = (
-            nn.Embedding(cfg.max_segment_len, cfg.hidden_size) if cfg.segment_offsets else None
-        )
-        self.body = CausalTransformer(
-            cfg.hidden_size,
-            cfg.decoder_layers,
-            cfg.num_heads,
-            cfg.intermediate_size,
-            cfg.window,
-            cfg.rope_theta,
-            context_dim=context_dim,
-        )
-        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor
+    entropy_logits: torch.Tensor
+    H: torch.Tensor
+    layout: SegmentLayout
+    fires: torch.Tensor
+    q: QuantizerOutput | None = None
+    h: torch.Tensor | None = None
+    up: UpperStream | None = None
+    stream: LevelStream | None = None
 
-    def _embed(self, inp, offsets):
-        x = self.embed(inp)  # (B, n, D)
-        if self.offset_embed is not None:
-            assert offsets is not None, (
-                "segment_offsets: the decoder needs the offset of each predicted token"
-            )
-            x = x + self.offset_embed(offsets)  # (B, n, D)
-        return x
+    def entropy_loss(self) -> torch.Tensor:
+        """Next-token CE (nats) of the entropy model over the pairs inside each row."""
+        pair = self.valid[:, 1:] & self.valid[:, :-1]  # (B, T-1)
+        return masked_cross_entropy(self.entropy_logits[:, :-1], self.tokens[:, 1:], pair)
 
-    def forward(self, inp, inp_valid, positions, context, doc_ids=None, kv_out=None, offsets=None):
-        """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
-        its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
-        x = self._embed(inp, offsets)  # (B, T+1, D)
-        h = self.body(x, positions, inp_valid, doc_ids, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
-        return self.head(h), h  # (B, T+1, V), (B, T+1, D)
-
-    def step(self, tokens, context, cache, rows, offsets=None):
-        """Read one token per row of `rows` with the context (B', D) and offset (B',) of the token
-        to predict."""
-        x = self._embed(tokens[:, None], None if offsets is None else offsets[:, None])  # (B', 1, D)
-        h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
-        return self.head(h), h  # (B', V), (B', D)
+    def tokens_per_segment(self) -> torch.Tensor:
+        return self.valid.sum().float() / self.layout.seg_mask.sum().clamp(min=1).float()
 
 
 class HierLevel(nn.Module):
@@ -140,7 +111,8 @@ class HierLevel(nn.Module):
     def __init__(self, cfg: LevelConfig, vocab: LevelVocab, upper_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.vocab = vocab
+        self.vocab = vocab  # this level's token ids
+        self.upper_vocab = LevelVocab.of_codes(cfg.num_codes)  # the ids of the stream of its codes
         D = cfg.hidden_size
         self.entropy_model = TokenLM(vocab.vocab_size, cfg, cfg.entropy_layers)
         self.encoder = TokenEncoder(vocab.vocab_size, cfg)
@@ -187,11 +159,11 @@ class HierLevel(nn.Module):
             valid=valid,
         )
 
-    def segment(self, tokens, valid, positions, doc_ids=None, kv_out=None):
+    def segment(self, tokens, valid, positions, kv_out=None):
         """Entropy-model logits (with grad), entropies in bits, the segment layout and the rule's
         firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad."""
         with fp32_region(tokens.device):
-            logits = self.entropy_model(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, V)
+            logits = self.entropy_model(tokens, valid, positions, kv_out=kv_out)  # (B, T, V)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
                 fires = self.rule(H, tokens, valid=valid)  # (B, T)
@@ -214,13 +186,11 @@ class HierLevel(nn.Module):
         self.boundary_value.add_(step).clamp_(min=0.0)
 
     # ---- encode ----------------------------------------------------------------------------
-    def encode_segments(
-        self, tokens, valid, positions, layout: SegmentLayout, doc_ids=None, kv_out=None, return_states=False
-    ):
-        """Encoder -> pooling -> quantiser. Returns the quantiser output (codes, z, stats) and, with
-        `return_states`, the encoder states (B, T, D) too."""
+    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, kv_out=None):
+        """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats) and the encoder
+        states h (B, T, D)."""
         with fp32_region(tokens.device):
-            h = self.encoder(tokens, valid, positions, doc_ids, kv_out=kv_out)  # (B, T, D)
+            h = self.encoder(tokens, valid, positions, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
             blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
             pooled = self.pooling(blocks, slots)  # (B, S, D)
@@ -230,21 +200,202 @@ class HierLevel(nn.Module):
                 q = self.quantizer(pooled, layout.seg_mask)
             finally:
                 self.quantizer.training = was_training
-        return (q, h) if return_states else q
+        return q, h
+
+    def upper_stream(self, tokens, valid, layout: SegmentLayout, codes, closed=None) -> UpperStream:
+        """Frame this level's codes as the token stream of the level above (DESIGN §2).
+
+        `closed (B, S)` keeps only completed segments (predict mode); see `frame_upper_stream`.
+        """
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        f = first_real(valid)
+        starts_with_bos = valid[rows, f] & (tokens[rows, f] == self.vocab.bos_id)  # (B,)
+        ends_with_eos = layout.seg_mask & (segment_last_tokens(tokens, layout) == self.vocab.eos_id)  # (B, S)
+        return frame_upper_stream(
+            codes, layout.seg_mask, starts_with_bos, ends_with_eos, self.upper_vocab, closed=closed
+        )
+
+    def bottom_up(self, tokens, valid, encode=True, closed_only=False, keep_kv=False) -> LevelPass:
+        """Segment the level's tokens `(B, T)` and (with `encode`) encode them and frame the codes for
+        the level above: all of them (autoencode, encode), or only the completed segments'
+        (`closed_only`: predict mode, the causal view). `keep_kv` also opens the level's
+        `LevelStream` (the prefill of streaming generation)."""
+        positions = positions_from_mask(valid)  # (B, T)
+        kv_ent, kv_enc = ([], []) if keep_kv else (None, None)
+        ent_logits, H, layout, fires = self.segment(tokens, valid, positions, kv_out=kv_ent)
+        p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires)
+        if not encode:
+            return p
+        p.q, p.h = self.encode_segments(tokens, valid, positions, layout, kv_out=kv_enc)
+        closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
+        p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed)
+        if keep_kv:
+            p.stream = open_level_stream(self, valid, layout, fires, H, p.h, kv_ent, kv_enc)
+        return p
 
     # ---- decode ----------------------------------------------------------------------------
-    def decoder_context(
-        self, seg_ctx: torch.Tensor, seg_id: torch.Tensor, next_ctx: torch.Tensor | None = None
-    ):
+    def decoder_context(self, seg_ctx: torch.Tensor, seg_id: torch.Tensor):
         """Per-position context for the decoder input [BEGIN, x] (T + 1 positions).
 
         Output i predicts x[i], so it reads seg_ctx[seg_id[i]]; the extra last position (predicting
-        the token after the row) reads `next_ctx (B, D)` when given, else zeros.
+        the token after the row) reads zeros (predict mode writes the next segment's context there).
         seg_ctx (B, S, D), seg_id (B, T) with -1 on padding -> (B, T+1, D).
         """
         B, T = seg_id.shape
         D = seg_ctx.shape[-1]
         idx = seg_id.clamp(min=0)[..., None].expand(B, T, D)  # (B, T, D)
         ctx = seg_ctx.gather(1, idx) * (seg_id >= 0)[..., None]  # (B, T, D)
-        last = next_ctx[:, None] if next_ctx is not None else ctx.new_zeros(B, 1, D)
-        return torch.cat([ctx, last], dim=1)  # (B, T+1, D)
+        return torch.cat([ctx, ctx.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
+
+    def _decode(self, p: LevelPass, ctx, kv_out=None):
+        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, inp_valid."""
+        inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
+        offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
+        logits, h = self.decoder(
+            inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets
+        )
+        return logits, h, inp_valid
+
+    def reconstruct_logits(self, p: LevelPass) -> torch.Tensor:
+        """Reconstruct mode: the decoder reads each segment's own (straight-through) code.
+        (B, T, V): output i predicts tokens[i]."""
+        ctx = self.decoder_context(p.q.z, p.layout.seg_id)  # (B, T+1, D)
+        return self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
+
+    def predict_context(self, upper_h, upper_n, seg_pos, layout: SegmentLayout, valid):
+        """Per-position predict-mode contexts for the decoder input [BEGIN, x] (T + 1 positions).
+
+        Segment s reads upper_h[seg_pos[s]]; the position after the last real token reads
+        upper_h[upper_n], the next code's slot (the open segment's, or a new one if the rule fired).
+        upper_h (B, Tu+1, Du), upper_n (B,), seg_pos (B, S) -> (B, T+1, D).
+        """
+        B, Du = upper_h.shape[0], upper_h.shape[-1]
+        seg_ctx = upper_h.gather(1, seg_pos[..., None].expand(B, seg_pos.shape[1], Du))  # (B, S, Du)
+        seg_ctx = self.context_proj(seg_ctx.to(self.context_proj.weight.dtype))  # (B, S, D)
+        nxt = self.context_proj(upper_h[torch.arange(B, device=upper_h.device), upper_n])  # (B, D)
+        ctx = self.decoder_context(seg_ctx, layout.seg_id)  # (B, T+1, D); position T is zeros
+        rows = torch.arange(B, device=valid.device)
+        ctx[rows, last_real(valid) + 1] = nxt.to(ctx.dtype)
+        return ctx
+
+    def predict_logits(self, p: LevelPass, upper_h, upper_n, zero_context=False):
+        """Predict mode: the decoder reads the hidden state of the level above (`upper_h (B, Tu+1, Du)`,
+        next code at `upper_n (B,)`) where each segment's code sits or will sit. Returns logits
+        (B, T+1, V) (output t + 1 reads x[t], predicts x[t + 1]) and the decoder's states (B, T+1, D),
+        the level below's `upper_h`. With `p.stream`, fills its decoder cache and next context."""
+        ctx = self.predict_context(upper_h, upper_n, p.up.seg_pos, p.layout, p.valid)  # (B, T+1, D)
+        if zero_context:
+            ctx = torch.zeros_like(ctx)
+        kv_dec = [] if p.stream is not None else None
+        logits, h, inp_valid = self._decode(p, ctx, kv_out=kv_dec)
+        if p.stream is not None:
+            rows = torch.arange(p.tokens.shape[0], device=p.tokens.device)
+            nxt = self.context_proj(upper_h[rows, upper_n].to(self.context_proj.weight.dtype))  # (B, D)
+            p.stream.decoder = KVStore(kv_dec, inp_valid)
+            p.stream.context = nxt
+        return logits, h
+
+    # ---- streaming -------------------------------------------------------------------------
+    def step(self, st: LevelStream, rows: torch.Tensor, toks: torch.Tensor, upper: Callable):
+        """Read one token for each row in `rows` (B',): boundary rule, encoder, and when the rule
+        fires, pooling + quantiser; the code goes up through `upper(rows, codes)`, which returns the
+        hidden state of the level above (the next segment's context). Then the decoder predicts the
+        token after. Returns logits (B', V), hidden (B', D)."""
+        L = self.cfg.max_segment_len
+        seg_len = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_len[rows]), st.seg_len[rows])
+        with fp32_region(toks.device):
+            h = self.encoder.step(toks, st.encoder, rows)  # (B', D)
+            st.open_states[rows, seg_len] = h
+            seg_len = seg_len + 1
+            H = entropy_bits(self.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
+        fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
+        fires = segment_closes(fires, seg_len, L)  # (B',) the open segment closes after this token
+        st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
+        if bool(fires.any()):
+            closing = rows[fires]
+            with fp32_region(toks.device):
+                slots = torch.arange(L, device=toks.device)[None, :] < seg_len[fires][:, None]  # (B'', L)
+                pooled = self.pooling(st.open_states[closing][:, None], slots[:, None])  # (B'', 1, D)
+                codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
+            g = upper(closing, codes)
+            eos = toks[fires] == self.vocab.eos_id
+            if bool(eos.any()):  # EOS closes its segment at every level: the upper EOS follows
+                g[eos] = upper(closing[eos], torch.full_like(codes[eos], self.upper_vocab.eos_id))
+            st.context[closing] = self.context_proj(g.to(self.context_proj.weight.dtype)).to(st.context.dtype)
+        offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
+        return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets)
+
+    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor):
+        """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
+
+        ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
+        each token, -1 on padding: the boundaries the rule drew). Walk-through for one row with
+        two segments, max_segment_len 4: step 0 reads [BEGIN] with ctx[0] and emits x0; the entropy
+        model reads x0 and the rule fires on H[0], so step 1 reads x0 with ctx[1] and emits x1; ...
+        the row stops after its 2nd segment closes (or at its EOS, or at the cap S * max_segment_len).
+
+        Each step feeds exactly one new position per live row to the decoder and to the entropy model,
+        through their windowed KV caches (`KVStore`, as in `step`): O(W) per token, not O(n).
+        Step 0 fills the caches with a one-position whole-row forward (so they take the dtype the
+        modules compute in); a finished row leaves the batch and gets padding from then on. The
+        entropy model runs in `fp32_region`, as in `segment`, so decode's boundaries are
+        encode's even under bf16 autocast (DESIGN §3, precision).
+        """
+        B, S, _ = ctx.shape
+        dev = ctx.device
+        L = self.cfg.max_segment_len
+        pad, eos = self.vocab.pad_id, self.vocab.eos_id
+        n_seg = seg_mask.sum(dim=1)  # (B,)
+        tokens = torch.full((B, S * L), pad, dtype=torch.long, device=dev)  # (B, S*L) hard cap
+        valid = torch.zeros(B, S * L, dtype=torch.bool, device=dev)  # (B, S*L)
+        seg_id = torch.full((B, S * L), -1, dtype=torch.long, device=dev)  # (B, S*L)
+        seg = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) segment of the next token
+        seg_len = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) tokens in the open segment
+        prev_H = torch.zeros(B, dtype=torch.float32, device=dev)  # (B,) H of the row's last token
+        done = n_seg == 0  # (B,)
+        rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
+        one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
+        zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
+        n_steps = 0
+        for n in range(S * L):
+            n_steps = n + 1
+            # the decoder reads one token (BEGIN at step 0) with the context of the token to predict
+            cur = ctx[rows, seg[rows].clamp(max=S - 1)]  # (B', D)
+            if n == 0:
+                begin = torch.full((B, 1), self.decoder.begin_id, dtype=torch.long, device=dev)
+                kv_dec = []
+                logits = self.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec, offsets=zero_pos)[0]
+                logits = logits[:, 0]  # (B, V)
+                dec_cache = KVStore(kv_dec, one)
+            else:
+                # the token to predict sits at offset seg_len in its segment
+                logits = self.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows])[
+                    0
+                ]
+            nxt = logits.argmax(dim=-1)  # (B',)
+            nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
+            tokens[rows, n] = nxt
+            valid[rows, n] = ~done[rows]
+            seg_id[rows, n] = torch.where(done[rows], -1, seg[rows])
+            # the boundary rule on the regenerated token, with the entropy model as encode runs it
+            with fp32_region(dev):
+                if n == 0:
+                    kv_ent = []
+                    ent_logits = self.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)  # (B, 1, V)
+                    ent_logits = ent_logits[:, 0]  # (B, V)
+                    ent_cache = KVStore(kv_ent, one)
+                else:
+                    ent_logits = self.entropy_model.step(nxt, ent_cache, rows)  # (B', V)
+                H = entropy_bits(ent_logits[:, None])  # (B', 1)
+            fires = self.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
+            r_len = seg_len[rows] + 1  # (B',)
+            new_seg = segment_closes(fires, r_len, L)  # (B',)
+            r_seg = seg[rows] + new_seg.long()  # (B',)
+            seg[rows] = r_seg
+            seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)
+            prev_H[rows] = H[:, 0]
+            done[rows] = done[rows] | (nxt == eos) | (r_seg >= n_seg[rows])
+            if bool(done.all()):
+                break
+            rows = (~done).nonzero()[:, 0]  # (B',) rows still generating
+        return tokens[:, :n_steps], valid[:, :n_steps], seg_id[:, :n_steps]

@@ -5,14 +5,17 @@ vector quantiser; the codes of level l, framed as [bos] codes [eos], are the tok
 A decoder per level regenerates the level's tokens from one context per segment (reconstruct mode:
 the segment's own code). A top code LM reads the top code stream (DESIGN §5).
 
+What happens inside one level (segmenting, encoding, decoding, one streamed step, regeneration)
+is `level.HierLevel`; this file holds the HF classes and the chaining of levels: bottom up (codes
+become the tokens of the level above), top down (the hidden states of the level above become the
+contexts of the level below), and the recursion of a streamed step.
+
 Shape letters: B batch, T tokens of the current level (bytes at level 0), S segments, D width,
-V vocab of the current level, L levels.
+V vocab of the current level.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 from contextlib import contextmanager
 
@@ -27,7 +30,7 @@ from .cache import HierAECache
 from .code_lm import CodeLM
 from .configuration_hier_ae import HierAEConfig
 from .kv_cache import KVStore
-from .level import HierLevel, entropy_bits, fp32_region
+from .level import HierLevel, LevelPass, masked_cross_entropy
 from .outputs import (
     HierAECausalLMOutput,
     HierAEDecoderOutput,
@@ -37,81 +40,21 @@ from .outputs import (
 )
 from .pooling import LearnedQueryPooling
 from .quantizer import VectorQuantizer
-from .segmentation import (
-    closed_segments,
-    decoder_offsets,
-    frame_upper_stream,
-    last_real,
-    segment_closes,
-    segment_last_tokens,
-    shift_in_begin,
-)
-from .streaming import StreamState, open_level_stream
+from .segmentation import compact_codes, shift_in_begin
+from .streaming import StreamState
 from .transformer import positions_from_mask
-from .validation import check_codes, check_input_ids, check_labels
-
-# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
-# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
-# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
-HF_IGNORED_FORWARD_KWARGS = frozenset(
-    {
-        "output_attentions",
-        "output_hidden_states",
-        "use_cache",
-        "cache",
-        "past_key_values",
-        "labels",
-        "position_ids",
-        "cache_position",
-        "logits_to_keep",
-        "token_type_ids",
-        "num_items_in_batch",
-        "return_loss",
-    }
+from .validation import (
+    check_codes,
+    check_forward_kwargs,
+    check_generation_cache,
+    check_input_ids,
+    check_labels,
+    check_loss_weights,
+    check_model_path,
+    check_prompt_rows,
+    check_run_levels,
+    check_stream_input,
 )
-
-
-def check_forward_kwargs(fn, kwargs: dict) -> None:
-    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
-    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
-    if not unknown:
-        return
-    params = inspect.signature(fn).parameters
-    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
-    hints = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
-    hint = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in hints.items() if m)
-    raise TypeError(
-        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
-        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
-    )
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean CE (nats) of `logits (B, T, V)` against `targets (B, T)` over `mask (B, T)`; 0 if empty."""
-    if not mask.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[mask].float(), targets[mask])
-
-
-def first_real(valid: torch.Tensor) -> torch.Tensor:
-    """Index of each row's first real token (B,). valid = [0 0 1 1] -> 2."""
-    return valid.long().argmax(dim=1)
-
-
-def compact_codes(tokens: torch.Tensor, valid: torch.Tensor, num_codes: int):
-    """Drop framing specials and padding from a level's token stream: the codes of the level below.
-
-    tokens = [bos, 7, 3, eos, 9] (num_codes = 10) -> codes [7, 3, 9], mask [1, 1, 1]. (B, T) -> (B, S)
-    """
-    B, T = tokens.shape
-    is_code = valid & (tokens < num_codes)  # (B, T)
-    t = torch.arange(T, device=tokens.device).expand(B, T)
-    order = torch.where(is_code, t, t + T).argsort(dim=1)  # codes first, in order
-    n = is_code.sum(dim=1)  # (B,)
-    S = max(int(n.max().item()), 1)
-    codes = tokens.gather(1, order)[:, :S]  # (B, S)
-    mask = torch.arange(S, device=tokens.device)[None, :] < n[:, None]  # (B, S)
-    return torch.where(mask, codes, torch.zeros_like(codes)), mask
 
 
 class HierAEPreTrainedModel(PreTrainedModel):
@@ -137,16 +80,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
         kwargs["use_safetensors"] = True
         path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
         if isinstance(path, str) and kwargs.get("config") is None and not kwargs.get("subfolder"):
-            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-                raise FileNotFoundError(
-                    f"{path} has no config.json: a hier_ae model folder holds config.json and "
-                    "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
-                    "is not a model folder; use the stages/ or model/ folder of the run."
-                )
-            if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
-                raise FileNotFoundError(
-                    f"{path} does not exist: expected a model folder or a Hub id 'owner/name'."
-                )
+            check_model_path(path)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as e:
@@ -216,21 +150,40 @@ class HierAEModel(HierAEPreTrainedModel):
             for m, mode in modes:
                 m.training = mode
 
-    def _next_level_stream(self, level: HierLevel, tokens, valid, layout, codes, closed=None):
-        """Frame the codes of `level` as the token stream of the level above (DESIGN §2).
+    def _bottom_up(self, tokens, valid, levels=None, encode_last=True, closed_only=False, keep_kv=False):
+        """Run `levels` (default all) bottom up, each reading the framed codes of the one below
+        (`HierLevel.bottom_up`); the last one is encoded only with `encode_last`. -> list[LevelPass]"""
+        passes: list[LevelPass] = []
+        levels = range(self.num_levels) if levels is None else levels
+        for li in levels:
+            encode = encode_last or li < levels[-1]
+            p = self.levels[li].bottom_up(
+                tokens, valid, encode=encode, closed_only=closed_only, keep_kv=keep_kv
+            )
+            passes.append(p)
+            if p.up is not None:
+                tokens, valid = p.up.tokens, p.up.valid
+        return passes
 
-        `closed (B, S)` keeps only completed segments (predict mode); see `frame_upper_stream`.
-        """
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        f = first_real(valid)
-        starts_with_bos = valid[rows, f] & (tokens[rows, f] == level.vocab.bos_id)  # (B,)
-        ends_with_eos = layout.seg_mask & (
-            segment_last_tokens(tokens, layout) == level.vocab.eos_id
-        )  # (B, S)
-        n = level.cfg.num_codes
-        return frame_upper_stream(
-            codes, layout.seg_mask, starts_with_bos, ends_with_eos, n, n + 1, n + 2, closed=closed
-        )
+    def _top_lm(self, tokens, valid, kv_out=None):
+        """The top LM over the top code stream `tokens (B, T)`: logits (B, T+1, V), hidden states
+        (B, T+1, D), the input mask (B, T+1) and the CE of the stream."""
+        top_pad = self.config.level_views()[-1].pad_id
+        inp, inp_valid = shift_in_begin(tokens, valid, self.top_lm.begin_id, top_pad)
+        logits, h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid), kv_out=kv_out)
+        return logits, h, inp_valid, masked_cross_entropy(logits[:, : tokens.shape[1]], tokens, valid)
+
+    @staticmethod
+    def _level_fields(passes: list[LevelPass]) -> dict:
+        """The per-level fields of `HierAEOutput` / `HierAEEncoderOutput`, one entry per run level."""
+        return {
+            "codes": tuple(p.q.codes for p in passes if p.q is not None),
+            "code_mask": tuple(p.layout.seg_mask for p in passes),
+            "segment_ids": tuple(p.layout.seg_id for p in passes),
+            "level_tokens": tuple(p.tokens for p in passes),
+            "level_mask": tuple(p.valid for p in passes),
+            "entropy": tuple(p.H for p in passes),
+        }
 
     def apply_quantizer_updates(self) -> list[dict]:
         """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
@@ -280,86 +233,46 @@ class HierAEModel(HierAEPreTrainedModel):
             raise ValueError(f"start_level={start_level} is invalid: must be in [0, {self.num_levels}].")
         vocab = self.config.level_views()[start_level].vocab_size
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes, vocab)
-        n_run = self.num_levels if num_levels is None else num_levels
-        if not max(1, start_level) <= n_run <= self.num_levels:
-            raise ValueError(
-                f"num_levels={num_levels} is invalid: must be in [{max(1, start_level)}, {self.num_levels}]."
-            )
-        recon = set(range(start_level, n_run) if reconstruct_levels is None else reconstruct_levels)
-        if not recon <= set(range(start_level, n_run)):
-            raise ValueError(
-                f"reconstruct_levels={sorted(recon)} must be a subset of the run levels "
-                f"{start_level}..{n_run - 1}."
-            )
-        top = (n_run == self.num_levels) if run_top_lm is None else run_top_lm
-        if top and n_run != self.num_levels:
-            raise ValueError("run_top_lm=True needs every level to run (num_levels=None).")
-        w = {
-            "entropy": self.config.entropy_loss_weight,
-            "reconstruct": self.config.reconstruct_loss_weight,
-            "commitment": self.config.commitment_loss_weight,
-            "top_lm": self.config.top_lm_loss_weight,
-        }
-        if loss_weights:
-            unknown = set(loss_weights) - set(w)
-            if unknown:
-                raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; allowed: {sorted(w)}.")
-            w.update(loss_weights)
+        n_run, recon, top = check_run_levels(
+            self.num_levels, start_level, num_levels, reconstruct_levels, run_top_lm
+        )
+        w = check_loss_weights(
+            {
+                "entropy": self.config.entropy_loss_weight,
+                "reconstruct": self.config.reconstruct_loss_weight,
+                "commitment": self.config.commitment_loss_weight,
+                "top_lm": self.config.top_lm_loss_weight,
+            },
+            loss_weights,
+        )
 
-        tokens = ids
-        ent_losses, rec_losses, com_losses, tps, ppl, dead = [], [], [], [], [], []
-        all_codes, all_cmask, all_seg, all_tok, all_valid, all_H, all_rec = [], [], [], [], [], [], []
-        for _ in range(start_level):  # levels below the stored codes do not run
-            zero = torch.zeros((), device=ids.device)
-            for terms in (ent_losses, rec_losses, com_losses, tps, ppl, dead):
-                terms.append(zero)
-        for li in range(start_level, n_run):
-            level = self.levels[li]
-            T = tokens.shape[1]
-            positions = positions_from_mask(valid)  # (B, T)
-            ent_logits, H, layout, fires = level.segment(tokens, valid, positions)
-            pair = valid[:, 1:] & valid[:, :-1]  # (B, T-1) next-token pairs inside the row
-            ent_losses.append(masked_cross_entropy(ent_logits[:, :-1], tokens[:, 1:], pair))
-            tps.append(valid.sum().float() / layout.seg_mask.sum().clamp(min=1).float())
-            all_seg.append(layout.seg_id)
-            all_tok.append(tokens)
-            all_valid.append(valid)
-            all_H.append(H)
-            all_cmask.append(layout.seg_mask)
-            if li not in recon and li == n_run - 1 and not top:
-                zero = H.new_zeros(())
-                com_losses.append(zero)
-                rec_losses.append(zero)
-                ppl.append(zero)
-                dead.append(zero)
+        passes = self._bottom_up(
+            ids, valid, range(start_level, n_run), encode_last=top or (n_run - 1) in recon
+        )
+        zero = torch.zeros((), device=ids.device)  # the terms of the levels below the stored codes
+        ent_losses, rec_losses, com_losses, tps, ppl, dead = ([zero] * start_level for _ in range(6))
+        all_rec = []
+        for li, p in zip(range(start_level, n_run), passes):
+            ent_losses.append(p.entropy_loss())
+            tps.append(p.tokens_per_segment())
+            if p.q is None:  # the last run level, whose codes nothing reads
+                for terms in (com_losses, rec_losses, ppl, dead):
+                    terms.append(p.H.new_zeros(()))
                 continue
-            q = level.encode_segments(tokens, valid, positions, layout)
-            com_losses.append(q.commitment)
-            ppl.append(q.usage_perplexity.float())
-            dead.append(q.dead_codes.float())
-            all_codes.append(q.codes)
+            com_losses.append(p.q.commitment)
+            ppl.append(p.q.usage_perplexity.float())
+            dead.append(p.q.dead_codes.float())
             if li in recon:
-                # reconstruct mode: the decoder reads the segment's own (straight-through) code
-                inp, inp_valid = shift_in_begin(tokens, valid, level.decoder.begin_id, level.vocab.pad_id)
-                ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
-                offsets = decoder_offsets(layout, fires, valid, level.cfg.max_segment_len)  # (B, T+1)
-                dec_logits, _ = level.decoder(
-                    inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets
-                )
-                rec_logits = dec_logits[:, :T]  # (B, T, V): output i predicts tokens[i]
-                rec_losses.append(masked_cross_entropy(rec_logits, tokens, valid))
+                rec_logits = self.levels[li].reconstruct_logits(p)  # (B, T, V)
+                rec_losses.append(masked_cross_entropy(rec_logits, p.tokens, p.valid))
                 all_rec.append(rec_logits)
             else:
-                rec_losses.append(H.new_zeros(()))
-            up = self._next_level_stream(level, tokens, valid, layout, q.codes.detach())
-            tokens, valid = up.tokens, up.valid
+                rec_losses.append(p.H.new_zeros(()))
 
         top_loss = ids.new_zeros((), dtype=torch.float32)
         if top:
-            top_pad = self.config.level_views()[-1].pad_id
-            inp, inp_valid = shift_in_begin(tokens, valid, self.top_lm.begin_id, top_pad)
-            top_logits, _ = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid))
-            top_loss = masked_cross_entropy(top_logits[:, : tokens.shape[1]], tokens, valid)
+            tokens, valid = (passes[-1].up.tokens, passes[-1].up.valid) if passes else (ids, valid)
+            top_loss = self._top_lm(tokens, valid)[3]
 
         ent, rec, com = torch.stack(ent_losses), torch.stack(rec_losses), torch.stack(com_losses)
         loss = w["entropy"] * ent.sum() + w["reconstruct"] * rec.sum() + w["commitment"] * com.sum()
@@ -371,12 +284,7 @@ class HierAEModel(HierAEPreTrainedModel):
             reconstruct_loss=rec,
             commitment_loss=com,
             top_lm_loss=top_loss,
-            codes=tuple(all_codes),
-            code_mask=tuple(all_cmask),
-            segment_ids=tuple(all_seg),
-            level_tokens=tuple(all_tok),
-            level_mask=tuple(all_valid),
-            entropy=tuple(all_H),
+            **self._level_fields(passes),
             reconstruct_logits=tuple(all_rec),
             tokens_per_segment=torch.stack(tps),
             usage_perplexity=torch.stack(ppl),
@@ -410,70 +318,37 @@ class HierAEModel(HierAEPreTrainedModel):
         read g1 = top([c0]), logits[5..9] read g2 = top([c0, c1]).
         """
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
-        stream = [] if return_stream else None  # per level: the prefill of a StreamState
         # bottom up: segments, codes of completed segments, the stream of the level above
-        per_level = []
+        passes = self._bottom_up(ids, valid, closed_only=True, keep_kv=return_stream)
         rec_losses, com_losses = [], []
-        tokens, v = ids, valid
-        for level in self.levels:
-            positions = positions_from_mask(v)
-            kv_ent, kv_enc = ([], []) if return_stream else (None, None)
-            _, H, layout, fires = level.segment(tokens, v, positions, kv_out=kv_ent)
-            q, h = level.encode_segments(tokens, v, positions, layout, kv_out=kv_enc, return_states=True)
-            if with_reconstruct:
-                inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
-                ctx = level.decoder_context(q.z, layout.seg_id)  # (B, T+1, D)
-                offsets = decoder_offsets(layout, fires, v, level.cfg.max_segment_len)  # (B, T+1)
-                rec_logits, _ = level.decoder(
-                    inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets
-                )
-                rec_losses.append(masked_cross_entropy(rec_logits[:, : tokens.shape[1]], tokens, v))
-                com_losses.append(q.commitment)
-            closed = closed_segments(layout, fires, v, level.cfg.max_segment_len)
-            up = self._next_level_stream(level, tokens, v, layout, q.codes.detach(), closed=closed)
-            per_level.append((tokens, v, layout, up, fires))
-            if return_stream:
-                stream.append(open_level_stream(level, v, layout, fires, H, h, kv_ent, kv_enc))
-            tokens, v = up.tokens, up.valid
+        if with_reconstruct:
+            for level, p in zip(self.levels, passes):
+                rec_losses.append(masked_cross_entropy(level.reconstruct_logits(p), p.tokens, p.valid))
+                com_losses.append(p.q.commitment)
         # the top LM over the completed top codes
-        top_pad = self.config.level_views()[-1].pad_id
-        inp, inp_valid = shift_in_begin(tokens, v, self.top_lm.begin_id, top_pad)
+        top = passes[-1].up
         kv_top = [] if return_stream else None
-        top_valid = inp_valid
-        top_logits, upper_h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid), kv_out=kv_top)
-        top_loss = masked_cross_entropy(top_logits[:, : tokens.shape[1]], tokens, v)
-        upper_n = v.sum(dim=1)  # (B,) index of the next code in the upper stream
+        _, upper_h, top_valid, top_loss = self._top_lm(top.tokens, top.valid, kv_out=kv_top)
+        upper_n = top.valid.sum(dim=1)  # (B,) index of the next code in the upper stream
         # top down: contexts from the level above, decoders in predict mode
         losses = [None] * self.num_levels
-        rows = torch.arange(ids.shape[0], device=ids.device)
         for li in reversed(range(self.num_levels)):
-            level = self.levels[li]
-            tokens, v, layout, up, fires = per_level[li]
-            ctx = self._predict_context(level, upper_h, upper_n, up.seg_pos, layout, v)  # (B, T+1, D)
-            if zero_context and li == 0:
-                ctx = torch.zeros_like(ctx)
-            inp, inp_valid = shift_in_begin(tokens, v, level.decoder.begin_id, level.vocab.pad_id)
-            kv_dec = [] if return_stream else None
-            offsets = decoder_offsets(layout, fires, v, level.cfg.max_segment_len)  # (B, T+1)
-            dec_logits, dec_h = level.decoder(
-                inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_dec, offsets=offsets
-            )
-            losses[li] = masked_cross_entropy(dec_logits[:, : tokens.shape[1]], tokens, v)
-            if return_stream:
-                nxt = level.context_proj(upper_h[rows, upper_n].to(level.context_proj.weight.dtype))  # (B, D)
-                stream[li].decoder = KVStore(kv_dec, inp_valid)
-                stream[li].context = nxt
-            upper_h, upper_n = dec_h, v.sum(dim=1)
+            p = passes[li]
+            dec_logits, upper_h = self.levels[li].predict_logits(
+                p, upper_h, upper_n, zero_context=zero_context and li == 0
+            )  # (B, T+1, V), (B, T+1, D)
+            losses[li] = masked_cross_entropy(dec_logits[:, : p.tokens.shape[1]], p.tokens, p.valid)
+            upper_n = p.valid.sum(dim=1)
         return HierAEPredictOutput(
             logits=dec_logits[:, 1:],  # (B, T, 259): output t + 1 reads x[t], predicts x[t + 1]
             predict_loss=torch.stack(losses),
             top_lm_loss=top_loss,
             reconstruct_loss=torch.stack(rec_losses) if with_reconstruct else None,
             commitment_loss=torch.stack(com_losses) if with_reconstruct else None,
-            tokens_per_segment=torch.stack(
-                [lv[1].sum().float() / lv[2].seg_mask.sum().clamp(min=1).float() for lv in per_level]
-            ),
-            stream=StreamState(levels=stream, top=KVStore(kv_top, top_valid)) if return_stream else None,
+            tokens_per_segment=torch.stack([p.tokens_per_segment() for p in passes]),
+            stream=StreamState(levels=[p.stream for p in passes], top=KVStore(kv_top, top_valid))
+            if return_stream
+            else None,
         )
 
     # ---- streaming (cached generation, DESIGN §7) ---------------------------------------------
@@ -488,59 +363,15 @@ class HierAEModel(HierAEPreTrainedModel):
         return logits
 
     def _level_step(self, state: StreamState, li: int, rows: torch.Tensor, toks: torch.Tensor):
-        """Level `li` reads one token for each row in `rows`: boundary rule, encoder, and when the
-        rule fires, pooling + quantiser, the code goes up and the level above returns the next
-        segment's context. Then the decoder predicts the token after. Returns logits, hidden."""
-        level, st = self.levels[li], state.levels[li]
-        L = level.cfg.max_segment_len
-        seg_len = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_len[rows]), st.seg_len[rows])
-        with fp32_region(toks.device):
-            h = level.encoder.step(toks, st.encoder, rows)  # (B', D)
-            st.open_states[rows, seg_len] = h
-            seg_len = seg_len + 1
-            H = entropy_bits(level.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
-        fires = level.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
-        fires = segment_closes(fires, seg_len, L)  # (B',) the open segment closes after this token
-        st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
-        if bool(fires.any()):
-            closing = rows[fires]
-            with fp32_region(toks.device):
-                slots = torch.arange(L, device=toks.device)[None, :] < seg_len[fires][:, None]  # (B'', L)
-                pooled = level.pooling(st.open_states[closing][:, None], slots[:, None])  # (B'', 1, D)
-                codes = level.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
-            g = self._upper_step(state, li + 1, closing, codes)
-            eos = toks[fires] == level.vocab.eos_id
-            if bool(eos.any()):  # EOS closes its segment at every level: the upper EOS follows
-                n = level.cfg.num_codes
-                g[eos] = self._upper_step(state, li + 1, closing[eos], torch.full_like(codes[eos], n + 1))
-            st.context[closing] = level.context_proj(g.to(level.context_proj.weight.dtype)).to(
-                st.context.dtype
-            )
-        offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
-        return level.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets)
+        """Level `li` (the top LM at `li = num_levels`) reads one token per row of `rows`
+        (`HierLevel.step`); a code it passes up is read by level `li + 1`. Returns logits, hidden."""
+        if li == self.num_levels:
+            return self.top_lm.step(toks, state.top, rows)
 
-    def _upper_step(self, state: StreamState, ui: int, rows: torch.Tensor, toks: torch.Tensor):
-        """The level above (or the top LM) reads one code per row; its hidden state is g_next."""
-        if ui == self.num_levels:
-            return self.top_lm.step(toks, state.top, rows)[1]
-        return self._level_step(state, ui, rows, toks)[1]
+        def upper(rows_up, codes):
+            return self._level_step(state, li + 1, rows_up, codes)[1]
 
-    @staticmethod
-    def _predict_context(level: HierLevel, upper_h, upper_n, seg_pos, layout, valid):
-        """Per-position predict-mode contexts for the decoder input [BEGIN, x] (T + 1 positions).
-
-        Segment s reads upper_h[seg_pos[s]]; the position after the last real token reads
-        upper_h[upper_n], the next code's slot (the open segment's, or a new one if the rule fired).
-        upper_h (B, Tu+1, Du), upper_n (B,), seg_pos (B, S) -> (B, T+1, D).
-        """
-        B, Du = upper_h.shape[0], upper_h.shape[-1]
-        seg_ctx = upper_h.gather(1, seg_pos[..., None].expand(B, seg_pos.shape[1], Du))  # (B, S, Du)
-        seg_ctx = level.context_proj(seg_ctx.to(level.context_proj.weight.dtype))  # (B, S, D)
-        nxt = level.context_proj(upper_h[torch.arange(B, device=upper_h.device), upper_n])  # (B, D)
-        ctx = level.decoder_context(seg_ctx, layout.seg_id)  # (B, T+1, D); position T is zeros
-        rows = torch.arange(B, device=valid.device)
-        ctx[rows, last_real(valid) + 1] = nxt.to(ctx.dtype)
-        return ctx
+        return self.levels[li].step(state.levels[li], rows, toks, upper)
 
     # ---- encode ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -549,30 +380,12 @@ class HierAEModel(HierAEPreTrainedModel):
     ) -> HierAEEncoderOutput:
         """Bytes -> the codes of every level. `top_codes`/`top_mask` are all that `decode` needs."""
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
-        tokens = ids
-        codes, cmask, seg, toks, valids, Hs = [], [], [], [], [], []
         with self._inference():
-            for level in self.levels:
-                positions = positions_from_mask(valid)
-                _, H, layout, _ = level.segment(tokens, valid, positions)
-                q = level.encode_segments(tokens, valid, positions, layout)
-                codes.append(q.codes)
-                cmask.append(layout.seg_mask)
-                seg.append(layout.seg_id)
-                toks.append(tokens)
-                valids.append(valid)
-                Hs.append(H)
-                up = self._next_level_stream(level, tokens, valid, layout, q.codes)
-                tokens, valid = up.tokens, up.valid
+            passes = self._bottom_up(ids, valid)
         return HierAEEncoderOutput(
-            top_codes=codes[-1],
-            top_mask=cmask[-1],
-            codes=tuple(codes),
-            code_mask=tuple(cmask),
-            segment_ids=tuple(seg),
-            level_tokens=tuple(toks),
-            level_mask=tuple(valids),
-            entropy=tuple(Hs),
+            top_codes=passes[-1].q.codes,
+            top_mask=passes[-1].layout.seg_mask,
+            **self._level_fields(passes),
         )
 
     # ---- decode ----------------------------------------------------------------------------
@@ -602,88 +415,13 @@ class HierAEModel(HierAEPreTrainedModel):
             for li in reversed(range(start + 1)):
                 lv = self.levels[li]
                 ctx = lv.quantizer.lookup(codes)  # (B, S, D)
-                tokens, valid, _ = self._regenerate_level(lv, ctx, seg_mask)
+                tokens, valid, _ = lv.regenerate(ctx, seg_mask)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)
         return HierAEDecoderOutput(
             sequences=tokens, attention_mask=valid.long(), level_tokens=tuple(reversed(streams))
         )
-
-    def _regenerate_level(self, level: HierLevel, ctx: torch.Tensor, seg_mask: torch.Tensor):
-        """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
-
-        ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
-        each token, -1 on padding: the boundaries the rule drew). Walk-through for one row with
-        two segments, max_segment_len 4: step 0 reads [BEGIN] with ctx[0] and emits x0; the entropy
-        model reads x0 and the rule fires on H[0], so step 1 reads x0 with ctx[1] and emits x1; ...
-        the row stops after its 2nd segment closes (or at its EOS, or at the cap S * max_segment_len).
-
-        Each step feeds exactly one new position per live row to the decoder and to the entropy model,
-        through their windowed KV caches (`KVStore`, as in `stream_step`): O(W) per token, not O(n).
-        Step 0 fills the caches with a one-position whole-row forward (so they take the dtype the
-        modules compute in); a finished row leaves the batch and gets padding from then on. The
-        entropy model runs in `fp32_region`, as in `level.segment`, so decode's boundaries are
-        encode's even under bf16 autocast (DESIGN §3, precision).
-        """
-        B, S, _ = ctx.shape
-        dev = ctx.device
-        L = level.cfg.max_segment_len
-        pad, eos = level.vocab.pad_id, level.vocab.eos_id
-        n_seg = seg_mask.sum(dim=1)  # (B,)
-        tokens = torch.full((B, S * L), pad, dtype=torch.long, device=dev)  # (B, S*L) hard cap
-        valid = torch.zeros(B, S * L, dtype=torch.bool, device=dev)  # (B, S*L)
-        seg_id = torch.full((B, S * L), -1, dtype=torch.long, device=dev)  # (B, S*L)
-        seg = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) segment of the next token
-        seg_len = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) tokens in the open segment
-        prev_H = torch.zeros(B, dtype=torch.float32, device=dev)  # (B,) H of the row's last token
-        done = n_seg == 0  # (B,)
-        rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
-        one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
-        zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
-        n_steps = 0
-        for n in range(S * L):
-            n_steps = n + 1
-            # the decoder reads one token (BEGIN at step 0) with the context of the token to predict
-            cur = ctx[rows, seg[rows].clamp(max=S - 1)]  # (B', D)
-            if n == 0:
-                begin = torch.full((B, 1), level.decoder.begin_id, dtype=torch.long, device=dev)
-                kv_dec = []
-                logits = level.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec, offsets=zero_pos)[0]
-                logits = logits[:, 0]  # (B, V)
-                dec_cache = KVStore(kv_dec, one)
-            else:
-                # the token to predict sits at offset seg_len in its segment
-                logits = level.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows])[
-                    0
-                ]
-            nxt = logits.argmax(dim=-1)  # (B',)
-            nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
-            tokens[rows, n] = nxt
-            valid[rows, n] = ~done[rows]
-            seg_id[rows, n] = torch.where(done[rows], -1, seg[rows])
-            # the boundary rule on the regenerated token, with the entropy model as encode runs it
-            with fp32_region(dev):
-                if n == 0:
-                    kv_ent = []
-                    ent_logits = level.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)  # (B, 1, V)
-                    ent_logits = ent_logits[:, 0]  # (B, V)
-                    ent_cache = KVStore(kv_ent, one)
-                else:
-                    ent_logits = level.entropy_model.step(nxt, ent_cache, rows)  # (B', V)
-                H = entropy_bits(ent_logits[:, None])  # (B', 1)
-            fires = level.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
-            r_len = seg_len[rows] + 1  # (B',)
-            new_seg = segment_closes(fires, r_len, L)  # (B',)
-            r_seg = seg[rows] + new_seg.long()  # (B',)
-            seg[rows] = r_seg
-            seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)
-            prev_H[rows] = H[:, 0]
-            done[rows] = done[rows] | (nxt == eos) | (r_seg >= n_seg[rows])
-            if bool(done.all()):
-                break
-            rows = (~done).nonzero()[:, 0]  # (B',) rows still generating
-        return tokens[:, :n_steps], valid[:, :n_steps], seg_id[:, :n_steps]
 
 
 # transformers 5.24 renamed the output field `past_key_values` to `cache` (the old name still works,
@@ -718,14 +456,7 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         A row whose attention_mask is all 0 has no state to stream from (cached and uncached
         generation would disagree on it), so it raises `ValueError`; an empty prompt is `<s>` (id 2).
         """
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            if empty:
-                raise ValueError(
-                    f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
-                    "least one prompt token per row; start an empty prompt with <s> (id 2)."
-                )
+        check_prompt_rows(kwargs.get("attention_mask"))
         return super().generate(inputs, *args, **kwargs)
 
     def forward(
@@ -746,14 +477,8 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         `generate`); an unread cache would silently restart generation from the last token, so both
         names are read and giving both raises.
         """
-        if cache is not None and past_key_values is not None and cache is not past_key_values:
-            raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
-        past_key_values = cache if cache is not None else past_key_values
+        past_key_values = check_generation_cache(cache, past_key_values, HierAECache)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is not None and not isinstance(past_key_values, HierAECache):
-            raise ValueError(
-                f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
-            )
         cache = past_key_values if past_key_values is not None else (HierAECache() if use_cache else None)
         extra = {}
         if cache is None or cache.state is None:
@@ -768,17 +493,9 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
                 cache.state, cache.seen = pred.stream, input_ids.shape[1]
         else:
             # streaming: one new byte at a time through the cached state
-            if zero_context:
-                raise ValueError("zero_context is an evaluation switch; it cannot be combined with a cache.")
-            if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
-                raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
-            check_input_ids(input_ids, None, self.config.max_input_bytes)
-            if cache.seen + input_ids.shape[1] > self.config.max_input_bytes:
-                raise ValueError(
-                    f"generation would feed the model {cache.seen + input_ids.shape[1]} ids, over "
-                    f"max_input_bytes={self.config.max_input_bytes}; a prompt of P ids allows at most "
-                    "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
-                )
+            check_stream_input(
+                input_ids, attention_mask, cache.seen, self.config.max_input_bytes, zero_context
+            )
             steps = [self.model.stream_step(cache.state, input_ids[:, j]) for j in range(input_ids.shape[1])]
             logits = torch.stack(steps, dim=1)  # (B, T_new, 259)
             cache.seen += input_ids.shape[1]

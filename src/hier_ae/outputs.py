@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 class HierAEOutput(ModelOutput):
     """`HierAEModel.forward`: the weighted total loss, every term separately, and what each level made.
 
-    Losses are per level, shape (L,): `entropy_loss` (entropy-model next-token CE, nats),
+    Losses are per level, shape (num_levels,): `entropy_loss` (entropy-model next-token CE, nats),
     `reconstruct_loss` (decoder CE with the segment's OWN code as context: an autoencoder loss,
     never a language-model perplexity), `commitment_loss` (beta * commitment). `top_lm_loss` is the
     top LM's next-code CE (nats). `loss` is their weighted sum.
@@ -71,11 +71,11 @@ class HierAEPredictOutput(ModelOutput):
     """`HierAEModel.predict`: predict-mode (causal LM) outputs.
 
     logits (B, T, 259): logits[:, t] is the distribution of x[t + 1] given x[0..t].
-    predict_loss (L,): per level, decoder CE in predict mode (nats per token of that level; the
+    predict_loss (num_levels,): per level, decoder CE in predict mode (nats per token of that level; the
     contexts come from completed segments only, so this IS a language-model loss).
     top_lm_loss: next-code CE of the top LM (nats per code).
-    With `with_reconstruct=True` also `reconstruct_loss` (L,) (decoder CE reading the segment's own
-    code: an autoencoder figure, never a perplexity) and `commitment_loss` (L,) (beta * commitment).
+    With `with_reconstruct=True` also `reconstruct_loss` (num_levels,) (decoder CE reading the segment's own
+    code: an autoencoder figure, never a perplexity) and `commitment_loss` (num_levels,) (beta * commitment).
     """
 
     logits: torch.Tensor | None = None
@@ -91,8 +91,8 @@ class HierAEPredictOutput(ModelOutput):
 class HierAECausalLMOutput(CausalLMOutputWithPast):
     """`HierAEForCausalLM.forward`: HF's causal-LM output plus the predict-mode loss terms.
 
-    `loss` is the HF next-byte CE of `labels`; `predict_loss` (L,), `top_lm_loss` and
-    `tokens_per_segment` (L,) are as in `HierAEPredictOutput`. `past_key_values` is a `HierAECache`.
+    `loss` is the HF next-byte CE of `labels`; `predict_loss` (num_levels,), `top_lm_loss` and
+    `tokens_per_segment` (num_levels,) are as in `HierAEPredictOutput`. `past_key_values` is a `HierAECache`.
     """
 
     predict_loss: torch.Tensor | None = None

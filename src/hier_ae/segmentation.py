@@ -16,7 +16,8 @@ Worked example (threshold mode, theta = 2.5 bits, max_segment_len large):
     seg_id   0    0    1    1    1    1    2    2    2    2      cumsum(starts) - 1
     pos      0    1    0    1    2    3    0    1    2    3      t - start of its segment
 
-Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments.
+Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments,
+L slots per segment (max_segment_len).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .configuration_hier_ae import LevelVocab
 
 
 def rule_fires(
@@ -149,9 +152,7 @@ def frame_upper_stream(
     seg_mask: torch.Tensor,
     starts_with_bos: torch.Tensor,
     ends_with_eos: torch.Tensor,
-    pad_id: int,
-    eos_id: int,
-    bos_id: int,
+    vocab: LevelVocab,
     closed: torch.Tensor | None = None,
 ) -> UpperStream:
     """Codes of one level -> the framed token stream of the level above.
@@ -162,12 +163,14 @@ def frame_upper_stream(
 
         tokens  = [bos, 7, 3, eos, 9]        seg_pos = [1, 2, 4]
 
-    codes, seg_mask, ends_with_eos: (B, S); starts_with_bos: (B,). `closed (B, S)` (optional) keeps
+    codes, seg_mask, ends_with_eos: (B, S); starts_with_bos: (B,); `vocab`: the ids of the level above
+    (`LevelVocab.of_codes(K)`: pad K, eos K + 1, bos K + 2). `closed (B, S)` (optional) keeps
     only completed segments in `tokens` (the causal LM's view: an open segment has no code yet);
     `seg_pos` of the open segment is then where its code will go, the end of the stream.
     """
     B, S = codes.shape
     dev = codes.device
+    pad_id, eos_id, bos_id = vocab.pad_id, vocab.eos_id, vocab.bos_id
     eos_before = (
         torch.cumsum(ends_with_eos.long(), dim=1) - ends_with_eos.long()
     )  # (B, S) eos strictly before s
@@ -206,6 +209,28 @@ def shift_in_begin(tokens: torch.Tensor, valid: torch.Tensor, begin_id: int, pad
     inp[rows, first] = begin_id
     inp_valid[rows, first] = True
     return inp, inp_valid
+
+
+def compact_codes(tokens: torch.Tensor, valid: torch.Tensor, num_codes: int):
+    """Drop framing specials and padding from a level's token stream: the codes of the level below.
+
+    The inverse of `frame_upper_stream`. tokens = [bos, 7, 3, eos, 9] (num_codes = 10) -> codes
+    [7, 3, 9], mask [1, 1, 1]. (B, T) -> (B, S)
+    """
+    B, T = tokens.shape
+    is_code = valid & (tokens < num_codes)  # (B, T)
+    t = torch.arange(T, device=tokens.device).expand(B, T)
+    order = torch.where(is_code, t, t + T).argsort(dim=1)  # codes first, in order
+    n = is_code.sum(dim=1)  # (B,)
+    S = max(int(n.max().item()), 1)
+    codes = tokens.gather(1, order)[:, :S]  # (B, S)
+    mask = torch.arange(S, device=tokens.device)[None, :] < n[:, None]  # (B, S)
+    return torch.where(mask, codes, torch.zeros_like(codes)), mask
+
+
+def first_real(valid: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first real token (B,). valid = [0 0 1 1] -> 2."""
+    return valid.long().argmax(dim=1)
 
 
 def last_real(valid: torch.Tensor) -> torch.Tensor:

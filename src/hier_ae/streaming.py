@@ -9,7 +9,7 @@ every length is per row.
 Example (one level, max_segment_len 4): after the prompt "<s>a c", if the rule fired at "c" the
 segment "c" is already closed and its code is in the top LM's cache: `pending_new` is True and
 `context` is the top LM's g for the next segment. The next byte then starts a new open segment.
-Shape letters: B rows, L max segment length, D width.
+Shape letters: B rows, L slots per segment (max_segment_len), D width.
 """
 
 from __future__ import annotations

@@ -27,13 +27,15 @@ Worked example::
 Decoding bytes that are not valid UTF-8 uses ``errors="replace"`` and never raises. Ids outside
 ``[0, 259)`` raise ``ValueError``.
 
-This file is self-contained (standard library and ``transformers`` only) because ``save_pretrained``
-copies it next to the weights for ``trust_remote_code`` loading.
+The ids are defined once, in ``configuration_hier_ae.py`` (``PAD_ID``, ``EOS_ID``, ``BOS_ID``,
+``BYTE_OFFSET``); ``save_pretrained`` copies both files next to the weights for ``trust_remote_code``.
 """
 
 from __future__ import annotations
 
 from transformers import AddedToken, PreTrainedTokenizer
+
+from .configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID, PAD_ID
 
 _NUM_BYTES = 256
 
@@ -68,8 +70,8 @@ class HierAEByteTokenizer(PreTrainedTokenizer):
         )
         # Fixed ids for the specials; must exist BEFORE super().__init__ (it calls get_vocab and would
         # otherwise append the specials at the end of the vocabulary).
-        self._added_tokens_decoder = {0: pad_token, 1: eos_token, 2: bos_token}
-        self.offset = 3
+        self._added_tokens_decoder = {PAD_ID: pad_token, EOS_ID: eos_token, BOS_ID: bos_token}
+        self.offset = BYTE_OFFSET
         # save_pretrained drops add_bos_token/add_eos_token, hence our own name; accept the alias.
         add_bos = kwargs.pop("add_bos_token", None)
         if add_bos is not None:

@@ -5,7 +5,7 @@ attention over the tokens of one level) and the top code LM (full causal attenti
 
 Sliding-window attention is computed in blocks of `W` queries that see their own block and the
 previous one, so memory is O(T * 2W), never O(T^2): a 64k-byte row fits. Query `t` sees keys
-`p` with `t - W < p <= t` (W keys, itself included), inside the same document, and not padding.
+`p` with `t - W < p <= t` (W keys, itself included) that are not padding.
 
 Worked example, W = 3, T = 7 (one row, no padding). Blocks of 3 queries: [0 1 2] [3 4 5] [6 . .].
 Query 4 (block 1, offset i = 1) reads the keys of blocks 0 and 1 concatenated, key offsets
@@ -51,11 +51,10 @@ def sliding_window_attention(
     v: torch.Tensor,
     window: int,
     key_valid: torch.Tensor,
-    doc_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention where query t sees keys in (t - window, t]. q, k, v: (B, H, T, hd).
 
-    `key_valid (B, T)` bool masks padding; `doc_ids (B, T)` (optional) keeps attention inside a document.
+    `key_valid (B, T)` bool masks padding (one document per row: nothing else is masked).
     A query always sees itself, so fully padded rows give finite values (which callers ignore).
     """
     B, H, T, hd = q.shape
@@ -65,8 +64,6 @@ def sliding_window_attention(
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, nb*W, hd)
         key_valid = F.pad(key_valid, (0, pad), value=False)  # (B, nb*W)
-        if doc_ids is not None:
-            doc_ids = F.pad(doc_ids, (0, pad), value=-1)
     qb = q.view(B, H, nb, W, hd)  # (B, H, nb, W, hd)
     kb, vb = _blocked_keys(k, W), _blocked_keys(v, W)  # (B, H, nb, 2W, hd)
     i = torch.arange(W, device=q.device)[:, None]  # query offset in block
@@ -75,10 +72,6 @@ def sliding_window_attention(
     kv = key_valid.view(B, nb, W)  # (B, nb, W)
     kv = torch.cat([F.pad(kv, (0, 0, 1, 0), value=False)[:, :-1], kv], dim=2)  # (B, nb, 2W)
     mask = band[None, None] & kv[:, :, None, :]  # (B, nb, W, 2W)
-    if doc_ids is not None:
-        db = doc_ids.view(B, nb, W)  # (B, nb, W)
-        dk = torch.cat([F.pad(db, (0, 0, 1, 0), value=-2)[:, :-1], db], dim=2)  # (B, nb, 2W)
-        mask = mask & (db[..., :, None] == dk[..., None, :])  # (B, nb, W, 2W)
     mask = mask | (m == i + W)[None, None]  # always see yourself
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None])  # (B, H, nb, W, hd)
     return out.reshape(B, H, nb * W, hd)[:, :, :T]  # (B, H, T, hd)
@@ -89,22 +82,19 @@ def full_causal_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_valid: torch.Tensor,
-    doc_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention over the whole row (the top LM, over codes). q, k, v: (B, H, T, hd).
 
     With one document per row and only right padding, the causal mask alone is exact for every real
     query (padding keys come after them), so the fused O(T)-memory kernel is used; otherwise a
-    dense (B, T, T) mask is built (left-padded generation prompts, packed documents).
+    dense (B, T, T) mask is built (left-padded generation prompts).
     """
     T = q.shape[2]
     right_padded_only = bool((key_valid[:, 1:] <= key_valid[:, :-1]).all()) if T > 1 else True
-    if doc_ids is None and right_padded_only:
+    if right_padded_only:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
     mask = causal[None] & key_valid[:, None, :]  # (B, T, T)
-    if doc_ids is not None:
-        mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
     mask = mask | torch.eye(T, dtype=torch.bool, device=q.device)[None]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B, H, T, hd)
 
@@ -126,15 +116,15 @@ class SelfAttention(nn.Module):
         cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def forward(self, x, positions, key_valid, doc_ids=None, kv_out=None):
+    def forward(self, x, positions, key_valid, kv_out=None):
         B, T, D = x.shape
         q, k, v = self._qkv(x, positions)
         if kv_out is not None:
             kv_out.append((k, v))  # the prefill of a KVStore
         if self.window is None:
-            y = full_causal_attention(q, k, v, key_valid, doc_ids)
+            y = full_causal_attention(q, k, v, key_valid)
         else:
-            y = sliding_window_attention(q, k, v, self.window, key_valid, doc_ids)
+            y = sliding_window_attention(q, k, v, self.window, key_valid)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
     def step(self, x, positions, cache, layer: int, rows):
@@ -182,8 +172,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = MLP(dim, intermediate)
 
-    def forward(self, x, positions, key_valid, doc_ids=None, context=None, kv_out=None):
-        x = x + self.attn(self.attn_norm(x), positions, key_valid, doc_ids, kv_out)
+    def forward(self, x, positions, key_valid, context=None, kv_out=None):
+        x = x + self.attn(self.attn_norm(x), positions, key_valid, kv_out)
         return self._tail(x, context)
 
     def step(self, x, positions, cache, layer, rows, context=None):
@@ -215,10 +205,10 @@ class CausalTransformer(nn.Module):
         )
         self.norm = nn.RMSNorm(dim)
 
-    def forward(self, x, positions, key_valid, doc_ids=None, context=None, kv_out=None):
+    def forward(self, x, positions, key_valid, context=None, kv_out=None):
         """Whole rows. With `kv_out` (a list), each layer appends its rotated (keys, values)."""
         for block in self.blocks:
-            x = block(x, positions, key_valid, doc_ids, context, kv_out)
+            x = block(x, positions, key_valid, context, kv_out)
         return self.norm(x)
 
     def step(self, x, cache, rows, context=None):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+
 import torch
+
+from .configuration_hier_ae import BOS_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
 
 
 def check_input_ids(
-    input_ids, attention_mask, max_input_bytes: int, vocab_size: int = 259
+    input_ids, attention_mask, max_input_bytes: int, vocab_size: int = BYTE_VOCAB_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate `input_ids (B, T)` and an optional `attention_mask (B, T)`; return (ids long, mask bool)."""
     if not isinstance(input_ids, torch.Tensor):
@@ -31,7 +37,8 @@ def check_input_ids(
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(
-            f"input_ids must be in [0, {vocab_size}) (pad 0, eos 1, bos 2, byte b -> b+3); got [{lo}, {hi}]."
+            f"input_ids must be in [0, {vocab_size}) (pad {PAD_ID}, eos {EOS_ID}, bos {BOS_ID}, byte b -> "
+            f"b+{BYTE_OFFSET}); got [{lo}, {hi}]."
         )
     if attention_mask is None:
         mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -51,7 +58,7 @@ def check_input_ids(
     return input_ids.long(), mask
 
 
-def check_labels(labels, shape: tuple[int, int], vocab_size: int = 259) -> None:
+def check_labels(labels, shape: tuple[int, int], vocab_size: int = BYTE_VOCAB_SIZE) -> None:
     """Validate causal-LM `labels (B, T)`: the input ids' shape, ids in [0, vocab_size) or -100 (ignored)."""
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"labels must be a torch.Tensor of shape {shape}, got {type(labels).__name__}.")
@@ -91,3 +98,124 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
             f"got [{int(real.min())}, {int(real.max())}]."
         )
     return torch.where(mask, codes.long(), torch.zeros_like(codes, dtype=torch.long)), mask
+
+
+def did_you_mean(name, allowed) -> str | None:
+    """The allowed name nearest a misspelt `name` (difflib), or None: `did_you_mean("lr_rate", ["lr"])`."""
+    near = difflib.get_close_matches(str(name), list(allowed), n=1)
+    return near[0] if near else None
+
+
+# Keywords that transformers (generate, Trainer, pipelines) or lm-eval may pass to any model's
+# forward. `HierAEModel.forward` has no use for them and ignores them; any other unknown keyword is a
+# mistake (a misspelt `reconstruct_levels=` would silently train every level) and raises.
+HF_IGNORED_FORWARD_KWARGS = frozenset(
+    {
+        "output_attentions",
+        "output_hidden_states",
+        "use_cache",
+        "cache",
+        "past_key_values",
+        "labels",
+        "position_ids",
+        "cache_position",
+        "logits_to_keep",
+        "token_type_ids",
+        "num_items_in_batch",
+        "return_loss",
+    }
+)
+
+
+def check_forward_kwargs(fn, kwargs: dict) -> None:
+    """Raise `TypeError` naming the keywords of `kwargs` that neither `fn` nor HF conventions know."""
+    unknown = sorted(set(kwargs) - HF_IGNORED_FORWARD_KWARGS)
+    if not unknown:
+        return
+    params = inspect.signature(fn).parameters
+    allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    hints = {u: did_you_mean(u, allowed) for u in unknown}
+    hint = "".join(f" Did you mean {m!r} for {u!r}?" for u, m in hints.items() if m)
+    raise TypeError(
+        f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}.{hint} Allowed: {allowed}; "
+        f"ignored (passed by transformers): {sorted(HF_IGNORED_FORWARD_KWARGS)}."
+    )
+
+
+def check_run_levels(total: int, start_level: int, num_levels, reconstruct_levels, run_top_lm):
+    """`HierAEModel.forward`'s choice of levels -> (levels run, reconstructed levels, top LM runs)."""
+    n_run = total if num_levels is None else num_levels
+    if not max(1, start_level) <= n_run <= total:
+        raise ValueError(f"num_levels={num_levels} is invalid: must be in [{max(1, start_level)}, {total}].")
+    recon = set(range(start_level, n_run) if reconstruct_levels is None else reconstruct_levels)
+    if not recon <= set(range(start_level, n_run)):
+        raise ValueError(
+            f"reconstruct_levels={sorted(recon)} must be a subset of the run levels "
+            f"{start_level}..{n_run - 1}."
+        )
+    top = (n_run == total) if run_top_lm is None else run_top_lm
+    if top and n_run != total:
+        raise ValueError("run_top_lm=True needs every level to run (num_levels=None).")
+    return n_run, recon, top
+
+
+def check_loss_weights(weights: dict[str, float], overrides: dict[str, float] | None) -> dict[str, float]:
+    """The config's loss `weights` with a call's `overrides` (known keys only)."""
+    w = dict(weights)
+    if overrides:
+        unknown = set(overrides) - set(w)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; allowed: {sorted(w)}.")
+        w.update(overrides)
+    return w
+
+
+def check_model_path(path: str) -> None:
+    """`FileNotFoundError` for a local folder without config.json or a local path that does not exist
+    (transformers would build a default config, or report a malformed Hub repo id)."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{path} has no config.json: a hier_ae model folder holds config.json and "
+            "model.safetensors (save_pretrained). A training-state folder (checkpoints/step-*) "
+            "is not a model folder; use the stages/ or model/ folder of the run."
+        )
+    if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
+        raise FileNotFoundError(f"{path} does not exist: expected a model folder or a Hub id 'owner/name'.")
+
+
+def check_prompt_rows(mask) -> None:
+    """`generate`: every prompt row needs a real token (an all-0 attention_mask row has no state)."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
+                "least one prompt token per row; start an empty prompt with <s> (id 2)."
+            )
+
+
+def check_generation_cache(cache, past_key_values, cache_class):
+    """The generation cache, given as `cache` or `past_key_values` (not two different ones), or None."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("give the generation cache as `cache` or `past_key_values`, not both.")
+    past_key_values = cache if cache is not None else past_key_values
+    if past_key_values is not None and not isinstance(past_key_values, cache_class):
+        raise ValueError(
+            f"cache / past_key_values must be a HierAECache, got {type(past_key_values).__name__}."
+        )
+    return past_key_values
+
+
+def check_stream_input(input_ids, attention_mask, seen: int, max_input_bytes: int, zero_context) -> None:
+    """New tokens fed to a generation cache that has already read `seen` ids."""
+    if zero_context:
+        raise ValueError("zero_context is an evaluation switch; it cannot be combined with a cache.")
+    if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1] :].all()):
+        raise ValueError("tokens fed to a cache must be real tokens (attention_mask 1).")
+    check_input_ids(input_ids, None, max_input_bytes)
+    if seen + input_ids.shape[1] > max_input_bytes:
+        raise ValueError(
+            f"generation would feed the model {seen + input_ids.shape[1]} ids, over "
+            f"max_input_bytes={max_input_bytes}; a prompt of P ids allows at most "
+            "max_input_bytes - P + 1 new tokens: lower max_new_tokens or shorten the prompt."
+        )

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from ..configuration_hier_ae import LevelVocab
 from ..data.batching import frame_document, pad_rows
 
 MANIFEST = "manifest.json"
@@ -117,8 +118,9 @@ def frame_codes(codes: list[int], num_codes: int, bos: bool = True, eos: bool = 
     [12, 7, 3, 9, 11]. A chunk that does not start the document has no bos; one that does not end
     it has no eos (as `frame_upper_stream` frames it inside the model).
     """
-    head = [num_codes + 2] if bos else []
-    tail = [num_codes + 1] if eos else []
+    vocab = LevelVocab.of_codes(num_codes)
+    head = [vocab.bos_id] if bos else []
+    tail = [vocab.eos_id] if eos else []
     return torch.tensor(head + list(codes) + tail, dtype=torch.long)
 
 

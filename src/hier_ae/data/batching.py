@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import torch
 
-PAD, EOS, BOS, OFFSET = 0, 1, 2, 3
-NEWLINE = ord("\n") + OFFSET
+from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID, PAD_ID
+
+NEWLINE = ord("\n") + BYTE_OFFSET
 
 
 def frame_document(doc: bytes) -> torch.Tensor:
     """`<s>` + bytes + `</s>` as ids (N + 2,)."""
-    body = (
-        torch.frombuffer(bytearray(doc), dtype=torch.uint8).long() + OFFSET if doc else torch.empty(0).long()
-    )
-    return torch.cat([torch.tensor([BOS]), body, torch.tensor([EOS])])
+    if doc:
+        body = torch.frombuffer(bytearray(doc), dtype=torch.uint8).long() + BYTE_OFFSET  # (N,)
+    else:
+        body = torch.empty(0).long()
+    return torch.cat([torch.tensor([BOS_ID]), body, torch.tensor([EOS_ID])])
 
 
 def pad_rows(rows: list[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad 1-D id tensors into (B, T) ids and a (B, T) long mask."""
     T = length or max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), PAD, dtype=torch.long)
+    ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = r[:T]
@@ -104,7 +106,7 @@ class DocumentCropper:
         if not len(spans):
             return None
         a, b = spans[int(torch.randint(0, len(spans), (), generator=g))].tolist()
-        return torch.cat([torch.tensor([BOS]), self.docs[i][a:b], torch.tensor([EOS])])
+        return torch.cat([torch.tensor([BOS_ID]), self.docs[i][a:b], torch.tensor([EOS_ID])])
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

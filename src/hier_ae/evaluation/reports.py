@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from ..data.batching import EOS, frame_document, pad_rows
+from ..configuration_hier_ae import BYTE_OFFSET, EOS_ID
+from ..data.batching import frame_document, pad_rows
 
 
 @torch.no_grad()
@@ -54,8 +55,8 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         out = model.decode(top_codes, top_mask)
         for row, ref in enumerate(framed):
             got = out.sequences[row][out.attention_mask[row].bool()].cpu()
-            if EOS in got.tolist():
-                got = got[: got.tolist().index(EOS) + 1]
+            if EOS_ID in got.tolist():
+                got = got[: got.tolist().index(EOS_ID) + 1]
             exact += int(torch.equal(got, ref))
             predictions.append(got.tolist())
             references.append(ref.tolist())
@@ -70,8 +71,8 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         "byte_accuracy": scores.get("byte_accuracy"),
         "samples": [
             {
-                "line": bytes(max(i - 3, 0) for i in r[1:-1]).decode("utf-8", "replace"),
-                "decoded": bytes(i - 3 for i in p if i >= 3).decode("utf-8", "replace"),
+                "line": bytes(max(i - BYTE_OFFSET, 0) for i in r[1:-1]).decode("utf-8", "replace"),
+                "decoded": bytes(i - BYTE_OFFSET for i in p if i >= BYTE_OFFSET).decode("utf-8", "replace"),
             }
             for r, p in zip(references[:3], predictions[:3])
         ],

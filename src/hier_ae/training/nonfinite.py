@@ -45,7 +45,7 @@ def check_policy(on_nonfinite: str, max_consecutive_skips: int) -> None:
 def nonfinite_terms(out) -> list[str]:
     """The loss terms of a model output that are NaN or Inf, e.g. ['reconstruct_loss[level 0]=nan'].
 
-    Reads every field named `loss` or `*_loss` (per-level terms have shape (L,)); fields that are
+    Reads every field named `loss` or `*_loss` (per-level terms have shape (num_levels,)); fields that are
     None are skipped. An empty list means every term is finite.
     """
     bad = []

@@ -17,13 +17,13 @@ go through the same check, so a typo there is caught too.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from dataclasses import fields
 from typing import Any
 
 from ..configuration_hier_ae import HierAEConfig
+from ..validation import did_you_mean
 from .nonfinite import NONFINITE_POLICIES
 from .stages import STAGE_KINDS, Stage
 
@@ -116,8 +116,8 @@ def model_keys() -> list[str]:
 
 def _unknown(where: str, key: str, allowed) -> ValueError:
     """`where.key is not a known key (did you mean ...?)`; at the top level (where="") a section."""
-    near = difflib.get_close_matches(str(key), list(allowed), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    near = did_you_mean(key, allowed)
+    hint = f" (did you mean {near!r}?)" if near else ""
     if not where:
         known = sorted(allowed)
         return ValueError(f"{key!r} is not a known section of the run config{hint}; allowed: {known}.")

@@ -97,30 +97,30 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
     shards, `HierAEModel.forward(start_level=...)`), so only stages at or above it can run: `top_lm`,
     or `entropy` / `autoencoder` of a level >= start_level.
     """
-    L = model.num_levels
-    if stage.level is not None and not 0 <= stage.level < L:
+    n_levels = model.num_levels
+    if stage.level is not None and not 0 <= stage.level < n_levels:
         raise ValueError(
-            f"stage {stage.name}: level={stage.level} is invalid: must be in [0, {L}) for this model."
+            f"stage {stage.name}: level={stage.level} is invalid: must be in [0, {n_levels}) for this model."
         )
-    if not 0 <= start_level <= L:
-        raise ValueError(f"start_level={start_level} is invalid: must be in [0, {L}].")
+    if not 0 <= start_level <= n_levels:
+        raise ValueError(f"start_level={start_level} is invalid: must be in [0, {n_levels}].")
     if start_level and (
         stage.kind in ("predict", "joint") or (stage.level is not None and stage.level < start_level)
     ):
         raise ValueError(
             f"stage {stage.name} cannot train on stored codes of level {start_level - 1}: it needs the "
             f"tokens of a lower level. Allowed on these codes: top_lm, and entropy / autoencoder of "
-            f"levels {start_level}..{L - 1}."
+            f"levels {start_level}..{n_levels - 1}."
         )
     model.requires_grad_(False)
     # the config's loss weights, the one place they are set (1.0 each by default)
     c = model.config
     w_ent, w_rec, w_com = c.entropy_loss_weight, c.reconstruct_loss_weight, c.commitment_loss_weight
     w_pred, w_top = c.predict_loss_weight, c.top_lm_loss_weight
-    top = stage.level if stage.level is not None else L
+    top = stage.level if stage.level is not None else n_levels
     for i, level in enumerate(model.levels):
         # levels below the trained one are fixed: their segments and codes must not move
-        # (top_lm / predict / joint: top = L, so every entropy model and codebook is frozen)
+        # (top_lm / predict / joint: top = n_levels, so every entropy model and codebook is frozen)
         level.entropy_frozen = i < top or (i == top and stage.kind == "autoencoder")
         level.codebook_frozen = i < top or (i == top and stage.kind == "entropy") or i > top
     if stage.kind == "entropy":

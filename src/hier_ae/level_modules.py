@@ -1,0 +1,107 @@
+"""The networks of one level: entropy model, encoder and decoder (DESIGN §3, §4).
+
+`TokenLM` (the entropy model) and `TokenEncoder` read a level's tokens `x (B, T)`; `SegmentDecoder`
+reads `[BEGIN, x]` with one context vector per position. Each has a whole-row `forward` and a
+one-position `step` through a `KVStore`. How a level uses them is `level.HierLevel`.
+Shape letters: B batch, T tokens, D width, V vocab of the level.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .configuration_hier_ae import LevelConfig
+from .transformer import CausalTransformer
+
+
+class TokenLM(nn.Module):
+    """Embedding + causal transformer + head: the entropy model (predicts x[t+1] at t)."""
+
+    def __init__(self, vocab: int, cfg: LevelConfig, num_layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.hidden_size)
+        self.body = CausalTransformer(
+            cfg.hidden_size, num_layers, cfg.num_heads, cfg.intermediate_size, cfg.window, cfg.rope_theta
+        )
+        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+
+    def forward(self, tokens, valid, positions, kv_out=None):
+        h = self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
+        return self.head(h)  # (B, T, V)
+
+    def step(self, tokens, cache, rows):
+        """One new token per row of `rows`: (B',) -> logits (B', V) for the token after it."""
+        h = self.body.step(self.embed(tokens[:, None]).float(), cache, rows)  # (B', 1, D)
+        return self.head(h[:, 0])
+
+
+class TokenEncoder(nn.Module):
+    """Embedding + causal transformer: h[t] depends on x[0..t] only."""
+
+    def __init__(self, vocab: int, cfg: LevelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.hidden_size)
+        self.body = CausalTransformer(
+            cfg.hidden_size,
+            cfg.encoder_layers,
+            cfg.num_heads,
+            cfg.intermediate_size,
+            cfg.window,
+            cfg.rope_theta,
+        )
+
+    def forward(self, tokens, valid, positions, kv_out=None):
+        return self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
+
+    def step(self, tokens, cache, rows):
+        return self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
+
+
+class SegmentDecoder(nn.Module):
+    """Predicts a level's tokens from [BEGIN, x] with one context vector per position (DESIGN §4).
+
+    Input index i holds x[i - 1] (index 0: BEGIN), so output i predicts x[i] and reads the context of
+    the segment x[i] belongs to. The embedding has V + 1 rows; row V is BEGIN.
+    """
+
+    def __init__(self, vocab: int, cfg: LevelConfig, context_dim: int):
+        super().__init__()
+        self.begin_id = vocab
+        self.embed = nn.Embedding(vocab + 1, cfg.hidden_size)
+        # `segment_offsets`: input i also adds the offset of x[i] (the token it predicts) in its segment
+        self.offset_embed = (
+            nn.Embedding(cfg.max_segment_len, cfg.hidden_size) if cfg.segment_offsets else None
+        )
+        self.body = CausalTransformer(
+            cfg.hidden_size,
+            cfg.decoder_layers,
+            cfg.num_heads,
+            cfg.intermediate_size,
+            cfg.window,
+            cfg.rope_theta,
+            context_dim=context_dim,
+        )
+        self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
+
+    def _embed(self, inp, offsets):
+        x = self.embed(inp)  # (B, n, D)
+        if self.offset_embed is not None:
+            assert offsets is not None, (
+                "segment_offsets: the decoder needs the offset of each predicted token"
+            )
+            x = x + self.offset_embed(offsets)  # (B, n, D)
+        return x
+
+    def forward(self, inp, inp_valid, positions, context, kv_out=None, offsets=None):
+        """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
+        its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
+        x = self._embed(inp, offsets)  # (B, T+1, D)
+        h = self.body(x, positions, inp_valid, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
+        return self.head(h), h  # (B, T+1, V), (B, T+1, D)
+
+    def step(self, tokens, context, cache, rows, offsets=None):
+        """Read one token per row of `rows` with the context (B', D) and offset (B',) of the token
+        to predict."""
+        x = self._embed(tokens[:, None], None if offsets is None else offsets[:, None])  # (B', 1, D)
+        h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
+        return self.head(h), h  # (B', V), (B', D)
