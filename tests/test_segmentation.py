@@ -185,3 +185,24 @@ def test_slot_offsets_let_pooling_tell_the_order_of_a_segment():
     torch.testing.assert_close(p[0], p[1])  # attention pooling is order-blind
     q = with_slots(blocks, slots)
     assert (q[0] - q[1]).abs().max() > 1e-3
+
+
+def test_predict_context_gathers_the_state_that_predicts_each_segment_code():
+    """HierLevel.predict_context's worked example, with the context map set to the identity."""
+    from hier_ae import HierAEConfig, HierAEModel
+
+    cfg = HierAEConfig(
+        levels=[{"hidden_size": 8, "num_heads": 2, "pooling_heads": 2, "intermediate_size": 16}],
+        top_lm={"hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "num_layers": 1},
+    )
+    level = HierAEModel(cfg).levels[0]
+    with torch.no_grad():
+        level.context_proj.weight.copy_(torch.eye(8))
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    fires = torch.tensor([[0, 1, 0, 0, 1]], dtype=torch.bool)  # "a " | "cat" | (next)
+    layout = segment_layout(boundary_starts(fires, valid, 8), valid)
+    assert layout.seg_id.tolist() == [[0, 0, 1, 1, 1]]
+    upper_h = torch.arange(3, dtype=torch.float)[None, :, None].expand(1, 3, 8)  # h_j = j everywhere
+    ctx = level.predict_context(upper_h, torch.tensor([2]), torch.tensor([[0, 1]]), layout, valid)
+    assert ctx.shape == (1, 6, 8)
+    assert ctx[0, :, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 2.0]

@@ -268,6 +268,11 @@ class HierLevel(nn.Module):
         Segment s reads upper_h[seg_pos[s]]; the position after the last real token reads
         upper_h[upper_n], the next code's slot (the open segment's, or a new one if the rule fired).
         upper_h (B, Tu+1, Du), upper_n (B,), seg_pos (B, S) -> (B, T+1, D).
+
+        Worked example ("a cat", segments "a " and "cat", the rule fired after "t"): seg_id = [0 0 1 1 1],
+        the upper input is [BEGIN, c0, c1] so seg_pos = [0 1] (segment s reads the state that predicts
+        c_s) and upper_n = 2; output i < 5 reads upper_h[seg_pos[seg_id[i]]] = h0 h0 h1 h1 h1 and output
+        5 (the byte after "t") reads upper_h[2], the state after c1 (tests/test_segmentation.py).
         """
         B, Du = upper_h.shape[0], upper_h.shape[-1]
         seg_ctx = upper_h.gather(1, seg_pos[..., None].expand(B, seg_pos.shape[1], Du))  # (B, S, Du)
