@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
+from helpers.ties import LOGIT_MARGIN, top2_gap
 
 from hier_ae import HierAEForCausalLM, HierAEModel
 from hier_ae.validation import HF_IGNORED_FORWARD_KWARGS
@@ -44,4 +45,12 @@ def test_causal_lm_generate_still_runs():
     torch.manual_seed(0)
     lm = HierAEForCausalLM(tiny_config(1)).eval()
     out = lm.generate(IDS[:, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert out.shape == (1, 7)
+    assert out.shape == (1, 7) and torch.equal(out[:, :4], IDS[:, :4])  # the prompt is kept
+    # greedy: each new id is the argmax of the uncached logits of everything before it
+    with torch.no_grad():
+        logits = lm(out, use_cache=False).logits  # (1, 7, 259)
+    # (up to a near-tie: the cached step rounds differently, tests/helpers/ties.py)
+    want = logits[0, 3:6].argmax(-1)  # (3,)
+    assert all(
+        bool(a == b) or float(top2_gap(g)) < LOGIT_MARGIN for a, b, g in zip(out[0, 4:], want, logits[0, 3:6])
+    )

@@ -50,7 +50,15 @@ def copy(saved, tmp_path):
 
 
 def test_intact_folder_loads(saved):
-    AutoModel.from_pretrained(saved, trust_remote_code=True)
+    """The control case: the intact folder loads every weight as saved, with no key missing or extra."""
+    from safetensors.torch import load_file
+
+    model, info = AutoModel.from_pretrained(saved, trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    stored = {k.removeprefix("model."): v for k, v in load_file(saved / "model.safetensors").items()}
+    state = model.state_dict()
+    assert stored.keys() == state.keys()
+    assert all(torch.equal(stored[k], state[k]) for k in stored)
 
 
 @pytest.mark.parametrize(
