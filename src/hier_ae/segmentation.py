@@ -253,6 +253,22 @@ def segment_closes(fires: torch.Tensor, seg_len: torch.Tensor, max_segment_len: 
     return fires | (seg_len >= max_segment_len)
 
 
+def open_segment(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
+    """The row's last segment after its last real token: (last, seg_len, closes), each (B,).
+
+    `last`: index of the last real token; `seg_len`: tokens in the last segment (0 for a row
+    without tokens); `closes`: it closed after `last` (`segment_closes`), so the next token opens a
+    new segment (True for a row without tokens). pos = [0 1 0 1 2], fires[4] = 0, L = 4 ->
+    (4, 3, False); with L = 3 -> (4, 3, True).
+    """
+    rows = torch.arange(valid.shape[0], device=valid.device)
+    last = last_real(valid)  # (B,)
+    has = valid.any(dim=1)  # (B,)
+    seg_len = torch.where(has, layout.pos[rows, last] + 1, torch.zeros_like(last))  # (B,)
+    closes = ~has | segment_closes(fires[rows, last], seg_len, max_segment_len)  # (B,)
+    return last, seg_len, closes
+
+
 def closed_segments(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
     """Which segments are complete at the end of the row (B, S) bool.
 
@@ -260,9 +276,7 @@ def closed_segments(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Ten
     row's last token (or the segment reached `max_segment_len`): then the next token opens a new
     segment, so the last one can be pooled and quantised now (DESIGN §3, worked example).
     """
-    rows = torch.arange(valid.shape[0], device=valid.device)
-    last = last_real(valid)  # (B,)
-    fired_last = segment_closes(fires[rows, last], layout.pos[rows, last] + 1, max_segment_len)  # (B,)
+    _, _, fired_last = open_segment(layout, fires, valid, max_segment_len)  # (B,)
     S = layout.seg_mask.shape[1]
     is_last = torch.arange(S, device=valid.device)[None, :] == (layout.num_segments - 1)[:, None]  # (B, S)
     return layout.seg_mask & ~(is_last & ~fired_last[:, None])
@@ -280,13 +294,10 @@ def decoder_offsets(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Ten
         pos     0 1 2 0 1        fires  0 0 1 0 1   ->  offsets 0 1 2 0 1 0
         pos     0 1 2 3          fires  0 0 0 0     ->  offsets 0 1 2 3 0   (full: a new segment)
     """
-    B, T = valid.shape
-    rows = torch.arange(B, device=valid.device)
-    last = last_real(valid)  # (B,)
+    rows = torch.arange(valid.shape[0], device=valid.device)
+    last, seg_len, closes = open_segment(layout, fires, valid, max_segment_len)  # (B,) each
+    nxt = torch.where(closes, torch.zeros_like(seg_len), seg_len)  # (B,)
     pos = torch.where(valid, layout.pos, torch.zeros_like(layout.pos))  # (B, T)
-    after = pos[rows, last] + 1  # (B,)
-    closes = segment_closes(fires[rows, last], after, max_segment_len)  # (B,)
-    nxt = torch.where(closes | ~valid.any(dim=1), torch.zeros_like(after), after)  # (B,)
     out = torch.cat([pos, torch.zeros_like(pos[:, :1])], dim=1)  # (B, T+1)
     out[rows, last + 1] = nxt
     return out

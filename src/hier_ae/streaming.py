@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .kv_cache import KVStore
-from .segmentation import SegmentLayout, last_real, segment_closes
+from .segmentation import SegmentLayout, open_segment
 
 
 @dataclass
@@ -60,9 +60,7 @@ def open_level_stream(
     L = level.cfg.max_segment_len
     rows = torch.arange(B, device=valid.device)
     has = valid.any(dim=1)  # (B,) rows with at least one token at this level
-    last = last_real(valid)  # (B,)
-    seg_len = torch.where(has, layout.pos[rows, last] + 1, torch.zeros_like(last))  # (B,)
-    pending = ~has | segment_closes(fires[rows, last], seg_len, L)
+    last, seg_len, pending = open_segment(layout, fires, valid, L)  # (B,) each
     start = (last + 1 - seg_len).clamp(min=0)  # (B,) first position of the open segment
     idx = (start[:, None] + torch.arange(L, device=valid.device)[None, :]).clamp(max=T - 1)  # (B, L)
     open_states = h.detach().gather(1, idx[..., None].expand(B, L, h.shape[-1]))  # (B, L, D)
