@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hier_ae.configuration_hier_ae import LevelVocab
-from hier_ae.pooling import LearnedQueryPooling, gather_segments
+from hier_ae.pooling import SegmentPooling, gather_segments
 from hier_ae.segmentation import (
     boundary_starts,
     frame_upper_stream,
@@ -99,7 +99,7 @@ def test_pooling_sees_only_its_segment_and_drops_none():
     # every real token lands in exactly one slot; no segment dropped
     assert slots.sum().item() == valid.sum().item()
     assert layout.seg_mask.sum(1).tolist() == [4, 3]
-    pool = LearnedQueryPooling(D, 2)
+    pool = SegmentPooling(D, 2, slots=L, use_slot_embed=False)
     torch.nn.init.normal_(pool.query)
     out = pool(blocks, slots)  # (B, S, D)
     # perturbing tokens of segment 2 of row 0 (positions 4..7) changes only segment 2's vector
@@ -177,8 +177,8 @@ def test_slot_offsets_let_pooling_tell_the_order_of_a_segment():
     a, b = torch.randn(64), torch.randn(64)
     blocks = torch.stack([torch.stack([a, b]), torch.stack([b, a])])[:, None]  # (2, 1, 2, 64): ab, ba
     slots = torch.ones(2, 1, 2, dtype=torch.bool)
-    plain = LearnedQueryPooling(64, 4)
-    with_slots = LearnedQueryPooling(64, 4, slots=8, mix_layers=1, intermediate=128)
+    plain = SegmentPooling(64, 4, slots=8, use_slot_embed=False)
+    with_slots = SegmentPooling(64, 4, slots=8, mix_layers=1, intermediate=128)
     torch.nn.init.normal_(plain.query)
     torch.nn.init.normal_(with_slots.query)
     p = plain(blocks, slots)

@@ -30,6 +30,9 @@ BYTE_OFFSET = 3
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET  # 259
 
 BOUNDARY_MODES = ("threshold", "delta")
+ENCODER_SCOPES = ("row", "segment")
+POOLING_MODES = ("query", "concat")
+QUANTIZERS = ("vq", "fsq")
 MAX_COMPOSITE_CODES = 65536
 
 
@@ -75,6 +78,22 @@ class LevelVocab:
         return cls(vocab_size=n + 3, pad_id=n, eos_id=n + 1, bos_id=n + 2)
 
 
+def check_fsq_levels(levels) -> tuple[int, ...]:
+    """FSQ levels as a tuple, or ValueError: a non-empty list of integers >= 2, product <= 65536."""
+    ok = isinstance(levels, (list, tuple)) and len(levels) > 0
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in levels)
+    if not ok:
+        raise ValueError(
+            f"fsq_levels must be a non-empty list of integers >= 2 (e.g. [8, 8, 8]), got {levels!r}"
+        )
+    if math.prod(levels) > MAX_COMPOSITE_CODES:
+        raise ValueError(
+            f"fsq_levels {list(levels)} give {math.prod(levels)} codes; at most {MAX_COMPOSITE_CODES} "
+            "(the level above's vocabulary)"
+        )
+    return tuple(levels)
+
+
 @dataclass
 class LevelConfig:
     """Settings of one level: entropy model, boundary rule, encoder, pooling, quantiser, decoder.
@@ -97,13 +116,23 @@ class LevelConfig:
     max_segment_len: int = 16
     target_tokens_per_segment: float | None = None
     threshold_adapt_rate: float = 0.01
-    # encoder + learned-query pooling
+    # encoder + pooling. encoder_scope "row": a causal transformer over the whole row (window
+    # `window`), so a segment's states also carry the bytes before it; "segment": the encoder sees
+    # only the segment's own tokens (`encoder_layers` bidirectional layers over its slots, run
+    # once the segment is closed; see pooling.SegmentMixer), so the code holds only the segment
     encoder_layers: int = 2
+    encoder_scope: str = "row"
+    # pooling "query": one learned query attends over the segment's slots (`pooling_heads` heads);
+    # "concat": the segment's slots, concatenated in order (empty slots zero), through an MLP
+    pooling: str = "query"
     pooling_heads: int = 4
     # bidirectional layers over each segment's slots before pooling (0: the query reads the causal
     # encoder states directly); see pooling.SegmentMixer
     segment_mixer_layers: int = 0
-    # quantiser (DESIGN §3.5)
+    # quantiser (DESIGN §3.5): "vq", residual VQ with an EMA codebook (codebook_size ** codebook_depth
+    # codes), or "fsq", finite scalar quantisation with `fsq_levels` (prod(fsq_levels) codes; see fsq.py)
+    quantizer: str = "vq"
+    fsq_levels: list[int] | None = None
     codebook_size: int = 256
     codebook_depth: int = 1
     beta: float = 0.25
@@ -120,10 +149,18 @@ class LevelConfig:
 
     @property
     def num_codes(self) -> int:
-        """Number of composite ids this level passes up: `K^R`."""
+        """Number of composite ids this level passes up: `K^R` (VQ) or `prod(fsq_levels)` (FSQ)."""
+        if self.quantizer == "fsq":
+            return math.prod(self.fsq_levels)
         return self.codebook_size**self.codebook_depth
 
     def validate(self, prefix: str, max_input_bytes: int) -> None:
+        _check(self.quantizer in QUANTIZERS, f"{prefix}.quantizer", self.quantizer, f"one of {QUANTIZERS}")
+        if self.quantizer == "fsq":
+            try:
+                check_fsq_levels(self.fsq_levels)
+            except ValueError as e:
+                raise ValueError(f"{prefix}.{e}") from None
         for name in (
             "hidden_size",
             "num_heads",
@@ -185,6 +222,19 @@ class LevelConfig:
             f"must be <= max_input_bytes={max_input_bytes}",
         )
         _check(
+            self.encoder_scope in ENCODER_SCOPES,
+            f"{prefix}.encoder_scope",
+            self.encoder_scope,
+            f"one of {ENCODER_SCOPES}",
+        )
+        _check(
+            self.encoder_scope == "row" or self.segment_offsets,
+            f"{prefix}.encoder_scope",
+            self.encoder_scope,
+            "'segment' needs segment_offsets: true (the slot embeddings are its only positions)",
+        )
+        _check(self.pooling in POOLING_MODES, f"{prefix}.pooling", self.pooling, f"one of {POOLING_MODES}")
+        _check(
             self.boundary_mode in BOUNDARY_MODES,
             f"{prefix}.boundary_mode",
             self.boundary_mode,
@@ -223,7 +273,7 @@ class LevelConfig:
             "must be an integer >= 2",
         )
         _check(
-            self.num_codes <= MAX_COMPOSITE_CODES,
+            self.quantizer == "fsq" or self.num_codes <= MAX_COMPOSITE_CODES,
             f"{prefix}.codebook_size**codebook_depth",
             self.num_codes,
             f"K^R must be <= {MAX_COMPOSITE_CODES} (the id passed up is the composite sum d_i K^i)",

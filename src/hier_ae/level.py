@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_hier_ae import LevelConfig, LevelVocab
+from .fsq import FiniteScalarQuantizer
 from .kv_cache import KVStore
 from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
-from .pooling import LearnedQueryPooling, gather_segments
+from .pooling import SegmentPooling, gather_segments
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .segmentation import (
     SegmentLayout,
@@ -116,22 +117,30 @@ class HierLevel(nn.Module):
         D = cfg.hidden_size
         self.entropy_model = TokenLM(vocab.vocab_size, cfg, cfg.entropy_layers)
         self.encoder = TokenEncoder(vocab.vocab_size, cfg)
-        self.pooling = LearnedQueryPooling(
+        # a segment-scope encoder is `encoder_layers` bidirectional layers over the segment's slots
+        local_layers = cfg.encoder_layers if cfg.encoder_scope == "segment" else 0
+        self.pooling = SegmentPooling(
             D,
             cfg.pooling_heads,
-            slots=cfg.max_segment_len if cfg.segment_offsets else None,
-            mix_layers=cfg.segment_mixer_layers,
+            slots=cfg.max_segment_len,
+            use_slot_embed=cfg.segment_offsets,
+            mix_layers=local_layers + cfg.segment_mixer_layers,
             intermediate=cfg.intermediate_size,
+            mode=cfg.pooling,
         )
-        self.quantizer = VectorQuantizer(
-            dim=D,
-            codebook_size=cfg.codebook_size,
-            depth=cfg.codebook_depth,
-            beta=cfg.beta,
-            ema_decay=cfg.ema_decay,
-            restart_dead_codes=cfg.restart_dead_codes,
-            dead_after_steps=cfg.dead_after_steps,
-            pool_size=cfg.restart_pool_size,
+        self.quantizer = (
+            FiniteScalarQuantizer(D, cfg.fsq_levels)
+            if cfg.quantizer == "fsq"
+            else VectorQuantizer(
+                dim=D,
+                codebook_size=cfg.codebook_size,
+                depth=cfg.codebook_depth,
+                beta=cfg.beta,
+                ema_decay=cfg.ema_decay,
+                restart_dead_codes=cfg.restart_dead_codes,
+                dead_after_steps=cfg.dead_after_steps,
+                pool_size=cfg.restart_pool_size,
+            )
         )
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
         # predict mode: the context of a segment is the upper model's hidden state g_s (width of the

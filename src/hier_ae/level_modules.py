@@ -36,25 +36,33 @@ class TokenLM(nn.Module):
 
 
 class TokenEncoder(nn.Module):
-    """Embedding + causal transformer: h[t] depends on x[0..t] only."""
+    """Embedding + causal transformer: h[t] depends on x[0..t] only.
+
+    With `encoder_scope: segment` the row-level transformer is absent (`body` None): h[t] is the
+    token's embedding, and the segment-local layers run inside the pooling (`SegmentPooling`).
+    """
 
     def __init__(self, vocab: int, cfg: LevelConfig):
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.hidden_size)
-        self.body = CausalTransformer(
-            cfg.hidden_size,
-            cfg.encoder_layers,
-            cfg.num_heads,
-            cfg.intermediate_size,
-            cfg.window,
-            cfg.rope_theta,
-        )
+        self.body = None
+        if cfg.encoder_scope == "row":
+            self.body = CausalTransformer(
+                cfg.hidden_size,
+                cfg.encoder_layers,
+                cfg.num_heads,
+                cfg.intermediate_size,
+                cfg.window,
+                cfg.rope_theta,
+            )
 
     def forward(self, tokens, valid, positions, kv_out=None):
-        return self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
+        x = self.embed(tokens).float()  # (B, T, D)
+        return x if self.body is None else self.body(x, positions, valid, kv_out=kv_out)  # (B, T, D)
 
     def step(self, tokens, cache, rows):
-        return self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
+        x = self.embed(tokens[:, None]).float()  # (B', 1, D)
+        return (x if self.body is None else self.body.step(x, cache, rows))[:, 0]  # (B', D)
 
 
 class SegmentDecoder(nn.Module):

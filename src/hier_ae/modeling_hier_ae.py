@@ -38,7 +38,7 @@ from .outputs import (
     HierAEOutput,
     HierAEPredictOutput,
 )
-from .pooling import LearnedQueryPooling
+from .pooling import SegmentPooling
 from .quantizer import VectorQuantizer
 from .segmentation import compact_codes, shift_in_begin
 from .streaming import StreamState
@@ -101,7 +101,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, LearnedQueryPooling):
+        elif isinstance(module, SegmentPooling) and module.mode == "query":
             init.zeros_(module.query)  # uniform attention (mean pooling) at the start
         elif isinstance(module, HierLevel):
             init.constant_(

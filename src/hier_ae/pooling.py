@@ -1,4 +1,4 @@
-"""Learned-query pooling: one vector per segment from the encoder states of that segment only.
+"""Segment pooling: one vector per segment from the encoder states of that segment only.
 
 No dense (B, S, T) mask is ever built. Each segment's tokens are gathered into a block of
 `max_segment_len` slots, so memory is O(T * max_segment_len), and a segment can only ever see its
@@ -73,34 +73,55 @@ class SegmentMixer(nn.Module):
         return blocks + self.mlp(self.norm2(blocks))
 
 
-class LearnedQueryPooling(nn.Module):
-    """Multi-head attention of one learned query over the slots of each segment. Output (B, S, D).
+class SegmentPooling(nn.Module):
+    """One vector per segment from its slots: `blocks (B, S, L, D)`, `slot_mask (B, S, L)` -> (B, S, D).
 
-    Options: `slots`, a learned embedding per slot (the token's offset in its segment) added before
-    the keys and values, so the pooled vector can say in which order the segment's tokens came;
-    `mix_layers` `SegmentMixer` layers before the query reads the slots.
+    Before the read: `slots`, a learned embedding per slot (the token's offset in its segment)
+    added to the states, so the pooled vector can say in which order the segment's tokens came;
+    `mix_layers` `SegmentMixer` layers over the slots. The read (`mode`):
+
+    - "query": multi-head attention of one learned query over the filled slots (a weighted mean
+      of their values per head);
+    - "concat": the L slots concatenated in order (empty slots zero) through an MLP
+      (L * D -> intermediate -> D), which keeps every slot's state apart.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, slots: int | None = None, mix_layers: int = 0, intermediate: int = 0
+        self,
+        dim: int,
+        num_heads: int,
+        slots: int,
+        use_slot_embed: bool = True,
+        mix_layers: int = 0,
+        intermediate: int = 0,
+        mode: str = "query",
     ):
         super().__init__()
+        self.mode = mode
         self.num_heads = num_heads
-        self.slot_embed = nn.Embedding(slots, dim) if slots else None
+        self.slot_embed = nn.Embedding(slots, dim) if use_slot_embed else None
         self.mixers = nn.ModuleList(SegmentMixer(dim, num_heads, intermediate) for _ in range(mix_layers))
         self.head_dim = dim // num_heads
-        self.query = nn.Parameter(torch.zeros(dim))
         self.norm = nn.RMSNorm(dim)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        if mode == "query":
+            self.query = nn.Parameter(torch.zeros(dim))
+            self.kv = nn.Linear(dim, 2 * dim, bias=False)
+            self.out = nn.Linear(dim, dim, bias=False)
+        else:
+            self.concat = nn.Sequential(
+                nn.Linear(slots * dim, intermediate), nn.GELU(), nn.Linear(intermediate, dim)
+            )
 
     def forward(self, blocks: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
         B, S, L, D = blocks.shape
-        H, hd = self.num_heads, self.head_dim
         if self.slot_embed is not None:
             blocks = blocks + self.slot_embed.weight[:L].to(blocks.dtype)  # (B, S, L, D)
         for mixer in self.mixers:
             blocks = mixer(blocks, slot_mask)  # (B, S, L, D)
+        if self.mode == "concat":
+            x = self.norm(blocks) * slot_mask[..., None]  # (B, S, L, D), empty slots zero
+            return self.concat(x.reshape(B, S, L * D))  # (B, S, D)
+        H, hd = self.num_heads, self.head_dim
         k, v = (
             self.kv(self.norm(blocks)).view(B, S, L, 2, H, hd).permute(3, 0, 1, 4, 2, 5)
         )  # (B, S, H, L, hd)

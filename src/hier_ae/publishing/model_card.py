@@ -16,11 +16,14 @@ def _architecture(config) -> str:
     lines = []
     for i, lv in enumerate(config.level_configs):
         depth = f" x depth {lv.codebook_depth}" if lv.codebook_depth > 1 else ""
+        codes = f"codebook {lv.codebook_size}{depth}"
+        if lv.quantizer == "fsq":
+            codes = f"FSQ levels {list(lv.fsq_levels)} ({lv.num_codes} codes)"
         lines.append(
             f"- level {i}: width {lv.hidden_size}, entropy / encoder / decoder layers "
             f"{lv.entropy_layers} / {lv.encoder_layers} / {lv.decoder_layers}, window {lv.window}, "
             f"{lv.boundary_mode} boundaries, max segment {lv.max_segment_len}, "
-            f"codebook {lv.codebook_size}{depth}"
+            f"{codes}"
         )
     top = config.top_lm_config
     lines.append(f"- top code LM: width {top.hidden_size}, {top.num_layers} layers")

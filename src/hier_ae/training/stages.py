@@ -134,7 +134,8 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         names = ["entropy CE"]
     elif stage.kind == "autoencoder":
         lv = model.levels[stage.level]
-        for module in (lv.encoder, lv.pooling, lv.decoder):
+        # the quantiser's parameters: FSQ's projections (a VQ codebook is a buffer moved by EMA)
+        for module in (lv.encoder, lv.pooling, lv.quantizer, lv.decoder):
             module.requires_grad_(True)
         kwargs = {"num_levels": stage.level + 1, "reconstruct_levels": (stage.level,), "run_top_lm": False}
 

@@ -1,0 +1,144 @@
+"""The level's encoder, pooling and quantiser options (issue 21): FSQ, concat pooling, a segment-scope
+encoder. Each keeps the model's contracts: prefix invariance, cache == no cache, streamed decode ==
+recompute, save / reload through the Auto classes; FSQ's index arithmetic on its worked example."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_TOP, tiny_level
+from helpers.ties import chooser_logits, compare_greedy
+from test_causal_lm import as_lm, assert_prefix_invariant
+from test_decode_streaming import _assert_same
+from transformers import AutoModelForCausalLM
+
+from hier_ae import HierAEConfig, HierAEModel
+from hier_ae.fsq import FiniteScalarQuantizer
+
+OPTIONS = {
+    "fsq": {"quantizer": "fsq", "fsq_levels": [8, 5, 5]},
+    "concat": {"pooling": "concat"},
+    "segment_scope": {"encoder_scope": "segment"},
+    "all": {"quantizer": "fsq", "fsq_levels": [8, 8], "pooling": "concat", "encoder_scope": "segment"},
+}
+
+
+def _model(option: str, num_levels: int = 1) -> HierAEModel:
+    torch.manual_seed(0)
+    levels = [tiny_level(threshold=1e9, max_segment_len=5, **OPTIONS[option])]
+    if num_levels == 2:
+        levels.append(
+            tiny_level(hidden_size=32, num_heads=2, threshold=1e9, max_segment_len=3, codebook_size=64)
+        )
+    return HierAEModel(HierAEConfig(levels=levels, top_lm=TINY_TOP))
+
+
+# ---- FSQ ----------------------------------------------------------------------------------------
+def test_fsq_worked_example():
+    """fsq.py's docstring: levels (8, 5); code 13 -> digits (5, 1) -> scaled (1/4, -1/2)."""
+    q = FiniteScalarQuantizer(dim=4, levels=(8, 5))
+    assert q.num_codes == 40
+    assert q.fsq_digits(torch.tensor([5, 13, 39])).tolist() == [[5, 0], [5, 1], [7, 4]]
+    # bounded values round to exactly the L_i integers of each dim: {-4..3} and {-2..2}
+    b = q.bound(torch.linspace(-30, 30, 2001)[:, None].expand(2001, 2))
+    assert b[:, 0].round().unique().tolist() == [-4, -3, -2, -1, 0, 1, 2, 3]
+    assert b[:, 1].round().unique().tolist() == [-2, -1, 0, 1, 2]
+    assert q.bound(torch.zeros(1, 2)).abs().max() < 1e-6  # 0 maps to 0
+    # lookup(code) is what forward gives for that code; up's input for code 13 is (1/4, -1/2)
+    with torch.no_grad():
+        q.up.weight.copy_(torch.eye(4, 2))
+        q.up.bias.zero_()
+    torch.testing.assert_close(q.lookup(torch.tensor([[13]])), torch.tensor([[[0.25, -0.5, 0.0, 0.0]]]))
+
+
+def test_fsq_forward_codes_lookup_padding_and_gradient():
+    torch.manual_seed(0)
+    q = FiniteScalarQuantizer(dim=16, levels=(8, 5, 5))
+    with torch.no_grad():
+        q.down.weight.mul_(20)  # spread the inputs over many codes
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 0])[:, None]  # (3, 7), a row with none
+    out = q(x, mask)
+    assert out.codes[mask].unique().numel() > 5
+    assert (out.codes[~mask] == 0).all() and (out.z[~mask] == 0).all()
+    assert (out.codes >= 0).all() and (out.codes < 200).all()
+    torch.testing.assert_close(q.lookup(out.codes)[mask], out.z[mask])
+    out.z.sum().backward()  # straight-through: the gradient reaches the input of valid segments
+    assert x.grad[mask].abs().sum() > 0 and x.grad[~mask].abs().sum() == 0
+    assert q.apply_ema_update() == {}
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 200\)"):
+        q.lookup(torch.tensor([[200]]))
+
+
+@pytest.mark.parametrize(
+    "levels, match",
+    [(None, "non-empty list"), ([8, 1], "integers >= 2"), ([300, 300], "at most 65536")],
+)
+def test_fsq_config_errors_name_the_field(levels, match):
+    with pytest.raises(ValueError, match=rf"levels\[0\]\.fsq_levels.*{match}"):
+        HierAEConfig(levels=[{"quantizer": "fsq", "fsq_levels": levels}])
+
+
+@pytest.mark.parametrize(
+    "field, value", [("quantizer", "rvq"), ("pooling", "mean"), ("encoder_scope", "document")]
+)
+def test_unknown_option_values_are_rejected(field, value):
+    with pytest.raises(ValueError, match=rf"levels\[0\]\.{field}='{value}' is invalid: one of"):
+        HierAEConfig(levels=[{field: value}])
+
+
+def test_segment_scope_needs_offsets():
+    with pytest.raises(ValueError, match="segment_offsets"):
+        HierAEConfig(levels=[{"encoder_scope": "segment", "segment_offsets": False}])
+
+
+def test_segment_scope_code_depends_only_on_its_segment():
+    """With `encoder_scope: segment` a segment's code is a function of its own bytes: the same
+    segment after two different contexts gets the same pooled vector (row scope: it differs)."""
+    for option, same in (("segment_scope", True), ("concat", False)):
+        model = _model(option).eval()
+        lv = model.levels[0]
+        # max_segment_len 5 and an unreachable threshold: segments are bytes [0, 5), [5, 10)
+        a = torch.tensor([[10, 11, 12, 13, 14, 50, 51, 52, 53, 54]])
+        b = torch.tensor([[90, 91, 92, 93, 94, 50, 51, 52, 53, 54]])
+        za = lv.bottom_up(a, torch.ones_like(a, dtype=torch.bool)).q.z[0, 1]
+        zb = lv.bottom_up(b, torch.ones_like(b, dtype=torch.bool)).q.z[0, 1]
+        assert torch.equal(za, zb) == same, option
+
+
+# ---- the contracts, per option ------------------------------------------------------------------
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_prefix_invariance_and_cache_with_option(option):
+    model = _model(option, num_levels=2)
+    lm = as_lm(model)
+    ids = torch.randint(3, 259, (3, 40), generator=torch.Generator().manual_seed(1))
+    ids[2, 30:] = 0  # a right-padded row, scored without an attention mask
+    assert_prefix_invariant(lm, ids)
+    prompt = ids[:2, :12]
+    mask = torch.ones_like(prompt)
+    a = lm.generate(prompt, attention_mask=mask, max_new_tokens=25, do_sample=False, use_cache=True)
+    b = lm.generate(prompt, attention_mask=mask, max_new_tokens=25, do_sample=False, use_cache=False)
+    assert not compare_greedy(a, b, chooser_logits(lm, b, mask), start=prompt.shape[1])
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_streamed_decode_equals_recompute_with_option(option):
+    model = _model(option).eval()
+    codes = torch.randint(0, 64, (4, 7))  # (B, S): valid ids for every option's code count
+    cmask = torch.arange(7)[None, :] < torch.tensor([7, 1, 4, 5])[:, None]
+    _assert_same(model, codes, cmask)
+
+
+@pytest.mark.parametrize("option", ["fsq", "all"])
+def test_option_survives_save_and_reload(option, tmp_path):
+    model = _model(option)
+    lm = as_lm(model)
+    lm.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    cfg = back.config.level_configs[0]
+    for key, value in OPTIONS[option].items():
+        assert getattr(cfg, key) == value
+    ids = torch.randint(3, 259, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, lm(ids).logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(back.model.encode(ids).top_codes, model.encode(ids).top_codes)
