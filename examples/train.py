@@ -43,6 +43,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from hier_ae import HierAEByteTokenizer, HierAEConfig, HierAEModel
 from hier_ae.cli import run
+from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.data.sources import Documents, load_documents
 from hier_ae.evaluation.reports import reconstruction_report
@@ -193,7 +194,7 @@ def text_sample(model, line: bytes, stage: Stage, n_new: int = 24) -> str:
         for _ in range(n_new):
             nxt = model.predict(prompt).logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
             prompt = torch.cat([prompt, nxt], dim=1)
-            if int(nxt) == 1:
+            if int(nxt) == EOS_ID:
                 break
         text += f" | greedy: {tok.decode(prompt[0], skip_special_tokens=True)!r}"
     return text
