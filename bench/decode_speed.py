@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from hier_ae import HierAEModel
+from hier_ae.data.batching import frame_document
 
 
 def document(sentences: list[str], n_bytes: int) -> torch.Tensor:
@@ -42,7 +43,7 @@ def document(sentences: list[str], n_bytes: int) -> torch.Tensor:
         text = f"{text} {s}" if text else s
     if not text:
         raise ValueError(f"no sentence of the text fits in {n_bytes} bytes (its first: {sentences[:1]})")
-    return torch.tensor([[2] + [b + 3 for b in text.encode()] + [1]])
+    return frame_document(text.encode())[None]  # (1, T)
 
 
 def main(argv=None) -> None:

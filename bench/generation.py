@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from hier_ae.data.batching import frame_document
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,8 +43,7 @@ def prompt_text(n_bytes: int) -> torch.Tensor:
         data = b"".join(default_corpus("validation"))
     while len(data) < n_bytes:
         data = data + data
-    ids = [2] + [b + 3 for b in data[: n_bytes - 1]]
-    return torch.tensor([ids])
+    return frame_document(data[: n_bytes - 1])[:-1][None]  # (1, n_bytes): <s> + bytes, no </s>
 
 
 def llama_peer(n_params: int, max_len: int) -> LlamaForCausalLM:

@@ -237,9 +237,8 @@ def phase_recon(args, model: str, dataset: str) -> dict:
 
 
 def phase_generate(args, model: str, dataset: str) -> dict:
-    import torch
-
     from bench.generation import cache_check, time_generation
+    from hier_ae.data.batching import frame_document
 
     lm = load_trained(model, job_dir(args, model, dataset) / "model")
     text = (
@@ -249,7 +248,7 @@ def phase_generate(args, model: str, dataset: str) -> dict:
         text += text
 
     def prompt(n):
-        return torch.tensor([[2] + [b + 3 for b in text[: n - 1]]])  # (1, n)
+        return frame_document(text[: n - 1])[:-1][None]  # (1, n): <s> + bytes, no </s>
 
     def timings(use_cache: bool, new: int) -> list[dict]:
         rows = []
@@ -304,12 +303,14 @@ def phase_generate(args, model: str, dataset: str) -> dict:
 def phase_scaling(args, model: str, size: int) -> dict:
     import torch
 
+    from hier_ae.data.batching import frame_document
+
     lm = load_trained(model, job_dir(args, model, PRIMARY) / "model")
     fn = logits_fn(model, lm)
     text = (Path(args.data_root) / DATASETS[PRIMARY]["train"][0]).read_bytes()
     while len(text) < size:
         text += text
-    ids = torch.tensor([[2] + [b + 3 for b in text[: size - 1]]])  # (1, size)
+    ids = frame_document(text[: size - 1])[:-1][None]  # (1, size): <s> + bytes, no </s>
     with torch.inference_mode():
         fn(ids[:, :256])  # warm-up: kernels, lazy buffers
         rss0 = rss_mb()

@@ -10,18 +10,20 @@ did not score, each with at least L / 2 bytes of context (the first window score
 
 `logits_fn(ids (B, T)) -> (B, T, V)` must return logits whose row t predicts ids[t + 1], like any HF
 causal LM. Windows of equal length are batched together, so no padding is ever fed to a model.
+The figure is bits per byte of text (`<s>` is context only, `</s>` is not scored), computed by
+`hier_ae.evaluation.reports.bits_per_byte` (the `bits_per_byte` evaluate metric), as for hier_ae's
+own evaluation.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 import torch
 
 from hier_ae.data.batching import frame_document
-from hier_ae.evaluation.reports import rolling_windows
+from hier_ae.evaluation.reports import bits_per_byte, rolling_windows
 
 
 def plan_windows(n: int, context: int) -> list[tuple[int, int, int]]:
@@ -67,7 +69,7 @@ def score_text(
     seconds = time.perf_counter() - t0
     assert scored == len(data), f"scored {scored} bytes of {len(data)}"
     return {
-        "bits_per_byte": nats / max(scored, 1) / math.log(2),
+        "bits_per_byte": bits_per_byte([-nats], [data]),
         "bytes": scored,
         "windows": len(plan),
         "context": context,

@@ -102,8 +102,13 @@ def test_decode_rejects_bad_codes(lm, codes, mask, match):
 
 
 def test_masked_slots_are_never_read(lm):
+    """Out-of-range codes in masked slots are accepted and change nothing: masking equals truncating."""
     out = lm.model.decode(torch.tensor([[1, 999, -5]]), torch.tensor([[1, 0, 0]]))
-    assert out.sequences.shape[0] == 1
+    alone = lm.model.decode(torch.tensor([[1]]), torch.tensor([[1]]))
+    assert out.attention_mask.sum() >= 1  # code 1 stands for at least one byte
+    assert torch.equal(out.sequences, alone.sequences)
+    assert torch.equal(out.attention_mask, alone.attention_mask)
+    assert all(torch.equal(a, b) for a, b in zip(out.level_tokens, alone.level_tokens, strict=True))
 
 
 @pytest.mark.parametrize(

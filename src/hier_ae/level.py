@@ -7,10 +7,12 @@ The data flow of a level over its tokens `x (B, T)` (bytes at level 0, framed co
     codes of the completed segments, framed [bos] codes [eos] -> the token stream of the level above
     decoder([BEGIN, x], context of the segment being predicted) -> logits (B, T + 1, V)
 
-`HierLevel.bottom_up` is that pass (what `forward`, `predict` and `encode` share); the context is
-the segment's own code in reconstruct mode (`reconstruct_logits`) and the hidden state of the level
-above in predict mode (`predict_logits`). `step` reads one token (streaming generation) and
-`regenerate` decodes a level from its codes. The model (`modeling_hier_ae.py`) only chains levels.
+`HierLevel.bottom_up` is that pass (what `forward`, `predict` and `encode` share; its result is a
+`level_pass.LevelPass`); the context is the segment's own code in reconstruct mode
+(`reconstruct_logits`, and `autoencode_terms`, the level's loss terms in `forward`) and the hidden
+state of the level above in predict mode (`predict_logits`). `step` reads one token (streaming
+generation) and `regenerate` decodes a level from its codes. The model (`modeling_hier_ae.py`) only
+chains levels.
 
 The segmenting and encoding path runs in fp32 with autocast off (DESIGN §3, precision), so bf16
 never changes a segment or a code. Shape letters: B batch, T tokens, S segments, D width, V vocab,
@@ -22,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ from .configuration_hier_ae import LevelConfig, LevelVocab
 from .fsq import FiniteScalarQuantizer
 from .kv_cache import KVStore
 from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
+from .level_pass import LevelPass, LevelTerms
 from .pooling import SegmentPooling, gather_segments
-from .quantizer import QuantizerOutput, VectorQuantizer
+from .quantizer import VectorQuantizer
 from .segmentation import (
     SegmentLayout,
     UpperStream,
@@ -66,44 +68,6 @@ def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last axis, in bits. (B, T, V) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean CE (nats) of `logits (B, T, V)` against `targets (B, T)` over `mask (B, T)`; 0 if empty."""
-    if not mask.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[mask].float(), targets[mask])
-
-
-@dataclass
-class LevelPass:
-    """One level's bottom-up pass over its tokens (`HierLevel.bottom_up`).
-
-    tokens, valid, positions, fires, H (B, T); entropy_logits (B, T, V) (with grad); layout: the
-    segments. When the level was encoded: q (codes (B, S), z (B, S, D), ...), h (B, T, D) encoder
-    states and up, the framed token stream of the level above; with `keep_kv`, stream: the level's
-    state for streaming generation (its decoder cache is filled top-down by `predict_logits`).
-    """
-
-    tokens: torch.Tensor
-    valid: torch.Tensor
-    positions: torch.Tensor
-    entropy_logits: torch.Tensor
-    H: torch.Tensor
-    layout: SegmentLayout
-    fires: torch.Tensor
-    q: QuantizerOutput | None = None
-    h: torch.Tensor | None = None
-    up: UpperStream | None = None
-    stream: LevelStream | None = None
-
-    def entropy_loss(self) -> torch.Tensor:
-        """Next-token CE (nats) of the entropy model over the pairs inside each row."""
-        pair = self.valid[:, 1:] & self.valid[:, :-1]  # (B, T-1)
-        return masked_cross_entropy(self.entropy_logits[:, :-1], self.tokens[:, 1:], pair)
-
-    def tokens_per_segment(self) -> torch.Tensor:
-        return self.valid.sum().float() / self.layout.seg_mask.sum().clamp(min=1).float()
 
 
 class HierLevel(nn.Module):
@@ -271,6 +235,22 @@ class HierLevel(nn.Module):
         ctx = self.decoder_context(p.q.z, p.layout.seg_id)  # (B, T+1, D)
         return self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
 
+    def autoencode_terms(self, p: LevelPass, reconstruct: bool) -> LevelTerms:
+        """The level's terms in `HierAEModel.forward`: the entropy CE and tokens per segment, and when
+        the level was encoded the commitment and codebook usage, and (with `reconstruct`) the
+        reconstruct CE and logits."""
+        ent, tps = p.entropy_loss(), p.tokens_per_segment()
+        if p.q is None:  # the last run level, whose codes nothing reads
+            return LevelTerms(
+                ent, p.H.new_zeros(()), p.H.new_zeros(()), tps, p.H.new_zeros(()), p.H.new_zeros(())
+            )
+        rec, rec_logits = p.H.new_zeros(()), None
+        if reconstruct:
+            rec_logits = self.reconstruct_logits(p)  # (B, T, V)
+            rec = p.next_token_loss(rec_logits)
+        ppl, dead = p.q.usage_perplexity.float(), p.q.dead_codes.float()
+        return LevelTerms(ent, rec, p.q.commitment, tps, ppl, dead, rec_logits)
+
     def predict_context(self, upper_h, upper_n, seg_pos, layout: SegmentLayout, valid):
         """Per-position predict-mode contexts for the decoder input [BEGIN, x] (T + 1 positions).
 
@@ -295,8 +275,9 @@ class HierLevel(nn.Module):
     def predict_logits(self, p: LevelPass, upper_h, upper_n, zero_context=False):
         """Predict mode: the decoder reads the hidden state of the level above (`upper_h (B, Tu+1, Du)`,
         next code at `upper_n (B,)`) where each segment's code sits or will sit. Returns logits
-        (B, T+1, V) (output t + 1 reads x[t], predicts x[t + 1]) and the decoder's states (B, T+1, D),
-        the level below's `upper_h`. With `p.stream`, fills its decoder cache and next context."""
+        (B, T+1, V) (output t + 1 reads x[t], predicts x[t + 1]), the decoder's states (B, T+1, D)
+        (the level below's `upper_h`) and the predict CE of the level's tokens. With `p.stream`,
+        fills its decoder cache and next context."""
         ctx = self.predict_context(upper_h, upper_n, p.up.seg_pos, p.layout, p.valid)  # (B, T+1, D)
         if zero_context:
             ctx = torch.zeros_like(ctx)
@@ -307,7 +288,7 @@ class HierLevel(nn.Module):
             nxt = self.context_proj(upper_h[rows, upper_n].to(self.context_proj.weight.dtype))  # (B, D)
             p.stream.decoder = KVStore(kv_dec, inp_valid)
             p.stream.context = nxt
-        return logits, h
+        return logits, h, p.next_token_loss(logits)
 
     # ---- streaming -------------------------------------------------------------------------
     def step(self, st: LevelStream, rows: torch.Tensor, toks: torch.Tensor, upper: Callable):
@@ -338,6 +319,11 @@ class HierLevel(nn.Module):
             st.context[closing] = self.context_proj(g.to(self.context_proj.weight.dtype)).to(st.context.dtype)
         offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
         return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets)
+
+    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
+        """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
+        vector as its segment's context): tokens, valid, seg_id (B, n)."""
+        return self.regenerate(self.quantizer.lookup(codes), seg_mask)  # ctx (B, S, D)
 
     def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor):
         """Greedy reconstruct-mode generation of one level from one context per segment, streamed.

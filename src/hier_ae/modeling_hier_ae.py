@@ -30,8 +30,10 @@ from .cache import HierAECache
 from .code_lm import CodeLM
 from .configuration_hier_ae import HierAEConfig
 from .kv_cache import KVStore
-from .level import HierLevel, LevelPass, masked_cross_entropy
+from .level import HierLevel
+from .level_pass import LevelPass, LevelTerms, level_fields
 from .outputs import (
+    CACHE_FIELD,
     HierAECausalLMOutput,
     HierAEDecoderOutput,
     HierAEEncoderOutput,
@@ -40,9 +42,8 @@ from .outputs import (
 )
 from .pooling import SegmentPooling
 from .quantizer import VectorQuantizer
-from .segmentation import compact_codes, shift_in_begin
+from .segmentation import compact_codes
 from .streaming import StreamState
-from .transformer import positions_from_mask
 from .validation import (
     check_codes,
     check_forward_kwargs,
@@ -54,6 +55,7 @@ from .validation import (
     check_prompt_rows,
     check_run_levels,
     check_stream_input,
+    corrupt_weights_error,
 )
 
 
@@ -84,12 +86,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as e:
-            where = os.path.join(path, "model.safetensors") if path and os.path.isdir(path) else path
-            raise OSError(
-                f"could not read the weights {where!r}: {e}. The file is truncated or corrupt (an "
-                "interrupted download, copy or save): download it again (from_pretrained(..., "
-                "force_download=True) for a Hub model) or save the model again with save_pretrained."
-            ) from e
+            raise corrupt_weights_error(path, e) from e
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -131,7 +128,7 @@ class HierAEModel(HierAEPreTrainedModel):
         cfgs = config.level_configs
         upper_dims = [c.hidden_size for c in cfgs[1:]] + [config.top_lm_config.hidden_size]
         self.levels = nn.ModuleList(HierLevel(c, views[i], upper_dims[i]) for i, c in enumerate(cfgs))
-        self.top_lm = CodeLM(views[-1].vocab_size, config.top_lm_config)
+        self.top_lm = CodeLM(views[-1], config.top_lm_config)
         self.post_init()
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -164,26 +161,6 @@ class HierAEModel(HierAEPreTrainedModel):
             if p.up is not None:
                 tokens, valid = p.up.tokens, p.up.valid
         return passes
-
-    def _top_lm(self, tokens, valid, kv_out=None):
-        """The top LM over the top code stream `tokens (B, T)`: logits (B, T+1, V), hidden states
-        (B, T+1, D), the input mask (B, T+1) and the CE of the stream."""
-        top_pad = self.config.level_views()[-1].pad_id
-        inp, inp_valid = shift_in_begin(tokens, valid, self.top_lm.begin_id, top_pad)
-        logits, h = self.top_lm(inp, inp_valid, positions_from_mask(inp_valid), kv_out=kv_out)
-        return logits, h, inp_valid, masked_cross_entropy(logits[:, : tokens.shape[1]], tokens, valid)
-
-    @staticmethod
-    def _level_fields(passes: list[LevelPass]) -> dict:
-        """The per-level fields of `HierAEOutput` / `HierAEEncoderOutput`, one entry per run level."""
-        return {
-            "codes": tuple(p.q.codes for p in passes if p.q is not None),
-            "code_mask": tuple(p.layout.seg_mask for p in passes),
-            "segment_ids": tuple(p.layout.seg_id for p in passes),
-            "level_tokens": tuple(p.tokens for p in passes),
-            "level_mask": tuple(p.valid for p in passes),
-            "entropy": tuple(p.H for p in passes),
-        }
 
     def apply_quantizer_updates(self) -> list[dict]:
         """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
@@ -236,60 +213,24 @@ class HierAEModel(HierAEPreTrainedModel):
         n_run, recon, top = check_run_levels(
             self.num_levels, start_level, num_levels, reconstruct_levels, run_top_lm
         )
-        w = check_loss_weights(
-            {
-                "entropy": self.config.entropy_loss_weight,
-                "reconstruct": self.config.reconstruct_loss_weight,
-                "commitment": self.config.commitment_loss_weight,
-                "top_lm": self.config.top_lm_loss_weight,
-            },
-            loss_weights,
-        )
+        w = check_loss_weights(self.config, loss_weights)
 
         passes = self._bottom_up(
             ids, valid, range(start_level, n_run), encode_last=top or (n_run - 1) in recon
         )
-        zero = torch.zeros((), device=ids.device)  # the terms of the levels below the stored codes
-        ent_losses, rec_losses, com_losses, tps, ppl, dead = ([zero] * start_level for _ in range(6))
-        all_rec = []
+        # the levels below the stored codes have no terms; each run level assembles its own
+        terms = [LevelTerms.skipped(torch.zeros((), device=ids.device))] * start_level
         for li, p in zip(range(start_level, n_run), passes):
-            ent_losses.append(p.entropy_loss())
-            tps.append(p.tokens_per_segment())
-            if p.q is None:  # the last run level, whose codes nothing reads
-                for terms in (com_losses, rec_losses, ppl, dead):
-                    terms.append(p.H.new_zeros(()))
-                continue
-            com_losses.append(p.q.commitment)
-            ppl.append(p.q.usage_perplexity.float())
-            dead.append(p.q.dead_codes.float())
-            if li in recon:
-                rec_logits = self.levels[li].reconstruct_logits(p)  # (B, T, V)
-                rec_losses.append(masked_cross_entropy(rec_logits, p.tokens, p.valid))
-                all_rec.append(rec_logits)
-            else:
-                rec_losses.append(p.H.new_zeros(()))
+            terms.append(self.levels[li].autoencode_terms(p, reconstruct=li in recon))
+        per_level = LevelTerms.stack(terms)
 
+        loss = LevelTerms.weighted_sum(per_level, w)
         top_loss = ids.new_zeros((), dtype=torch.float32)
-        if top:
+        if top:  # the top LM over the top code stream (the input itself when start_level = num_levels)
             tokens, valid = (passes[-1].up.tokens, passes[-1].up.valid) if passes else (ids, valid)
-            top_loss = self._top_lm(tokens, valid)[3]
-
-        ent, rec, com = torch.stack(ent_losses), torch.stack(rec_losses), torch.stack(com_losses)
-        loss = w["entropy"] * ent.sum() + w["reconstruct"] * rec.sum() + w["commitment"] * com.sum()
-        if top:
+            top_loss = self.top_lm.read_stream(tokens, valid)[3]
             loss = loss + w["top_lm"] * top_loss
-        return HierAEOutput(
-            loss=loss,
-            entropy_loss=ent,
-            reconstruct_loss=rec,
-            commitment_loss=com,
-            top_lm_loss=top_loss,
-            **self._level_fields(passes),
-            reconstruct_logits=tuple(all_rec),
-            tokens_per_segment=torch.stack(tps),
-            usage_perplexity=torch.stack(ppl),
-            dead_codes=torch.stack(dead),
-        )
+        return HierAEOutput(loss=loss, top_lm_loss=top_loss, **per_level, **level_fields(passes))
 
     # ---- predict mode (the causal LM) -------------------------------------------------------
     def predict(
@@ -320,35 +261,32 @@ class HierAEModel(HierAEPreTrainedModel):
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
         # bottom up: segments, codes of completed segments, the stream of the level above
         passes = self._bottom_up(ids, valid, closed_only=True, keep_kv=return_stream)
-        rec_losses, com_losses = [], []
         if with_reconstruct:
-            for level, p in zip(self.levels, passes):
-                rec_losses.append(masked_cross_entropy(level.reconstruct_logits(p), p.tokens, p.valid))
-                com_losses.append(p.q.commitment)
+            rec_losses = [p.next_token_loss(lv.reconstruct_logits(p)) for lv, p in zip(self.levels, passes)]
         # the top LM over the completed top codes
         top = passes[-1].up
         kv_top = [] if return_stream else None
-        _, upper_h, top_valid, top_loss = self._top_lm(top.tokens, top.valid, kv_out=kv_top)
+        _, upper_h, top_valid, top_loss = self.top_lm.read_stream(top.tokens, top.valid, kv_out=kv_top)
         upper_n = top.valid.sum(dim=1)  # (B,) index of the next code in the upper stream
         # top down: contexts from the level above, decoders in predict mode
         losses = [None] * self.num_levels
         for li in reversed(range(self.num_levels)):
             p = passes[li]
-            dec_logits, upper_h = self.levels[li].predict_logits(
+            dec_logits, upper_h, losses[li] = self.levels[li].predict_logits(
                 p, upper_h, upper_n, zero_context=zero_context and li == 0
-            )  # (B, T+1, V), (B, T+1, D)
-            losses[li] = masked_cross_entropy(dec_logits[:, : p.tokens.shape[1]], p.tokens, p.valid)
+            )  # (B, T+1, V), (B, T+1, D), ()
             upper_n = p.valid.sum(dim=1)
+        stream = (
+            StreamState([p.stream for p in passes], KVStore(kv_top, top_valid)) if return_stream else None
+        )
         return HierAEPredictOutput(
             logits=dec_logits[:, 1:],  # (B, T, 259): output t + 1 reads x[t], predicts x[t + 1]
             predict_loss=torch.stack(losses),
             top_lm_loss=top_loss,
             reconstruct_loss=torch.stack(rec_losses) if with_reconstruct else None,
-            commitment_loss=torch.stack(com_losses) if with_reconstruct else None,
+            commitment_loss=torch.stack([p.q.commitment for p in passes]) if with_reconstruct else None,
             tokens_per_segment=torch.stack([p.tokens_per_segment() for p in passes]),
-            stream=StreamState(levels=[p.stream for p in passes], top=KVStore(kv_top, top_valid))
-            if return_stream
-            else None,
+            stream=stream,
         )
 
     # ---- streaming (cached generation, DESIGN §7) ---------------------------------------------
@@ -385,7 +323,7 @@ class HierAEModel(HierAEPreTrainedModel):
         return HierAEEncoderOutput(
             top_codes=passes[-1].q.codes,
             top_mask=passes[-1].layout.seg_mask,
-            **self._level_fields(passes),
+            **level_fields(passes),
         )
 
     # ---- decode ----------------------------------------------------------------------------
@@ -413,20 +351,13 @@ class HierAEModel(HierAEPreTrainedModel):
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
-                lv = self.levels[li]
-                ctx = lv.quantizer.lookup(codes)  # (B, S, D)
-                tokens, valid, _ = lv.regenerate(ctx, seg_mask)
+                tokens, valid, _ = self.levels[li].decode_codes(codes, seg_mask)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)
         return HierAEDecoderOutput(
             sequences=tokens, attention_mask=valid.long(), level_tokens=tuple(reversed(streams))
         )
-
-
-# transformers 5.24 renamed the output field `past_key_values` to `cache` (the old name still works,
-# with a deprecation warning on every call); fill whichever field this version's output class has
-_CACHE_FIELD = "cache" if "cache" in HierAECausalLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
@@ -510,7 +441,7 @@ class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):
         return HierAECausalLMOutput(
             loss=loss,
             logits=logits,
-            **{_CACHE_FIELD: cache},
+            **{CACHE_FIELD: cache},
             **extra,
         )
 

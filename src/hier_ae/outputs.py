@@ -98,3 +98,8 @@ class HierAECausalLMOutput(CausalLMOutputWithPast):
     predict_loss: torch.Tensor | None = None
     top_lm_loss: torch.Tensor | None = None
     tokens_per_segment: torch.Tensor | None = None
+
+
+# transformers 5.24 renamed the output field `past_key_values` to `cache` (the old name still works,
+# with a deprecation warning on every call); fill whichever field this version's output class has
+CACHE_FIELD = "cache" if "cache" in HierAECausalLMOutput.__dataclass_fields__ else "past_key_values"

@@ -54,7 +54,22 @@ def open_level_stream(
 ) -> LevelStream:
     """A level's streaming state after a whole-row prefill.
 
-    valid (B, T); fires, H (B, T) from the boundary rule; h (B, T, D) encoder states.
+    valid (B, T); fires, H (B, T) from the boundary rule; h (B, T, D) encoder states. The open
+    segment is the row's last one (`open_segment`); its encoder states are gathered by offset into
+    `open_states (B, L, D)`, and `pending_new` says whether it is already closed.
+
+    Worked example (tests/test_streaming.py), max_segment_len L = 4, T = 5, h[t] = t, H[t] = t + 0.5:
+
+        valid 1 1 1 1 1  fires 0 1 0 0 0  ->  "t0 t1 | t2 t3 t4", the last segment open:
+            seg_len 3, pending_new False, open_states h[2 3 4 .], prev_H = H[4] = 4.5
+        valid 1 1 1 0 0  fires 0 0 1 0 0  ->  "t0 t1 t2", closed by the rule at t2:
+            seg_len 3, pending_new True, open_states h[0 1 2 .], prev_H = H[2] = 2.5
+        valid 1 1 1 1 1  fires 1 0 0 0 0  ->  "t0 | t1 t2 t3 t4", the last segment full (L tokens):
+            seg_len 4, pending_new True, open_states h[1 2 3 4]
+        valid 0 0 0 0 0                   ->  no token: seg_len 0, pending_new True, prev_H = +inf
+
+    Slots at or after seg_len (.) hold whatever follows and are never read: the next token (`step`)
+    is written at slot seg_len, or at slot 0 when pending_new.
     """
     B, T = valid.shape
     L = level.cfg.max_segment_len

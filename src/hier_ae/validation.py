@@ -159,9 +159,15 @@ def check_run_levels(total: int, start_level: int, num_levels, reconstruct_level
     return n_run, recon, top
 
 
-def check_loss_weights(weights: dict[str, float], overrides: dict[str, float] | None) -> dict[str, float]:
-    """The config's loss `weights` with a call's `overrides` (known keys only)."""
-    w = dict(weights)
+def check_loss_weights(config, overrides: dict[str, float] | None) -> dict[str, float]:
+    """The loss weights of `HierAEModel.forward`: the config's (`entropy_loss_weight`, ...) with a
+    call's `overrides` (keys entropy, reconstruct, commitment, top_lm)."""
+    w = {
+        "entropy": config.entropy_loss_weight,
+        "reconstruct": config.reconstruct_loss_weight,
+        "commitment": config.commitment_loss_weight,
+        "top_lm": config.top_lm_loss_weight,
+    }
     if overrides:
         unknown = set(overrides) - set(w)
         if unknown:
@@ -181,6 +187,17 @@ def check_model_path(path: str) -> None:
         )
     if not os.path.exists(path) and (os.path.isabs(path) or path.startswith(("./", "../", "~"))):
         raise FileNotFoundError(f"{path} does not exist: expected a model folder or a Hub id 'owner/name'.")
+
+
+def corrupt_weights_error(path: str | None, error: Exception) -> OSError:
+    """What `from_pretrained` raises for a truncated or corrupt `model.safetensors` (safetensors alone
+    says only "incomplete metadata")."""
+    where = os.path.join(path, "model.safetensors") if path and os.path.isdir(path) else path
+    return OSError(
+        f"could not read the weights {where!r}: {error}. The file is truncated or corrupt (an "
+        "interrupted download, copy or save): download it again (from_pretrained(..., "
+        "force_download=True) for a Hub model) or save the model again with save_pretrained."
+    )
 
 
 def check_prompt_rows(mask) -> None:

@@ -148,8 +148,15 @@ def predict_loglikelihoods(
 
 
 def bits_per_byte(loglikelihoods: list[float], docs: list[bytes]) -> float:
-    """lm-eval's corpus-level bits_per_byte: -sum(log-likelihood) / (sum(bytes) * ln 2), computed by
-    the `bits_per_byte` evaluate metric (`hier_ae.metrics`)."""
+    """Bits per byte of text, lm-eval's corpus-level bits_per_byte: -sum(log-likelihood) / (sum(bytes)
+    * ln 2), computed by the `bits_per_byte` evaluate metric (`hier_ae.metrics`); 0.0 for no bytes.
+
+    The one computation of bits per byte (`predict_loglikelihoods` here, `examples/train.py`,
+    `bench/scoring.py`): `loglikelihoods[i]` (nats) scores the bytes of `docs[i]`, each given `<s>`
+    and the bytes before it; `<s>` is context only and `</s>` is neither scored nor counted.
+    Worked example: log-likelihoods -6.931 and -13.863 nats (10 and 20 bits) for documents of 8 and
+    12 bytes -> 30 bits / 20 bytes = 1.5 bits per byte.
+    """
     from ..metrics import load
 
     if not sum(len(d) for d in docs):

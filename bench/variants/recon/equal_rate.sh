@@ -1,0 +1,53 @@
+#!/bin/bash
+# Issue 21, item 4's first target: hier_ae's level 0 against the fixed-chunk autoencoder peer at equal
+# code rate and budget, on each corpus of ../shared/data (bench/experiments.md, "X-series").
+#
+#   bash bench/variants/recon/equal_rate.sh OUT [corpus ...]     # default: tinyshakespeare code multilingual
+#
+# Per corpus: (1) hier_ae, `tiny-ae-offsets.yaml` + 25% line rows, entropy 300 + autoencoder 3,300 steps
+# (about 4 minutes at 1 thread on an idle core), trained on the corpus' train.txt cut into documents;
+# (2) bench.recon on the corpus' val.txt (256 held-out lines, 16 1 KB docs); (3) the peer trained for
+# 4 minutes at the FSQ rate that gives hier_ae's code bits/byte on those lines (the peer pads a line's
+# last chunk: its line rate is about 1.035 x its nominal rate); (4) the peer scored on the same 256 lines.
+# One job at a time, 1 torch thread each. Run from the repository root.
+set -euo pipefail
+OUT=${1:?usage: equal_rate.sh OUT [corpus ...]}
+shift
+CORPORA=${*:-tinyshakespeare code multilingual}
+DATA=${HIER_AE_DATA:-../shared/data}
+PY=${PYTHON:-python}
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
+STAGES='training.stages=[{kind: entropy, level: 0, steps: 300, lr: 3.0e-3}, {kind: autoencoder, level: 0, steps: 3300, lr: 2.0e-3}]'
+mkdir -p "$OUT"
+for corpus in $CORPORA; do
+  d="$OUT/$corpus"
+  mkdir -p "$d"
+  # documents for examples/train.py (it holds some out for validation; one file would give none):
+  # Tiny Shakespeare at blank lines, code at its `# ---- path ----` file headers, others 20 lines each
+  $PY - "$DATA/$corpus/train.txt" "$d/train.jsonl" <<'PYEOF'
+import json, re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+if "# ---- " in text[:200]:
+    docs = re.split(r"(?=^# ---- )", text, flags=re.M)
+elif "\n\n" in text[:5000]:
+    docs = [d + "\n" for d in text.split("\n\n")]
+else:
+    lines = text.split("\n")
+    docs = ["\n".join(lines[i : i + 20]) + "\n" for i in range(0, len(lines), 20)]
+with open(sys.argv[2], "w") as f:
+    f.write("\n".join(json.dumps({"text": d}) for d in docs if d.strip()))
+PYEOF
+  accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    --num_cpu_threads_per_process 1 examples/train.py --config bench/variants/recon/tiny-ae-offsets.yaml \
+    --output-dir "$d/hier_ae" --report-to none --data "$d/train.jsonl" --set data.p_line=0.25 --set "$STAGES" \
+    > "$d/hier_ae.log" 2>&1
+  $PY -m bench.recon --model "$d/hier_ae/model" --text "$DATA/$corpus/val.txt" --lines 256 --docs 16 \
+    --out "$d/hier_ae_recon.json" --markdown "$d/hier_ae_recon.md" > "$d/hier_ae_recon.log" 2>&1
+  rate=$($PY -c "import json, sys; r = json.load(open(sys.argv[1])); t = next(iter(r['texts'].values())); \
+print(round(t['lines']['levels'][0]['code_bits_per_byte'] / 1.035, 2))" "$d/hier_ae_recon.json")
+  $PY -m bench.ae_peer train --data "$corpus" --rate "$rate" --minutes 4 --p-line-start 0.25 --out "$d/peer" \
+    > "$d/peer.log" 2>&1
+  $PY -m bench.ae_peer score --model "$d/peer" --text "$DATA/$corpus/val.txt" --lines 256 --windows 200 \
+    --out "$d/peer/score.json" >> "$d/peer.log" 2>&1
+  echo "$corpus: hier_ae -> $d/hier_ae_recon.md, peer at nominal $rate bits/byte -> $d/peer/score.json"
+done
