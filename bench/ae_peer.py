@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from bench.recon import DATA_ROOT, document_windows, held_out_lines, load_text
 from hier_ae import metrics
+from hier_ae.fsq import FSQGrid
 
 PAD, BOS = 256, 257  # PAD: encoder input and decoder target; BOS: decoder input at t = 0 only
 N_OUT = 257  # decoder output symbols: 256 bytes + PAD
@@ -94,45 +95,28 @@ def fsq_levels_for_rate(bits_per_byte: float, chunk: int) -> tuple[int, ...]:
 
 # ---- FSQ -----------------------------------------------------------------------------------------
 class FSQ(nn.Module):
-    """Finite scalar quantisation of d dims to `levels` (Mentzer et al. 2023, eq. 1 and sec. 3).
-
-    Dim i is bounded to an interval that rounds to exactly L_i integers ({-L/2, .., L/2 - 1} for even L,
-    {-(L-1)/2, .., (L-1)/2} for odd L), rounded with a straight-through gradient, then scaled by 1 / (L//2)
-    to about [-1, 1]. A code's index is the mixed-radix number of its digits (q + L//2).
+    """Finite scalar quantisation of d dims to `levels` (Mentzer et al. 2023), the package's rounding
+    (`hier_ae.fsq.FSQGrid`: bounded, rounded straight-through, scaled by 1 / (L//2); a code's index is
+    the mixed-radix number of its digits (q + L//2)). The peer's encoder outputs the d dims itself.
     """
 
     def __init__(self, levels):
         super().__init__()
-        levels = [int(n) for n in levels]
-        if not levels or min(levels) < 2:
-            raise ValueError(f"FSQ levels {levels}: expected a non-empty list of integers >= 2.")
-        basis = [math.prod(levels[:i]) for i in range(len(levels))]
-        self.register_buffer("levels", torch.tensor(levels), persistent=False)
-        self.register_buffer("basis", torch.tensor(basis), persistent=False)
-        self.codebook_size = math.prod(levels)
-
-    def bound(self, z: torch.Tensor) -> torch.Tensor:
-        """z (..., d) -> values that round to the L_i integers of each dim."""
-        half = (self.levels - 1) * (1 - 1e-3) / 2  # (d,) the 1e-3 keeps tanh's ends inside the interval
-        offset = (self.levels % 2 == 0).float() * 0.5  # (d,) even L: the integers are shifted by 1/2
-        shift = torch.atanh(offset / half)  # (d,) so that z = 0 maps to 0
-        return torch.tanh(z + shift) * half - offset
+        self.grid = FSQGrid([int(n) for n in levels])
+        self.register_buffer("levels", torch.tensor(self.grid.levels), persistent=False)
+        self.codebook_size = self.grid.num_codes
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (..., d) -> (quantised z scaled to about [-1, 1] (..., d), code indices (...))."""
-        b = self.bound(z)
-        q = b + (b.round() - b).detach()  # straight-through: forward rounds, backward is the identity
-        return q / (self.levels // 2), self.indices(q)
+        return self.grid.round(z)
 
     def indices(self, q: torch.Tensor) -> torch.Tensor:
         """Integer (unscaled) codes (..., d) -> indices (...) in [0, prod L)."""
-        digits = q.round().long() + self.levels // 2  # (..., d) in [0, L_i)
-        return (digits * self.basis).sum(dim=-1)
+        return self.grid.index(q)
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (...) -> scaled codes (..., d), what `forward` returns for them."""
-        digits = (indices.unsqueeze(-1) // self.basis) % self.levels  # (..., d)
-        return (digits - self.levels // 2).float() / (self.levels // 2)
+        return self.grid.scaled(indices)
 
 
 # ---- chunking ------------------------------------------------------------------------------------

@@ -40,10 +40,10 @@ def test_fsq_worked_example():
     assert q.num_codes == 40
     assert q.fsq_digits(torch.tensor([5, 13, 39])).tolist() == [[5, 0], [5, 1], [7, 4]]
     # bounded values round to exactly the L_i integers of each dim: {-4..3} and {-2..2}
-    b = q.bound(torch.linspace(-30, 30, 2001)[:, None].expand(2001, 2))
+    b = q.grid.bound(torch.linspace(-30, 30, 2001)[:, None].expand(2001, 2))
     assert b[:, 0].round().unique().tolist() == [-4, -3, -2, -1, 0, 1, 2, 3]
     assert b[:, 1].round().unique().tolist() == [-2, -1, 0, 1, 2]
-    assert q.bound(torch.zeros(1, 2)).abs().max() < 1e-6  # 0 maps to 0
+    assert q.grid.bound(torch.zeros(1, 2)).abs().max() < 1e-6  # 0 maps to 0
     # lookup(code) is what forward gives for that code; up's input for code 13 is (1/4, -1/2)
     with torch.no_grad():
         q.up.weight.copy_(torch.eye(4, 2))

@@ -268,7 +268,7 @@ class VectorQuantizer(nn.Module):
             p = hist / hist.sum().clamp(min=1)  # (K,)
             perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
             perplexity = torch.where(n_valid > 0, perplexity, 0.0)
-            dead = (self.steps_since_used[0] >= self.dead_after_steps).sum()
+            dead = self.dead_code_count()
             if self.training:
                 self._accumulate(digit_list, residual_list, flat_valid)
         return QuantizerOutput(
@@ -279,6 +279,10 @@ class VectorQuantizer(nn.Module):
             usage_perplexity=perplexity,
             dead_codes=dead,
         )
+
+    def dead_code_count(self) -> torch.Tensor:
+        """Depth-0 codes unused for at least `dead_after_steps` optimizer steps (a training state)."""
+        return (self.steps_since_used[0] >= self.dead_after_steps).sum()
 
     def _accumulate(self, digit_list, residual_list, flat_valid) -> None:
         """Add this micro-batch's per-code counts and sums, and push its residuals into the pool."""

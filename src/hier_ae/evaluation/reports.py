@@ -201,10 +201,7 @@ def codebook_usage(model, docs: list[bytes], batch_size: int = 32) -> list[dict]
                 else 0.0,
                 "used_codes_per_depth": used,
                 "unused_codes_per_depth": [q.codebook_size - u for u in used],
-                # FSQ has no codebook to die: every code exists by construction
-                "dead_codes": int((q.steps_since_used[0] >= q.dead_after_steps).sum())
-                if hasattr(q, "steps_since_used")
-                else 0,
+                "dead_codes": int(q.dead_code_count()),
             }
         )
     return out
