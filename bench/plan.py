@@ -182,7 +182,7 @@ def jobs(args, models: list[str], datasets: list[str]) -> list[Job]:
             out += [job("train", m, ds), job("flops", m, ds), job("score", m, ds)]
             if m == "hier_ae" and not args.skip_recon:
                 out.append(job("recon", m, ds))
-            if ds == PRIMARY:
+            if ds == PRIMARY and not args.skip_generate:
                 out.append(job("generate", m, ds))
     if not args.skip_scaling:
         out += [job("scaling", m, str(n)) for n in args.sizes for m in SCALING_MODELS if m in models]
@@ -215,7 +215,8 @@ def estimate_minutes(args, models: list[str], datasets: list[str]) -> dict[str, 
     # cached: about linear in the new bytes and runs; BLT uncached: its longest prompt's forward passes
     scale = (args.new * args.repeats * len(args.prompts)) / (256 * 3 * 3)
     blt_scale = (max(args.prompts) / 8192) ** 2 * args.repeats / 3
-    parts["generate"] = sum(EST_GENERATE_S[m] * (blt_scale if m == "blt" else scale) for m in models) / 60
+    if not args.skip_generate:
+        parts["generate"] = sum(EST_GENERATE_S[m] * (blt_scale if m == "blt" else scale) for m in models) / 60
     if not args.skip_scaling:
         seconds = 0.0
         for m in SCALING_MODELS:

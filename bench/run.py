@@ -75,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--skip-second", action="store_true", help="skip the code + multilingual table")
     g.add_argument("--skip-scaling", action="store_true", help="skip the forward-pass scaling table")
     g.add_argument("--skip-recon", action="store_true", help="skip hier_ae's reconstruction benchmark")
+    g.add_argument("--skip-generate", action="store_true", help="skip the generation-speed table")
     g.add_argument(
         "--quick",
         action="store_true",

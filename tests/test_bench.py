@@ -314,6 +314,10 @@ def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_pa
         "score",
         "generate",
     }
+    frontier = run.parse_args(
+        ["--cache-dir", str(tmp_path), "--skip-scaling", "--skip-recon", "--skip-generate"]
+    )
+    assert {j.phase for j in plan.jobs(frontier, ["hier_ae"], [plan.PRIMARY])} == {"train", "flops", "score"}
     capped = run.parse_args(["--max-val-bytes", "4096", "--recon-sample-lines", "50"])
     assert plan.recon_name(capped) == "recon-l50-d16-val4096.json"  # samples of a capped text kept apart
 

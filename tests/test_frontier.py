@@ -1,0 +1,65 @@
+"""bench/frontier.py on cached results written here (no training): which points it collects, the best
+size per family, the report and the plot."""
+
+from __future__ import annotations
+
+from bench import frontier, run
+from bench.plan import PRIMARY, result_path, write_json
+
+
+def fake_point(args, size: str, family: str, params: int, bpb: float) -> None:
+    run_args = run.parse_args(frontier.point_argv(args, size))
+    write_json(
+        result_path(run_args, "train", family, PRIMARY),
+        {"parameters": params, "shape": f"{family} shape", "train_bytes": 1e6, "train_seconds": 600.0},
+    )
+    write_json(
+        result_path(run_args, "flops", family, PRIMARY),
+        {
+            "run_train_flops": params * 6e6,
+            "train_flops_per_byte": 6.0 * params,
+            "inference_flops_per_byte": 2.0 * params,
+        },
+    )
+    write_json(
+        result_path(run_args, "score", family, PRIMARY),
+        {"val": {frontier.VAL: {"predict": {"bits_per_byte": bpb}}}},
+    )
+
+
+def test_frontier_collects_cached_points_and_names_each_familys_best_size(tmp_path):
+    args = frontier.parse_args(
+        ["--cache-dir", str(tmp_path), "--out", str(tmp_path / "f.md"), "--plot", str(tmp_path / "f.png")]
+    )
+    fake_point(args, "1.4m", "hier_ae", 1_400_000, 2.6)
+    fake_point(args, "3.1m", "hier_ae", 3_100_000, 2.4)
+    fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
+    fake_point(args, "3.1m", "llama", 3_100_000, 2.3)
+    # a point with no score yet is not collected
+    run_args = run.parse_args(frontier.point_argv(args, "9m"))
+    write_json(result_path(run_args, "train", "blt", PRIMARY), {"parameters": 1})
+
+    rows = frontier.collect(args)
+    assert {(r["size"], r["family"]) for r in rows} == {
+        ("1.4m", "hier_ae"),
+        ("3.1m", "hier_ae"),
+        ("1.4m", "llama"),
+        ("3.1m", "llama"),
+    }
+    best = frontier.best_sizes(rows)
+    assert best["hier_ae"]["size"] == "3.1m" and best["llama"]["size"] == "1.4m"
+
+    text = frontier.render(args, rows, "test machine")
+    assert "hier_ae / llama at their best sizes: 1.091x" in text  # 2.4 / 2.2
+    assert "Not yet run:" in text and "blt at 9m" in text and "hier_ae at 9m" in text
+    assert "![bits/byte against training FLOPs](f.png)" in text
+    frontier.plot(rows, args.plot, args.budget_minutes)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_point_is_a_bench_run_of_the_main_data_only(tmp_path):
+    args = frontier.parse_args(["--cache-dir", str(tmp_path), "--budget-minutes", "12"])
+    run_args = run.parse_args(frontier.point_argv(args, "9m"))
+    assert run_args.config.endswith("bench/variants/frontier/hier_ae-9m.yaml")
+    assert run_args.budget_minutes == 12 and run_args.cache_dir == str(tmp_path / "9m")
+    assert run_args.skip_second and run_args.skip_scaling and run_args.skip_recon and run_args.skip_generate
