@@ -1,26 +1,30 @@
 """The compute frontier (issue #20): every family at several sizes under one wall-clock budget on
 Tiny Shakespeare, validation bits/byte against size and against training FLOPs.
 
-    python -m bench.frontier                          # 3 sizes x 3 families x 10 min (about 100 min)
-    python -m bench.frontier --sizes 1.4m 3.1m        # some sizes (cached points are reused)
+    python -m bench.frontier                          # 4 sizes x 3 families x 10 min (about 135 min)
+    python -m bench.frontier --sizes 0.9m 1.4m        # some sizes (cached points are reused)
     python -m bench.frontier --report-only            # the report and the plot from what is cached
-    python -m bench.frontier --budget-minutes 0.1 --quick --out /tmp/f.md --plot /tmp/f.png   # smoke
+    python -m bench.frontier --budget-minutes 0.1 --quick --out /tmp/f.md --plot /tmp/f.png \
+        --points /tmp/f.json --cache-dir /tmp/frontier-cache                                   # smoke
 
 A size is a hier_ae config (`SIZES`); the Llama and BLT of that point are sized to its parameter count,
-as in the main run. Each point is one `python -m bench.run` with that config, its own cache folder and
-the main data only (no second table, no scaling, no generation timings, no reconstruction benchmark):
-train, FLOPs, score (bench/run.py). So every figure here comes from the same code as the main table; the
-main table's budget is larger, so its figures are not points of this frontier.
+as in the main run (BLT's smallest shape is larger than the smallest point: `PEER_PARAMS`). Each point
+is one `python -m bench.run` with that config, its own cache folder and the main data only (no second
+table, no scaling, no generation timings, no reconstruction benchmark): train, FLOPs, score
+(bench/run.py). So every figure here comes from the same code as the main table; the main table's
+budget is larger, so its figures are not points of this frontier.
 
-The report goes to `--out` (bench/frontier.md), the plot to `--plot` (bench/frontier.png): bits/byte
-against training FLOPs (counted with FlopCounterMode, bench/flops.py: FLOPs per step x steps run, per
-stage), one line per family.
+The report goes to `--out` (bench/frontier.md), every point's figures to `--points`
+(bench/frontier.json: a later run can add sizes without the earlier points' cache), the plot to
+`--plot` (bench/frontier.png): bits/byte against training FLOPs (counted with FlopCounterMode,
+bench/flops.py: FLOPs per step x steps run, per stage), one line per family.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +34,14 @@ REPO = HERE.parent
 
 # label -> hier_ae config; the peers of a point match its parameter count (with codebooks)
 SIZES = {
+    "0.9m": "bench/variants/frontier/hier_ae-0.9m.yaml",
     "1.4m": "bench/variants/frontier/hier_ae-1.4m.yaml",
     "3.1m": "configs/small.yaml",
     "9m": "bench/variants/frontier/hier_ae-9m.yaml",
 }
+# where a peer cannot be sized to a point's count: BLT's fixed parts (byte-level local modules, hash
+# n-gram embeddings, patcher) come to 1.15 M parameters at the smallest global transformer in its grid
+PEER_PARAMS = {"0.9m": {"blt": 1_149_888}}
 FAMILIES = ("hier_ae", "llama", "blt")
 VAL = "tinyshakespeare"
 
@@ -47,6 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default=str(HERE / "cache-frontier"), help="one folder per size inside")
     ap.add_argument("--out", default=str(HERE / "frontier.md"), help="the report (markdown)")
     ap.add_argument("--plot", default=str(HERE / "frontier.png"), help="the plot (PNG)")
+    ap.add_argument(
+        "--points",
+        default=str(HERE / "frontier.json"),
+        help="every point's figures (JSON, committed): points not in the cache are taken from here",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (bench.run's default: all)")
     ap.add_argument("--report-only", action="store_true", help="no training: report what is cached")
     ap.add_argument("--quick", action="store_true", help="smoke test: bench.run's --quick caps, own caches")
@@ -65,21 +78,32 @@ def point_argv(args, size: str) -> list[str]:
         "--out", str(Path(args.cache_dir) / size / "results.md"),
     ]  # fmt: skip
     argv += ["--quick"] if args.quick else []
+    for model, n in PEER_PARAMS.get(size, {}).items():
+        argv += ["--peer-params", f"{model}={n}"]
     return argv + (["--threads", str(args.threads)] if args.threads else [])
 
 
 def collect(args) -> list[dict]:
-    """One row per (size, family) whose train, flops and score results are all cached."""
+    """One row per (size, family) whose train, flops and score results are all cached; a point the
+    cache lacks (the cache is not committed) comes from `--points` when an earlier run wrote it there
+    with the same budget."""
     from bench import run
     from bench.plan import PRIMARY, read_json, result_path
 
     rows = []
+    saved = {}
+    if Path(args.points).exists():
+        kept = json.loads(Path(args.points).read_text())
+        if kept.get("budget_minutes") == args.budget_minutes and kept.get("quick", False) == args.quick:
+            saved = {(r["size"], r["family"]): r for r in kept["points"]}
     for size in SIZES:
         run_args = run.parse_args(point_argv(args, size))
         for fam in FAMILIES:
             phases = ("train", "flops", "score")
             tr, fl, sc = (read_json(result_path(run_args, p, fam, PRIMARY)) for p in phases)
             if not (tr and fl and sc):
+                if (size, fam) in saved:
+                    rows.append(saved[size, fam])
                 continue
             rows.append(
                 {
@@ -143,7 +167,7 @@ def render(args, rows: list[dict], machine: str) -> str:
         "# Compute frontier (issue #20)",
         "",
         f"Measured {datetime.date.today().isoformat()} on {machine}. Command: `{cmd}` (from the repository "
-        f"root): each family at {len(SIZES)} sizes, {args.budget_minutes:g} minutes of training each on Tiny "
+        f"root): each family at the sizes below, {args.budget_minutes:g} minutes of training each on Tiny "
         "Shakespeare (the same seeded batches, the same trainer as the main table: bench/training.py), "
         "scored on its whole val.txt by the main table's sliding-window scorer. hier_ae in predict mode. "
         "Training FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one batch of each "
@@ -190,6 +214,9 @@ def main(argv=None) -> None:
     rows = collect(args)
     if not rows:
         raise SystemExit(f"no cached point under {args.cache_dir}: run without --report-only first")
+    Path(args.points).write_text(
+        json.dumps({"budget_minutes": args.budget_minutes, "quick": args.quick, "points": rows}, indent=1)
+    )
     plot(rows, args.plot, args.budget_minutes)
     text = render(args, rows, machine())
     Path(args.out).write_text(text)

@@ -49,7 +49,10 @@ def budget_of(args, dataset: str) -> float:
 
 
 def job_dir(args, model: str, dataset: str) -> Path:
-    tag = f"{model}-{dataset}-{budget_of(args, dataset):g}min" + ("-quick" if args.quick else "")
+    """A model's folder for one dataset and budget; a peer sized by `--peer-params` gets its own."""
+    size = getattr(args, "peer_targets", {}).get(model)
+    tag = f"{model}{'' if size is None else f'-{size}p'}-{dataset}-{budget_of(args, dataset):g}min"
+    tag += "-quick" if args.quick else ""
     return Path(args.cache_dir) / tag
 
 
@@ -118,9 +121,11 @@ def load_yaml(path: str) -> dict:
 
 
 def matched_configs(args) -> dict:
-    """hier_ae's config and the peers' configs sized to its count; the counts of all three.
+    """hier_ae's config and the peers' configs sized to its count (or to `--peer-params`); the counts
+    of all three.
 
-    The search runs once; its result is cached beside the results, keyed by the config's text.
+    The search runs once; its result is cached beside the results, keyed by the config's text and the
+    peers' targets.
     """
     from transformers import BltConfig, LlamaConfig
 
@@ -129,12 +134,14 @@ def matched_configs(args) -> dict:
 
     text = Path(args.config).read_text()
     cfg = load_yaml(args.config)
-    path = Path(args.cache_dir) / f"matched-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
+    targets = getattr(args, "peer_targets", {})
+    key = text + "".join(f"\n{m}={n}" for m, n in sorted(targets.items()))  # = text without targets
+    path = Path(args.cache_dir) / f"matched-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
     found = read_json(path)
     if found is None:
         target = count_on_meta(lambda: HierAEModel(HierAEConfig(**cfg["model"])))
-        llama_cfg, n_llama = llama_matched(target)
-        blt_cfg, n_blt = blt_matched(target)
+        llama_cfg, n_llama = llama_matched(targets.get("llama", target))
+        blt_cfg, n_blt = blt_matched(targets.get("blt", target))
         found = {
             "llama": llama_cfg.to_dict(),
             "blt": blt_cfg.to_dict(),

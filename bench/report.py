@@ -93,7 +93,11 @@ def render(report: RunReport) -> str:
         "own process, `python -m bench.run ... --worker PHASE MODEL DATA`; phases add up to "
         f"{phase_total / 60:.1f} min (this invocation: {seconds / 60:.1f} min; cached phases are reused).",
         "",
-        "### Models (matched parameter counts; every module counts)",
+        "### Models (matched parameter counts; every module counts)"
+        if not getattr(args, "peer_targets", {})
+        else "### Models (each at its own size, `--peer-params`: "
+        + ", ".join(f"{m} sized to {n:,}" for m, n in args.peer_targets.items())
+        + "; every module counts)",
         "",
     ]
     L += models_table(cfgs, counts, results.get("flops", {}), primary, hier)

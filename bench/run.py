@@ -83,6 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--recon-lines 16 --recon-sample-lines 16 --recon-sample-docs 2 --prompts 64 512 --new 32 "
         "--repeats 1 --sizes 1024 4096 (own cache folders)",
     )
+    g.add_argument(
+        "--peer-params",
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="size a peer (llama, blt) to N parameters instead of hier_ae's count, e.g. llama=1400000: "
+        "each family at its best size from the compute frontier (bench/frontier.py); repeatable",
+    )
     g = ap.add_argument_group("where")
     g.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"), help="the corpora folder")
     g.add_argument("--config", default=str(REPO / "configs" / "small.yaml"), help="hier_ae's config")
@@ -153,7 +161,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.recon_lines = 16
     if args.max_val_bytes is None and q:
         args.max_val_bytes = 8192
+    args.peer_targets = parse_peer_params(ap, args.peer_params)
     return args
+
+
+def parse_peer_params(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
+    """["llama=1400000"] -> {"llama": 1400000}; a clear error for anything else."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("llama", "blt") or not value.isdigit() or int(value) < 1:
+            ap.error(
+                f"--peer-params {item!r} is invalid: MODEL=N with MODEL llama or blt and N a positive integer"
+            )
+        out[name] = int(value)
+    return out
 
 
 def machine() -> str:

@@ -284,6 +284,21 @@ def test_cache_keys_separate_model_data_and_budget(tmp_path):
     assert plan.job_dir(args, "llama", "code+multilingual").name.endswith("-8min")
 
 
+def test_peer_params_size_a_peer_on_its_own_and_keep_its_results_apart(tmp_path, capsys):
+    args = run.parse_args(["--cache-dir", str(tmp_path), "--peer-params", "llama=1400000"])
+    assert args.peer_targets == {"llama": 1_400_000}
+    matched = run.parse_args(["--cache-dir", str(tmp_path)])
+    assert plan.job_dir(args, "llama", plan.PRIMARY) != plan.job_dir(matched, "llama", plan.PRIMARY)
+    assert plan.job_dir(args, "blt", plan.PRIMARY) == plan.job_dir(matched, "blt", plan.PRIMARY)
+    cfgs = plan.matched_configs(args)
+    assert abs(cfgs["counts"]["llama"] / 1_400_000 - 1) < 0.05
+    assert abs(cfgs["counts"]["blt"] / cfgs["counts"]["hier_ae"] - 1) < 0.05
+    for bad in ("gpt=5", "llama=x", "llama=0"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--peer-params", bad])
+        assert "MODEL=N with MODEL llama or blt" in capsys.readouterr().err
+
+
 def test_job_plan_orders_the_phases_and_names_the_files_the_workers_write(tmp_path):
     args = run.parse_args(["--cache-dir", str(tmp_path), "--quick"])
     todo = plan.jobs(args, ["hier_ae", "blt"], [plan.PRIMARY, "code+multilingual"])

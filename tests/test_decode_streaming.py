@@ -69,6 +69,8 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
         rule_gap.append((rise - value).abs())
         seg_len = seg_len + 1
+        if level.cfg.min_segment_len > 1:  # a firing counts once the segment is long enough; EOS always
+            fires = (fires & (seg_len >= level.cfg.min_segment_len)) | (nxt == level.vocab.eos_id)
         new_seg = fires | (seg_len >= L)
         seg = seg + new_seg.long()
         seg_len = torch.where(new_seg, torch.zeros_like(seg_len), seg_len)

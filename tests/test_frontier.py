@@ -28,9 +28,15 @@ def fake_point(args, size: str, family: str, params: int, bpb: float) -> None:
 
 
 def test_frontier_collects_cached_points_and_names_each_familys_best_size(tmp_path):
-    args = frontier.parse_args(
-        ["--cache-dir", str(tmp_path), "--out", str(tmp_path / "f.md"), "--plot", str(tmp_path / "f.png")]
-    )
+    files = [
+        "--out",
+        str(tmp_path / "f.md"),
+        "--plot",
+        str(tmp_path / "f.png"),
+        "--points",
+        str(tmp_path / "f.json"),
+    ]
+    args = frontier.parse_args(["--cache-dir", str(tmp_path), *files])
     fake_point(args, "1.4m", "hier_ae", 1_400_000, 2.6)
     fake_point(args, "3.1m", "hier_ae", 3_100_000, 2.4)
     fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
@@ -63,3 +69,28 @@ def test_each_point_is_a_bench_run_of_the_main_data_only(tmp_path):
     assert run_args.config.endswith("bench/variants/frontier/hier_ae-9m.yaml")
     assert run_args.budget_minutes == 12 and run_args.cache_dir == str(tmp_path / "9m")
     assert run_args.skip_second and run_args.skip_scaling and run_args.skip_recon and run_args.skip_generate
+    smallest = run.parse_args(frontier.point_argv(args, "0.9m"))  # BLT cannot be made that small
+    assert smallest.peer_targets == {"blt": frontier.PEER_PARAMS["0.9m"]["blt"]}
+
+
+def test_points_missing_from_the_cache_come_from_the_committed_json(tmp_path):
+    """The cache is not committed: a later session's report keeps the points an earlier one wrote."""
+    files = [
+        "--out",
+        str(tmp_path / "f.md"),
+        "--plot",
+        str(tmp_path / "f.png"),
+        "--points",
+        str(tmp_path / "f.json"),
+    ]
+    args = frontier.parse_args(["--cache-dir", str(tmp_path / "a"), *files])
+    fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
+    frontier.main(["--report-only", "--cache-dir", str(tmp_path / "a"), *files])
+    later = frontier.parse_args(["--cache-dir", str(tmp_path / "b"), *files])  # an empty cache
+    fake_point(later, "3.1m", "llama", 3_100_000, 2.3)
+    assert {(r["size"], r["bits_per_byte"]) for r in frontier.collect(later)} == {
+        ("1.4m", 2.2),
+        ("3.1m", 2.3),
+    }
+    other = frontier.parse_args(["--cache-dir", str(tmp_path / "b"), "--budget-minutes", "20", *files])
+    assert frontier.collect(other) == []  # points of another budget are not mixed in

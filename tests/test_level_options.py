@@ -1,6 +1,7 @@
-"""The level's encoder, pooling and quantiser options (issue 21): FSQ, concat pooling, a segment-scope
-encoder. Each keeps the model's contracts: prefix invariance, cache == no cache, streamed decode ==
-recompute, save / reload through the Auto classes; FSQ's index arithmetic on its worked example."""
+"""The level's encoder, pooling, quantiser and segmentation options (issue 21): FSQ, concat pooling, a
+segment-scope encoder, a minimum segment length. Each keeps the model's contracts: prefix invariance,
+cache == no cache, streamed decode == recompute, save / reload through the Auto classes; FSQ's index
+arithmetic on its worked example."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ OPTIONS = {
     "concat": {"pooling": "concat"},
     "segment_scope": {"encoder_scope": "segment"},
     "all": {"quantizer": "fsq", "fsq_levels": [8, 8], "pooling": "concat", "encoder_scope": "segment"},
+    # the rule fires on every token (threshold 0): segments are min_segment_len long, EOS aside
+    "min_len": {"min_segment_len": 3, "threshold": 0.0},
 }
 
 
 def _model(option: str, num_levels: int = 1) -> HierAEModel:
     torch.manual_seed(0)
-    levels = [tiny_level(threshold=1e9, max_segment_len=5, **OPTIONS[option])]
+    levels = [tiny_level(**{"threshold": 1e9, "max_segment_len": 5, **OPTIONS[option]})]
     if num_levels == 2:
         levels.append(
             tiny_level(hidden_size=32, num_heads=2, threshold=1e9, max_segment_len=3, codebook_size=64)
@@ -129,7 +132,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
     _assert_same(model, codes, cmask)
 
 
-@pytest.mark.parametrize("option", ["fsq", "all"])
+@pytest.mark.parametrize("option", ["fsq", "all", "min_len"])
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
     lm = as_lm(model)
@@ -142,3 +145,26 @@ def test_option_survives_save_and_reload(option, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, lm(ids).logits, atol=1e-5, rtol=1e-5)
         assert torch.equal(back.model.encode(ids).top_codes, model.encode(ids).top_codes)
+
+
+def test_minimum_segment_length_holds_in_encode_and_decode():
+    """With the rule firing on every token, min_segment_len 3 makes every segment 3 tokens long (the
+    row's last may be shorter); decode draws the same boundaries on the tokens it regenerates."""
+    model = _model("min_len").eval()
+    ids = torch.randint(3, 259, (2, 14), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        p = model.levels[0].bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+        assert p.layout.seg_len.tolist() == [[3, 3, 3, 3, 2]] * 2
+        codes = p.q.codes[:, :4]  # (2, 4): four closed segments
+        tokens, valid, seg_id = model.levels[0].decode_codes(codes, torch.ones_like(codes, dtype=torch.bool))
+    for b in range(2):
+        ends_at_eos = bool((tokens[b][valid[b]] == model.levels[0].vocab.eos_id).any())
+        lengths = torch.bincount(seg_id[b][valid[b]]).tolist()
+        if not ends_at_eos:  # a random decoder may emit EOS, which closes a segment at any length
+            assert lengths == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("value", [0, 6, 2.5])
+def test_minimum_segment_length_is_checked(value):
+    with pytest.raises(ValueError, match=r"levels\[0\]\.min_segment_len.*\[1, max_segment_len=5\]"):
+        HierAEConfig(levels=[{"max_segment_len": 5, "min_segment_len": value}])

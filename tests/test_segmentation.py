@@ -8,6 +8,7 @@ from hier_ae.pooling import SegmentPooling, gather_segments
 from hier_ae.segmentation import (
     boundary_starts,
     frame_upper_stream,
+    hold_short_segments,
     rule_fires,
     segment_closes,
     segment_layout,
@@ -122,14 +123,16 @@ def test_pooling_memory_is_linear_in_length():
     assert blocks.numel() == T * D  # S * L = T exactly here
 
 
+@pytest.mark.parametrize("min_len", [1, 2, 3])
 @pytest.mark.parametrize("seed", range(6))
-def test_vectorised_starts_equal_token_by_token_closing(seed):
-    """`boundary_starts` (a whole row at once, as encode and predict use it) equals stepping token by
-    token with `segment_closes` (as streaming and decode do), on random entropies, EOS positions,
-    lengths, left or right padding and segment caps, in both rule modes."""
+def test_vectorised_starts_equal_token_by_token_closing(seed, min_len):
+    """`boundary_starts` after `hold_short_segments` (a whole row at once, as encode and predict use
+    it) equals stepping token by token with `segment_closes` (as streaming and decode do), on random
+    entropies, EOS positions, lengths, left or right padding, segment caps and minimum lengths, in
+    both rule modes."""
     g = torch.Generator().manual_seed(seed)
     B, T = 8, 40
-    L = int(torch.randint(1, 9, (1,), generator=g))
+    L = int(torch.randint(min_len, 9, (1,), generator=g))
     H = torch.rand(B, T, generator=g) * 4
     x = torch.randint(3, 259, (B, T), generator=g)
     x[torch.rand(B, T, generator=g) < 0.05] = 1  # EOS closes its segment too
@@ -138,7 +141,7 @@ def test_vectorised_starts_equal_token_by_token_closing(seed):
     valid = t < n[:, None] if seed % 2 else t >= (T - n)[:, None]  # right / left padding
     mode = "threshold" if seed < 3 else "delta"
     fires = rule_fires(H, x, 1, mode, 2.0, 0.5, valid=valid)
-    starts = boundary_starts(fires, valid, L)
+    starts = boundary_starts(hold_short_segments(fires, x == 1, valid, min_len, L), valid, L)
     for b in range(B):
         want, opens, seg_len = [], True, 0
         for i in range(T):
@@ -147,8 +150,32 @@ def test_vectorised_starts_equal_token_by_token_closing(seed):
                 continue
             want.append(opens)
             seg_len = 1 if opens else seg_len + 1
-            opens = bool(segment_closes(fires[b, i], torch.tensor(seg_len), L))
+            opens = bool(segment_closes(fires[b, i], torch.tensor(seg_len), L, min_len, x[b, i] == 1))
         assert starts[b].tolist() == want, (b, L, mode)
+    lengths = segment_layout(starts, valid).seg_len
+    if min_len > 1:  # only EOS, or the row's end, leaves a segment shorter than min_len
+        ends = segment_layout(starts, valid)
+        last_tok = x.gather(1, (ends.seg_start + lengths - 1).clamp(min=0))
+        is_last = torch.arange(lengths.shape[1])[None, :] == (ends.num_segments - 1)[:, None]
+        short = ends.seg_mask & (lengths < min_len)
+        assert not (short & (last_tok != 1) & ~is_last).any()
+
+
+def test_minimum_segment_length_worked_examples():
+    """segment_closes' and hold_short_segments' docstring examples."""
+    fires = torch.tensor([1, 1, 0, 1, 1], dtype=torch.bool)
+    closes = segment_closes(fires, torch.tensor([1, 2, 1, 2, 1]), 4, 2, torch.zeros(5, dtype=torch.bool))
+    assert closes.long().tolist() == [0, 1, 0, 1, 0]
+    fires = torch.tensor([[1, 1, 1, 0, 1, 1, 1]], dtype=torch.bool)
+    valid = torch.ones_like(fires)
+    held = hold_short_segments(fires, torch.zeros_like(fires), valid, 2, 4)
+    assert held.long().tolist() == [[0, 1, 0, 0, 1, 0, 1]]
+    assert segment_layout(boundary_starts(held, valid, 4), valid).seg_len.tolist() == [[2, 3, 2]]
+    assert torch.equal(hold_short_segments(fires, torch.zeros_like(fires), valid, 1, 4), fires)
+    eos = torch.tensor([[1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)  # EOS closes a 1-token segment
+    assert hold_short_segments(fires, eos, valid, 2, 4).long().tolist() == [[1, 0, 1, 0, 1, 0, 1]]
+    with pytest.raises(ValueError, match="needs is_eos"):
+        segment_closes(fires, torch.ones(1, 7, dtype=torch.long), 4, 2)
 
 
 def test_decoder_offsets_worked_examples():

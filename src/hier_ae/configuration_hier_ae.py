@@ -114,6 +114,9 @@ class LevelConfig:
     threshold: float = 2.0
     delta: float = 1.0
     max_segment_len: int = 16
+    # the rule closes a segment only once it holds this many tokens (EOS closes it at any length):
+    # 1 lets every uncertain byte be a segment of its own, each spending a whole code
+    min_segment_len: int = 1
     target_tokens_per_segment: float | None = None
     threshold_adapt_rate: float = 0.01
     # encoder + pooling. encoder_scope "row": a causal transformer over the whole row (window
@@ -245,6 +248,12 @@ class LevelConfig:
             f"{prefix}.max_segment_len",
             self.max_segment_len,
             "must be an integer in [1, 1024]",
+        )
+        _check(
+            isinstance(self.min_segment_len, int) and 1 <= self.min_segment_len <= self.max_segment_len,
+            f"{prefix}.min_segment_len",
+            self.min_segment_len,
+            f"must be an integer in [1, max_segment_len={self.max_segment_len}]",
         )
         _check(
             math.isfinite(self.threshold) and self.threshold >= 0,

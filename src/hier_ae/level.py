@@ -44,6 +44,7 @@ from .segmentation import (
     decoder_offsets,
     first_real,
     frame_upper_stream,
+    hold_short_segments,
     last_real,
     rule_fires,
     segment_closes,
@@ -140,6 +141,13 @@ class HierLevel(nn.Module):
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
                 fires = self.rule(H, tokens, valid=valid)  # (B, T)
+                fires = hold_short_segments(
+                    fires,
+                    tokens == self.vocab.eos_id,
+                    valid,
+                    self.cfg.min_segment_len,
+                    self.cfg.max_segment_len,
+                )  # (B, T)
                 starts = boundary_starts(fires, valid, self.cfg.max_segment_len)  # (B, T)
                 layout = segment_layout(starts, valid)
                 self._adapt_threshold(valid, layout)
@@ -304,7 +312,10 @@ class HierLevel(nn.Module):
             seg_len = seg_len + 1
             H = entropy_bits(self.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
         fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
-        fires = segment_closes(fires, seg_len, L)  # (B',) the open segment closes after this token
+        # the open segment closes after this token
+        fires = segment_closes(
+            fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
+        )  # (B',)
         st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
         if bool(fires.any()):
             closing = rows[fires]
@@ -389,7 +400,7 @@ class HierLevel(nn.Module):
                 H = entropy_bits(ent_logits[:, None])  # (B', 1)
             fires = self.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
-            new_seg = segment_closes(fires, r_len, L)  # (B',)
+            new_seg = segment_closes(fires, r_len, L, self.cfg.min_segment_len, nxt == eos)  # (B',)
             r_seg = seg[rows] + new_seg.long()  # (B',)
             seg[rows] = r_seg
             seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)

@@ -239,18 +239,64 @@ def last_real(valid: torch.Tensor) -> torch.Tensor:
     return T - 1 - valid.flip(1).long().argmax(dim=1)
 
 
-def segment_closes(fires: torch.Tensor, seg_len: torch.Tensor, max_segment_len: int) -> torch.Tensor:
+def segment_closes(
+    fires: torch.Tensor,
+    seg_len: torch.Tensor,
+    max_segment_len: int,
+    min_segment_len: int = 1,
+    is_eos: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The one rule for closing a segment, token by token: it closes after a token when the boundary
-    rule fired there (`rule_fires`, which also fires on EOS) or when it now holds `max_segment_len`
-    tokens. `seg_len`: tokens in the segment so far, this one included. Elementwise, any shape.
+    rule fired there (`rule_fires`, which also fires on EOS) and the segment holds at least
+    `min_segment_len` tokens, or at EOS (`is_eos`; EOS closes its segment at every length), or when it
+    now holds `max_segment_len` tokens. `seg_len`: tokens in the segment so far, this one included.
+    Elementwise, any shape; `is_eos` is needed only when `min_segment_len > 1`.
 
-    `boundary_starts` is the same rule for a whole row at once (a token opens a segment when the one
-    before it closed one); tests/test_segmentation.py checks the two agree. With L = 3:
+    `boundary_starts` (after `hold_short_segments`) is the same rule for a whole row at once (a token
+    opens a segment when the one before it closed one); tests/test_segmentation.py checks the two
+    agree. With L = 3:
 
         fires    0 0 0 0 0 1 0 0
         seg_len  1 2 3 1 2 3 1 2      closes  0 0 1 0 0 1 0 0   (t = 2: full; t = 5: fired and full)
+
+    With min_segment_len 2 a firing on a segment's first token is held back:
+
+        fires    1 1 0 1 1        seg_len  1 2 1 2 1      closes  0 1 0 1 0
     """
+    if min_segment_len > 1:
+        if is_eos is None:
+            raise ValueError("segment_closes: min_segment_len > 1 needs is_eos (EOS closes at any length)")
+        fires = (fires & (seg_len >= min_segment_len)) | is_eos
     return fires | (seg_len >= max_segment_len)
+
+
+def hold_short_segments(
+    fires: torch.Tensor, is_eos: torch.Tensor, valid: torch.Tensor, min_segment_len: int, max_segment_len: int
+) -> torch.Tensor:
+    """The rule's firings `fires (B, T)` less those that would close a segment shorter than
+    `min_segment_len` (EOS always closes): the firings `boundary_starts` reads. A left-to-right scan,
+    `segment_closes` at each position, since whether a firing counts depends on where the segment
+    opened. With min_segment_len 1 the firings come back unchanged. Min 2, L = 4:
+
+        fires    1 1 1 0 1 1 1
+        seg_len  1 2 1 2 3 1 2      -> fires 0 1 0 0 1 0 1: segments [0 1] [2 3 4] [5 6]
+
+    is_eos, valid: (B, T). Returns (B, T) bool.
+    """
+    if min_segment_len <= 1:
+        return fires
+    B, T = fires.shape
+    out = torch.zeros_like(fires)  # (B, T)
+    seg_len = torch.zeros(B, dtype=torch.long, device=fires.device)  # (B,) tokens in the open segment
+    closed = torch.ones(B, dtype=torch.bool, device=fires.device)  # (B,) the next real token opens one
+    for t in range(T):
+        v = valid[:, t]  # (B,)
+        seg_len = torch.where(v, torch.where(closed, 1, seg_len + 1), seg_len)
+        counts = (fires[:, t] & (seg_len >= min_segment_len)) | is_eos[:, t]  # (B,)
+        out[:, t] = counts & v
+        # after padding the next real token opens a segment, as in `boundary_starts`
+        closed = torch.where(v, segment_closes(counts, seg_len, max_segment_len), torch.ones_like(closed))
+    return out
 
 
 def open_segment(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):

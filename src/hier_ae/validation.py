@@ -207,7 +207,7 @@ def check_prompt_rows(mask) -> None:
         if empty:
             raise ValueError(
                 f"prompt rows {empty} have no real token (attention_mask all 0): generation needs at "
-                "least one prompt token per row; start an empty prompt with <s> (id 2)."
+                f"least one prompt token per row; start an empty prompt with <s> (id {BOS_ID})."
             )
 
 

@@ -3,6 +3,8 @@
 # code rate and budget, on each corpus of ../shared/data (bench/experiments.md, "X-series").
 #
 #   bash bench/variants/recon/equal_rate.sh OUT [corpus ...]     # default: tinyshakespeare code multilingual
+#   HIER_AE_SET="model.levels.0.min_segment_len=2" SKIP_PEER=1 bash bench/variants/recon/equal_rate.sh OUT code
+#       # a variant: extra --set overrides for hier_ae (space-separated), and hier_ae only
 #
 # Per corpus: (1) hier_ae, `tiny-ae-offsets.yaml` + 25% line rows, entropy 300 + autoencoder 3,300 steps
 # (about 4 minutes at 1 thread on an idle core), trained on the corpus' train.txt cut into documents;
@@ -16,6 +18,8 @@ shift
 CORPORA=${*:-tinyshakespeare code multilingual}
 DATA=${HIER_AE_DATA:-../shared/data}
 PY=${PYTHON:-python}
+EXTRA=()
+for kv in ${HIER_AE_SET:-}; do EXTRA+=(--set "$kv"); done
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 STAGES='training.stages=[{kind: entropy, level: 0, steps: 300, lr: 3.0e-3}, {kind: autoencoder, level: 0, steps: 3300, lr: 2.0e-3}]'
 mkdir -p "$OUT"
@@ -39,10 +43,11 @@ with open(sys.argv[2], "w") as f:
 PYEOF
   accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     --num_cpu_threads_per_process 1 examples/train.py --config bench/variants/recon/tiny-ae-offsets.yaml \
-    --output-dir "$d/hier_ae" --report-to none --data "$d/train.jsonl" --set data.p_line=0.25 --set "$STAGES" \
+    --output-dir "$d/hier_ae" --report-to none --data "$d/train.jsonl" --set data.p_line=0.25 --set "$STAGES" "${EXTRA[@]}" \
     > "$d/hier_ae.log" 2>&1
   $PY -m bench.recon --model "$d/hier_ae/model" --text "$DATA/$corpus/val.txt" --lines 256 --docs 16 \
     --out "$d/hier_ae_recon.json" --markdown "$d/hier_ae_recon.md" > "$d/hier_ae_recon.log" 2>&1
+  if [ -n "${SKIP_PEER:-}" ]; then echo "$corpus: hier_ae -> $d/hier_ae_recon.md"; continue; fi
   rate=$($PY -c "import json, sys; r = json.load(open(sys.argv[1])); t = next(iter(r['texts'].values())); \
 print(round(t['lines']['levels'][0]['code_bits_per_byte'] / 1.035, 2))" "$d/hier_ae_recon.json")
   $PY -m bench.ae_peer train --data "$corpus" --rate "$rate" --minutes 4 --p-line-start 0.25 --out "$d/peer" \

@@ -22,7 +22,9 @@ def _architecture(config) -> str:
         lines.append(
             f"- level {i}: width {lv.hidden_size}, entropy / encoder / decoder layers "
             f"{lv.entropy_layers} / {lv.encoder_layers} / {lv.decoder_layers}, window {lv.window}, "
-            f"{lv.boundary_mode} boundaries, max segment {lv.max_segment_len}, "
+            f"{lv.boundary_mode} boundaries, "
+            + (f"min segment {lv.min_segment_len}, " if lv.min_segment_len > 1 else "")
+            + f"max segment {lv.max_segment_len}, "
             f"{codes}"
         )
     top = config.top_lm_config

@@ -206,8 +206,9 @@ def stage_metrics(out, stage: Stage) -> dict[str, float]:
     elif stage.kind == "top_lm":
         m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
     else:
-        # predict mode reads completed segments only: a language-model figure
-        m["predict bits/byte"] = out.predict_loss[0].item() / math.log(2)
+        # predict mode reads completed segments only: a language-model figure, but per token of the
+        # training batch (</s> included), not the held-out bits per byte of the reports
+        m["predict bits/token"] = out.predict_loss[0].item() / math.log(2)
         m["recon bits/token"] = out.reconstruct_loss[0].item() / math.log(2)
         m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
         if stage.kind == "joint":
