@@ -102,7 +102,7 @@ class FSQ(nn.Module):
 
     def __init__(self, levels):
         super().__init__()
-        self.grid = FSQGrid([int(n) for n in levels])
+        self.grid = FSQGrid([int(n) for n in levels], max_codes=None)  # its codes feed no level above
         self.register_buffer("levels", torch.tensor(self.grid.levels), persistent=False)
         self.codebook_size = self.grid.num_codes
 

@@ -57,7 +57,7 @@ from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
 from hier_ae.segmentation import frame_upper_stream, shift_in_begin
 from hier_ae.transformer import positions_from_mask
 
-DATA_ROOT = Path("/work/shared/data")
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 DEFAULT_VAL_FRACTION = 0.05  # the shipped configs' data.val_fraction
 LINE_BYTES = (20, 120)
 DOC_BYTES = 1024

@@ -10,6 +10,7 @@ import torch
 
 from bench import ae_peer  # the repository root is on pytest's pythonpath (pyproject)
 from bench.ae_peer import BOS, PAD, AEPeer, PeerConfig, chunk_rows, fsq_levels_for_rate, shift_right
+from hier_ae import HierAEConfig
 
 
 def tiny(chunk: int = 4, levels=(5, 5, 3)) -> AEPeer:
@@ -51,6 +52,18 @@ def test_fsq_grid_round_trip():
     idx = fsq.indices(grid)
     assert sorted(idx.tolist()) == list(range(120))
     assert torch.equal(fsq.codes(idx), grid / fsq.levels.div(2, rounding_mode="floor"))
+
+
+def test_peer_fsq_is_not_bound_by_the_level_vocabulary():
+    """A level's codes are the next level's vocabulary (at most 65536); the peer's codes go nowhere,
+    so rates above 4 bits/byte at 4-byte chunks work (the X-series' code run used 5^9 codes)."""
+    levels = fsq_levels_for_rate(5.4, 4)
+    assert math.prod(levels) > 65536
+    q = ae_peer.FSQ(levels)
+    _, idx = q(torch.randn(3, len(levels)) * 3)
+    assert int(idx.max()) < math.prod(levels)
+    with pytest.raises(ValueError, match="at most 65536"):
+        HierAEConfig(levels=[{"quantizer": "fsq", "fsq_levels": list(levels)}])
 
 
 def test_fsq_forward_levels_and_straight_through():

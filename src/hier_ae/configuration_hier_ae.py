@@ -78,17 +78,18 @@ class LevelVocab:
         return cls(vocab_size=n + 3, pad_id=n, eos_id=n + 1, bos_id=n + 2)
 
 
-def check_fsq_levels(levels) -> tuple[int, ...]:
-    """FSQ levels as a tuple, or ValueError: a non-empty list of integers >= 2, product <= 65536."""
+def check_fsq_levels(levels, max_codes: int | None = MAX_COMPOSITE_CODES) -> tuple[int, ...]:
+    """FSQ levels as a tuple, or ValueError: a non-empty list of integers >= 2, product <= `max_codes`
+    (a level's codes are the vocabulary of the level above: 65536; None: no bound)."""
     ok = isinstance(levels, (list, tuple)) and len(levels) > 0
     ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in levels)
     if not ok:
         raise ValueError(
             f"fsq_levels must be a non-empty list of integers >= 2 (e.g. [8, 8, 8]), got {levels!r}"
         )
-    if math.prod(levels) > MAX_COMPOSITE_CODES:
+    if max_codes is not None and math.prod(levels) > max_codes:
         raise ValueError(
-            f"fsq_levels {list(levels)} give {math.prod(levels)} codes; at most {MAX_COMPOSITE_CODES} "
+            f"fsq_levels {list(levels)} give {math.prod(levels)} codes; at most {max_codes} "
             "(the level above's vocabulary)"
         )
     return tuple(levels)

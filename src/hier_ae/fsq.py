@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .configuration_hier_ae import check_fsq_levels
+from .configuration_hier_ae import MAX_COMPOSITE_CODES, check_fsq_levels
 from .quantizer import QuantizerOutput
 
 
@@ -32,11 +32,13 @@ class FSQGrid:
     Number i is bounded to an interval that rounds to exactly L_i integers, rounded with a
     straight-through gradient and scaled by 1 / (L_i // 2) to about [-1, 1]; a grid point's index is
     the mixed-radix number of its digits `q_i + L_i // 2`. Tensors of the levels are made on use,
-    not held as buffers: `from_pretrained` builds modules on the meta device.
+    not held as buffers: `from_pretrained` builds modules on the meta device. `max_codes` bounds the
+    grid's size (a level's codes are the vocabulary of the level above); the peer, whose codes go
+    nowhere, passes None.
     """
 
-    def __init__(self, levels):
-        self.levels = check_fsq_levels(levels)
+    def __init__(self, levels, max_codes: int | None = MAX_COMPOSITE_CODES):
+        self.levels = check_fsq_levels(levels, max_codes)
         self.num_codes = math.prod(self.levels)
         self._basis = tuple(math.prod(self.levels[:i]) for i in range(len(self.levels)))
 
