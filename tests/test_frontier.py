@@ -27,8 +27,9 @@ def fake_point(args, size: str, family: str, params: int, bpb: float) -> None:
     )
 
 
-def test_frontier_collects_cached_points_and_names_each_familys_best_size(tmp_path):
-    files = [
+def output_files(tmp_path) -> list[str]:
+    """The report, plot and points arguments, all under tmp_path."""
+    return [
         "--out",
         str(tmp_path / "f.md"),
         "--plot",
@@ -36,6 +37,10 @@ def test_frontier_collects_cached_points_and_names_each_familys_best_size(tmp_pa
         "--points",
         str(tmp_path / "f.json"),
     ]
+
+
+def test_frontier_collects_cached_points_and_names_each_familys_best_size(tmp_path):
+    files = output_files(tmp_path)
     args = frontier.parse_args(["--cache-dir", str(tmp_path), *files])
     fake_point(args, "1.4m", "hier_ae", 1_400_000, 2.6)
     fake_point(args, "3.1m", "hier_ae", 3_100_000, 2.4)
@@ -75,14 +80,7 @@ def test_each_point_is_a_bench_run_of_the_main_data_only(tmp_path):
 
 def test_points_missing_from_the_cache_come_from_the_committed_json(tmp_path):
     """The cache is not committed: a later session's report keeps the points an earlier one wrote."""
-    files = [
-        "--out",
-        str(tmp_path / "f.md"),
-        "--plot",
-        str(tmp_path / "f.png"),
-        "--points",
-        str(tmp_path / "f.json"),
-    ]
+    files = output_files(tmp_path)
     args = frontier.parse_args(["--cache-dir", str(tmp_path / "a"), *files])
     fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
     frontier.main(["--report-only", "--cache-dir", str(tmp_path / "a"), *files])
