@@ -50,7 +50,7 @@ def budget_of(args, dataset: str) -> float:
 
 def job_dir(args, model: str, dataset: str) -> Path:
     """A model's folder for one dataset and budget; a peer sized by `--peer-params` gets its own."""
-    size = getattr(args, "peer_targets", {}).get(model)
+    size = args.peer_targets.get(model)
     tag = f"{model}{'' if size is None else f'-{size}p'}-{dataset}-{budget_of(args, dataset):g}min"
     tag += "-quick" if args.quick else ""
     return Path(args.cache_dir) / tag
@@ -134,7 +134,7 @@ def matched_configs(args) -> dict:
 
     text = Path(args.config).read_text()
     cfg = load_yaml(args.config)
-    targets = getattr(args, "peer_targets", {})
+    targets = args.peer_targets
     key = text + "".join(f"\n{m}={n}" for m, n in sorted(targets.items()))  # = text without targets
     path = Path(args.cache_dir) / f"matched-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
     found = read_json(path)

@@ -94,7 +94,7 @@ def render(report: RunReport) -> str:
         f"{phase_total / 60:.1f} min (this invocation: {seconds / 60:.1f} min; cached phases are reused).",
         "",
         "### Models (matched parameter counts; every module counts)"
-        if not getattr(args, "peer_targets", {})
+        if not args.peer_targets
         else "### Models (each at its own size, `--peer-params`: "
         + ", ".join(f"{m} sized to {n:,}" for m, n in args.peer_targets.items())
         + "; every module counts)",

@@ -274,7 +274,8 @@ def hold_short_segments(
     fires: torch.Tensor, is_eos: torch.Tensor, valid: torch.Tensor, min_segment_len: int, max_segment_len: int
 ) -> torch.Tensor:
     """The rule's firings `fires (B, T)` less those that would close a segment shorter than
-    `min_segment_len` (EOS always closes): the firings `boundary_starts` reads. A left-to-right scan,
+    `min_segment_len` (EOS always closes; a close at `max_segment_len` may be marked too, where
+    `boundary_starts` forces it anyway): the firings `boundary_starts` reads. A left-to-right scan,
     `segment_closes` at each position, since whether a firing counts depends on where the segment
     opened. With min_segment_len 1 the firings come back unchanged. Min 2, L = 4:
 
@@ -292,10 +293,10 @@ def hold_short_segments(
     for t in range(T):
         v = valid[:, t]  # (B,)
         seg_len = torch.where(v, torch.where(closed, 1, seg_len + 1), seg_len)
-        counts = (fires[:, t] & (seg_len >= min_segment_len)) | is_eos[:, t]  # (B,)
-        out[:, t] = counts & v
+        closes = segment_closes(fires[:, t], seg_len, max_segment_len, min_segment_len, is_eos[:, t])  # (B,)
+        out[:, t] = closes & v  # a close at the cap is one `boundary_starts` would force anyway
         # after padding the next real token opens a segment, as in `boundary_starts`
-        closed = torch.where(v, segment_closes(counts, seg_len, max_segment_len), torch.ones_like(closed))
+        closed = torch.where(v, closes, torch.ones_like(closed))
     return out
 
 
