@@ -56,12 +56,21 @@ def job_dir(args, model: str, dataset: str) -> Path:
     return Path(args.cache_dir) / tag
 
 
+def val_cap(args) -> str:
+    """The part of each val text scored, as a file-name tag: '' (all of it), 'val4096' (the first
+    4096 bytes), 'skip40000' (all after the first 40000), 'skip40000-val4096' (4096 bytes after those)."""
+    parts = []
+    if args.val_skip_bytes:
+        parts.append(f"skip{args.val_skip_bytes}")
+    if not args.quick and args.max_val_bytes:
+        parts.append(f"val{args.max_val_bytes}")
+    return "-".join(parts)
+
+
 def score_name(args) -> str:
     """The score result's file: scores under explicit caps (--max-val-bytes, --recon-lines) are kept
     apart from full ones (--quick has its own folders already)."""
-    caps = []
-    if not args.quick and args.max_val_bytes:
-        caps.append(f"val{args.max_val_bytes}")
+    caps = [val_cap(args)] if val_cap(args) else []
     if not args.quick and args.recon_lines:
         caps.append(f"rec{args.recon_lines}")
     return "-".join(["score", *caps]) + ".json"
@@ -74,7 +83,7 @@ def scaling_path(args, model: str, size: int) -> Path:
 
 def recon_name(args) -> str:
     """The reconstruction benchmark's file, named by its samples (and by --max-val-bytes, as scores)."""
-    cap = f"-val{args.max_val_bytes}" if not args.quick and args.max_val_bytes else ""
+    cap = f"-{val_cap(args)}" if val_cap(args) else ""
     return f"recon-l{args.recon_sample_lines}-d{args.recon_sample_docs}{cap}.json"
 
 
@@ -103,6 +112,7 @@ def val_texts(args, dataset: str) -> dict[str, bytes]:
     out = {}
     for name, rel in DATASETS[dataset]["val"].items():
         data = (root / rel).read_bytes()
+        data = data[args.val_skip_bytes :]
         out[name] = data[: args.max_val_bytes] if args.max_val_bytes else data
     return out
 

@@ -129,10 +129,13 @@ def render(report: RunReport) -> str:
         "(1 warm-up + 5 timed optimizer steps per stage on a copy of the model, inside the budget; the "
         "median of the timed steps) measures each stage's seconds per step, and stage i gets time in "
         "proportion to configured steps_i x seconds/step_i, so every stage runs about the same fraction "
-        "of its configured steps (re-split after every stage: an overrun comes out of the later stages); "
+        "of its configured steps (re-split after every stage: an overrun comes out of the later stages; "
+        "every stage after the first re-calibrates itself and the later ones on the model trained so far, "
+        "since the trained entropy models' segments set the upper levels' costs); "
         "each stage runs at least its floor, a quarter of the steps planned for it, as long as the later "
-        "stages' floors still fit. Scoring: every validation byte once, sliding "
-        "windows with context = the "
+        "stages' floors still fit. Scoring: every validation byte once"
+        + scored_part(args)
+        + ", sliding windows with context = the "
         "training length and stride = half of it (bench/scoring.py); hier_ae in predict mode. Peak "
         "memory: max RSS of the process that ran the phase (it includes Python and torch, about the same "
         "for every model).",
@@ -295,6 +298,15 @@ def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
     return L
 
 
+def scored_part(args) -> str:
+    """Which part of each val text was scored, when not all of it (--val-skip-bytes, --max-val-bytes)."""
+    skip, cap = args.val_skip_bytes, args.max_val_bytes
+    if not skip and not cap:
+        return ""
+    where = f"after its first {skip:,}" if skip else "from its start"
+    return f" of the part scored ({f'{cap:,} bytes' if cap else 'every byte'} {where})"
+
+
 def stages_table(rep: dict) -> list[str]:
     """hier_ae's stages: calibrated and measured seconds per step, steps run against configured."""
     if "calibration_seconds" not in rep:
@@ -313,7 +325,13 @@ def stages_table(rep: dict) -> list[str]:
     ]
     return [
         f"hier_ae's stages (calibration: {rep['calibration_seconds']:.0f} s of the budget; time per stage "
-        "in proportion to configured steps x calibrated seconds/step; floor: the fewest steps it runs):",
+        "in proportion to configured steps x calibrated seconds/step"
+        + (
+            "; calibrated at the stage's own start"
+            if rep.get("recalibrate")
+            else "; calibrated once, at the start"
+        )
+        + "; floor: the fewest steps it runs):",
         "",
         *table(
             [

@@ -4,6 +4,7 @@
     python -m bench.run --only hier_ae --only llama       # some models (the others' cached results are kept)
     python -m bench.run --budget-minutes 0.3 --second-budget-minutes 0.2 --quick --out /tmp/smoke.md
     python -m bench.run --max-val-bytes 65536 --recon-lines 500     # capped scores (kept apart in the cache)
+    python -m bench.run --val-skip-bytes 40000                      # scores on the text after the first 40 KB
 
 Models, all byte-level with the same byte ids (vocab 259) and matched parameter counts (every
 module counts; the counts are printed): hier_ae (`configs/small.yaml`), a `LlamaForCausalLM`
@@ -108,6 +109,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-val-bytes", type=int, default=None, help="score only the first N bytes of each val text (all)"
     )
     g.add_argument(
+        "--val-skip-bytes",
+        type=int,
+        default=0,
+        help="leave out the first N bytes of each val text (before --max-val-bytes): choose settings on "
+        "`--max-val-bytes N`, report on `--val-skip-bytes N`, text never used for the choice (0)",
+    )
+    g.add_argument(
         "--recon-batch",
         type=int,
         default=128,
@@ -161,6 +169,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.recon_lines = 16
     if args.max_val_bytes is None and q:
         args.max_val_bytes = 8192
+    if args.val_skip_bytes < 0:
+        ap.error(f"--val-skip-bytes {args.val_skip_bytes}: must be >= 0 (bytes of each val text left out)")
     args.peer_targets = parse_peer_params(ap, args.peer_params)
     return args
 

@@ -11,7 +11,12 @@ the model (`calibrate_stages`: a warm-up step left out, then the median of the t
 a moment of contention cannot skew it; its time counts inside the budget); the rest of the budget is
 then split so that every stage gets the same fraction of its configured steps: stage i gets time
 proportional to configured steps_i x measured seconds/step_i (`allocate`), re-split after every
-stage so that a stage that runs long takes from the later ones, never the reverse. No stage is
+stage so that a stage that runs long takes from the later ones, never the reverse. Every stage
+re-calibrates itself and the stages after it at its own start, on a copy of the model trained so
+far: a stage's cost depends on how the trained entropy models segment (an untrained level-0 entropy
+model cuts ~1-byte segments, so the upper levels read ~4x the tokens they will; calibrated once on
+the untrained model, the later stages' costs came out 2-3x too high and they ran 2-4x their share of
+steps). The first stage's share still rests on the untrained model's costs. No stage is
 starved: each runs at least its floor (`stage_floors`: a quarter of the steps its share plans, at
 most its configured steps), even when it runs slower than its calibration said, unless that would
 leave the later stages less than their own floors (a stage stops there; the floors are sized to fit
@@ -113,6 +118,19 @@ def stage_floors(
     return floors
 
 
+def recalibration_reserve(seconds: float, timed: int, stages_left: int) -> float:
+    """The time to set aside for the re-calibrations still to come, estimated from the last one: it
+    timed `timed` stages in `seconds`; each later stage re-times itself and the stages after it, and
+    a calibration's time is taken to grow with the number of stages it times.
+
+        the first calibration timed 4 stages in 8 s: re-calibrations of 3, 2, 1 stages follow
+        -> 8 / 4 x (3 + 2 + 1) = 12 s; re-calibrating 2 stages took 3 s: one of 1 stage follows -> 1.5 s
+    """
+    if timed < 1 or stages_left < 1:
+        return 0.0
+    return seconds / timed * (stages_left - 1) * stages_left / 2
+
+
 def split_budget(seconds_left: float, steps: list[int], costs: list[float] | None = None) -> float:
     """The share of `seconds_left` for the first of the remaining stages (`allocate`; equal costs if None)."""
     return allocate(seconds_left, steps, costs or [1.0] * len(steps))[0][0]
@@ -171,6 +189,7 @@ def train_hier_ae(
     calib_batches: Iterator | None = None,
     min_share: float = MIN_SHARE,
     min_steps: int = 0,
+    recalibrate: bool = True,
 ) -> tuple[HierAEModel, dict]:
     """Run every stage of the curriculum within `budget_s` seconds in all; return the model and a report.
 
@@ -178,17 +197,21 @@ def train_hier_ae(
     stream so that the training batches stay the ones the peers read). `min_share`, `min_steps`: the
     floors of `stage_floors`. A stage runs until its share of the time left is spent (`split_budget`),
     but at least its floor, unless going on would leave the later stages less calibrated time than
-    their floors need (its deadline).
+    their floors need (its deadline). `recalibrate`: every stage after the first re-times itself and
+    the later stages on a copy of the model trained so far, and the time left, the shares and the
+    floors are planned anew from those costs (False: the first calibration's costs throughout).
     """
     torch.manual_seed(0)
     model = HierAEModel(HierAEConfig(**model_cfg))
     stages = [Stage(**spec) for spec in stage_specs]
     configured = [s.steps for s in stages]
+    calib = batches if calib_batches is None else calib_batches
     t_start = time.perf_counter()
-    costs = calibrate_stages(model, stages, batches if calib_batches is None else calib_batches)
+    costs = calibrate_stages(model, stages, calib)
     calib_s = time.perf_counter() - t_start
-    planned_s, expected = allocate(budget_s - calib_s, configured, costs)
-    floors = stage_floors(budget_s - calib_s, configured, costs, min_share, min_steps)
+    reserve = recalibration_reserve(calib_s, len(stages), len(stages)) if recalibrate else 0.0
+    planned_s, expected = allocate(budget_s - calib_s - reserve, configured, costs)
+    floors = stage_floors(budget_s - calib_s - reserve, configured, costs, min_share, min_steps)
     log(
         f"  [hier_ae calibration] {calib_s:.1f}s; s/step "
         + ", ".join(f"{s.name} {c:.3f}" for s, c in zip(stages, costs))
@@ -201,9 +224,25 @@ def train_hier_ae(
         "calibration_seconds": calib_s,
         "allocation": "time_i proportional to configured steps_i x calibrated seconds/step_i",
         "floors": f"at least {min_share:.0%} of the planned steps (at most the configured), >= {min_steps}",
+        "recalibrate": recalibrate,
     }
     for i, stage in enumerate(stages):
-        left = budget_s - (time.perf_counter() - t_start)
+        if recalibrate and i > 0:
+            t_cal = time.perf_counter()
+            costs[i:] = calibrate_stages(model, [Stage(**spec) for spec in stage_specs[i:]], calib)
+            took = time.perf_counter() - t_cal
+            report["calibration_seconds"] += took
+            reserve = recalibration_reserve(took, len(stages) - i, len(stages) - i)
+            left = budget_s - (time.perf_counter() - t_start) - reserve
+            planned_s[i:], expected[i:] = allocate(left, configured[i:], costs[i:])
+            floors[i:] = stage_floors(left, configured[i:], costs[i:], min_share, min_steps)
+            log(
+                f"  [hier_ae re-calibration] {took:.1f}s; s/step "
+                + ", ".join(f"{s.name} {c:.3f}" for s, c in zip(stages[i:], costs[i:]))
+                + f"; the stages left get {expected[i] / max(configured[i], 1):.0%} of their configured steps"
+            )
+        # the time left for training: the re-calibrations still to come are set aside
+        left = budget_s - (time.perf_counter() - t_start) - reserve
         budget = Budget(split_budget(left, configured[i:], costs[i:]))
         # past its deadline a stage stops even below its floor: the later floors must still fit
         deadline = left - sum(f * c for f, c in zip(floors[i + 1 :], costs[i + 1 :]))

@@ -15,7 +15,15 @@ from bench.peers import blt_config, blt_matched, count_on_meta, count_parameters
 from bench.report import RunReport, render
 from bench.scoring import coverage, plan_windows, score_text
 from bench.targets import TARGETS, Target, evaluate, show
-from bench.training import Budget, allocate, calibrate_stages, cosine_lr, split_budget, stage_floors
+from bench.training import (
+    Budget,
+    allocate,
+    calibrate_stages,
+    cosine_lr,
+    recalibration_reserve,
+    split_budget,
+    stage_floors,
+)
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.training.stages import Stage
 
@@ -156,9 +164,22 @@ def test_floors_fit_the_budget_and_scale_down_when_they_would_not():
         stage_floors(10.0, steps, costs, min_share=1.5)
 
 
-def fake_clock_run(monkeypatch, calibrated, real, budget_s, min_share=0.25, configured=(600, 1200, 300)):
+def fake_clock_run(
+    monkeypatch,
+    calibrated,
+    real,
+    budget_s,
+    min_share=0.25,
+    configured=(600, 1200, 300),
+    recalibrate=False,
+    recalibrated=None,
+    calls=None,
+):
     """train_hier_ae with its calibration and every optimizer step replaced by a clock: stage i's
-    calibration says calibrated[i] s/step, its steps really take real[i] s. Returns the report."""
+    first calibration says calibrated[i] s/step, a re-calibration (`recalibrate`) says recalibrated[i]
+    (default: calibrated[i]), its steps really take real[i] s; a calibration takes 5 s for all the
+    stages, less in proportion for fewer.
+    `calls` (a list) collects the names of the stages each calibration timed. Returns the report."""
     import bench.training as training
 
     now = [0.0]
@@ -166,10 +187,14 @@ def fake_clock_run(monkeypatch, calibrated, real, budget_s, min_share=0.25, conf
     kinds = [("entropy", 0), ("autoencoder", 0), ("top_lm", None)]
     specs = [{"kind": k, "level": lv, "steps": n} for (k, lv), n in zip(kinds, configured)]
     names = [Stage(**spec).name for spec in specs]
+    later = list(calibrated if recalibrated is None else recalibrated)
 
     def calibrate(model, stages, batches):
-        now[0] += 5.0  # the calibration's own time, inside the budget
-        return list(calibrated)
+        now[0] += 5.0 * len(stages) / len(names)  # the calibration's own time, inside the budget
+        first = len(stages) == len(names) and (calls is None or not calls)
+        if calls is not None:
+            calls.append([s.name for s in stages])
+        return list(calibrated) if first else later[len(names) - len(stages) :]
 
     def fake_train_stage(model, stage, batches, time_budget_s=None, on_step=None):
         t0, history = now[0], []
@@ -185,9 +210,39 @@ def fake_clock_run(monkeypatch, calibrated, real, budget_s, min_share=0.25, conf
     monkeypatch.setattr(training, "calibrate_stages", calibrate)
     monkeypatch.setattr(training, "train_stage", fake_train_stage)
     _, report = training.train_hier_ae(
-        TINY, specs, iter(()), budget_s, log=lambda *a: None, min_share=min_share
+        TINY, specs, iter(()), budget_s, log=lambda *a: None, min_share=min_share, recalibrate=recalibrate
     )
     return report
+
+
+def fractions(report: dict) -> list[float]:
+    return [r["steps"] / r["configured_steps"] for r in report["stages"]]
+
+
+def test_every_stage_recalibrates_at_its_start_on_the_model_trained_so_far(monkeypatch):
+    """The first calibration (on the untrained model) says the later stages cost 2x and 4x what they
+    do once the entropy model is trained: calibrated once, the last stage ran twice the fraction of
+    its configured steps that the one before it ran; re-calibrated at each stage's start, the stages
+    after the first run the same fraction, and every stage still runs at least its floor."""
+    real = [0.05, 0.2, 0.05]
+    biased = [0.05, 0.4, 0.2]
+    once = fractions(fake_clock_run(monkeypatch, biased, real, 115.0))
+    assert once[2] > 1.8 * once[1]
+    calls: list = []
+    rep = fake_clock_run(monkeypatch, biased, real, 115.0, recalibrate=True, recalibrated=real, calls=calls)
+    names = [r["stage"] for r in rep["stages"]]
+    assert calls == [names, names[1:], names[2:]]
+    assert rep["recalibrate"] and rep["calibration_seconds"] == pytest.approx(10.0)
+    assert [r["calibrated_s_per_step"] for r in rep["stages"]] == [0.05, 0.2, 0.05]
+    again = fractions(rep)
+    assert again[2] == pytest.approx(again[1], rel=0.02)
+    # the first stage's share is planned on the first calibration, less the re-calibrations' 5 s
+    planned_first = allocate(115.0 - 5.0 - recalibration_reserve(5.0, 3, 3), [600, 1200, 300], biased)[1][0]
+    assert recalibration_reserve(5.0, 3, 3) == pytest.approx(5.0)
+    assert abs(rep["stages"][0]["steps"] - planned_first) <= 1
+    for r in rep["stages"]:
+        assert r["steps"] >= r["floor_steps"] > 0, r
+    assert rep["seconds"] <= 115.0 + max(real)  # the re-calibrations' time is inside the budget
 
 
 @pytest.mark.parametrize("slow", [4.0, 8.0])
@@ -373,6 +428,30 @@ def test_plan_counts_every_budget_and_caps_keep_their_own_scores(tmp_path):
     assert plan.score_name(capped) == "score-val4096-rec100.json"
     quick = run.parse_args(["--quick", "--max-val-bytes", "1000"])
     assert quick.max_val_bytes == 1000 and quick.recon_lines == 16  # explicit flags win over --quick
+
+
+def test_val_skip_bytes_scores_the_text_after_the_tuning_part(tmp_path):
+    """Settings chosen on `--max-val-bytes N` are reported on `--val-skip-bytes N`: the two parts
+    of each val text do not overlap, cover it all, and keep their own cached scores."""
+    data = tmp_path / "data"
+    for rel in {r for spec in plan.DATASETS.values() for r in spec["val"].values()}:
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(bytes(range(256)) * 4)
+    root = ["--data-root", str(data), "--cache-dir", str(tmp_path)]
+    tune = run.parse_args([*root, "--max-val-bytes", "300"])
+    report = run.parse_args([*root, "--val-skip-bytes", "300"])
+    both = run.parse_args([*root, "--val-skip-bytes", "300", "--max-val-bytes", "100"])
+    whole = run.parse_args(root)
+    for dataset in plan.DATASETS:
+        for name, text in plan.val_texts(whole, dataset).items():
+            head, tail = plan.val_texts(tune, dataset)[name], plan.val_texts(report, dataset)[name]
+            assert head + tail == text and len(head) == 300
+            assert plan.val_texts(both, dataset)[name] == text[300:400]
+    names = {plan.score_name(a) for a in (tune, report, both, whole)}
+    assert names == {"score-val300.json", "score-skip300.json", "score-skip300-val100.json", "score.json"}
+    assert plan.recon_name(report) == "recon-l200-d16-skip300.json"
+    with pytest.raises(SystemExit):
+        run.parse_args(["--val-skip-bytes", "-1"])
 
 
 def test_bench_is_a_package_that_does_not_reach_into_tests():

@@ -275,29 +275,38 @@ def hold_short_segments(
 ) -> torch.Tensor:
     """The rule's firings `fires (B, T)` less those that would close a segment shorter than
     `min_segment_len` (EOS always closes; a close at `max_segment_len` may be marked too, where
-    `boundary_starts` forces it anyway): the firings `boundary_starts` reads. A left-to-right scan,
-    `segment_closes` at each position, since whether a firing counts depends on where the segment
-    opened. With min_segment_len 1 the firings come back unchanged. Min 2, L = 4:
+    `boundary_starts` forces it anyway): the firings `boundary_starts` reads. Whether a firing counts
+    depends on where its segment opened, so this is `segment_closes` run left to right; with min
+    segment length 1 the firings come back unchanged. Min 2, L = 4:
 
         fires    1 1 1 0 1 1 1
         seg_len  1 2 1 2 3 1 2      -> fires 0 1 0 0 1 0 1: segments [0 1] [2 3 4] [5 6]
 
+    The scan runs in log2(T) vectorised steps: the state is s = tokens in the open segment (0..L-1;
+    0 = the last one closed); token t maps every state before it to the state after it (a table of
+    L entries, `step`), and the tables compose (Hillis-Steele prefix scan: after k rounds, entry t
+    maps the state before token t - 2^k + 1 to the state after token t). In the example, token 0
+    (fires) maps s = 0 -> 1 (held: a 1-token segment), 1 -> 0, 2 -> 0, 3 -> 0 (closes).
+    Padding maps every state to 0 (the next real token opens a segment, as in `boundary_starts`).
+
     is_eos, valid: (B, T). Returns (B, T) bool.
     """
-    if min_segment_len <= 1:
+    if min_segment_len <= 1 or fires.shape[1] == 0:
         return fires
     B, T = fires.shape
-    out = torch.zeros_like(fires)  # (B, T)
-    seg_len = torch.zeros(B, dtype=torch.long, device=fires.device)  # (B,) tokens in the open segment
-    closed = torch.ones(B, dtype=torch.bool, device=fires.device)  # (B,) the next real token opens one
-    for t in range(T):
-        v = valid[:, t]  # (B,)
-        seg_len = torch.where(v, torch.where(closed, 1, seg_len + 1), seg_len)
-        closes = segment_closes(fires[:, t], seg_len, max_segment_len, min_segment_len, is_eos[:, t])  # (B,)
-        out[:, t] = closes & v  # a close at the cap is one `boundary_starts` would force anyway
-        # after padding the next real token opens a segment, as in `boundary_starts`
-        closed = torch.where(v, closes, torch.ones_like(closed))
-    return out
+    L = max_segment_len
+    new_len = torch.arange(1, L + 1, device=fires.device).expand(B, T, L)  # (B, T, L): s + 1 for s = 0..L-1
+    closes = segment_closes(fires[..., None], new_len, L, min_segment_len, is_eos[..., None])  # (B, T, L)
+    step = torch.where(closes | ~valid[..., None], 0, new_len)  # (B, T, L) the state after token t
+    prefix, shift = step, 1
+    while shift < T:
+        # prefix[t] <- prefix[t] after prefix[t - shift]: composed[s] = prefix[t][prefix[t - shift][s]]
+        composed = prefix[:, shift:].gather(2, prefix[:, :-shift])  # (B, T - shift, L)
+        prefix = torch.cat([prefix[:, :shift], composed], dim=1)
+        shift *= 2
+    after = prefix[..., 0]  # (B, T) the state after token t, from a closed start
+    before = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)  # (B, T)
+    return closes.gather(2, before[..., None]).squeeze(-1) & valid
 
 
 def open_segment(layout: SegmentLayout, fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int):
