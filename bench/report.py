@@ -285,8 +285,9 @@ def dataset_section(args, dataset, models, tr, sc, gen, compress) -> list[str]:
         ]
         if gen:
             header += [f"gen bytes/s {q} B" for q in prompts]
-        L += ["Ratios hier_ae / peer (bits/byte: lower is better; bytes/s: higher is better):", ""]
-        L += table(header, rows)
+        if rows:  # none with --only hier_ae
+            L += ["Ratios hier_ae / peer (bits/byte: lower is better; bytes/s: higher is better):", ""]
+            L += table(header, rows)
         L += hier_details(sc.get((h, dataset)), vals)
     L += ["Classical compressors on the same validation text, bits per byte:", ""]
     names = list(next(iter(compress.values())))

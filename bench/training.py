@@ -11,12 +11,13 @@ the model (`calibrate_stages`: a warm-up step left out, then the median of the t
 a moment of contention cannot skew it; its time counts inside the budget); the rest of the budget is
 then split so that every stage gets the same fraction of its configured steps: stage i gets time
 proportional to configured steps_i x measured seconds/step_i (`allocate`), re-split after every
-stage so that a stage that runs long takes from the later ones, never the reverse. Every stage
-re-calibrates itself and the stages after it at its own start, on a copy of the model trained so
-far: a stage's cost depends on how the trained entropy models segment (an untrained level-0 entropy
-model cuts ~1-byte segments, so the upper levels read ~4x the tokens they will; calibrated once on
-the untrained model, the later stages' costs came out 2-3x too high and they ran 2-4x their share of
-steps). The first stage's share still rests on the untrained model's costs. No stage is
+stage so that a stage that runs long takes from the later ones, never the reverse. A stage's cost
+depends on how the entropy models below it segment, and an untrained entropy model cuts ~1-token
+segments (the levels above then read ~4x the tokens they will: timed that way, the later stages'
+costs came out 2-3x too high and they ran 2-4x the share of steps the first stage ran). So the
+calibration copy segments every level at its target rate (`target_rate_rule`), and every stage
+after the first re-calibrates itself and the later stages at its start, on a copy of the model
+trained so far (the machine's pace now; time is set aside for the re-calibrations). No stage is
 starved: each runs at least its floor (`stage_floors`: a quarter of the steps its share plans, at
 most its configured steps), even when it runs slower than its calibration said, unless that would
 leave the later stages less than their own floors (a stage stops there; the floors are sized to fit
@@ -137,8 +138,32 @@ def split_budget(seconds_left: float, steps: list[int], costs: list[float] | Non
 
 
 # ---- hier_ae -----------------------------------------------------------------------------------
+def target_rate_rule(target: float, eos_id: int) -> Callable:
+    """A boundary rule that ignores the entropies and closes a segment every `target` tokens on
+    average (and at EOS): the segment count a trained level reaches (its adaptive threshold steers
+    to `target_tokens_per_segment`), for timing a stage before that level's entropy model is trained.
+    An untrained entropy model is uncertain everywhere, so its rule fires at every token and the
+    levels above read ~`target`x the tokens they will. Position t fires when floor((t + 1) / target)
+    > floor(t / target):
+
+        target 2.5, t = 0..9: fires 0 0 1 0 1 0 0 1 0 1 -> segments of 3, 2, 3, 2 tokens
+    """
+
+    def rule(entropy, tokens, prev_entropy=None, valid=None):
+        t = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        fires = torch.floor((t + 1) / target) > torch.floor(t / target)  # (T,)
+        return fires[None, :].expand_as(tokens) | (tokens == eos_id)  # (B, T)
+
+    return rule
+
+
 def calibrate_stages(
-    model: HierAEModel, stages: list[Stage], batches: Iterator, warmup: int = 1, timed: int = 5
+    model: HierAEModel,
+    stages: list[Stage],
+    batches: Iterator,
+    warmup: int = 1,
+    timed: int = 5,
+    at_target_rate: bool = True,
 ) -> list[float]:
     """Seconds per optimizer step of every stage: `warmup` + `timed` steps of each, in order, on a
     deep copy of `model` (the later stages see the copy's few earlier steps, as the real run does).
@@ -146,12 +171,19 @@ def calibrate_stages(
     `model`'s state and the global torch RNG are left exactly as they were. Each stage's cost is the
     median duration of its last `timed` steps: the `warmup` steps (the first builds the optimizer
     and warms the kernels) are left out, and a few steps slowed by another process do not move a
-    median (a mean of 3 steps, one of them 10x slow, was 4x too high).
+    median (a mean of 3 steps, one of them 10x slow, was 4x too high). `at_target_rate`: on the copy,
+    every level with a `target_tokens_per_segment` segments at that rate (`target_rate_rule`), so
+    the stages above an untrained level are timed at the segment count they will run at (timed on
+    the untrained copy's ~1-token segments, they came out 2-3x too slow).
     """
     if warmup < 0 or timed < 1:
         raise ValueError(f"warmup={warmup} must be >= 0 and timed={timed} >= 1.")
     rng = torch.random.get_rng_state()
     scratch = copy.deepcopy(model)
+    if at_target_rate:
+        for level in scratch.levels:
+            if level.cfg.target_tokens_per_segment is not None:
+                level.rule = target_rate_rule(level.cfg.target_tokens_per_segment, level.vocab.eos_id)
     costs = []
     for spec in stages:
         if spec.steps == 0:

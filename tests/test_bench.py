@@ -295,6 +295,52 @@ def test_calibration_takes_the_median_of_the_timed_steps_after_the_warm_up(monke
     assert costs == pytest.approx([0.1, 1.0, 0.1])  # the mean of the timed steps was 0.28 s (3.8 x slow)
 
 
+def test_target_rate_rule_closes_every_target_tokens():
+    from bench.training import target_rate_rule
+
+    tokens = torch.full((2, 10), 50)
+    tokens[1, 3] = 1  # EOS closes its segment too
+    fires = target_rate_rule(2.5, eos_id=1)(torch.zeros(2, 10), tokens)
+    assert fires.long().tolist() == [[0, 0, 1, 0, 1, 0, 0, 1, 0, 1], [0, 0, 1, 1, 1, 0, 0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("at_target_rate", [True, False])
+def test_calibration_copy_segments_at_the_target_rate(monkeypatch, at_target_rate):
+    """The copy's level segments at its target_tokens_per_segment, whatever its untrained entropy
+    model says (which fires at nearly every byte); the model itself keeps its rule."""
+    import bench.training as training
+
+    cfg = {**TINY, "levels": [{**TINY["levels"][0], "target_tokens_per_segment": 4.0, "max_segment_len": 8}]}
+    torch.manual_seed(0)
+    model = HierAEModel(HierAEConfig(**cfg))
+    ids = torch.randint(3, 259, (2, 64))
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    positions = torch.arange(64).expand(2, 64)
+    seen = []
+
+    def fake_train_stage(net, stage, batches, on_prepared=None, on_step=None):
+        with torch.no_grad():
+            _, _, layout, _ = net.levels[0].segment(ids, valid, positions)
+        seen.append(layout.seg_mask.sum().item())
+        on_prepared(net, None)
+        for step in range(stage.steps):
+            on_step(step + 1, {})
+        return []
+
+    monkeypatch.setattr(training, "train_stage", fake_train_stage)
+    calibrate_stages(
+        model, [Stage(kind="autoencoder", level=0, steps=10)], iter(()), at_target_rate=at_target_rate
+    )
+    with torch.no_grad():
+        _, _, own, _ = model.levels[0].segment(ids, valid, positions)
+    own_segments = own.seg_mask.sum().item()
+    if at_target_rate:
+        assert seen == [2 * 64 / 4]  # 16 segments of 4 bytes per row
+        assert own_segments > 2 * 64 / 2  # the untrained rule: mostly 1-byte segments
+    else:
+        assert seen == [own_segments]
+
+
 def test_calibration_leaves_the_model_and_rng_unchanged():
     torch.manual_seed(0)
     model = HierAEModel(HierAEConfig(**TINY))
