@@ -90,6 +90,7 @@ def collect(args) -> list[dict]:
     from bench import run
     from bench.plan import PRIMARY, read_json, result_path
 
+    cpu = run.machine().split(",")[0]
     rows = []
     saved = {}
     if Path(args.points).exists():
@@ -105,10 +106,12 @@ def collect(args) -> list[dict]:
                 if (size, fam) in saved:
                     rows.append(saved[size, fam])
                 continue
+            when = datetime.date.fromtimestamp(result_path(run_args, "train", fam, PRIMARY).stat().st_mtime)
             rows.append(
                 {
                     "size": size,
                     "family": fam,
+                    "measured": f"{when.isoformat()}, {cpu}",  # the cache is this machine's
                     "parameters": tr["parameters"],
                     "shape": tr["shape"],
                     "train_bytes": tr["train_bytes"],
@@ -166,7 +169,8 @@ def render(args, rows: list[dict], machine: str) -> str:
     L = [
         "# Compute frontier (issue #20)",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine}. Command: `{cmd}` (from the repository "
+        f"Report written {datetime.date.today().isoformat()} on {machine}; each point's date and CPU are in "
+        f"its row. Command: `{cmd}` (from the repository "
         f"root): each family at the sizes below, {args.budget_minutes:g} minutes of training each on Tiny "
         "Shakespeare (the same seeded batches, the same trainer as the main table: bench/training.py), "
         "scored on its whole val.txt by the main table's sliding-window scorer. hier_ae in predict mode. "
@@ -176,16 +180,24 @@ def render(args, rows: list[dict], machine: str) -> str:
         f"![bits/byte against training FLOPs]({plot_name})",
         "",
         "| size | family | parameters | shape | bytes trained | train FLOPs | train MFLOP/byte | "
-        "inference MFLOP/byte | val bits/byte |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "inference MFLOP/byte | val bits/byte | measured |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(rows, key=lambda r: (FAMILIES.index(r["family"]), r["parameters"])):
         L.append(
             f"| {r['size']} | {r['family']} | {r['parameters']:,} | {r['shape']} | "
             f"{r['train_bytes'] / 1e6:.2f} M | {r['train_flops']:.3g} | "
             f"{r['train_flops_per_byte'] / 1e6:.2f} | "
-            f"{r['inference_flops_per_byte'] / 1e6:.2f} | {r['bits_per_byte']:.4f} |"
+            f"{r['inference_flops_per_byte'] / 1e6:.2f} | {r['bits_per_byte']:.4f} | "
+            f"{r.get('measured', 'not recorded')} |"
         )
+    cpus = {r.get("measured", "").split(", ", 1)[-1] for r in rows}
+    if len(cpus) > 1:
+        L += [
+            "",
+            f"The points ran on {len(cpus)} different CPUs ({', '.join(sorted(cpus))}): a wall-clock budget "
+            "buys different work on each, so compare sizes and families measured on the same CPU.",
+        ]
     best = best_sizes(rows)
     L += ["", "Each family at its best size under this budget:", ""]
     for fam, r in best.items():

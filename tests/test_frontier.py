@@ -92,3 +92,18 @@ def test_points_missing_from_the_cache_come_from_the_committed_json(tmp_path):
     }
     other = frontier.parse_args(["--cache-dir", str(tmp_path / "b"), "--budget-minutes", "20", *files])
     assert frontier.collect(other) == []  # points of another budget are not mixed in
+
+
+def test_each_point_names_when_and_on_which_cpu_it_ran(tmp_path):
+    """Points kept from an earlier session may come from another CPU: a wall-clock budget buys
+    different work there, so each row names its CPU and the report says when they differ."""
+    args = frontier.parse_args(["--cache-dir", str(tmp_path), *output_files(tmp_path)])
+    fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
+    (row,) = frontier.collect(args)
+    cpu = run.machine().split(",")[0]
+    assert row["measured"].endswith(", " + cpu)
+    one = frontier.render(args, [row], "test machine")
+    assert f"| 2.2000 | {row['measured']} |" in one and "different CPUs" not in one
+    other = {**row, "size": "3.1m", "measured": "2026-11-29, Some Other CPU"}
+    two = frontier.render(args, [row, other], "test machine")
+    assert "The points ran on 2 different CPUs" in two and "Some Other CPU" in two
