@@ -90,7 +90,7 @@ def collect(args) -> list[dict]:
     from bench import run
     from bench.plan import PRIMARY, read_json, result_path
 
-    cpu = run.machine().split(",")[0]
+    cpu = run.cpu_name()  # the cache is this machine's
     rows = []
     saved = {}
     if Path(args.points).exists():
@@ -111,7 +111,8 @@ def collect(args) -> list[dict]:
                 {
                     "size": size,
                     "family": fam,
-                    "measured": f"{when.isoformat()}, {cpu}",  # the cache is this machine's
+                    "date": when.isoformat(),
+                    "cpu": cpu,
                     "parameters": tr["parameters"],
                     "shape": tr["shape"],
                     "train_bytes": tr["train_bytes"],
@@ -189,9 +190,9 @@ def render(args, rows: list[dict], machine: str) -> str:
             f"{r['train_bytes'] / 1e6:.2f} M | {r['train_flops']:.3g} | "
             f"{r['train_flops_per_byte'] / 1e6:.2f} | "
             f"{r['inference_flops_per_byte'] / 1e6:.2f} | {r['bits_per_byte']:.4f} | "
-            f"{r.get('measured', 'not recorded')} |"
+            f"{r.get('date', 'not recorded')}, {r.get('cpu', 'not recorded')} |"
         )
-    cpus = {r.get("measured", "").split(", ", 1)[-1] for r in rows}
+    cpus = {r.get("cpu", "not recorded") for r in rows}
     if len(cpus) > 1:
         L += [
             "",

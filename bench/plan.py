@@ -70,7 +70,8 @@ def val_cap(args) -> str:
 def score_name(args) -> str:
     """The score result's file: scores under explicit caps (--max-val-bytes, --recon-lines) are kept
     apart from full ones (--quick has its own folders already)."""
-    caps = [val_cap(args)] if val_cap(args) else []
+    part = val_cap(args)
+    caps = [part] if part else []
     if not args.quick and args.recon_lines:
         caps.append(f"rec{args.recon_lines}")
     return "-".join(["score", *caps]) + ".json"
@@ -83,7 +84,8 @@ def scaling_path(args, model: str, size: int) -> Path:
 
 def recon_name(args) -> str:
     """The reconstruction benchmark's file, named by its samples (and by --max-val-bytes, as scores)."""
-    cap = f"-{val_cap(args)}" if val_cap(args) else ""
+    part = val_cap(args)
+    cap = f"-{part}" if part else ""
     return f"recon-l{args.recon_sample_lines}-d{args.recon_sample_docs}{cap}.json"
 
 

@@ -130,8 +130,8 @@ def render(report: RunReport) -> str:
         "median of the timed steps) measures each stage's seconds per step, and stage i gets time in "
         "proportion to configured steps_i x seconds/step_i, so every stage runs about the same fraction "
         "of its configured steps (re-split after every stage: an overrun comes out of the later stages; "
-        "every stage after the first re-calibrates itself and the later ones on the model trained so far, "
-        "since the trained entropy models' segments set the upper levels' costs); "
+        "the calibration copy segments every level at its target rate, as the trained entropy models "
+        "will, and every stage after the first re-calibrates itself and the later ones at its start); "
         "each stage runs at least its floor, a quarter of the steps planned for it, as long as the later "
         "stages' floors still fit. Scoring: every validation byte once"
         + scored_part(args)

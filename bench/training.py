@@ -265,7 +265,9 @@ def train_hier_ae(
             took = time.perf_counter() - t_cal
             report["calibration_seconds"] += took
             reserve = recalibration_reserve(took, len(stages) - i, len(stages) - i)
-            left = budget_s - (time.perf_counter() - t_start) - reserve
+        # the time left for training: the re-calibrations still to come are set aside
+        left = budget_s - (time.perf_counter() - t_start) - reserve
+        if recalibrate and i > 0:
             planned_s[i:], expected[i:] = allocate(left, configured[i:], costs[i:])
             floors[i:] = stage_floors(left, configured[i:], costs[i:], min_share, min_steps)
             log(
@@ -273,8 +275,6 @@ def train_hier_ae(
                 + ", ".join(f"{s.name} {c:.3f}" for s, c in zip(stages[i:], costs[i:]))
                 + f"; the stages left get {expected[i] / max(configured[i], 1):.0%} of their configured steps"
             )
-        # the time left for training: the re-calibrations still to come are set aside
-        left = budget_s - (time.perf_counter() - t_start) - reserve
         budget = Budget(split_budget(left, configured[i:], costs[i:]))
         # past its deadline a stage stops even below its floor: the later floors must still fit
         deadline = left - sum(f * c for f, c in zip(floors[i + 1 :], costs[i + 1 :]))

@@ -100,10 +100,9 @@ def test_each_point_names_when_and_on_which_cpu_it_ran(tmp_path):
     args = frontier.parse_args(["--cache-dir", str(tmp_path), *output_files(tmp_path)])
     fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
     (row,) = frontier.collect(args)
-    cpu = run.machine().split(",")[0]
-    assert row["measured"].endswith(", " + cpu)
+    assert row["cpu"] == run.cpu_name() and len(row["date"]) == len("2026-12-02")
     one = frontier.render(args, [row], "test machine")
-    assert f"| 2.2000 | {row['measured']} |" in one and "different CPUs" not in one
-    other = {**row, "size": "3.1m", "measured": "2026-11-29, Some Other CPU"}
+    assert f"| 2.2000 | {row['date']}, {row['cpu']} |" in one and "different CPUs" not in one
+    other = {**row, "size": "3.1m", "date": "2026-11-29", "cpu": "Some Other CPU"}
     two = frontier.render(args, [row, other], "test machine")
     assert "The points ran on 2 different CPUs" in two and "Some Other CPU" in two
