@@ -36,7 +36,7 @@ REPO = HERE.parent
 SIZES = {
     "0.9m": "bench/variants/frontier/hier_ae-0.9m.yaml",
     "1.4m": "bench/variants/frontier/hier_ae-1.4m.yaml",
-    "3.1m": "configs/small.yaml",
+    "3.1m": "bench/variants/frontier/hier_ae-3.1m.yaml",
     "9m": "bench/variants/frontier/hier_ae-9m.yaml",
 }
 # where a peer cannot be sized to a point's count: BLT's fixed parts (byte-level local modules, hash
