@@ -1,14 +1,16 @@
 """The compute frontier (issue #20): every family at several sizes under one wall-clock budget on
 Tiny Shakespeare, validation bits/byte against size and against training FLOPs.
 
-    python -m bench.frontier                          # 4 sizes x 3 families x 10 min (about 135 min)
+    python -m bench.frontier                          # every point below, 10 min per model (about 170 min)
     python -m bench.frontier --sizes 0.9m 1.4m        # some sizes (cached points are reused)
     python -m bench.frontier --report-only            # the report and the plot from what is cached
     python -m bench.frontier --budget-minutes 0.1 --quick --out /tmp/f.md --plot /tmp/f.png \
         --points /tmp/f.json --cache-dir /tmp/frontier-cache                                   # smoke
 
-A size is a hier_ae config (`SIZES`); the Llama and BLT of that point are sized to its parameter count,
-as in the main run (BLT's smallest shape is larger than the smallest point: `PEER_PARAMS`). Each point
+A size is a hier_ae config (`SIZES`). At a size of the two-level design (`TWO_LEVEL`) the Llama and BLT
+of that point are sized to its parameter count, as in the main run (BLT's smallest shape is larger
+than the smallest point: `PEER_PARAMS`); a size of the one-level design (`ONE_LEVEL`, configs/small.yaml
+at 1.1 M) trains hier_ae alone, its own line in the plot ("hier_ae-1level"). Each point
 is one `python -m bench.run` with that config, its own cache folder and the main data only (no second
 table, no scaling, no generation timings, no reconstruction benchmark): train, FLOPs, score
 (bench/run.py). So every figure here comes from the same code as the main table; the main table's
@@ -32,17 +34,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# label -> hier_ae config; the peers of a point match its parameter count (with codebooks)
-SIZES = {
+# label -> hier_ae config of the two-level design; the peers of a point match its parameter count
+# (with codebooks)
+TWO_LEVEL = {
     "0.9m": "bench/variants/frontier/hier_ae-0.9m.yaml",
     "1.4m": "bench/variants/frontier/hier_ae-1.4m.yaml",
     "3.1m": "bench/variants/frontier/hier_ae-3.1m.yaml",
     "9m": "bench/variants/frontier/hier_ae-9m.yaml",
 }
+# the one-level design (level 1 removed, a deeper top LM over the level-0 codes: the G-series of
+# bench/experiments.md; configs/small.yaml is its 1.1 M point): hier_ae alone, its own line in the plot
+# ("hier_ae-1level"); the peers of about its sizes are the two-level points'
+ONE_LEVEL = {
+    "1level-0.9m": "bench/variants/frontier/hier_ae-1level-0.9m.yaml",
+    "1level-1.1m": "configs/small.yaml",
+    "1level-3.1m": "bench/variants/frontier/hier_ae-1level-3.1m.yaml",
+}
+SIZES = {**TWO_LEVEL, **ONE_LEVEL}
 # where a peer cannot be sized to a point's count: BLT's fixed parts (byte-level local modules, hash
 # n-gram embeddings, patcher) come to 1.15 M parameters at the smallest global transformer in its grid
 PEER_PARAMS = {"0.9m": {"blt": 1_149_888}}
-FAMILIES = ("hier_ae", "llama", "blt")
+FAMILIES = ("hier_ae", "hier_ae-1level", "llama", "blt")  # the plot's lines
 VAL = "tinyshakespeare"
 
 
@@ -78,9 +90,20 @@ def point_argv(args, size: str) -> list[str]:
         "--out", str(Path(args.cache_dir) / size / "results.md"),
     ]  # fmt: skip
     argv += ["--quick"] if args.quick else []
+    argv += ["--only", "hier_ae"] if size in ONE_LEVEL else []
     for model, n in PEER_PARAMS.get(size, {}).items():
         argv += ["--peer-params", f"{model}={n}"]
     return argv + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def point_families(size: str) -> tuple[str, ...]:
+    """The families of a point: all three at a two-level size, hier_ae alone at a one-level size."""
+    return ("hier_ae-1level",) if size in ONE_LEVEL else ("hier_ae", "llama", "blt")
+
+
+def bench_model(family: str) -> str:
+    """The bench.run model a family's results are cached under ("hier_ae-1level" -> "hier_ae")."""
+    return "hier_ae" if family.startswith("hier_ae") else family
 
 
 def collect(args) -> list[dict]:
@@ -99,14 +122,15 @@ def collect(args) -> list[dict]:
             saved = {(r["size"], r["family"]): r for r in kept["points"]}
     for size in SIZES:
         run_args = run.parse_args(point_argv(args, size))
-        for fam in FAMILIES:
+        for fam in point_families(size):
             phases = ("train", "flops", "score")
-            tr, fl, sc = (read_json(result_path(run_args, p, fam, PRIMARY)) for p in phases)
+            tr, fl, sc = (read_json(result_path(run_args, p, bench_model(fam), PRIMARY)) for p in phases)
             if not (tr and fl and sc):
                 if (size, fam) in saved:
                     rows.append(saved[size, fam])
                 continue
-            when = datetime.date.fromtimestamp(result_path(run_args, "train", fam, PRIMARY).stat().st_mtime)
+            trained = result_path(run_args, "train", bench_model(fam), PRIMARY)
+            when = datetime.date.fromtimestamp(trained.stat().st_mtime)
             rows.append(
                 {
                     "size": size,
@@ -203,13 +227,15 @@ def render(args, rows: list[dict], machine: str) -> str:
     L += ["", "Each family at its best size under this budget:", ""]
     for fam, r in best.items():
         L.append(f"- {fam}: {r['size']} ({r['parameters']:,} parameters), {r['bits_per_byte']:.4f} bits/byte")
-    if "hier_ae" in best:
-        h = best["hier_ae"]["bits_per_byte"]
+    ours = [best[f] for f in ("hier_ae", "hier_ae-1level") if f in best]
+    if ours:
+        h = min(ours, key=lambda r: r["bits_per_byte"])
         for fam in ("llama", "blt"):
             if fam in best:
-                L.append(f"- hier_ae / {fam} at their best sizes: {h / best[fam]['bits_per_byte']:.3f}x")
+                ratio = h["bits_per_byte"] / best[fam]["bits_per_byte"]
+                L.append(f"- {h['family']} / {fam} at their best sizes: {ratio:.3f}x")
     done = {(r["size"], r["family"]) for r in rows}
-    missing = [(s, f) for s in SIZES for f in FAMILIES if (s, f) not in done]
+    missing = [(s, f) for s in SIZES for f in point_families(s) if (s, f) not in done]
     if missing:
         L += ["", "Not yet run: " + ", ".join(f"{f} at {s}" for s, f in missing) + "."]
     return "\n".join(L) + "\n"

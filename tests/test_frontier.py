@@ -106,3 +106,29 @@ def test_each_point_names_when_and_on_which_cpu_it_ran(tmp_path):
     other = {**row, "size": "3.1m", "date": "2026-11-29", "cpu": "Some Other CPU"}
     two = frontier.render(args, [row, other], "test machine")
     assert "The points ran on 2 different CPUs" in two and "Some Other CPU" in two
+
+
+def test_a_one_level_point_trains_hier_ae_alone_and_is_its_own_line(tmp_path):
+    """The one-level design (configs/small.yaml) is a second hier_ae line: its points run hier_ae only
+    (the peers of about its size are the two-level points'), and the ratios take hier_ae's best line."""
+    files = output_files(tmp_path)
+    args = frontier.parse_args(["--cache-dir", str(tmp_path), *files])
+    run_args = run.parse_args(frontier.point_argv(args, "1level-1.1m"))
+    assert run_args.only == ["hier_ae"] and run_args.config.endswith("configs/small.yaml")
+    assert run.parse_args(frontier.point_argv(args, "1.4m")).only is None  # all three families
+    fake_point(args, "1.4m", "hier_ae", 1_400_000, 2.5)
+    fake_point(args, "1.4m", "llama", 1_400_000, 2.2)
+    fake_point(args, "1level-1.1m", "hier_ae", 1_100_000, 2.42)
+
+    rows = frontier.collect(args)
+    assert {(r["size"], r["family"]) for r in rows} == {
+        ("1.4m", "hier_ae"),
+        ("1.4m", "llama"),
+        ("1level-1.1m", "hier_ae-1level"),
+    }
+    text = frontier.render(args, rows, "test machine")
+    assert "- hier_ae-1level: 1level-1.1m (1,100,000 parameters), 2.4200 bits/byte" in text
+    assert "hier_ae-1level / llama at their best sizes: 1.100x" in text  # 2.42 / 2.2, not 2.5 / 2.2
+    assert "hier_ae-1level at 1level-0.9m" in text and "llama at 1level" not in text  # not yet run
+    frontier.plot(rows, args.plot, args.budget_minutes)
+    assert (tmp_path / "f.png").exists()

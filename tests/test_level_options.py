@@ -1,7 +1,8 @@
-"""The level's encoder, pooling, quantiser and segmentation options (issue 21): FSQ, concat pooling, a
-segment-scope encoder, a minimum segment length. Each keeps the model's contracts: prefix invariance,
-cache == no cache, streamed decode == recompute, save / reload through the Auto classes; FSQ's index
-arithmetic on its worked example."""
+"""The level's encoder, pooling, quantiser, segmentation and decoder options (issues 20, 21): FSQ,
+concat pooling, a segment-scope encoder, a minimum segment length, hashed n-gram embeddings at the
+decoder's input. Each keeps the model's contracts: prefix invariance, cache == no cache, streamed
+decode == recompute, save / reload through the Auto classes; FSQ's index arithmetic on its worked
+example."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ OPTIONS = {
     "all": {"quantizer": "fsq", "fsq_levels": [8, 8], "pooling": "concat", "encoder_scope": "segment"},
     # the rule fires on every token (threshold 0): segments are min_segment_len long, EOS aside
     "min_len": {"min_segment_len": 3, "threshold": 0.0},
+    # BLT's hashed n-gram embeddings at the decoder's input (hash_ngrams.py); few buckets, so that
+    # n-grams share rows as they do at full size
+    "ngrams": {"decoder_ngrams": [2, 3], "ngram_buckets": 16},
 }
 
 
@@ -33,7 +37,11 @@ def _model(option: str, num_levels: int = 1) -> HierAEModel:
         levels.append(
             tiny_level(hidden_size=32, num_heads=2, threshold=1e9, max_segment_len=3, codebook_size=64)
         )
-    return HierAEModel(HierAEConfig(levels=levels, top_lm=TINY_TOP))
+    model = HierAEModel(HierAEConfig(levels=levels, top_lm=TINY_TOP))
+    with torch.no_grad():  # n-gram rows as large as the byte embeddings, so a wrong history shows
+        for table in [] if model.levels[0].decoder.ngrams is None else model.levels[0].decoder.ngrams.tables:
+            table.weight.mul_(50.0)
+    return model
 
 
 # ---- FSQ ----------------------------------------------------------------------------------------
@@ -132,7 +140,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
     _assert_same(model, codes, cmask)
 
 
-@pytest.mark.parametrize("option", ["fsq", "all", "min_len"])
+@pytest.mark.parametrize("option", ["fsq", "all", "min_len", "ngrams"])
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
     lm = as_lm(model)

@@ -150,6 +150,10 @@ class LevelConfig:
     # pooling's slots get a learned offset embedding (the code can say which byte comes first) and
     # the decoder's input adds the offset of the token it predicts (it knows which byte it is at)
     segment_offsets: bool = True
+    # the decoder's input also adds hashed embeddings of the n-grams of tokens ending there, one table
+    # of `ngram_buckets` rows per n (BLT's hash n-gram embeddings; hash_ngrams.py); None: none
+    decoder_ngrams: list[int] | None = None
+    ngram_buckets: int = 4096
 
     @property
     def num_codes(self) -> int:
@@ -287,6 +291,25 @@ class LevelConfig:
             f"{prefix}.codebook_size**codebook_depth",
             self.num_codes,
             f"K^R must be <= {MAX_COMPOSITE_CODES} (the id passed up is the composite sum d_i K^i)",
+        )
+        if self.decoder_ngrams is not None:
+            ns = self.decoder_ngrams
+            _check(
+                isinstance(ns, (list, tuple))
+                and len(ns) >= 1
+                and len(set(ns)) == len(ns)
+                and all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 8 for n in ns),
+                f"{prefix}.decoder_ngrams",
+                ns,
+                "None or a list of distinct integers in [2, 8] (n-gram lengths, e.g. [3, 4, 5])",
+            )
+        _check(
+            isinstance(self.ngram_buckets, int)
+            and not isinstance(self.ngram_buckets, bool)
+            and self.ngram_buckets >= 1,
+            f"{prefix}.ngram_buckets",
+            self.ngram_buckets,
+            "must be an integer >= 1",
         )
         _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")

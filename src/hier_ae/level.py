@@ -31,6 +31,7 @@ from torch import nn
 
 from .configuration_hier_ae import LevelConfig, LevelVocab
 from .fsq import FiniteScalarQuantizer
+from .hash_ngrams import last_ids
 from .kv_cache import KVStore
 from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
 from .level_pass import LevelPass, LevelTerms
@@ -229,13 +230,14 @@ class HierLevel(nn.Module):
         return torch.cat([ctx, ctx.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
 
     def _decode(self, p: LevelPass, ctx, kv_out=None):
-        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, inp_valid."""
+        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
+        input (B, T+1) with its mask."""
         inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
         offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
         logits, h = self.decoder(
             inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets
         )
-        return logits, h, inp_valid
+        return logits, h, inp, inp_valid
 
     def reconstruct_logits(self, p: LevelPass) -> torch.Tensor:
         """Reconstruct mode: the decoder reads each segment's own (straight-through) code.
@@ -290,12 +292,14 @@ class HierLevel(nn.Module):
         if zero_context:
             ctx = torch.zeros_like(ctx)
         kv_dec = [] if p.stream is not None else None
-        logits, h, inp_valid = self._decode(p, ctx, kv_out=kv_dec)
+        logits, h, inp, inp_valid = self._decode(p, ctx, kv_out=kv_dec)
         if p.stream is not None:
             rows = torch.arange(p.tokens.shape[0], device=p.tokens.device)
             nxt = self.context_proj(upper_h[rows, upper_n].to(self.context_proj.weight.dtype))  # (B, D)
             p.stream.decoder = KVStore(kv_dec, inp_valid)
             p.stream.context = nxt
+            ids = inp.masked_fill(~inp_valid, -1)  # (B, T+1)
+            p.stream.recent = last_ids(ids, last_real(inp_valid), self.decoder.history)  # (B, h)
         return logits, h, p.next_token_loss(logits)
 
     # ---- streaming -------------------------------------------------------------------------
@@ -329,7 +333,11 @@ class HierLevel(nn.Module):
                 g[eos] = upper(closing[eos], torch.full_like(codes[eos], self.upper_vocab.eos_id))
             st.context[closing] = self.context_proj(g.to(self.context_proj.weight.dtype)).to(st.context.dtype)
         offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
-        return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets)
+        history = None
+        if self.decoder.history:
+            history = st.recent[rows]  # (B', h) the decoder's inputs before this one
+            st.recent[rows] = torch.cat([history, toks[:, None]], dim=1)[:, 1:]
+        return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history)
 
     def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
@@ -366,6 +374,9 @@ class HierLevel(nn.Module):
         done = n_seg == 0  # (B,)
         rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
         one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
+        # the decoder's last inputs, -1 = none (its hashed n-grams read them; `decoder_ngrams`)
+        recent = torch.full((B, self.decoder.history + 1), -1, dtype=torch.long, device=dev)  # (B, h+1)
+        recent[:, -1] = self.decoder.begin_id
         zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
         n_steps = 0
         for n in range(S * L):
@@ -380,9 +391,13 @@ class HierLevel(nn.Module):
                 dec_cache = KVStore(kv_dec, one)
             else:
                 # the token to predict sits at offset seg_len in its segment
-                logits = self.decoder.step(tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows])[
-                    0
-                ]
+                history = None
+                if self.decoder.history:
+                    history = recent[rows, 1:]  # (B', h): the inputs before tokens[:, n - 1]
+                    recent[rows] = torch.cat([history, tokens[rows, n - 1, None]], dim=1)
+                logits = self.decoder.step(
+                    tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows], history=history
+                )[0]
             nxt = logits.argmax(dim=-1)  # (B',)
             nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
             tokens[rows, n] = nxt

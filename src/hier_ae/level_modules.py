@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .configuration_hier_ae import LevelConfig
+from .hash_ngrams import HashNgramEmbedding
 from .transformer import CausalTransformer
 
 
@@ -80,6 +81,12 @@ class SegmentDecoder(nn.Module):
         self.offset_embed = (
             nn.Embedding(cfg.max_segment_len, cfg.hidden_size) if cfg.segment_offsets else None
         )
+        # `decoder_ngrams`: input i also adds the hashed n-grams of the inputs ending at i
+        self.ngrams = (
+            HashNgramEmbedding(cfg.decoder_ngrams, cfg.ngram_buckets, cfg.hidden_size)
+            if cfg.decoder_ngrams
+            else None
+        )
         self.body = CausalTransformer(
             cfg.hidden_size,
             cfg.decoder_layers,
@@ -91,8 +98,16 @@ class SegmentDecoder(nn.Module):
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
-    def _embed(self, inp, offsets):
+    @property
+    def history(self) -> int:
+        """How many earlier inputs a streamed `step` must be given (`decoder_ngrams`; else 0)."""
+        return 0 if self.ngrams is None else self.ngrams.history
+
+    def _embed(self, inp, offsets, ids=None, history=None):
         x = self.embed(inp)  # (B, n, D)
+        if self.ngrams is not None:
+            assert ids is not None, "decoder_ngrams: the decoder needs its input ids (-1 = none)"
+            x = x + self.ngrams(ids, history).to(x.dtype)  # (B, n, D)
         if self.offset_embed is not None:
             assert offsets is not None, (
                 "segment_offsets: the decoder needs the offset of each predicted token"
@@ -103,13 +118,15 @@ class SegmentDecoder(nn.Module):
     def forward(self, inp, inp_valid, positions, context, kv_out=None, offsets=None):
         """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
         its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
-        x = self._embed(inp, offsets)  # (B, T+1, D)
+        ids = None if self.ngrams is None else inp.masked_fill(~inp_valid.bool(), -1)  # (B, T+1): no padding
+        x = self._embed(inp, offsets, ids)  # (B, T+1, D)
         h = self.body(x, positions, inp_valid, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
 
-    def step(self, tokens, context, cache, rows, offsets=None):
+    def step(self, tokens, context, cache, rows, offsets=None, history=None):
         """Read one token per row of `rows` with the context (B', D) and offset (B',) of the token
-        to predict."""
-        x = self._embed(tokens[:, None], None if offsets is None else offsets[:, None])  # (B', 1, D)
+        to predict; `history (B', self.history)`: the inputs before it (-1 = none; `decoder_ngrams`)."""
+        off = None if offsets is None else offsets[:, None]
+        x = self._embed(tokens[:, None], off, tokens[:, None], history)  # (B', 1, D)
         h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
         return self.head(h), h  # (B', V), (B', D)

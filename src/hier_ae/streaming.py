@@ -32,6 +32,9 @@ class LevelStream:
     pending_new: torch.Tensor  # (B,) bool: the next token opens a segment
     decoder: KVStore | None = None  # set top-down by the prefill
     context: torch.Tensor | None = None  # (B, D) predict-mode context of the next token
+    # (B, h) the decoder's last h inputs, -1 = none: what its hashed n-grams read (`decoder_ngrams`;
+    # h = 0 without them)
+    recent: torch.Tensor | None = None
 
 
 @dataclass
@@ -44,8 +47,9 @@ class StreamState:
         for st in self.levels:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
-            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context"):
-                setattr(st, name, getattr(st, name).index_select(0, index))
+            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent"):
+                if getattr(st, name) is not None:
+                    setattr(st, name, getattr(st, name).index_select(0, index))
         self.top.reorder(index)
 
 

@@ -26,6 +26,11 @@ def _architecture(config) -> str:
             + (f"min segment {lv.min_segment_len}, " if lv.min_segment_len > 1 else "")
             + f"max segment {lv.max_segment_len}, "
             f"{codes}"
+            + (
+                f", decoder hashed n-grams {list(lv.decoder_ngrams)} x {lv.ngram_buckets} rows"
+                if lv.decoder_ngrams
+                else ""
+            )
         )
     top = config.top_lm_config
     lines.append(f"- top code LM: width {top.hidden_size}, {top.num_layers} layers")
