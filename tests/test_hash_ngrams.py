@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hier_ae import HierAEConfig
-from hier_ae.hash_ngrams import HashNgramEmbedding, last_ids, ngram_hash
+from hier_ae.hash_ngrams import HashNgramEmbedding, last_ids, ngram_hash, shift_in
 
 
 def _emb() -> HashNgramEmbedding:
@@ -50,6 +50,7 @@ def test_last_ids_example():
     """hash_ngrams.last_ids' docstring: ids [[5, 6, 7]], last [1], count 3 -> [[-1, 5, 6]]."""
     assert last_ids(torch.tensor([[5, 6, 7]]), torch.tensor([1]), 3).tolist() == [[-1, 5, 6]]
     assert last_ids(torch.tensor([[5, 6, 7]]), torch.tensor([2]), 0).shape == (1, 0)
+    assert shift_in(torch.tensor([[-1, 5]]), torch.tensor([6])).tolist() == [[5, 6]]  # its docstring
 
 
 def test_the_hash_spreads_ngrams_over_the_buckets():

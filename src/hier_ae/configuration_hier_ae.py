@@ -181,6 +181,7 @@ class LevelConfig:
             "codebook_depth",
             "restart_pool_size",
             "dead_after_steps",
+            "ngram_buckets",
         ):
             value = getattr(self, name)
             _check(
@@ -303,14 +304,6 @@ class LevelConfig:
                 ns,
                 "None or a list of distinct integers in [2, 8] (n-gram lengths, e.g. [3, 4, 5])",
             )
-        _check(
-            isinstance(self.ngram_buckets, int)
-            and not isinstance(self.ngram_buckets, bool)
-            and self.ngram_buckets >= 1,
-            f"{prefix}.ngram_buckets",
-            self.ngram_buckets,
-            "must be an integer >= 1",
-        )
         _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")

@@ -78,3 +78,11 @@ def last_ids(ids: torch.Tensor, last: torch.Tensor, count: int) -> torch.Tensor:
     idx = last[:, None] - count + 1 + torch.arange(count, device=ids.device)[None, :]  # (B, count)
     got = ids.gather(1, idx.clamp(min=0))  # (B, count)
     return torch.where(idx >= 0, got, torch.full_like(got, -1))
+
+
+def shift_in(recent: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The history after reading `ids (B,)`: the last h ids of [recent, ids]. recent (B, h) -> (B, h).
+
+    Example: recent [[-1, 5]], ids [6] -> [[5, 6]].
+    """
+    return torch.cat([recent, ids[:, None].to(recent.dtype)], dim=1)[:, 1:]

@@ -31,7 +31,7 @@ from torch import nn
 
 from .configuration_hier_ae import LevelConfig, LevelVocab
 from .fsq import FiniteScalarQuantizer
-from .hash_ngrams import last_ids
+from .hash_ngrams import last_ids, shift_in
 from .kv_cache import KVStore
 from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
 from .level_pass import LevelPass, LevelTerms
@@ -336,7 +336,7 @@ class HierLevel(nn.Module):
         history = None
         if self.decoder.history:
             history = st.recent[rows]  # (B', h) the decoder's inputs before this one
-            st.recent[rows] = torch.cat([history, toks[:, None]], dim=1)[:, 1:]
+            st.recent[rows] = shift_in(history, toks)
         return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history)
 
     def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
@@ -374,9 +374,12 @@ class HierLevel(nn.Module):
         done = n_seg == 0  # (B,)
         rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
         one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
-        # the decoder's last inputs, -1 = none (its hashed n-grams read them; `decoder_ngrams`)
-        recent = torch.full((B, self.decoder.history + 1), -1, dtype=torch.long, device=dev)  # (B, h+1)
-        recent[:, -1] = self.decoder.begin_id
+        # the decoder's last h inputs, -1 = none, as `LevelStream.recent` (`decoder_ngrams`; h = 0 without):
+        # after step 0 they end with BEGIN
+        h = self.decoder.history
+        recent = torch.full((B, h), -1, dtype=torch.long, device=dev)  # (B, h)
+        if h:
+            recent[:, -1] = self.decoder.begin_id
         zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
         n_steps = 0
         for n in range(S * L):
@@ -392,9 +395,9 @@ class HierLevel(nn.Module):
             else:
                 # the token to predict sits at offset seg_len in its segment
                 history = None
-                if self.decoder.history:
-                    history = recent[rows, 1:]  # (B', h): the inputs before tokens[:, n - 1]
-                    recent[rows] = torch.cat([history, tokens[rows, n - 1, None]], dim=1)
+                if h:
+                    history = recent[rows]  # (B', h): the inputs before tokens[:, n - 1]
+                    recent[rows] = shift_in(history, tokens[rows, n - 1])
                 logits = self.decoder.step(
                     tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows], history=history
                 )[0]
