@@ -320,7 +320,7 @@ def test_calibration_copy_segments_at_the_target_rate(monkeypatch, at_target_rat
 
     def fake_train_stage(net, stage, batches, on_prepared=None, on_step=None):
         with torch.no_grad():
-            _, _, layout, _ = net.levels[0].segment(ids, valid, positions)
+            _, _, layout, _, _ = net.levels[0].segment(ids, valid, positions)
         seen.append(layout.seg_mask.sum().item())
         on_prepared(net, None)
         for step in range(stage.steps):
@@ -332,7 +332,7 @@ def test_calibration_copy_segments_at_the_target_rate(monkeypatch, at_target_rat
         model, [Stage(kind="autoencoder", level=0, steps=10)], iter(()), at_target_rate=at_target_rate
     )
     with torch.no_grad():
-        _, _, own, _ = model.levels[0].segment(ids, valid, positions)
+        _, _, own, _, _ = model.levels[0].segment(ids, valid, positions)
     own_segments = own.seg_mask.sum().item()
     if at_target_rate:
         assert seen == [2 * 64 / 4]  # 16 segments of 4 bytes per row

@@ -18,6 +18,7 @@ from helpers.ties import LOGIT_MARGIN, MARGIN, NearTieWarning, compare_boundarie
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.level import entropy_bits, fp32_region
+from hier_ae.level_modules import entropy_at_inputs
 from hier_ae.segmentation import compact_codes
 from hier_ae.transformer import positions_from_mask
 
@@ -54,7 +55,14 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         cur = ctx[rows, seg.clamp(max=S - 1)]  # (B, D)
         context = torch.cat([ctx.gather(1, seg_hist[..., None].expand(B, n, D)), cur[:, None]], dim=1)
         offs = torch.cat([offsets, seg_len[:, None]], dim=1)  # (B, n+1): output j predicts token j
-        logits, _ = level.decoder(inp, inp_valid, positions_from_mask(inp_valid), context, offsets=offs)
+        ent = None
+        if level.cfg.decoder_reads_entropy:  # the entropy model's state at each input (BEGIN: zeros)
+            with fp32_region(dev):
+                ent = level.entropy_model(tokens, valid, positions_from_mask(valid))[1]  # (B, n, D)
+            ent = entropy_at_inputs(ent, valid)  # (B, n+1, D)
+        logits, _ = level.decoder(
+            inp, inp_valid, positions_from_mask(inp_valid), context, offsets=offs, entropy_h=ent
+        )
         nxt = logits[:, n].argmax(dim=-1)  # (B,)
         token_gap.append(top2_gap(logits[:, n]))
         nxt = torch.where(done, torch.full_like(nxt, level.vocab.pad_id), nxt)
@@ -63,7 +71,7 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         seg_hist = torch.cat([seg_hist, seg.clamp(max=S - 1)[:, None]], dim=1)
         offsets = offs
         with fp32_region(dev):
-            ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))
+            ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))[0]
         H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)
         fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
         rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
@@ -258,7 +266,7 @@ def test_bf16_decode_boundaries_match_encode(trained_1level, grammar_data):
     assert torch.equal(auto_seq, auto[0])
     for tokens, valid, seg_id in (auto, loaded):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            _, H, layout, _ = level.segment(tokens, valid, positions_from_mask(valid))
+            _, H, layout, _, _ = level.segment(tokens, valid, positions_from_mask(valid))
         # decode's boundaries == encode's (the streamed step and the whole-row forward round
         # differently: up to a near-tie, helpers/ties.py)
         theta = float(level.boundary_value)

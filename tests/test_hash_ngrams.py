@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hier_ae import HierAEConfig
-from hier_ae.hash_ngrams import HashNgramEmbedding, last_ids, ngram_hash, shift_in
+from hier_ae.configuration_hier_ae import MAX_COMPOSITE_CODES
+from hier_ae.hash_ngrams import _BASE, _PRIME, HashNgramEmbedding, last_ids, ngram_hash, shift_in
 
 
 def _emb() -> HashNgramEmbedding:
@@ -26,6 +27,19 @@ def test_worked_example():
     torch.testing.assert_close(out[0, 1], t2[h(7, 8)])
     torch.testing.assert_close(out[0, 2], t2[h(8, 9)] + t3[h(7, 8, 9)])
     assert emb.history == 2
+
+
+def test_the_hash_equals_a_rolling_hash():
+    """ngram_hash's one product gives the rolling hash's values (h = (h * BASE + id + 1) mod PRIME per
+    id), so the buckets a saved model's tables were trained with never move; ids up to the largest
+    code id of a level (MAX_COMPOSITE_CODES + specials)."""
+    g = torch.Generator().manual_seed(0)
+    for n in range(2, 9):
+        windows = torch.randint(0, MAX_COMPOSITE_CODES + 3, (500, n), generator=g)
+        h = torch.zeros(500, dtype=torch.long)
+        for k in range(n):
+            h = (h * _BASE + windows[:, k] + 1) % _PRIME
+        assert torch.equal(ngram_hash(windows, 4096), h % 4096)
 
 
 def test_a_streamed_position_equals_the_whole_row():
@@ -78,3 +92,25 @@ def test_the_model_card_names_the_decoder_ngrams():
     lines = _architecture(cfg).splitlines()
     assert lines[0].endswith(", decoder hashed n-grams [3, 4, 5] x 4096 rows")
     assert "n-grams" not in lines[1]  # level 1 has none
+
+
+def test_ngram_dropout_acts_in_training_only():
+    """`ngram_dropout` zeroes part of the summed embeddings in training (scaling the rest by
+    1 / (1 - p)); in eval mode the output is the plain sum, as streaming reads it."""
+    plain = _emb()
+    drop = HashNgramEmbedding([2, 3], buckets=97, dim=8, dropout=0.5)
+    drop.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 259, (4, 30), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drop.eval()(ids), plain(ids))
+    torch.manual_seed(0)
+    out = drop.train()(ids)
+    ref = plain(ids)
+    kept = out != 0
+    assert 0.3 < kept[ref != 0].float().mean() < 0.7
+    torch.testing.assert_close(out[kept], 2.0 * ref[kept])
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, True])
+def test_ngram_dropout_is_checked(value):
+    with pytest.raises(ValueError, match=r"levels\[0\]\.ngram_dropout.*\[0, 1\)"):
+        HierAEConfig(levels=[{"decoder_ngrams": [3], "ngram_dropout": value}])

@@ -1,8 +1,8 @@
 """The level's encoder, pooling, quantiser, segmentation and decoder options (issues 20, 21): FSQ,
-concat pooling, a segment-scope encoder, a minimum segment length, hashed n-gram embeddings at the
-decoder's input. Each keeps the model's contracts: prefix invariance, cache == no cache, streamed
-decode == recompute, save / reload through the Auto classes; FSQ's index arithmetic on its worked
-example."""
+concat pooling, a segment-scope encoder, a minimum segment length, hashed n-gram embeddings and the
+entropy model's states at the decoder's input. Each keeps the model's contracts: prefix invariance,
+cache == no cache, streamed decode == recompute, save / reload through the Auto classes; FSQ's index
+arithmetic on its worked example."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.fsq import FiniteScalarQuantizer
+from hier_ae.level_modules import entropy_at_inputs
 
 OPTIONS = {
     "fsq": {"quantizer": "fsq", "fsq_levels": [8, 5, 5]},
@@ -27,6 +28,8 @@ OPTIONS = {
     # BLT's hashed n-gram embeddings at the decoder's input (hash_ngrams.py); few buckets, so that
     # n-grams share rows as they do at full size
     "ngrams": {"decoder_ngrams": [2, 3], "ngram_buckets": 16},
+    # the decoder's input adds a map of the entropy model's state at the token it reads
+    "reads_entropy": {"decoder_reads_entropy": True},
 }
 
 
@@ -41,6 +44,8 @@ def _model(option: str, num_levels: int = 1) -> HierAEModel:
     with torch.no_grad():  # n-gram rows as large as the byte embeddings, so a wrong history shows
         for table in [] if model.levels[0].decoder.ngrams is None else model.levels[0].decoder.ngrams.tables:
             table.weight.mul_(50.0)
+        if model.levels[0].decoder.entropy_in is not None:  # likewise the entropy model's states
+            model.levels[0].decoder.entropy_in.weight.mul_(50.0)
     return model
 
 
@@ -140,7 +145,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
     _assert_same(model, codes, cmask)
 
 
-@pytest.mark.parametrize("option", ["fsq", "all", "min_len", "ngrams"])
+@pytest.mark.parametrize("option", ["fsq", "all", "min_len", "ngrams", "reads_entropy"])
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
     lm = as_lm(model)
@@ -176,3 +181,26 @@ def test_minimum_segment_length_holds_in_encode_and_decode():
 def test_minimum_segment_length_is_checked(value):
     with pytest.raises(ValueError, match=r"levels\[0\]\.min_segment_len.*\[1, max_segment_len=5\]"):
         HierAEConfig(levels=[{"max_segment_len": 5, "min_segment_len": value}])
+
+
+# ---- the decoder reads the entropy model's states -------------------------------------------------
+def test_entropy_at_inputs_worked_example():
+    """level_modules.entropy_at_inputs' docstring: valid [0 1 1], states [e0 e1 e2] -> [0, 0, e1, e2]."""
+    e = torch.tensor([[[1.0], [2.0], [3.0]]])  # (1, 3, 1): e0, e1, e2
+    valid = torch.tensor([[False, True, True]])
+    assert entropy_at_inputs(e, valid)[0, :, 0].tolist() == [0.0, 0.0, 2.0, 3.0]
+
+
+def test_decoder_reads_entropy_states_without_moving_the_entropy_model():
+    """The option changes the decoder's output (it is wired in), and the reconstruct loss sends no
+    gradient into the entropy model (its states are read detached)."""
+    ids = torch.randint(3, 259, (2, 20), generator=torch.Generator().manual_seed(4))
+    model = _model("reads_entropy")
+    out = model(ids)
+    out.reconstruct_loss.sum().backward()
+    assert all(p.grad is None for p in model.levels[0].entropy_model.parameters())
+    assert model.levels[0].decoder.entropy_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.levels[0].decoder.entropy_in.weight.zero_()
+        changed = model(ids).reconstruct_logits[0]
+    assert not torch.allclose(changed, out.reconstruct_logits[0].detach())

@@ -154,6 +154,14 @@ class LevelConfig:
     # of `ngram_buckets` rows per n (BLT's hash n-gram embeddings; hash_ngrams.py); None: none
     decoder_ngrams: list[int] | None = None
     ngram_buckets: int = 4096
+    # dropout on the summed n-gram embeddings in training (0: none): the tables can memorise a small
+    # training text seen for many epochs
+    ngram_dropout: float = 0.0
+    # the decoder's input also adds (through a learned map) the entropy model's last hidden state at
+    # the token it reads: the byte decoder starts from what the entropy model has learned, a causal
+    # LM over the same tokens that segmentation runs anyway (no extra layers run; detached, so the
+    # decoder's loss never moves the entropy model or the boundaries)
+    decoder_reads_entropy: bool = False
 
     @property
     def num_codes(self) -> int:
@@ -205,7 +213,7 @@ class LevelConfig:
             self.segment_mixer_layers,
             "must be an integer >= 0",
         )
-        for name in ("restart_dead_codes", "segment_offsets"):
+        for name in ("restart_dead_codes", "segment_offsets", "decoder_reads_entropy"):
             _check(
                 isinstance(getattr(self, name), bool),
                 f"{prefix}.{name}",
@@ -304,6 +312,14 @@ class LevelConfig:
                 ns,
                 "None or a list of distinct integers in [2, 8] (n-gram lengths, e.g. [3, 4, 5])",
             )
+        _check(
+            isinstance(self.ngram_dropout, (int, float))
+            and not isinstance(self.ngram_dropout, bool)
+            and 0.0 <= self.ngram_dropout < 1.0,
+            f"{prefix}.ngram_dropout",
+            self.ngram_dropout,
+            "a probability in [0, 1)",
+        )
         _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")

@@ -21,6 +21,7 @@ Shape letters: B rows, T positions, D width, h history length.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _PRIME = 2_147_483_647  # 2^31 - 1: the rolling hash stays below 2^62 in int64
@@ -28,21 +29,28 @@ _BASE = 1_000_003
 
 
 def ngram_hash(windows: torch.Tensor, buckets: int) -> torch.Tensor:
-    """(..., n) non-negative ids -> (...,) bucket in [0, buckets): a polynomial rolling hash."""
-    h = torch.zeros(windows.shape[:-1], dtype=torch.long, device=windows.device)
-    for k in range(windows.shape[-1]):
-        h = (h * _BASE + windows[..., k] + 1) % _PRIME
-    return h % buckets
+    """(..., n) non-negative ids -> (...,) bucket in [0, buckets): the polynomial hash
+    sum_k (id_k + 1) * BASE^(n-1-k) mod PRIME, in one product with the powers reduced mod PRIME (the
+    value a rolling hash reducing at every step gives; each term < 2^48 for ids < 2^17, so int64
+    holds the sum). Example, n = 2: (7, 8) -> (8 * BASE + 9) mod PRIME, then mod `buckets`.
+    """
+    n = windows.shape[-1]
+    powers = [1]
+    for _ in range(n - 1):
+        powers.append(powers[-1] * _BASE % _PRIME)
+    scale = torch.tensor(powers[::-1], dtype=torch.long, device=windows.device)  # (n,) BASE^(n-1-k)
+    return ((windows.long() + 1) * scale).sum(dim=-1) % _PRIME % buckets
 
 
 class HashNgramEmbedding(nn.Module):
     """Sum over n in `ngrams` of table_n[hash(n-gram ending at each position)]; 0 where it reaches
     before the first token."""
 
-    def __init__(self, ngrams: list[int], buckets: int, dim: int):
+    def __init__(self, ngrams: list[int], buckets: int, dim: int, dropout: float = 0.0):
         super().__init__()
         self.ngrams = tuple(ngrams)
         self.buckets = buckets
+        self.dropout = dropout  # on the summed embeddings, in training only
         self.tables = nn.ModuleList(nn.Embedding(buckets, dim) for _ in self.ngrams)
         for table in self.tables:
             nn.init.normal_(table.weight, std=0.02)
@@ -66,7 +74,7 @@ class HashNgramEmbedding(nn.Module):
             present = (windows >= 0).all(dim=-1)  # (B, T)
             e = table(ngram_hash(windows.clamp(min=0), self.buckets)) * present[..., None]  # (B, T, D)
             out = e if out is None else out + e
-        return out
+        return F.dropout(out, self.dropout, self.training) if self.dropout else out
 
 
 def last_ids(ids: torch.Tensor, last: torch.Tensor, count: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ from .configuration_hier_ae import LevelConfig, LevelVocab
 from .fsq import FiniteScalarQuantizer
 from .hash_ngrams import last_ids, shift_in
 from .kv_cache import KVStore
-from .level_modules import SegmentDecoder, TokenEncoder, TokenLM
+from .level_modules import SegmentDecoder, TokenEncoder, TokenLM, entropy_at_inputs
 from .level_pass import LevelPass, LevelTerms
 from .pooling import SegmentPooling, gather_segments
 from .quantizer import VectorQuantizer
@@ -135,10 +135,12 @@ class HierLevel(nn.Module):
         )
 
     def segment(self, tokens, valid, positions, kv_out=None):
-        """Entropy-model logits (with grad), entropies in bits, the segment layout and the rule's
-        firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad."""
+        """Entropy-model logits (with grad), entropies in bits, the segment layout, the rule's
+        firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad, and
+        the entropy model's last hidden states (B, T, D)."""
         with fp32_region(tokens.device):
-            logits = self.entropy_model(tokens, valid, positions, kv_out=kv_out)  # (B, T, V)
+            # (B, T, V), (B, T, D)
+            logits, hidden = self.entropy_model(tokens, valid, positions, kv_out=kv_out)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
                 fires = self.rule(H, tokens, valid=valid)  # (B, T)
@@ -152,7 +154,7 @@ class HierLevel(nn.Module):
                 starts = boundary_starts(fires, valid, self.cfg.max_segment_len)  # (B, T)
                 layout = segment_layout(starts, valid)
                 self._adapt_threshold(valid, layout)
-        return logits, H, layout, fires
+        return logits, H, layout, fires, hidden
 
     @torch.no_grad()
     def _adapt_threshold(self, valid, layout: SegmentLayout):
@@ -204,8 +206,8 @@ class HierLevel(nn.Module):
         `LevelStream` (the prefill of streaming generation)."""
         positions = positions_from_mask(valid)  # (B, T)
         kv_ent, kv_enc = ([], []) if keep_kv else (None, None)
-        ent_logits, H, layout, fires = self.segment(tokens, valid, positions, kv_out=kv_ent)
-        p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires)
+        ent_logits, H, layout, fires, ent_h = self.segment(tokens, valid, positions, kv_out=kv_ent)
+        p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
         if not encode:
             return p
         p.q, p.h = self.encode_segments(tokens, valid, positions, layout, kv_out=kv_enc)
@@ -234,8 +236,9 @@ class HierLevel(nn.Module):
         input (B, T+1) with its mask."""
         inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
         offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
+        ent = entropy_at_inputs(p.entropy_h, p.valid) if self.cfg.decoder_reads_entropy else None
         logits, h = self.decoder(
-            inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets
+            inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets, entropy_h=ent
         )
         return logits, h, inp, inp_valid
 
@@ -314,7 +317,8 @@ class HierLevel(nn.Module):
             h = self.encoder.step(toks, st.encoder, rows)  # (B', D)
             st.open_states[rows, seg_len] = h
             seg_len = seg_len + 1
-            H = entropy_bits(self.entropy_model.step(toks, st.entropy, rows)[:, None])  # (B', 1)
+            ent_logits, ent_h = self.entropy_model.step(toks, st.entropy, rows)  # (B', V), (B', D)
+            H = entropy_bits(ent_logits[:, None])  # (B', 1)
         fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
         # the open segment closes after this token
         fires = segment_closes(
@@ -337,7 +341,10 @@ class HierLevel(nn.Module):
         if self.decoder.history:
             history = st.recent[rows]  # (B', h) the decoder's inputs before this one
             st.recent[rows] = shift_in(history, toks)
-        return self.decoder.step(toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history)
+        ent_h = ent_h if self.cfg.decoder_reads_entropy else None
+        return self.decoder.step(
+            toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history, entropy_h=ent_h
+        )
 
     def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
@@ -381,6 +388,9 @@ class HierLevel(nn.Module):
         if h:
             recent[:, -1] = self.decoder.begin_id
         zero_pos = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, 1)
+        # the entropy model's state at each row's last token (`decoder_reads_entropy`; BEGIN reads zeros)
+        reads_ent = self.cfg.decoder_reads_entropy
+        ent_h = torch.zeros(B, self.cfg.hidden_size, device=dev) if reads_ent else None  # (B, D)
         n_steps = 0
         for n in range(S * L):
             n_steps = n + 1
@@ -389,7 +399,10 @@ class HierLevel(nn.Module):
             if n == 0:
                 begin = torch.full((B, 1), self.decoder.begin_id, dtype=torch.long, device=dev)
                 kv_dec = []
-                logits = self.decoder(begin, one, zero_pos, cur[:, None], kv_out=kv_dec, offsets=zero_pos)[0]
+                ent0 = None if ent_h is None else ent_h[:, None]  # (B, 1, D) zeros: BEGIN
+                logits = self.decoder(
+                    begin, one, zero_pos, cur[:, None], kv_out=kv_dec, offsets=zero_pos, entropy_h=ent0
+                )[0]
                 logits = logits[:, 0]  # (B, V)
                 dec_cache = KVStore(kv_dec, one)
             else:
@@ -399,7 +412,13 @@ class HierLevel(nn.Module):
                     history = recent[rows]  # (B', h): the inputs before tokens[:, n - 1]
                     recent[rows] = shift_in(history, tokens[rows, n - 1])
                 logits = self.decoder.step(
-                    tokens[rows, n - 1], cur, dec_cache, rows, offsets=seg_len[rows], history=history
+                    tokens[rows, n - 1],
+                    cur,
+                    dec_cache,
+                    rows,
+                    offsets=seg_len[rows],
+                    history=history,
+                    entropy_h=None if ent_h is None else ent_h[rows],
                 )[0]
             nxt = logits.argmax(dim=-1)  # (B',)
             nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
@@ -410,12 +429,14 @@ class HierLevel(nn.Module):
             with fp32_region(dev):
                 if n == 0:
                     kv_ent = []
-                    ent_logits = self.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)  # (B, 1, V)
-                    ent_logits = ent_logits[:, 0]  # (B, V)
+                    ent_logits, ent_state = self.entropy_model(nxt[:, None], one, zero_pos, kv_out=kv_ent)
+                    ent_logits, ent_state = ent_logits[:, 0], ent_state[:, 0]  # (B, V), (B, D)
                     ent_cache = KVStore(kv_ent, one)
                 else:
-                    ent_logits = self.entropy_model.step(nxt, ent_cache, rows)  # (B', V)
+                    ent_logits, ent_state = self.entropy_model.step(nxt, ent_cache, rows)  # (B', V), (B', D)
                 H = entropy_bits(ent_logits[:, None])  # (B', 1)
+                if reads_ent:  # what the decoder reads with this token at the next step
+                    ent_h[rows] = ent_state.to(ent_h.dtype)
             fires = self.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
             new_seg = segment_closes(fires, r_len, L, self.cfg.min_segment_len, nxt == eos)  # (B',)

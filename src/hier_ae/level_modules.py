@@ -8,6 +8,7 @@ Shape letters: B batch, T tokens, D width, V vocab of the level.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .configuration_hier_ae import LevelConfig
@@ -27,13 +28,15 @@ class TokenLM(nn.Module):
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 
     def forward(self, tokens, valid, positions, kv_out=None):
+        """-> logits (B, T, V) and the last hidden states (B, T, D)."""
         h = self.body(self.embed(tokens).float(), positions, valid, kv_out=kv_out)  # (B, T, D)
-        return self.head(h)  # (B, T, V)
+        return self.head(h), h  # (B, T, V), (B, T, D)
 
     def step(self, tokens, cache, rows):
-        """One new token per row of `rows`: (B',) -> logits (B', V) for the token after it."""
-        h = self.body.step(self.embed(tokens[:, None]).float(), cache, rows)  # (B', 1, D)
-        return self.head(h[:, 0])
+        """One new token per row of `rows`: (B',) -> logits (B', V) for the token after it and the
+        hidden state (B', D)."""
+        h = self.body.step(self.embed(tokens[:, None]).float(), cache, rows)[:, 0]  # (B', D)
+        return self.head(h), h  # (B', V), (B', D)
 
 
 class TokenEncoder(nn.Module):
@@ -83,9 +86,14 @@ class SegmentDecoder(nn.Module):
         )
         # `decoder_ngrams`: input i also adds the hashed n-grams of the inputs ending at i
         self.ngrams = (
-            HashNgramEmbedding(cfg.decoder_ngrams, cfg.ngram_buckets, cfg.hidden_size)
+            HashNgramEmbedding(cfg.decoder_ngrams, cfg.ngram_buckets, cfg.hidden_size, cfg.ngram_dropout)
             if cfg.decoder_ngrams
             else None
+        )
+        # `decoder_reads_entropy`: input i also adds a map of the entropy model's state at the token
+        # it reads (zero at BEGIN)
+        self.entropy_in = (
+            nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False) if cfg.decoder_reads_entropy else None
         )
         self.body = CausalTransformer(
             cfg.hidden_size,
@@ -103,8 +111,13 @@ class SegmentDecoder(nn.Module):
         """How many earlier inputs a streamed `step` must be given (`decoder_ngrams`; else 0)."""
         return 0 if self.ngrams is None else self.ngrams.history
 
-    def _embed(self, inp, offsets, ids=None, history=None):
+    def _embed(self, inp, offsets, ids=None, history=None, entropy_h=None):
         x = self.embed(inp)  # (B, n, D)
+        if self.entropy_in is not None:
+            assert entropy_h is not None, (
+                "decoder_reads_entropy: the decoder needs the entropy model's state at each input"
+            )
+            x = x + self.entropy_in(entropy_h.detach().to(self.entropy_in.weight.dtype)).to(x.dtype)
         if self.ngrams is not None:
             assert ids is not None, "decoder_ngrams: the decoder needs its input ids (-1 = none)"
             x = x + self.ngrams(ids, history).to(x.dtype)  # (B, n, D)
@@ -115,18 +128,35 @@ class SegmentDecoder(nn.Module):
             x = x + self.offset_embed(offsets)  # (B, n, D)
         return x
 
-    def forward(self, inp, inp_valid, positions, context, kv_out=None, offsets=None):
+    def forward(self, inp, inp_valid, positions, context, kv_out=None, offsets=None, entropy_h=None):
         """inp (B, T+1) = [BEGIN, x]; `offsets (B, T+1)`: offset of the token output i predicts in
-        its segment (read only with `segment_offsets`; see `decoder_offsets`)."""
+        its segment (read only with `segment_offsets`; see `decoder_offsets`); `entropy_h (B, T+1, D)`:
+        the entropy model's state at each input, zero at BEGIN (read only with `decoder_reads_entropy`;
+        see `entropy_at_inputs`)."""
         ids = None if self.ngrams is None else inp.masked_fill(~inp_valid.bool(), -1)  # (B, T+1): no padding
-        x = self._embed(inp, offsets, ids)  # (B, T+1, D)
+        x = self._embed(inp, offsets, ids, entropy_h=entropy_h)  # (B, T+1, D)
         h = self.body(x, positions, inp_valid, context.to(x.dtype), kv_out=kv_out)  # (B, T+1, D)
         return self.head(h), h  # (B, T+1, V), (B, T+1, D)
 
-    def step(self, tokens, context, cache, rows, offsets=None, history=None):
+    def step(self, tokens, context, cache, rows, offsets=None, history=None, entropy_h=None):
         """Read one token per row of `rows` with the context (B', D) and offset (B',) of the token
-        to predict; `history (B', self.history)`: the inputs before it (-1 = none; `decoder_ngrams`)."""
+        to predict; `history (B', self.history)`: the inputs before it (-1 = none; `decoder_ngrams`);
+        `entropy_h (B', D)`: the entropy model's state at the token (`decoder_reads_entropy`)."""
         off = None if offsets is None else offsets[:, None]
-        x = self._embed(tokens[:, None], off, tokens[:, None], history)  # (B', 1, D)
+        ent = None if entropy_h is None else entropy_h[:, None]
+        x = self._embed(tokens[:, None], off, tokens[:, None], history, ent)  # (B', 1, D)
         h = self.body.step(x, cache, rows, context[:, None].to(x.dtype))[:, 0]  # (B', D)
         return self.head(h), h  # (B', V), (B', D)
+
+
+def entropy_at_inputs(entropy_h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The entropy model's states laid out as the decoder's input [BEGIN, x] (`shift_in_begin`):
+    input i holds x[i - 1], so it reads entropy_h[i - 1]; BEGIN and padding read zeros.
+    entropy_h (B, T, D), valid (B, T) -> (B, T+1, D).
+
+    Example, one row with left padding: valid [0 1 1], states [e0 e1 e2]; the input is
+    [pad, BEGIN, x1, x2], which reads [0, 0, e1, e2] (BEGIN sits where padding's e0 lands: zero).
+    """
+    B, _, D = entropy_h.shape
+    kept = entropy_h * valid[..., None].to(entropy_h.dtype)  # (B, T, D) zero on padding
+    return torch.cat([kept.new_zeros(B, 1, D), kept], dim=1)  # (B, T+1, D)

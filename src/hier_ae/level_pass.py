@@ -33,7 +33,8 @@ class LevelPass:
     tokens, valid, positions, fires, H (B, T); entropy_logits (B, T, V) (with grad); layout: the
     segments. When the level was encoded: q (codes (B, S), z (B, S, D), ...), h (B, T, D) encoder
     states and up, the framed token stream of the level above; with `keep_kv`, stream: the level's
-    state for streaming generation (its decoder cache is filled top-down by `predict_logits`).
+    state for streaming generation (its decoder cache is filled top-down by `predict_logits`);
+    entropy_h (B, T, D): the entropy model's last hidden states (what `decoder_reads_entropy` reads).
     """
 
     tokens: torch.Tensor
@@ -47,6 +48,7 @@ class LevelPass:
     h: torch.Tensor | None = None
     up: UpperStream | None = None
     stream: LevelStream | None = None
+    entropy_h: torch.Tensor | None = None
 
     def entropy_loss(self) -> torch.Tensor:
         """Next-token CE (nats) of the entropy model over the pairs inside each row."""

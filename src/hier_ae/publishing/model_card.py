@@ -31,6 +31,7 @@ def _architecture(config) -> str:
                 if lv.decoder_ngrams
                 else ""
             )
+            + (", decoder reads the entropy model's states" if lv.decoder_reads_entropy else "")
         )
     top = config.top_lm_config
     lines.append(f"- top code LM: width {top.hidden_size}, {top.num_layers} layers")
