@@ -10,9 +10,10 @@ Tiny Shakespeare, validation bits/byte against size and against training FLOPs.
 A size is a hier_ae config (`SIZES`). At a size of the two-level design (`TWO_LEVEL`) the Llama and BLT
 of that point are sized to its parameter count, as in the main run (BLT's smallest shape is larger
 than the smallest point: `PEER_PARAMS`); a size of the one-level design (`ONE_LEVEL`, configs/small.yaml
-at 1.1 M) trains hier_ae alone, its own line in the plot ("hier_ae-1level"). Each point
-is one `python -m bench.run` with that config, its own cache folder and the main data only (no second
-table, no scaling, no generation timings, no reconstruction benchmark): train, FLOPs, score
+until session 10, before its decoder inputs) trains hier_ae alone, its own line in the plot
+("hier_ae-1level"). Each point is one `python -m bench.run` with that config, its own cache folder
+and the main data only (no second table, no scaling, no generation timings, no reconstruction
+benchmark): train, FLOPs, score
 (bench/run.py). So every figure here comes from the same code as the main table; the main table's
 budget is larger, so its figures are not points of this frontier.
 
@@ -43,11 +44,11 @@ TWO_LEVEL = {
     "9m": "bench/variants/frontier/hier_ae-9m.yaml",
 }
 # the one-level design (level 1 removed, a deeper top LM over the level-0 codes: the G-series of
-# bench/experiments.md; configs/small.yaml is its 1.1 M point): hier_ae alone, its own line in the plot
+# bench/experiments.md; configs/small.yaml was its 1.1 M point): hier_ae alone, its own line in the plot
 # ("hier_ae-1level"); the peers of about its sizes are the two-level points'
 ONE_LEVEL = {
     "1level-0.9m": "bench/variants/frontier/hier_ae-1level-0.9m.yaml",
-    "1level-1.1m": "configs/small.yaml",
+    "1level-1.1m": "bench/variants/frontier/hier_ae-1level-1.1m.yaml",
     "1level-3.1m": "bench/variants/frontier/hier_ae-1level-3.1m.yaml",
 }
 SIZES = {**TWO_LEVEL, **ONE_LEVEL}

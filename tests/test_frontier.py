@@ -109,12 +109,12 @@ def test_each_point_names_when_and_on_which_cpu_it_ran(tmp_path):
 
 
 def test_a_one_level_point_trains_hier_ae_alone_and_is_its_own_line(tmp_path):
-    """The one-level design (configs/small.yaml) is a second hier_ae line: its points run hier_ae only
+    """The one-level design (hier_ae-1level-*.yaml) is a second hier_ae line: its points run hier_ae only
     (the peers of about its size are the two-level points'), and the ratios take hier_ae's best line."""
     files = output_files(tmp_path)
     args = frontier.parse_args(["--cache-dir", str(tmp_path), *files])
     run_args = run.parse_args(frontier.point_argv(args, "1level-1.1m"))
-    assert run_args.only == ["hier_ae"] and run_args.config.endswith("configs/small.yaml")
+    assert run_args.only == ["hier_ae"] and run_args.config.endswith("hier_ae-1level-1.1m.yaml")
     assert run.parse_args(frontier.point_argv(args, "1.4m")).only is None  # all three families
     fake_point(args, "1.4m", "hier_ae", 1_400_000, 2.5)
     fake_point(args, "1.4m", "llama", 1_400_000, 2.2)

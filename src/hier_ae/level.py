@@ -6,6 +6,8 @@ The data flow of a level over its tokens `x (B, T)` (bytes at level 0, framed co
     encoder -> h (B, T, D) -> learned-query pooling per segment -> (B, S, D) -> quantiser -> codes, z
     codes of the completed segments, framed [bos] codes [eos] -> the token stream of the level above
     decoder([BEGIN, x], context of the segment being predicted) -> logits (B, T + 1, V)
+      (its input may also add hashed n-grams of x, `decoder_ngrams`, and a map of the entropy
+      model's hidden state at each x, `decoder_reads_entropy`)
 
 `HierLevel.bottom_up` is that pass (what `forward`, `predict` and `encode` share; its result is a
 `level_pass.LevelPass`); the context is the segment's own code in reconstruct mode
