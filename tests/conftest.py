@@ -166,6 +166,23 @@ def trained_1level(request, tmp_path_factory, grammar_data):
 
 
 @pytest.fixture(scope="session")
+def trained_inputs(request, tmp_path_factory, grammar_data):
+    """trained_1level with the decoder inputs configs/small.yaml ships: the entropy model's states
+    (`decoder_reads_entropy`) and hashed n-grams with dropout (about 1.5 minutes on 2 cores)."""
+    stages = [
+        Stage("entropy", 0, 150, 3e-3),
+        Stage("autoencoder", 0, 800, 3e-3),
+        Stage("top_lm", None, 100, 3e-3),
+        Stage("predict", None, 300, 2e-3),
+    ]
+    level = tiny_level(
+        decoder_reads_entropy=True, decoder_ngrams=[3, 4, 5], ngram_buckets=1024, ngram_dropout=0.3
+    )
+    config = HierAEConfig(levels=[level], top_lm=TINY_TOP, max_position_embeddings=128)
+    return _trained_fixture(request, tmp_path_factory, "trained_inputs", config, grammar_data[0], stages)
+
+
+@pytest.fixture(scope="session")
 def trained_2level(request, tmp_path_factory, grammar_data):
     """A 2-level model trained on grammar sentences (all stages, about 2 minutes on 2 cores)."""
     stages = [

@@ -70,7 +70,7 @@ def test_prefix_invariance_random_weights(num_levels):
     assert_prefix_invariant(lm, ids)
 
 
-@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level", "trained_inputs"])
 def test_prefix_invariance_trained(fixture, request, grammar_data):
     model, _ = request.getfixturevalue(fixture)
     lm = as_lm(model)
@@ -251,6 +251,21 @@ def test_greedy_cache_equals_no_cache(lm2, bos):
         a, b, chooser_logits(lm, b, enc["attention_mask"]), start=enc["input_ids"].shape[1]
     )
     assert not reports, reports
+
+
+def test_greedy_cache_equals_no_cache_with_decoder_inputs(trained_inputs):
+    """The shipped decoder inputs (entropy-model states, hashed n-grams) on a trained checkpoint:
+    cached generation streams them exactly as the whole-sequence forward computes them."""
+    model, folder = trained_inputs
+    lm, tok = as_lm(model), AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    a = lm.generate(**enc, max_new_tokens=40, do_sample=False, use_cache=True)
+    b = lm.generate(**enc, max_new_tokens=40, do_sample=False, use_cache=False)
+    reports = compare_greedy(
+        a, b, chooser_logits(lm, b, enc["attention_mask"]), start=enc["input_ids"].shape[1]
+    )
+    assert not reports, reports
+    assert len(set(a[0, enc["input_ids"].shape[1] :].tolist())) >= 8  # a trained model, not a loop
 
 
 def test_left_padded_batch_equals_each_prompt_alone(lm2):

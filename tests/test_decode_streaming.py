@@ -159,7 +159,7 @@ def _assert_same(model, codes, cmask):
 
 
 # ---- (a) streamed == recompute, bit for bit ---------------------------------------------------
-@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level", "trained_inputs"])
 def test_streamed_decode_equals_recompute(fixture, request, grammar_data):
     model, _ = request.getfixturevalue(fixture)
     lines = grammar_data[1][:12]

@@ -76,7 +76,7 @@ def pad_left(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level", "trained_inputs"])
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_encode_row_alone_equals_inside_padded_batch(fixture, padding, request, grammar_data):
     model, _ = request.getfixturevalue(fixture)

@@ -101,8 +101,9 @@ def test_rolling_windows_are_lm_eval_windows(n, window):
 
 # ---- the CLI on the trained fixture -------------------------------------------------------------------
 @pytest.mark.slow  # end to end: a subprocess
-def test_lm_eval_cli_matches_own_bits_per_byte(trained_1level, tmp_path):
-    _, folder = trained_1level
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_inputs"])
+def test_lm_eval_cli_matches_own_bits_per_byte(fixture, request, tmp_path):
+    _, folder = request.getfixturevalue(fixture)
     argv = readme_lm_eval_command()
     model_args = arg(argv, "--model_args")
     argv[argv.index(model_args)] = re.sub(r"pretrained=[^,]+", f"pretrained={folder}", model_args)
