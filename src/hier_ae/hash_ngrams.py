@@ -20,12 +20,20 @@ Shape letters: B rows, T positions, D width, h history length.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_PRIME = 2_147_483_647  # 2^31 - 1: the rolling hash stays below 2^62 in int64
+_PRIME = 2_147_483_647  # 2^31 - 1: every power below it, every term of the hash below 2^48 in int64
 _BASE = 1_000_003
+
+
+@cache
+def _powers(n: int) -> tuple[int, ...]:
+    """BASE^(n-1-k) mod PRIME for k = 0 .. n-1 (computed once per n: the hash runs every streamed step)."""
+    return tuple(pow(_BASE, n - 1 - k, _PRIME) for k in range(n))
 
 
 def ngram_hash(windows: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -34,11 +42,7 @@ def ngram_hash(windows: torch.Tensor, buckets: int) -> torch.Tensor:
     value a rolling hash reducing at every step gives; each term < 2^48 for ids < 2^17, so int64
     holds the sum). Example, n = 2: (7, 8) -> (8 * BASE + 9) mod PRIME, then mod `buckets`.
     """
-    n = windows.shape[-1]
-    powers = [1]
-    for _ in range(n - 1):
-        powers.append(powers[-1] * _BASE % _PRIME)
-    scale = torch.tensor(powers[::-1], dtype=torch.long, device=windows.device)  # (n,) BASE^(n-1-k)
+    scale = torch.tensor(_powers(windows.shape[-1]), dtype=torch.long, device=windows.device)  # (n,)
     return ((windows.long() + 1) * scale).sum(dim=-1) % _PRIME % buckets
 
 
