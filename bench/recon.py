@@ -54,8 +54,7 @@ from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
 from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
-from hier_ae.segmentation import frame_upper_stream, shift_in_begin
-from hier_ae.transformer import positions_from_mask
+from hier_ae.segmentation import frame_upper_stream
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 DEFAULT_VAL_FRACTION = 0.05  # the shipped configs' data.val_fraction
@@ -137,7 +136,7 @@ def top_code_stream(model, enc):
 
     A row that began with the top level's `<s>` gets the stream's bos; a segment that holds the level's
     `</s>` (it closes its segment) is followed by the stream's eos (as `HierLevel.upper_stream` frames it).
-    Returns `UpperStream` tokens (B, T'), valid (B, T').
+    Returns `UpperStream` tokens (B, T'), valid (B, T') (and vectors when the top LM reads them).
     """
     top = model.num_levels - 1
     level = model.levels[top]
@@ -150,16 +149,15 @@ def top_code_stream(model, enc):
     is_eos = (valid & (tokens == level.vocab.eos_id) & (seg >= 0)).long()  # (B, T)
     ends = torch.zeros(B, S, dtype=torch.long, device=tokens.device)  # (B, S)
     ends = ends.scatter_reduce(1, seg.clamp(min=0), is_eos, reduce="amax").bool() & cmask  # (B, S)
-    return frame_upper_stream(codes, cmask, starts_with_bos, ends, level.upper_vocab)
+    vectors = enc.pooled[top] if level.frames_pooled else None  # (B, S, D): what `reads_pooled` reads
+    return frame_upper_stream(codes, cmask, starts_with_bos, ends, level.upper_vocab, vectors=vectors)
 
 
 @torch.no_grad()
 def top_lm_batch(model, enc) -> dict:
     """The top LM on the framed top stream: summed nats per row, top-1 hits (all tokens, codes only)."""
     up = top_code_stream(model, enc)
-    pad = model.config.level_views()[-1].pad_id
-    inp, inp_valid = shift_in_begin(up.tokens, up.valid, model.top_lm.begin_id, pad)  # (B, T'+1)
-    logits, _ = model.top_lm(inp, inp_valid, positions_from_mask(inp_valid))
+    logits = model.top_lm.read_stream(up.tokens, up.valid, vectors=up.vectors)[0]  # (B, T'+1, V)
     logits = logits[:, : up.tokens.shape[1]].float()  # (B, T', V): output i predicts tokens[i]
     nats = F.cross_entropy(logits.transpose(1, 2), up.tokens, reduction="none") * up.valid  # (B, T')
     hit = (logits.argmax(dim=-1) == up.tokens) & up.valid  # (B, T')

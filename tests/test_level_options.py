@@ -30,22 +30,30 @@ OPTIONS = {
     "ngrams": {"decoder_ngrams": [2, 3], "ngram_buckets": 16},
     # the decoder's input adds a map of the entropy model's state at the token it reads
     "reads_entropy": {"decoder_reads_entropy": True},
+    # the top LM's input adds a map of each code's pooled vector (a top_lm setting)
+    "reads_pooled": {"top_lm": {"reads_pooled": True}},
+    # residual dropout in the decoder's and the top LM's layers (training only: eval is unchanged)
+    "dropout": {"decoder_dropout": 0.3, "top_lm": {"dropout": 0.3}},
 }
 
 
 def _model(option: str, num_levels: int = 1) -> HierAEModel:
     torch.manual_seed(0)
-    levels = [tiny_level(**{"threshold": 1e9, "max_segment_len": 5, **OPTIONS[option]})]
+    level_opts = dict(OPTIONS[option])
+    top = {**TINY_TOP, **level_opts.pop("top_lm", {})}
+    levels = [tiny_level(**{"threshold": 1e9, "max_segment_len": 5, **level_opts})]
     if num_levels == 2:
         levels.append(
             tiny_level(hidden_size=32, num_heads=2, threshold=1e9, max_segment_len=3, codebook_size=64)
         )
-    model = HierAEModel(HierAEConfig(levels=levels, top_lm=TINY_TOP))
+    model = HierAEModel(HierAEConfig(levels=levels, top_lm=top))
     with torch.no_grad():  # n-gram rows as large as the byte embeddings, so a wrong history shows
         for table in [] if model.levels[0].decoder.ngrams is None else model.levels[0].decoder.ngrams.tables:
             table.weight.mul_(50.0)
         if model.levels[0].decoder.entropy_in is not None:  # likewise the entropy model's states
             model.levels[0].decoder.entropy_in.weight.mul_(50.0)
+        if model.top_lm.pooled_in is not None:  # likewise the pooled vectors
+            model.top_lm.pooled_in.weight.mul_(50.0)
     return model
 
 
@@ -145,15 +153,19 @@ def test_streamed_decode_equals_recompute_with_option(option):
     _assert_same(model, codes, cmask)
 
 
-@pytest.mark.parametrize("option", ["fsq", "all", "min_len", "ngrams", "reads_entropy"])
+@pytest.mark.parametrize(
+    "option", ["fsq", "all", "min_len", "ngrams", "reads_entropy", "reads_pooled", "dropout"]
+)
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
     lm = as_lm(model)
     lm.save_pretrained(tmp_path)
     back = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
-    cfg = back.config.level_configs[0]
     for key, value in OPTIONS[option].items():
-        assert getattr(cfg, key) == value
+        if key == "top_lm":
+            assert all(getattr(back.config.top_lm_config, k) == v for k, v in value.items())
+        else:
+            assert getattr(back.config.level_configs[0], key) == value
     ids = torch.randint(3, 259, (2, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, lm(ids).logits, atol=1e-5, rtol=1e-5)
@@ -204,3 +216,62 @@ def test_decoder_reads_entropy_states_without_moving_the_entropy_model():
         model.levels[0].decoder.entropy_in.weight.zero_()
         changed = model(ids).reconstruct_logits[0]
     assert not torch.allclose(changed, out.reconstruct_logits[0].detach())
+
+
+# ---- the top LM reads each code's pooled vector -------------------------------------------------
+@pytest.mark.parametrize("num_levels", [1, 2])
+def test_top_lm_reads_the_pooled_vector_of_each_code(num_levels):
+    """With `top_lm.reads_pooled` the top LM's input at each code is embed(code) + map(pooled vector
+    of that code's segment), read with grad (the joint stage moves the encoder through it); the
+    predict-mode logits change with the map (it is wired in) and in the top LM stage's loss."""
+    model = _model("reads_pooled", num_levels)
+    ids = torch.randint(3, 259, (2, 40), generator=torch.Generator().manual_seed(5))
+    p = model._bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))[-1]
+    up = p.up
+    # each code's vector sits at its index in the stream (no bos / eos in these random rows)
+    for b in range(2):
+        n = int(p.layout.seg_mask[b].sum())
+        torch.testing.assert_close(up.vectors[b, up.seg_pos[b, :n]], p.pooled[b, :n])
+    out = model(ids)
+    out.top_lm_loss.backward()
+    assert model.top_lm.pooled_in.weight.grad.abs().sum() > 0
+    enc_grads = [q.grad for q in model.levels[-1].encoder.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in enc_grads)  # read with grad
+    with torch.no_grad():
+        before = model.predict(ids).logits
+        model.top_lm.pooled_in.weight.zero_()
+        after = model.predict(ids).logits
+    assert not torch.allclose(before, after)
+
+
+def test_top_lm_reading_pooled_vectors_refuses_stored_top_codes():
+    model = _model("reads_pooled")
+    codes = torch.tensor([[66, 5, 7, 9]])  # bos of the level-0 code stream (K = 64), codes
+    with pytest.raises(ValueError, match=r"start_level=1.*reads_pooled=True.*do not carry"):
+        model(codes, start_level=1)
+    with pytest.raises(ValueError, match=r"top_lm\.reads_pooled='yes' is invalid"):
+        HierAEConfig(top_lm={"reads_pooled": "yes"})
+
+
+# ---- residual dropout ---------------------------------------------------------------------------
+def test_dropout_acts_in_training_only():
+    """With decoder / top-LM dropout, two training-mode passes differ (it acts) and two eval-mode
+    passes are equal (the causal LM's outputs never depend on it)."""
+    ids = torch.randint(3, 259, (2, 30), generator=torch.Generator().manual_seed(6))
+    plain = _model("reads_pooled").train()  # without dropout, training-mode passes agree
+    torch.testing.assert_close(plain.predict(ids).logits, plain.predict(ids).logits)
+    model = _model("dropout").train()
+    a, b = model.predict(ids).logits, model.predict(ids).logits
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(ids).logits, model.predict(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("field", ["decoder_dropout", "top_lm.dropout"])
+@pytest.mark.parametrize("value", [1.0, -0.1, True])
+def test_dropout_is_checked(field, value):
+    kwargs = {"top_lm": {"dropout": value}} if field == "top_lm.dropout" else {"levels": [{field: value}]}
+    name = r"top_lm\.dropout" if field == "top_lm.dropout" else rf"levels\[0\]\.{field}"
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid: a probability in \[0, 1\)"):
+        HierAEConfig(**kwargs)

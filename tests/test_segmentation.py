@@ -74,6 +74,23 @@ def test_frame_upper_stream():
     assert up.tokens.tolist() == [[12, 7, 3, 11, 9], [4, 5, 11, 10, 10]]
     assert up.valid.int().tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert up.seg_pos.tolist() == [[1, 2, 4], [0, 1, 0]]
+    assert up.vectors is None
+
+
+def test_frame_upper_stream_with_vectors():
+    """frame_upper_stream's docstring: each code's vector at its index, zeros at bos / eos / padding;
+    with `closed`, the open segment's vector is dropped with its code."""
+    codes = torch.tensor([[7, 3, 9], [4, 5, 0]])
+    seg_mask = torch.tensor([[True, True, True], [True, True, False]])
+    bos = torch.tensor([True, False])
+    eos = torch.tensor([[False, True, False], [False, True, False]])
+    vec = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[..., None]  # (2, 3, 1)
+    up = frame_upper_stream(codes, seg_mask, bos, eos, LevelVocab.of_codes(10), vectors=vec)
+    assert up.vectors[..., 0].tolist() == [[0.0, 1.0, 2.0, 0.0, 3.0], [4.0, 5.0, 0.0, 0.0, 0.0]]
+    closed = torch.tensor([[True, True, False], [True, True, False]])
+    up = frame_upper_stream(codes, seg_mask, bos, eos, LevelVocab.of_codes(10), closed=closed, vectors=vec)
+    assert up.tokens.tolist() == [[12, 7, 3, 11], [4, 5, 11, 10]]
+    assert up.vectors[..., 0].tolist() == [[0.0, 1.0, 2.0, 0.0], [4.0, 5.0, 0.0, 0.0]]
 
 
 def test_shift_in_begin_left_and_right_padding():

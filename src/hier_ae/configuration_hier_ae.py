@@ -36,6 +36,11 @@ QUANTIZERS = ("vq", "fsq")
 MAX_COMPOSITE_CODES = 65536
 
 
+def _is_probability(value: Any) -> bool:
+    """A dropout rate: an int or float in [0, 1) (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
 def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ValueError(f"{field}={value!r} is invalid: {allowed}.")
@@ -162,6 +167,9 @@ class LevelConfig:
     # LM over the same tokens that segmentation runs anyway (no extra layers run; detached, so the
     # decoder's loss never moves the entropy model or the boundaries)
     decoder_reads_entropy: bool = False
+    # residual dropout in the decoder's layers in training (0: none); with `top_lm.dropout`, the
+    # regulariser of what predict mode trains when a small text is read for many epochs
+    decoder_dropout: float = 0.0
 
     @property
     def num_codes(self) -> int:
@@ -312,14 +320,9 @@ class LevelConfig:
                 ns,
                 "None or a list of distinct integers in [2, 8] (n-gram lengths, e.g. [3, 4, 5])",
             )
-        _check(
-            isinstance(self.ngram_dropout, (int, float))
-            and not isinstance(self.ngram_dropout, bool)
-            and 0.0 <= self.ngram_dropout < 1.0,
-            f"{prefix}.ngram_dropout",
-            self.ngram_dropout,
-            "a probability in [0, 1)",
-        )
+        for name in ("ngram_dropout", "decoder_dropout"):
+            value = getattr(self, name)
+            _check(_is_probability(value), f"{prefix}.{name}", value, "a probability in [0, 1)")
         _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")
@@ -327,13 +330,21 @@ class LevelConfig:
 
 @dataclass
 class TopLMConfig:
-    """The causal transformer over the top level's code stream (DESIGN §5). Full causal attention."""
+    """The causal transformer over the top level's code stream (DESIGN §5). Full causal attention.
+
+    `reads_pooled`: its input at each code adds a learned map of that segment's pooled vector (the
+    top level's pooling output before the quantiser: what the code was chosen from), as BLT's global
+    model reads continuous patch vectors; specials read zeros. Such a model needs the bytes (or the
+    levels below the top) to run: it cannot train or score on stored code shards alone.
+    """
 
     hidden_size: int = 64
     num_heads: int = 4
     intermediate_size: int = 256
     num_layers: int = 2
     rope_theta: float = 10000.0
+    reads_pooled: bool = False
+    dropout: float = 0.0  # residual dropout in its layers in training (0: none)
 
     def validate(self) -> None:
         for name in ("hidden_size", "num_heads", "intermediate_size", "num_layers"):
@@ -345,6 +356,13 @@ class TopLMConfig:
                 "must be an integer >= 1",
             )
         _check_numbers(self, "top_lm.", ("rope_theta",))
+        _check(
+            isinstance(self.reads_pooled, bool),
+            "top_lm.reads_pooled",
+            self.reads_pooled,
+            "must be True or False",
+        )
+        _check(_is_probability(self.dropout), "top_lm.dropout", self.dropout, "a probability in [0, 1)")
         _check(self.rope_theta > 0, "top_lm.rope_theta", self.rope_theta, "must be > 0")
         _check(
             self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,

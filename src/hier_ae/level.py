@@ -121,6 +121,9 @@ class HierLevel(nn.Module):
         # frozen codebook gathers no EMA statistics, so the codes the next level reads stay fixed
         self.entropy_frozen = False
         self.codebook_frozen = False
+        # set by the model on its top level when the top LM reads pooled vectors (`TopLMConfig.reads_pooled`):
+        # the framed stream then carries each code's pooled vector
+        self.frames_pooled = False
 
     # ---- boundaries ------------------------------------------------------------------------
     def rule(self, entropy, tokens, prev_entropy=None, valid=None):
@@ -173,8 +176,8 @@ class HierLevel(nn.Module):
 
     # ---- encode ----------------------------------------------------------------------------
     def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, kv_out=None):
-        """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats) and the encoder
-        states h (B, T, D)."""
+        """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats), the encoder
+        states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D)."""
         with fp32_region(tokens.device):
             h = self.encoder(tokens, valid, positions, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
@@ -186,19 +189,28 @@ class HierLevel(nn.Module):
                 q = self.quantizer(pooled, layout.seg_mask)
             finally:
                 self.quantizer.training = was_training
-        return q, h
+        return q, h, pooled
 
-    def upper_stream(self, tokens, valid, layout: SegmentLayout, codes, closed=None) -> UpperStream:
+    def upper_stream(
+        self, tokens, valid, layout: SegmentLayout, codes, closed=None, pooled=None
+    ) -> UpperStream:
         """Frame this level's codes as the token stream of the level above (DESIGN §2).
 
-        `closed (B, S)` keeps only completed segments (predict mode); see `frame_upper_stream`.
+        `closed (B, S)` keeps only completed segments (predict mode); `pooled (B, S, D)`, when given,
+        is framed beside the codes (`UpperStream.vectors`); see `frame_upper_stream`.
         """
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         f = first_real(valid)
         starts_with_bos = valid[rows, f] & (tokens[rows, f] == self.vocab.bos_id)  # (B,)
         ends_with_eos = layout.seg_mask & (segment_last_tokens(tokens, layout) == self.vocab.eos_id)  # (B, S)
         return frame_upper_stream(
-            codes, layout.seg_mask, starts_with_bos, ends_with_eos, self.upper_vocab, closed=closed
+            codes,
+            layout.seg_mask,
+            starts_with_bos,
+            ends_with_eos,
+            self.upper_vocab,
+            closed=closed,
+            vectors=pooled,
         )
 
     def bottom_up(self, tokens, valid, encode=True, closed_only=False, keep_kv=False) -> LevelPass:
@@ -212,9 +224,10 @@ class HierLevel(nn.Module):
         p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
         if not encode:
             return p
-        p.q, p.h = self.encode_segments(tokens, valid, positions, layout, kv_out=kv_enc)
+        p.q, p.h, p.pooled = self.encode_segments(tokens, valid, positions, layout, kv_out=kv_enc)
         closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
-        p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed)
+        vectors = p.pooled if self.frames_pooled else None
+        p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed, pooled=vectors)
         if keep_kv:
             p.stream = open_level_stream(self, valid, layout, fires, H, p.h, kv_ent, kv_enc)
         return p
@@ -310,9 +323,10 @@ class HierLevel(nn.Module):
     # ---- streaming -------------------------------------------------------------------------
     def step(self, st: LevelStream, rows: torch.Tensor, toks: torch.Tensor, upper: Callable):
         """Read one token for each row in `rows` (B',): boundary rule, encoder, and when the rule
-        fires, pooling + quantiser; the code goes up through `upper(rows, codes)`, which returns the
-        hidden state of the level above (the next segment's context). Then the decoder predicts the
-        token after. Returns logits (B', V), hidden (B', D)."""
+        fires, pooling + quantiser; the code goes up through `upper(rows, codes, pooled)` (pooled
+        (B'', D) the vectors the codes were chosen from, None with the EOS that follows), which
+        returns the hidden state of the level above (the next segment's context). Then the decoder
+        predicts the token after. Returns logits (B', V), hidden (B', D)."""
         L = self.cfg.max_segment_len
         seg_len = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_len[rows]), st.seg_len[rows])
         with fp32_region(toks.device):
@@ -333,10 +347,10 @@ class HierLevel(nn.Module):
                 slots = torch.arange(L, device=toks.device)[None, :] < seg_len[fires][:, None]  # (B'', L)
                 pooled = self.pooling(st.open_states[closing][:, None], slots[:, None])  # (B'', 1, D)
                 codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
-            g = upper(closing, codes)
+            g = upper(closing, codes, pooled[:, 0])
             eos = toks[fires] == self.vocab.eos_id
             if bool(eos.any()):  # EOS closes its segment at every level: the upper EOS follows
-                g[eos] = upper(closing[eos], torch.full_like(codes[eos], self.upper_vocab.eos_id))
+                g[eos] = upper(closing[eos], torch.full_like(codes[eos], self.upper_vocab.eos_id), None)
             st.context[closing] = self.context_proj(g.to(self.context_proj.weight.dtype)).to(st.context.dtype)
         offsets = torch.where(fires, torch.zeros_like(seg_len), seg_len)  # (B',) of the next token
         history = None

@@ -103,6 +103,7 @@ class SegmentDecoder(nn.Module):
             cfg.window,
             cfg.rope_theta,
             context_dim=context_dim,
+            dropout=cfg.decoder_dropout,
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 

@@ -34,7 +34,8 @@ class LevelPass:
     segments. When the level was encoded: q (codes (B, S), z (B, S, D), ...), h (B, T, D) encoder
     states and up, the framed token stream of the level above; with `keep_kv`, stream: the level's
     state for streaming generation (its decoder cache is filled top-down by `predict_logits`);
-    entropy_h (B, T, D): the entropy model's last hidden states (what `decoder_reads_entropy` reads).
+    entropy_h (B, T, D): the entropy model's last hidden states (what `decoder_reads_entropy` reads);
+    pooled (B, S, D), when encoded: the pooled vectors the codes were chosen from.
     """
 
     tokens: torch.Tensor
@@ -49,6 +50,7 @@ class LevelPass:
     up: UpperStream | None = None
     stream: LevelStream | None = None
     entropy_h: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
 
     def entropy_loss(self) -> torch.Tensor:
         """Next-token CE (nats) of the entropy model over the pairs inside each row."""
@@ -73,6 +75,7 @@ def level_fields(passes: list[LevelPass]) -> dict:
         "level_tokens": tuple(p.tokens for p in passes),
         "level_mask": tuple(p.valid for p in passes),
         "entropy": tuple(p.H for p in passes),
+        "pooled": tuple(p.pooled for p in passes if p.pooled is not None),
     }
 
 

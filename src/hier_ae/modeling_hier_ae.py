@@ -128,7 +128,9 @@ class HierAEModel(HierAEPreTrainedModel):
         cfgs = config.level_configs
         upper_dims = [c.hidden_size for c in cfgs[1:]] + [config.top_lm_config.hidden_size]
         self.levels = nn.ModuleList(HierLevel(c, views[i], upper_dims[i]) for i, c in enumerate(cfgs))
-        self.top_lm = CodeLM(views[-1], config.top_lm_config)
+        self.top_lm = CodeLM(views[-1], config.top_lm_config, cfgs[-1].hidden_size)
+        # the top level frames its pooled vectors beside its codes when the top LM reads them
+        self.levels[-1].frames_pooled = config.top_lm_config.reads_pooled
         self.post_init()
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -208,6 +210,12 @@ class HierAEModel(HierAEPreTrainedModel):
             raise ValueError(f"mode={mode!r} is invalid: 'autoencode' or 'predict'.")
         if not 0 <= start_level <= self.num_levels:
             raise ValueError(f"start_level={start_level} is invalid: must be in [0, {self.num_levels}].")
+        if start_level == self.num_levels and self.config.top_lm_config.reads_pooled:
+            raise ValueError(
+                f"start_level={start_level} (stored top codes) is invalid for this model: its top LM reads "
+                "each code's pooled vector (top_lm.reads_pooled=True), which stored codes do not carry; "
+                f"start from a level below {start_level} (bytes at 0)."
+            )
         vocab = self.config.level_views()[start_level].vocab_size
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes, vocab)
         n_run, recon, top = check_run_levels(
@@ -227,8 +235,10 @@ class HierAEModel(HierAEPreTrainedModel):
         loss = LevelTerms.weighted_sum(per_level, w)
         top_loss = ids.new_zeros((), dtype=torch.float32)
         if top:  # the top LM over the top code stream (the input itself when start_level = num_levels)
-            tokens, valid = (passes[-1].up.tokens, passes[-1].up.valid) if passes else (ids, valid)
-            top_loss = self.top_lm.read_stream(tokens, valid)[3]
+            up = passes[-1].up if passes else None
+            tokens, valid = (up.tokens, up.valid) if up is not None else (ids, valid)
+            vectors = up.vectors if up is not None else None
+            top_loss = self.top_lm.read_stream(tokens, valid, vectors=vectors)[3]
             loss = loss + w["top_lm"] * top_loss
         return HierAEOutput(loss=loss, top_lm_loss=top_loss, **per_level, **level_fields(passes))
 
@@ -266,7 +276,9 @@ class HierAEModel(HierAEPreTrainedModel):
         # the top LM over the completed top codes
         top = passes[-1].up
         kv_top = [] if return_stream else None
-        _, upper_h, top_valid, top_loss = self.top_lm.read_stream(top.tokens, top.valid, kv_out=kv_top)
+        _, upper_h, top_valid, top_loss = self.top_lm.read_stream(
+            top.tokens, top.valid, kv_out=kv_top, vectors=top.vectors
+        )
         upper_n = top.valid.sum(dim=1)  # (B,) index of the next code in the upper stream
         # top down: contexts from the level above, decoders in predict mode
         losses = [None] * self.num_levels
@@ -300,14 +312,15 @@ class HierAEModel(HierAEPreTrainedModel):
         logits, _ = self._level_step(state, 0, rows, input_ids)
         return logits
 
-    def _level_step(self, state: StreamState, li: int, rows: torch.Tensor, toks: torch.Tensor):
+    def _level_step(self, state: StreamState, li: int, rows: torch.Tensor, toks: torch.Tensor, vectors=None):
         """Level `li` (the top LM at `li = num_levels`) reads one token per row of `rows`
-        (`HierLevel.step`); a code it passes up is read by level `li + 1`. Returns logits, hidden."""
+        (`HierLevel.step`); a code it passes up is read by level `li + 1`, with its pooled vector
+        (`vectors (B', D)`, None for specials; only the top LM reads them). Returns logits, hidden."""
         if li == self.num_levels:
-            return self.top_lm.step(toks, state.top, rows)
+            return self.top_lm.step(toks, state.top, rows, vectors=vectors)
 
-        def upper(rows_up, codes):
-            return self._level_step(state, li + 1, rows_up, codes)[1]
+        def upper(rows_up, codes, pooled):
+            return self._level_step(state, li + 1, rows_up, codes, pooled)[1]
 
         return self.levels[li].step(state.levels[li], rows, toks, upper)
 

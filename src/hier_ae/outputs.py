@@ -30,6 +30,7 @@ class HierAEOutput(ModelOutput):
     level_tokens: tuple[torch.Tensor, ...] | None = None
     level_mask: tuple[torch.Tensor, ...] | None = None
     entropy: tuple[torch.Tensor, ...] | None = None
+    pooled: tuple[torch.Tensor, ...] | None = None
     reconstruct_logits: tuple[torch.Tensor, ...] | None = None
     tokens_per_segment: torch.Tensor | None = None
     usage_perplexity: torch.Tensor | None = None
@@ -41,7 +42,8 @@ class HierAEEncoderOutput(ModelOutput):
     """`HierAEModel.encode`: every level's codes and masks; `top_codes` is what `decode` needs.
 
     codes[l] (B, S_l) in [0, K_l^R_l); code_mask[l] (B, S_l); segment_ids[l] (B, T_l), -1 on padding;
-    level_tokens[l] / level_mask[l]: the token stream level l read (bytes at level 0); entropy[l] in bits.
+    level_tokens[l] / level_mask[l]: the token stream level l read (bytes at level 0); entropy[l] in bits;
+    pooled[l] (B, S_l, D_l): the pooled segment vectors the codes were chosen from.
     """
 
     top_codes: torch.Tensor | None = None
@@ -52,6 +54,7 @@ class HierAEEncoderOutput(ModelOutput):
     level_tokens: tuple[torch.Tensor, ...] | None = None
     level_mask: tuple[torch.Tensor, ...] | None = None
     entropy: tuple[torch.Tensor, ...] | None = None
+    pooled: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass

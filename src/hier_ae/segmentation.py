@@ -139,12 +139,14 @@ class UpperStream:
     """The token stream of the level above, framed like bytes (DESIGN §2): [bos] codes [eos ...].
 
     tokens (B, T'): ids of the level above; valid (B, T'); seg_pos (B, S): index in `tokens` of the
-    code of each segment below (0 when padded).
+    code of each segment below (0 when padded); vectors (B, T', Dv), when framed with them: each
+    code's segment vector at its index, zeros at specials and padding.
     """
 
     tokens: torch.Tensor
     valid: torch.Tensor
     seg_pos: torch.Tensor
+    vectors: torch.Tensor | None = None
 
 
 def frame_upper_stream(
@@ -154,6 +156,7 @@ def frame_upper_stream(
     ends_with_eos: torch.Tensor,
     vocab: LevelVocab,
     closed: torch.Tensor | None = None,
+    vectors: torch.Tensor | None = None,
 ) -> UpperStream:
     """Codes of one level -> the framed token stream of the level above.
 
@@ -167,6 +170,8 @@ def frame_upper_stream(
     (`LevelVocab.of_codes(K)`: pad K, eos K + 1, bos K + 2). `closed (B, S)` (optional) keeps
     only completed segments in `tokens` (the causal LM's view: an open segment has no code yet);
     `seg_pos` of the open segment is then where its code will go, the end of the stream.
+    `vectors (B, S, Dv)` (optional) are laid out the same way (`UpperStream.vectors`): above,
+    vectors[:, 0..2] at indices 1, 2, 4 and zeros at 0 (bos) and 3 (eos).
     """
     B, S = codes.shape
     dev = codes.device
@@ -189,7 +194,13 @@ def frame_upper_stream(
     tokens = tokens[:, :Tu]  # (B, T')
     valid = torch.arange(Tu, device=dev)[None, :] < n_tokens[:, None]  # (B, T')
     tokens = torch.where(valid, tokens, torch.full_like(tokens, pad_id))
-    return UpperStream(tokens=tokens, valid=valid, seg_pos=seg_pos)
+    vec = None
+    if vectors is not None:
+        Dv = vectors.shape[-1]
+        vec = vectors.new_zeros(B, Tu + 1, Dv)  # (B, T'+1, Dv); last row = sink
+        idx = torch.where(seg_mask, seg_pos, sink)[..., None].expand(B, S, Dv)  # (B, S, Dv)
+        vec = vec.scatter(1, idx, vectors * seg_mask[..., None])[:, :Tu]  # (B, T', Dv)
+    return UpperStream(tokens=tokens, valid=valid, seg_pos=seg_pos, vectors=vec)
 
 
 def shift_in_begin(tokens: torch.Tensor, valid: torch.Tensor, begin_id: int, pad_id: int):

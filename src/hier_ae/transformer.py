@@ -160,8 +160,11 @@ class Block(nn.Module):
     read reduces to `out(value(norm(c)))`; we compute that directly instead of a 1-key softmax.
     """
 
-    def __init__(self, dim, num_heads, intermediate, window, rope_theta, context_dim: int | None = None):
+    def __init__(
+        self, dim, num_heads, intermediate, window, rope_theta, context_dim: int | None = None, dropout=0.0
+    ):
         super().__init__()
+        self.dropout = dropout  # residual dropout on the attention and MLP outputs, in training only
         self.attn_norm = nn.RMSNorm(dim)
         self.attn = SelfAttention(dim, num_heads, window, rope_theta)
         self.context_dim = context_dim
@@ -172,18 +175,21 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = MLP(dim, intermediate)
 
+    def _drop(self, y):
+        return F.dropout(y, self.dropout, self.training) if self.dropout else y
+
     def forward(self, x, positions, key_valid, context=None, kv_out=None):
-        x = x + self.attn(self.attn_norm(x), positions, key_valid, kv_out)
+        x = x + self._drop(self.attn(self.attn_norm(x), positions, key_valid, kv_out))
         return self._tail(x, context)
 
     def step(self, x, positions, cache, layer, rows, context=None):
-        x = x + self.attn.step(self.attn_norm(x), positions, cache, layer, rows)
+        x = x + self._drop(self.attn.step(self.attn_norm(x), positions, cache, layer, rows))
         return self._tail(x, context)
 
     def _tail(self, x, context):
         if self.context_dim is not None:
             x = x + self.ctx_out(self.ctx_value(self.ctx_norm(context)))  # (B, T, D)
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
 
 
 class CausalTransformer(nn.Module):
@@ -198,10 +204,12 @@ class CausalTransformer(nn.Module):
         window: int | None,
         rope_theta: float,
         context_dim: int | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, intermediate, window, rope_theta, context_dim) for _ in range(num_layers)
+            Block(dim, num_heads, intermediate, window, rope_theta, context_dim, dropout)
+            for _ in range(num_layers)
         )
         self.norm = nn.RMSNorm(dim)
 

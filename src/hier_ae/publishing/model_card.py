@@ -32,9 +32,14 @@ def _architecture(config) -> str:
                 else ""
             )
             + (", decoder reads the entropy model's states" if lv.decoder_reads_entropy else "")
+            + (f", decoder dropout {lv.decoder_dropout}" if lv.decoder_dropout else "")
         )
     top = config.top_lm_config
-    lines.append(f"- top code LM: width {top.hidden_size}, {top.num_layers} layers")
+    lines.append(
+        f"- top code LM: width {top.hidden_size}, {top.num_layers} layers"
+        + (", reads each code's pooled vector" if top.reads_pooled else "")
+        + (f", dropout {top.dropout}" if top.dropout else "")
+    )
     return "\n".join(lines)
 
 
