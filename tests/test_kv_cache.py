@@ -21,8 +21,10 @@ def toy_store(valid: list[list[int]]) -> KVStore:
     return KVStore([(k, k.clone())], key_valid)
 
 
-def step(store: KVStore, rows: torch.Tensor, value: float):
-    store.write(0, rows, torch.full((len(rows), 1, 1, 1), value), torch.full((len(rows), 1, 1, 1), value))
+def step(store: KVStore, rows: torch.Tensor, value: float, window: int | None):
+    """Open a step for `rows` and write `value` as layer 0's key and value of the new slots."""
+    store.open_step(rows, window)
+    store.write(0, torch.full((len(rows), 1, 1, 1), value), torch.full((len(rows), 1, 1, 1), value))
     return store
 
 
@@ -30,12 +32,12 @@ def test_windowed_read_after_a_write():
     store = toy_store([[1, 1, 1, 1, 1]])  # length 5
     rows = torch.tensor([0])
     assert store.next_positions(rows).tolist() == [5]
-    step(store, rows, 5.0)
-    keys, values, mask = store.read(0, rows, window=3)
+    step(store, rows, 5.0, window=3)
+    keys, values, mask = store.read(0)
     assert keys[0, 0, :, 0].tolist() == [3.0, 4.0, 5.0] and mask.tolist() == [[True, True, True]]
     store.advance(rows)
     assert store.length.tolist() == [6] and store.n_valid.tolist() == [6]
-    assert store.capacity >= 6  # grew on write
+    assert store.capacity >= 6  # grew when the step opened
 
 
 def test_left_padding_and_rows_of_different_lengths():
@@ -43,14 +45,14 @@ def test_left_padding_and_rows_of_different_lengths():
     assert store.length.tolist() == [3, 3] and store.n_valid.tolist() == [2, 3]
     rows = torch.tensor([0, 1])
     assert store.next_positions(rows).tolist() == [2, 3]  # rotary positions count real inputs only
-    step(store, rows, 9.0)
-    keys, _, mask = store.read(0, rows, window=None)  # the top LM reads every slot
+    step(store, rows, 9.0, window=None)  # the top LM reads every slot
+    keys, _, mask = store.read(0)
     assert keys[:, 0, :, 0].tolist() == [[-1.0, 1.0, 2.0, 9.0], [0.0, 1.0, 2.0, 9.0]]
     assert mask.tolist() == [[False, True, True, True], [True, True, True, True]]  # padding stays masked
     store.advance(rows)
     # only row 1 steps now (row 0's segment below did not close): lengths diverge
-    step(store, torch.tensor([1]), 7.0)
-    keys, _, mask = store.read(0, torch.tensor([1]), window=2)
+    step(store, torch.tensor([1]), 7.0, window=2)
+    keys, _, mask = store.read(0)
     assert keys[0, 0, :, 0].tolist() == [9.0, 7.0] and mask.tolist() == [[True, True]]
     store.advance(torch.tensor([1]))
     assert store.length.tolist() == [4, 5]
@@ -59,8 +61,8 @@ def test_left_padding_and_rows_of_different_lengths():
 def test_window_before_the_start_is_masked_and_reorder_selects_rows():
     store = toy_store([[1], [1]])
     rows = torch.tensor([0, 1])
-    step(store, rows, 1.0)
-    _, _, mask = store.read(0, rows, window=4)  # slots -2, -1 do not exist
+    step(store, rows, 1.0, window=4)  # slots -2, -1 do not exist
+    _, _, mask = store.read(0)
     assert mask.tolist() == [[False, False, True, True]] * 2
     store.advance(rows)
     store.reorder(torch.tensor([1, 1, 0]))  # beam search: rows selected and repeated

@@ -6,7 +6,8 @@ masks padding slots. A new position of row b is written at slot `length[b]`. A w
 reads only the last W slots of each row (O(W) per step); the top LM reads every slot.
 
 Worked example, W = 3, one row with length 5 before a step: the new key goes to slot 5 and the
-query reads slots 3, 4, 5 (the same keys the whole-row sliding window gives position 5).
+query reads slots 3, 4, 5 (the same keys the whole-row sliding window gives position 5). A step is
+`open_step` (the slots, once per stack), then `write` and `read` per layer, then `advance`.
 Shape letters: B rows, H heads, C capacity, hd head size, W window.
 """
 
@@ -26,6 +27,7 @@ class KVStore:
         self.length = last_real(key_valid) + 1  # (B,) next slot to write
         self.length = torch.where(key_valid.any(1), self.length, torch.zeros_like(self.length))
         self.n_valid = key_valid.long().sum(1)  # (B,) real inputs so far = the next rotary position
+        self._step = None  # what `open_step` indexed for the step in progress
 
     @property
     def capacity(self) -> int:
@@ -46,18 +48,14 @@ class KVStore:
     def next_positions(self, rows: torch.Tensor) -> torch.Tensor:
         return self.n_valid[rows]  # (B',)
 
-    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the new position's key/value (B', H, 1, hd) of `rows` at their current length."""
-        if layer == 0:
-            self._grow(int(self.length[rows].max()) + 1)
-            self.key_valid[rows, self.length[rows]] = True
-        slot = self.length[rows]  # (B',)
-        self.keys[layer][rows, :, slot] = k[:, :, 0].to(self.keys[layer].dtype)
-        self.values[layer][rows, :, slot] = v[:, :, 0].to(self.values[layer].dtype)
-
-    def read(self, layer: int, rows: torch.Tensor, window: int | None):
-        """Keys, values (B', H, W', hd) and a key mask (B', W') for the newest position of `rows`."""
-        end = self.length[rows] + 1  # (B',) slots [0, end) exist, the newest is end - 1
+    def open_step(self, rows: torch.Tensor, window: int | None) -> None:
+        """Before a step's layers: make room for one new slot per row of `rows`, mark it valid, and
+        index the slots the step reads, which are the same for every layer (computed once, not per
+        layer): the last `window` slots up to the new one, or every slot (`window` None)."""
+        self._grow(int(self.length[rows].max()) + 1)
+        slot = self.length[rows]  # (B',) where the new position goes
+        self.key_valid[rows, slot] = True
+        end = slot + 1  # (B',) slots [0, end) exist, the newest is end - 1
         if window is None:
             span = int(end.max())
             idx = torch.arange(span, device=end.device)[None, :].expand(len(rows), span)  # (B', W')
@@ -67,14 +65,26 @@ class KVStore:
             inside = idx >= 0
             idx = idx.clamp(min=0)
         r = rows[:, None]  # (B', 1): index only the W' slots read, never a row's whole cache
-        mask = inside & self.key_valid[r, idx]  # (B', W')
+        self._step = (rows, slot, r, idx, inside & self.key_valid[r, idx])  # mask (B', W')
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new position's key/value (B', H, 1, hd) of the open step's rows in their new slot."""
+        rows, slot = self._step[:2]
+        self.keys[layer][rows, :, slot] = k[:, :, 0].to(self.keys[layer].dtype)
+        self.values[layer][rows, :, slot] = v[:, :, 0].to(self.values[layer].dtype)
+
+    def read(self, layer: int):
+        """Keys, values (B', H, W', hd) and a key mask (B', W') for the open step's newest positions."""
+        _, _, r, idx, mask = self._step
         keys = self.keys[layer][r, :, idx].transpose(1, 2)  # (B', W', H, hd) -> (B', H, W', hd)
         values = self.values[layer][r, :, idx].transpose(1, 2)
         return keys, values, mask
 
     def advance(self, rows: torch.Tensor) -> None:
+        """After a step's layers: the new slot of each row of `rows` is filled."""
         self.length[rows] += 1
         self.n_valid[rows] += 1
+        self._step = None
 
     def reorder(self, index: torch.Tensor) -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]

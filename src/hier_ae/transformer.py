@@ -16,22 +16,31 @@ Shape letters (DESIGN §2): B batch, T tokens, D width, H heads, W window, nb bl
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@functools.cache
+def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """theta^(-2i / head_dim) for i < head_dim / 2 (hd/2,): made once per shape and device, not per
+    call (a streamed step would rebuild it in every layer); a plain tensor, never saved for backward."""
+    with torch.inference_mode(False), torch.no_grad():
+        return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables for integer `positions (B, T)`; computed on the fly (no buffer to lose on load)."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    )  # (hd/2,)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
+    """Rotary tables for integer `positions (B, T)`; computed on the fly (no buffer to lose on load),
+    once per stack (`CausalTransformer`), since every layer rotates by the same positions."""
+    angles = positions.to(torch.float32)[..., None] * _inv_freq(head_dim, float(theta), positions.device)
     return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, T, hd/2) each
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of the two halves of the head dimension. x: (B, H, T, hd)."""
+    """Rotate pairs (x1, x2) of the two halves of the head dimension. x: (..., B, H, T, hd), cos and
+    sin (B, 1, T, hd/2)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, hd/2) each
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, hd)
     return out.to(x.dtype)
@@ -109,16 +118,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def _qkv(self, x, positions):
+    def _qkv(self, x, rot):
+        """x (B, T, D), rot = `rotary_cos_sin` of the positions -> q, k, v (B, H, T, hd)."""
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv  # (B, H, T, hd) each
-        cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        q, k = apply_rotary(qkv[:2], *rot).unbind(0)  # q and k rotated in one call: (B, H, T, hd) each
+        return q, k, qkv[2]
 
-    def forward(self, x, positions, key_valid, kv_out=None):
+    def forward(self, x, rot, key_valid, kv_out=None):
         B, T, D = x.shape
-        q, k, v = self._qkv(x, positions)
+        q, k, v = self._qkv(x, rot)
         if kv_out is not None:
             kv_out.append((k, v))  # the prefill of a KVStore
         if self.window is None:
@@ -127,12 +137,13 @@ class SelfAttention(nn.Module):
             y = sliding_window_attention(q, k, v, self.window, key_valid)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
-    def step(self, x, positions, cache, layer: int, rows):
-        """One new position per row of `rows`, attending to the cached keys. x (B', 1, D)."""
+    def step(self, x, rot, cache, layer: int):
+        """One new position per row of the cache's open step (`KVStore.open_step`), attending to the
+        cached keys. x (B', 1, D)."""
         Bp, _, D = x.shape
-        q, k, v = self._qkv(x, positions)  # (B', H, 1, hd)
-        cache.write(layer, rows, k, v)
-        keys, values, mask = cache.read(layer, rows, self.window)  # (B', H, W', hd), mask (B', W')
+        q, k, v = self._qkv(x, rot)  # (B', H, 1, hd)
+        cache.write(layer, k, v)
+        keys, values, mask = cache.read(layer)  # (B', H, W', hd), mask (B', W')
         y = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask[:, None, None, :]
         )  # (B', H, 1, hd)
@@ -178,12 +189,12 @@ class Block(nn.Module):
     def _drop(self, y):
         return F.dropout(y, self.dropout, self.training) if self.dropout else y
 
-    def forward(self, x, positions, key_valid, context=None, kv_out=None):
-        x = x + self._drop(self.attn(self.attn_norm(x), positions, key_valid, kv_out))
+    def forward(self, x, rot, key_valid, context=None, kv_out=None):
+        x = x + self._drop(self.attn(self.attn_norm(x), rot, key_valid, kv_out))
         return self._tail(x, context)
 
-    def step(self, x, positions, cache, layer, rows, context=None):
-        x = x + self._drop(self.attn.step(self.attn_norm(x), positions, cache, layer, rows))
+    def step(self, x, rot, cache, layer, context=None):
+        x = x + self._drop(self.attn.step(self.attn_norm(x), rot, cache, layer))
         return self._tail(x, context)
 
     def _tail(self, x, context):
@@ -207,6 +218,7 @@ class CausalTransformer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        self.head_dim, self.rope_theta, self.window = dim // num_heads, rope_theta, window
         self.blocks = nn.ModuleList(
             Block(dim, num_heads, intermediate, window, rope_theta, context_dim, dropout)
             for _ in range(num_layers)
@@ -215,15 +227,17 @@ class CausalTransformer(nn.Module):
 
     def forward(self, x, positions, key_valid, context=None, kv_out=None):
         """Whole rows. With `kv_out` (a list), each layer appends its rotated (keys, values)."""
+        rot = rotary_cos_sin(positions, self.head_dim, self.rope_theta)  # the same for every layer
         for block in self.blocks:
-            x = block(x, positions, key_valid, context, kv_out)
+            x = block(x, rot, key_valid, context, kv_out)
         return self.norm(x)
 
     def step(self, x, cache, rows, context=None):
         """One new position for each row in `rows` (B',): x (B', 1, D) -> (B', 1, D), via `cache`."""
-        positions = cache.next_positions(rows)[:, None]  # (B', 1)
+        rot = rotary_cos_sin(cache.next_positions(rows)[:, None], self.head_dim, self.rope_theta)  # (B', 1)
+        cache.open_step(rows, self.window)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, positions, cache, i, rows, context)
+            x = block.step(x, rot, cache, i, context)
         cache.advance(rows)
         return self.norm(x)
 
