@@ -31,9 +31,12 @@ _BASE = 1_000_003
 
 
 @cache
-def _powers(n: int) -> tuple[int, ...]:
-    """BASE^(n-1-k) mod PRIME for k = 0 .. n-1 (computed once per n: the hash runs every streamed step)."""
-    return tuple(pow(_BASE, n - 1 - k, _PRIME) for k in range(n))
+def _powers(n: int, device: torch.device) -> torch.Tensor:
+    """BASE^(n-1-k) mod PRIME for k = 0 .. n-1, (n,) int64 (made once per n and device: the hash runs
+    every streamed step); a plain tensor, never saved for backward."""
+    with torch.inference_mode(False):
+        powers = [pow(_BASE, n - 1 - k, _PRIME) for k in range(n)]
+        return torch.tensor(powers, dtype=torch.long, device=device)
 
 
 def ngram_hash(windows: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -42,7 +45,7 @@ def ngram_hash(windows: torch.Tensor, buckets: int) -> torch.Tensor:
     value a rolling hash reducing at every step gives; each term < 2^48 for ids < 2^17, so int64
     holds the sum). Example, n = 2: (7, 8) -> (8 * BASE + 9) mod PRIME, then mod `buckets`.
     """
-    scale = torch.tensor(_powers(windows.shape[-1]), dtype=torch.long, device=windows.device)  # (n,)
+    scale = _powers(windows.shape[-1], windows.device)  # (n,)
     return ((windows.long() + 1) * scale).sum(dim=-1) % _PRIME % buckets
 
 
