@@ -9,6 +9,7 @@ Tried here, with what the error names:
 - a wrong type or range (batch_size "8", 0; val_fraction 0.9; on_nonfinite "ignore")
                                          -> "<section>.<key>=<value> is invalid: must be ..."
 - no training.stages                     -> "training.stages is missing"
+- a stage's loss_weights with a typo     -> "training.stages[0].loss_weights has an unknown term ..."
 - the same typo given by `--set`         -> the same error, before anything runs
 - `train.py` on a bad config             -> one line "train.py: error: ...", exit status 1, no traceback
                                             (HIER_AE_TRACEBACK=1 shows it)
@@ -56,6 +57,10 @@ CASES = [
     ),
     (with_("training", "stages", [{"kind": "top_lm", "step": 3}]), r"training\.stages\[0\]\.step .*'steps'"),
     (with_("training", "stages", [{"steps": 3}]), r"training\.stages\[0\] has no 'kind'"),
+    (
+        with_("training", "stages", [{"kind": "predict", "loss_weights": {"recon": 0}}]),
+        r"training\.stages\[0\]\.loss_weights has an unknown term 'recon'; allowed: \['entropy'",
+    ),
     ({"model": {}, "training": {}}, r"training\.stages is missing"),
     ([1, 2], r"must be a YAML mapping"),
 ]

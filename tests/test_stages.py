@@ -109,3 +109,69 @@ def test_stage_objectives_use_the_config_loss_weights(kind, level):
         ),
     }[kind]()
     torch.testing.assert_close(plan.objective(out), want)
+
+
+def test_stage_loss_weights_override_the_config_for_that_stage_only():
+    """A stage's `loss_weights` replace the config's weights for its objective; the config is untouched."""
+    from conftest import tiny_config
+
+    from hier_ae import HierAEModel
+
+    torch.manual_seed(0)
+    model = HierAEModel(tiny_config(1, reconstruct_loss_weight=2.0, top_lm_loss_weight=7.0)).eval()
+    ids, mask = pad_rows([frame_document(b"a dog runs."), frame_document(b"the cat")])
+    plan = prepare_stage(model, Stage("predict", None, 1, 1e-3, loss_weights={"top_lm": 0.5}))
+    with torch.no_grad():
+        out = model(ids, mask, **plan.forward_kwargs)
+    want = out.predict_loss.sum() + 2.0 * out.reconstruct_loss.sum() + 0.5 * out.top_lm_loss
+    torch.testing.assert_close(plan.objective(out), want)
+    assert model.config.top_lm_loss_weight == 7.0
+    plan = prepare_stage(model, Stage("autoencoder", 0, 1, 1e-3, loss_weights={"commitment": 0.0}))
+    with torch.no_grad():
+        out = model(ids, mask, **plan.forward_kwargs)
+    torch.testing.assert_close(plan.objective(out), 2.0 * out.reconstruct_loss[0])
+
+
+def test_predict_stage_without_the_reconstruct_term_skips_that_pass(trained_2level, grammar_data):
+    """`loss_weights={"reconstruct": 0}` on predict: no reconstruct-mode pass runs (its terms are None),
+    the objective is the causal-LM terms alone, and the stage trains the decoders and the top LM."""
+    model = copy.deepcopy(trained_2level[0])
+    stage = Stage("predict", None, 3, 1e-3, warmup_steps=1, loss_weights={"reconstruct": 0.0})
+    plan = prepare_stage(model, stage)
+    assert plan.forward_kwargs == {"mode": "predict", "reconstruct_levels": ()}
+    assert plan.metric_names == ["predict CE", "top-LM CE"]
+    rows = [frame_document(s.encode()) for s in grammar_data[1][:4]]
+    ids, mask = pad_rows(rows)
+    with torch.no_grad():
+        out = model(ids, mask, **plan.forward_kwargs)
+    assert out.reconstruct_loss is None and out.commitment_loss is None
+    torch.testing.assert_close(plan.objective(out), out.predict_loss.sum() + out.top_lm_loss)
+    before = _snapshot(model.levels[0].decoder)
+    batches = DocumentCropper([s.encode() for s in grammar_data[0]], 4, 64, seed=3, p_doc_start=0.5)
+    history = train_stage(model, stage, batches)
+    assert len(history) == 3 and all(math.isfinite(x) for x in history)
+    assert not _same(before, _snapshot(model.levels[0].decoder))
+
+
+def test_predict_mode_reconstructs_every_level_or_none(trained_2level):
+    model = trained_2level[0]
+    ids, mask = pad_rows([frame_document(b"a dog runs.")])
+    with pytest.raises(ValueError, match=r"reconstruct_levels=\(0,\) is invalid with mode='predict'"):
+        model(ids, mask, mode="predict", reconstruct_levels=(0,))
+    with torch.no_grad():
+        out = model(ids, mask, mode="predict", reconstruct_levels=(0, 1))
+    assert out.reconstruct_loss.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ({"recon": 0.0}, r"unknown term 'recon'; allowed: \['entropy', 'reconstruct'"),
+        ({"reconstruct": -1.0}, r"\['reconstruct'\]=-1.0 is invalid: must be a finite number >= 0"),
+        ({"top_lm": float("nan")}, r"loss_weights\['top_lm'\]=nan is invalid"),
+        ([0.0], r"must be a mapping of \['entropy'"),
+    ],
+)
+def test_stage_loss_weights_are_validated(weights, match):
+    with pytest.raises(ValueError, match=match):
+        Stage("predict", None, 1, loss_weights=weights)

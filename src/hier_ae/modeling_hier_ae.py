@@ -192,7 +192,8 @@ class HierAEModel(HierAEPreTrainedModel):
         encoder and quantiser run when its codes are needed (its decoder, a level above, the top LM).
         Skipped terms are 0. `loss_weights` overrides the config's weights for this call (keys:
         entropy, reconstruct, commitment, top_lm). `mode="predict"` returns `predict(...)` instead
-        (with the reconstruct terms), for training stages that go through `forward`.
+        (with the reconstruct terms unless `reconstruct_levels=()`), for training stages that go
+        through `forward`; predict mode reconstructs every level or none.
 
         `start_level=l > 0` starts from stored codes instead of bytes: `input_ids` is then the token
         stream of level l (the codes of level l - 1 framed as bos, codes, eos with that level's
@@ -205,7 +206,14 @@ class HierAEModel(HierAEPreTrainedModel):
         """
         check_forward_kwargs(HierAEModel.forward, kwargs)
         if mode == "predict":
-            return self.predict(input_ids, attention_mask, with_reconstruct=True)
+            every = tuple(range(self.num_levels))
+            if reconstruct_levels is not None and tuple(reconstruct_levels) not in ((), every):
+                raise ValueError(
+                    f"reconstruct_levels={reconstruct_levels!r} is invalid with mode='predict': None or all "
+                    f"levels (reconstruct terms too) or () (none)."
+                )
+            with_reconstruct = reconstruct_levels is None or len(reconstruct_levels) > 0
+            return self.predict(input_ids, attention_mask, with_reconstruct=with_reconstruct)
         if mode != "autoencode":
             raise ValueError(f"mode={mode!r} is invalid: 'autoencode' or 'predict'.")
         if not 0 <= start_level <= self.num_levels:

@@ -25,7 +25,7 @@ from typing import Any
 from ..configuration_hier_ae import HierAEConfig
 from ..validation import did_you_mean
 from .nonfinite import NONFINITE_POLICIES
-from .stages import STAGE_KINDS, Stage
+from .stages import LOSS_TERMS, STAGE_KINDS, Stage, check_loss_weights
 
 # a kind: (type name, type predicate); `_rule` turns one into (value predicate, what is allowed)
 _INT = ("int", lambda v: isinstance(v, int) and not isinstance(v, bool))
@@ -96,6 +96,16 @@ EVALUATION = {
     "lines": _rule(_INT, low=0),
     "predict_docs": _rule(_INT, low=0),
 }
+
+
+def _loss_weights_ok(v) -> bool:
+    try:
+        check_loss_weights(v, "loss_weights")
+    except ValueError:
+        return False
+    return True
+
+
 STAGE = {
     "kind": _rule(_STR, choices=STAGE_KINDS),
     "level": _rule(_INT, low=0, optional=True),
@@ -103,6 +113,7 @@ STAGE = {
     "lr": _rule(_NUM, low=0.0),
     "warmup_steps": _rule(_INT, low=0),
     "weight_decay": _rule(_NUM, low=0.0),
+    "loss_weights": (_loss_weights_ok, f"null or a mapping of {list(LOSS_TERMS)} to numbers >= 0"),
 }
 assert set(STAGE) == {f.name for f in fields(Stage)}, "keep STAGE in step with stages.Stage"
 TOP = {"model", "data", "training", "evaluation", "output_dir"}
@@ -165,6 +176,8 @@ def check_run_config(cfg: Any) -> dict:
     _section("training", cfg["training"], TRAINING)
     _section("evaluation", cfg.get("evaluation") or {}, EVALUATION)
     for i, stage in enumerate(cfg["training"]["stages"]):
+        # the loss weights first: their own check names the bad term, not just "invalid"
+        check_loss_weights(stage.get("loss_weights"), f"training.stages[{i}].loss_weights")
         _section(f"training.stages[{i}]", stage, STAGE)
         if "kind" not in stage:
             raise ValueError(f"training.stages[{i}] has no 'kind'; see configs/tiny.yaml for the stage list.")

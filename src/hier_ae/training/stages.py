@@ -31,11 +31,18 @@ logger = logging.getLogger(__name__)
 
 STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict", "joint")
 LEVELLESS_KINDS = ("top_lm", "predict", "joint")
+# the loss terms a stage's `loss_weights` may override (the config's `<term>_loss_weight` otherwise)
+LOSS_TERMS = ("entropy", "reconstruct", "commitment", "top_lm", "predict")
 
 
 @dataclass
 class Stage:
-    """One stage: `kind` in STAGE_KINDS, the `level` it trains (None for top_lm/predict/joint), steps, lr."""
+    """One stage: `kind` in STAGE_KINDS, the `level` it trains (None for top_lm/predict/joint), steps, lr.
+
+    `loss_weights` overrides the model config's loss weights for this stage only, e.g.
+    `{"reconstruct": 0.0}` on a predict stage trains the causal-LM objective alone (and skips the
+    reconstruct-mode pass it would otherwise run); keys are `LOSS_TERMS`, values numbers >= 0.
+    """
 
     kind: str
     level: int | None = None
@@ -43,6 +50,7 @@ class Stage:
     lr: float = 3e-3
     warmup_steps: int = 10
     weight_decay: float = 0.0
+    loss_weights: dict[str, float] | None = None
 
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
@@ -54,10 +62,26 @@ class Stage:
             )
         if self.steps < 0 or self.lr <= 0:
             raise ValueError(f"stage {self.name}: steps={self.steps} must be >= 0 and lr={self.lr} > 0.")
+        check_loss_weights(self.loss_weights, f"stage {self.name}: loss_weights")
 
     @property
     def name(self) -> str:
         return self.kind if self.level is None else f"{self.kind}-{self.level}"
+
+
+def check_loss_weights(weights, where: str) -> None:
+    """Raise `ValueError` unless `weights` is None or a mapping of `LOSS_TERMS` to finite numbers >= 0."""
+    if weights is None:
+        return
+    if not isinstance(weights, dict):
+        raise ValueError(
+            f"{where}={weights!r} is invalid: must be a mapping of {list(LOSS_TERMS)} to numbers."
+        )
+    for term, w in weights.items():
+        if term not in LOSS_TERMS:
+            raise ValueError(f"{where} has an unknown term {term!r}; allowed: {list(LOSS_TERMS)}.")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{where}[{term!r}]={w!r} is invalid: must be a finite number >= 0.")
 
 
 def default_stages(
@@ -113,10 +137,10 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
             f"levels {start_level}..{n_levels - 1}."
         )
     model.requires_grad_(False)
-    # the config's loss weights, the one place they are set (1.0 each by default)
+    # the config's loss weights (1.0 each by default), then the stage's overrides: the one place set
     c = model.config
-    w_ent, w_rec, w_com = c.entropy_loss_weight, c.reconstruct_loss_weight, c.commitment_loss_weight
-    w_pred, w_top = c.predict_loss_weight, c.top_lm_loss_weight
+    w = {term: getattr(c, f"{term}_loss_weight") for term in LOSS_TERMS} | (stage.loss_weights or {})
+    w_ent, w_rec, w_com, w_top, w_pred = (w[t] for t in LOSS_TERMS)
     top = stage.level if stage.level is not None else n_levels
     for i, level in enumerate(model.levels):
         # levels below the trained one are fixed: their segments and codes must not move
@@ -158,14 +182,14 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         for lv in model.levels:
             lv.decoder.requires_grad_(True)
             lv.context_proj.requires_grad_(True)
-        kwargs = {"mode": "predict"}
+        # a zero reconstruct weight skips the reconstruct-mode pass altogether (its terms are None)
+        kwargs = {"mode": "predict", "reconstruct_levels": () if w_rec == 0 else None}
 
         def objective(out):
-            return (
-                w_pred * out.predict_loss.sum() + w_rec * out.reconstruct_loss.sum() + w_top * out.top_lm_loss
-            )
+            loss = w_pred * out.predict_loss.sum() + w_top * out.top_lm_loss
+            return loss if w_rec == 0 else loss + w_rec * out.reconstruct_loss.sum()
 
-        names = ["predict CE", "recon CE", "top-LM CE"]
+        names = ["predict CE", "top-LM CE"] + ([] if w_rec == 0 else ["recon CE"])
     else:
         # joint (DESIGN §8, optional): everything but the entropy models and codebooks, on both
         # modes at once; the encoders now move too, held to their (frozen) codebooks by commitment.
@@ -209,7 +233,8 @@ def stage_metrics(out, stage: Stage) -> dict[str, float]:
         # predict mode reads completed segments only: a language-model figure, but per token of the
         # training batch (</s> included), not the held-out bits per byte of the reports
         m["predict bits/token"] = out.predict_loss[0].item() / math.log(2)
-        m["recon bits/token"] = out.reconstruct_loss[0].item() / math.log(2)
+        if out.reconstruct_loss is not None:  # None when the stage's reconstruct weight is 0
+            m["recon bits/token"] = out.reconstruct_loss[0].item() / math.log(2)
         m["top-LM bits/code"] = out.top_lm_loss.item() / math.log(2)
         if stage.kind == "joint":
             m["commitment"] = out.commitment_loss.sum().item()
