@@ -30,6 +30,8 @@ OPTIONS = {
     "ngrams": {"decoder_ngrams": [2, 3], "ngram_buckets": 16},
     # the decoder's input adds a map of the entropy model's state at the token it reads
     "reads_entropy": {"decoder_reads_entropy": True},
+    # ... from an entropy model with its own (here shorter) window: caches and steps use that window
+    "entropy_window": {"decoder_reads_entropy": True, "entropy_window": 8},
     # the top LM's input adds a map of each code's pooled vector (a top_lm setting)
     "reads_pooled": {"top_lm": {"reads_pooled": True}},
     # residual dropout in the decoder's and the top LM's layers (training only: eval is unchanged)
@@ -216,6 +218,33 @@ def test_decoder_reads_entropy_states_without_moving_the_entropy_model():
         model.levels[0].decoder.entropy_in.weight.zero_()
         changed = model(ids).reconstruct_logits[0]
     assert not torch.allclose(changed, out.reconstruct_logits[0].detach())
+
+
+def test_entropy_window_is_the_entropy_models_own():
+    """`entropy_window` 8 on a level of window 32: the entropy model's prediction at t reads tokens
+    t - 7 .. t only (a change at t - 8 leaves it, one at t - 7 moves it); the decoder keeps 32."""
+    model = _model("entropy_window").eval()
+    assert model.levels[0].entropy_model.body.window == 8 and model.levels[0].decoder.body.window == 32
+    ids = torch.randint(3, 259, (1, 24), generator=torch.Generator().manual_seed(5))
+    t = 20
+
+    def entropy_logits_at_t(x):
+        with torch.no_grad():
+            pos = torch.arange(x.shape[1])[None]
+            return model.levels[0].entropy_model(x, torch.ones_like(x, dtype=torch.bool), pos)[0][0, t]
+
+    base = entropy_logits_at_t(ids)
+    far, near = ids.clone(), ids.clone()
+    far[0, t - 8] = (far[0, t - 8] - 3 + 1) % 256 + 3
+    near[0, t - 7] = (near[0, t - 7] - 3 + 1) % 256 + 3
+    torch.testing.assert_close(entropy_logits_at_t(far), base)
+    assert not torch.allclose(entropy_logits_at_t(near), base)
+
+
+@pytest.mark.parametrize("value", [0, 100_000, 2.5, True])
+def test_entropy_window_is_checked(value):
+    with pytest.raises(ValueError, match=r"levels\[0\]\.entropy_window=.* is invalid: must be null"):
+        HierAEConfig(max_position_embeddings=256, levels=[{"entropy_window": value}])
 
 
 # ---- the top LM reads each code's pooled vector -------------------------------------------------

@@ -113,8 +113,11 @@ class LevelConfig:
     intermediate_size: int = 256
     window: int = 64
     rope_theta: float = 10000.0
-    # entropy model (a small causal LM over this level's tokens)
+    # entropy model (a small causal LM over this level's tokens); `entropy_window` its own attention
+    # window (None: `window`): a longer one lets its states, which `decoder_reads_entropy` passes to
+    # the decoder, carry exact history from further back at forward-only cost after its stage
     entropy_layers: int = 2
+    entropy_window: int | None = None
     # boundary rule (DESIGN §3.2)
     boundary_mode: str = "threshold"
     threshold: float = 2.0
@@ -246,6 +249,15 @@ class LevelConfig:
             self.window,
             f"must be <= max_input_bytes={max_input_bytes}",
         )
+        if self.entropy_window is not None:
+            _check(
+                isinstance(self.entropy_window, int)
+                and not isinstance(self.entropy_window, bool)
+                and 1 <= self.entropy_window <= max_input_bytes,
+                f"{prefix}.entropy_window",
+                self.entropy_window,
+                f"must be null (the level's window) or an integer in [1, max_input_bytes={max_input_bytes}]",
+            )
         _check(
             self.encoder_scope in ENCODER_SCOPES,
             f"{prefix}.encoder_scope",

@@ -22,8 +22,9 @@ class TokenLM(nn.Module):
     def __init__(self, vocab: int, cfg: LevelConfig, num_layers: int):
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.hidden_size)
+        window = cfg.window if cfg.entropy_window is None else cfg.entropy_window
         self.body = CausalTransformer(
-            cfg.hidden_size, num_layers, cfg.num_heads, cfg.intermediate_size, cfg.window, cfg.rope_theta
+            cfg.hidden_size, num_layers, cfg.num_heads, cfg.intermediate_size, window, cfg.rope_theta
         )
         self.head = nn.Linear(cfg.hidden_size, vocab, bias=False)
 

@@ -32,6 +32,7 @@ def _architecture(config) -> str:
                 else ""
             )
             + (", decoder reads the entropy model's states" if lv.decoder_reads_entropy else "")
+            + (f", entropy model window {lv.entropy_window}" if lv.entropy_window is not None else "")
             + (f", decoder dropout {lv.decoder_dropout}" if lv.decoder_dropout else "")
         )
     top = config.top_lm_config
