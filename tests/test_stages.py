@@ -140,6 +140,11 @@ def test_predict_stage_without_the_reconstruct_term_skips_that_pass(trained_2lev
     plan = prepare_stage(model, stage)
     assert plan.forward_kwargs == {"mode": "predict", "reconstruct_levels": ()}
     assert plan.metric_names == ["predict CE", "top-LM CE"]
+    assert prepare_stage(model, Stage("predict", None, 1)).metric_names == [
+        "predict CE",
+        "recon CE",
+        "top-LM CE",
+    ]
     rows = [frame_document(s.encode()) for s in grammar_data[1][:4]]
     ids, mask = pad_rows(rows)
     with torch.no_grad():

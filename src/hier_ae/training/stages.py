@@ -189,7 +189,7 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
             loss = w_pred * out.predict_loss.sum() + w_top * out.top_lm_loss
             return loss if w_rec == 0 else loss + w_rec * out.reconstruct_loss.sum()
 
-        names = ["predict CE", "top-LM CE"] + ([] if w_rec == 0 else ["recon CE"])
+        names = ["predict CE"] + ([] if w_rec == 0 else ["recon CE"]) + ["top-LM CE"]
     else:
         # joint (DESIGN §8, optional): everything but the entropy models and codebooks, on both
         # modes at once; the encoders now move too, held to their (frozen) codebooks by commitment.
