@@ -65,8 +65,13 @@ def sliding_window_attention(
 
     `key_valid (B, T)` bool masks padding (one document per row: nothing else is masked).
     A query always sees itself, so fully padded rows give finite values (which callers ignore).
+    A row no longer than the window is plain causal attention (`full_causal_attention`, whose fused
+    kernel is 4x less work than the blocked band: window 256 over 256 tokens would be 2 blocks of
+    256 queries x 512 keys).
     """
     B, H, T, hd = q.shape
+    if T <= window:  # every query's window reaches back past key 0: plain causal attention, fused
+        return full_causal_attention(q, k, v, key_valid)
     W = window
     nb = (T + W - 1) // W
     pad = nb * W - T
