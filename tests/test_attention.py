@@ -16,7 +16,10 @@ def dense_reference(q, k, v, window, key_valid):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
 
 
-@pytest.mark.parametrize("T,W", [(1, 4), (7, 3), (16, 4), (33, 8), (20, 64), (16, 16), (17, 16)])
+# every path: T <= W (plain causal), T <= 4W (band mask over the row), T > 4W (blocks)
+@pytest.mark.parametrize(
+    "T,W", [(1, 4), (7, 3), (16, 4), (17, 4), (33, 8), (20, 64), (16, 16), (17, 16), (64, 16), (65, 16)]
+)
 def test_sliding_window_matches_dense(T, W):
     g = torch.Generator().manual_seed(T * 100 + W)
     q, k, v = (torch.randn(2, 3, T, 8, generator=g) for _ in range(3))
