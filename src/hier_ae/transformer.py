@@ -55,75 +55,77 @@ def _blocked_keys(x: torch.Tensor, W: int) -> torch.Tensor:
     return torch.cat([prev, blocks], dim=3)  # (B, H, nb, 2W, hd)
 
 
-# rows up to this many windows long take the band-masked fused call (see sliding_window_attention)
+# rows up to this many windows long take the band-masked fused call (see `attention_mask`)
 BANDED_ROW_FACTOR = 4
 
 
-def sliding_window_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    window: int,
-    key_valid: torch.Tensor,
-) -> torch.Tensor:
-    """Causal attention where query t sees keys in (t - window, t]. q, k, v: (B, H, T, hd).
+def attention_mask(key_valid: torch.Tensor, window: int | None) -> torch.Tensor | None:
+    """The mask every layer of one stack uses for a forward pass over whole rows (built once per pass).
 
-    `key_valid (B, T)` bool masks padding (one document per row: nothing else is masked).
-    A query always sees itself, so fully padded rows give finite values (which callers ignore).
-    Three paths, the same attention: a row no longer than the window is plain causal attention
-    (`full_causal_attention`); a row of at most `BANDED_ROW_FACTOR` windows is one fused call over the
-    whole row with a band mask; a longer row goes in blocks of W queries that see their own block and
-    the one before (O(T W) work, not O(T^2)). On 2 CPU cores, (8, 4, 256, 16) and W = 64: blocked 4.4
-    ms, band mask 1.8 ms; (1, 4, 2048, 16): blocked 3.2 ms, band mask 12.3 ms.
+    `key_valid (B, T)` bool marks real tokens (padding False). Query t sees keys p with
+    p <= t (and t - p < window for a windowed stack) that are real, and always itself, so fully
+    padded rows give finite values (which callers ignore). Three forms, one rule:
+      None                 the fused causal kernel is exact: no window or T <= window, and only right
+                           padding (padding keys come after every real query);
+      (B, 1, T, T)         a dense mask over the row: rows of at most `BANDED_ROW_FACTOR` windows
+                           (a band) or left-padded rows without a window (generation prompts);
+      (B, 1, nb, W, 2W)    a long windowed row in blocks of W queries that see the previous block and
+                           their own (O(T W) memory, not O(T^2)).
+    On 2 CPU cores, (8, 4, 256, 16) and W = 64: blocked 4.4 ms, band mask 1.8 ms; (1, 4, 2048, 16):
+    blocked 3.2 ms, band mask 12.3 ms.
+
+    Toy example, W = 2, T = 3, one row, key_valid = [F, T, T] (left padding):
+    dense rows (query t over keys 0..2): t=0 [1 0 0] (itself only), t=1 [0 1 0], t=2 [0 1 1].
     """
-    B, H, T, hd = q.shape
-    if T <= window:  # every query's window reaches back past key 0: plain causal attention, fused
-        return full_causal_attention(q, k, v, key_valid)
-    if T <= BANDED_ROW_FACTOR * window:  # a short row: one fused call with a (B, T, T) band mask
-        t = torch.arange(T, device=q.device)
-        band = (t[None, :] <= t[:, None]) & (t[:, None] - t[None, :] < window)  # (T, T)
-        mask = band[None] & key_valid[:, None, :]  # (B, T, T)
-        mask = mask | torch.eye(T, dtype=torch.bool, device=q.device)[None]  # always see yourself
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B, H, T, hd)
+    B, T = key_valid.shape
+    dev = key_valid.device
+    if window is None or T <= window:
+        right_padded_only = bool((key_valid[:, 1:] <= key_valid[:, :-1]).all()) if T > 1 else True
+        if right_padded_only:
+            return None
+    if window is None or T <= BANDED_ROW_FACTOR * window:
+        t = torch.arange(T, device=dev)
+        allowed = t[None, :] <= t[:, None]  # (T, T) causal
+        if window is not None:
+            allowed = allowed & (t[:, None] - t[None, :] < window)  # the band
+        mask = allowed[None] & key_valid[:, None, :]  # (B, T, T)
+        return (mask | torch.eye(T, dtype=torch.bool, device=dev)[None])[:, None]  # (B, 1, T, T)
     W = window
     nb = (T + W - 1) // W
+    kv = F.pad(key_valid, (0, nb * W - T), value=False).view(B, nb, W)  # (B, nb, W)
+    kv = torch.cat([F.pad(kv, (0, 0, 1, 0), value=False)[:, :-1], kv], dim=2)  # (B, nb, 2W) prev + own
+    i = torch.arange(W, device=dev)[:, None]  # query offset in block
+    m = torch.arange(2 * W, device=dev)[None, :]  # key offset in [prev block, own block]
+    band = (m > i) & (m <= i + W)  # (W, 2W)
+    mask = (band[None, None] & kv[:, :, None, :]) | (m == i + W)[None, None]  # (B, nb, W, 2W) + self
+    return mask[:, None]  # (B, 1, nb, W, 2W)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q, k, v (B, H, T, hd) under a mask from `attention_mask` -> (B, H, T, hd)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if mask.dim() == 4:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    B, H, T, hd = q.shape
+    nb, W = mask.shape[2], mask.shape[3]
     pad = nb * W - T
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, nb*W, hd)
-        key_valid = F.pad(key_valid, (0, pad), value=False)  # (B, nb*W)
     qb = q.view(B, H, nb, W, hd)  # (B, H, nb, W, hd)
     kb, vb = _blocked_keys(k, W), _blocked_keys(v, W)  # (B, H, nb, 2W, hd)
-    i = torch.arange(W, device=q.device)[:, None]  # query offset in block
-    m = torch.arange(2 * W, device=q.device)[None, :]  # key offset in [prev block, own block]
-    band = (m > i) & (m <= i + W)  # (W, 2W)
-    kv = key_valid.view(B, nb, W)  # (B, nb, W)
-    kv = torch.cat([F.pad(kv, (0, 0, 1, 0), value=False)[:, :-1], kv], dim=2)  # (B, nb, 2W)
-    mask = band[None, None] & kv[:, :, None, :]  # (B, nb, W, 2W)
-    mask = mask | (m == i + W)[None, None]  # always see yourself
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None])  # (B, H, nb, W, hd)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B, H, nb, W, hd)
     return out.reshape(B, H, nb * W, hd)[:, :, :T]  # (B, H, T, hd)
 
 
-def full_causal_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_valid: torch.Tensor,
-) -> torch.Tensor:
-    """Causal attention over the whole row (the top LM, over codes). q, k, v: (B, H, T, hd).
+def sliding_window_attention(q, k, v, window: int, key_valid: torch.Tensor) -> torch.Tensor:
+    """Causal attention where query t sees keys in (t - window, t]. q, k, v: (B, H, T, hd)."""
+    return attend(q, k, v, attention_mask(key_valid, window))
 
-    With one document per row and only right padding, the causal mask alone is exact for every real
-    query (padding keys come after them), so the fused O(T)-memory kernel is used; otherwise a
-    dense (B, T, T) mask is built (left-padded generation prompts).
-    """
-    T = q.shape[2]
-    right_padded_only = bool((key_valid[:, 1:] <= key_valid[:, :-1]).all()) if T > 1 else True
-    if right_padded_only:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
-    mask = causal[None] & key_valid[:, None, :]  # (B, T, T)
-    mask = mask | torch.eye(T, dtype=torch.bool, device=q.device)[None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B, H, T, hd)
+
+def full_causal_attention(q, k, v, key_valid: torch.Tensor) -> torch.Tensor:
+    """Causal attention over the whole row (the top LM, over codes). q, k, v: (B, H, T, hd)."""
+    return attend(q, k, v, attention_mask(key_valid, None))
 
 
 class SelfAttention(nn.Module):
@@ -143,15 +145,13 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary(qkv[:2], *rot).unbind(0)  # q and k rotated in one call: (B, H, T, hd) each
         return q, k, qkv[2]
 
-    def forward(self, x, rot, key_valid, kv_out=None):
+    def forward(self, x, rot, mask, kv_out=None):
+        """x (B, T, D); `mask` from `attention_mask` (built once per stack pass)."""
         B, T, D = x.shape
         q, k, v = self._qkv(x, rot)
         if kv_out is not None:
             kv_out.append((k, v))  # the prefill of a KVStore
-        if self.window is None:
-            y = full_causal_attention(q, k, v, key_valid)
-        else:
-            y = sliding_window_attention(q, k, v, self.window, key_valid)
+        y = attend(q, k, v, mask)  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
     def step(self, x, rot, cache, layer: int):
@@ -204,8 +204,8 @@ class Block(nn.Module):
     def _drop(self, y):
         return F.dropout(y, self.dropout, self.training) if self.dropout else y
 
-    def forward(self, x, rot, key_valid, context=None, kv_out=None):
-        x = x + self._drop(self.attn(self.attn_norm(x), rot, key_valid, kv_out))
+    def forward(self, x, rot, mask, context=None, kv_out=None):
+        x = x + self._drop(self.attn(self.attn_norm(x), rot, mask, kv_out))
         return self._tail(x, context)
 
     def step(self, x, rot, cache, layer, context=None):
@@ -242,8 +242,9 @@ class CausalTransformer(nn.Module):
     def forward(self, x, positions, key_valid, context=None, kv_out=None):
         """Whole rows. With `kv_out` (a list), each layer appends its rotated (keys, values)."""
         rot = rotary_cos_sin(positions, self.head_dim, self.rope_theta)  # the same for every layer
+        mask = attention_mask(key_valid, self.window)  # the same for every layer
         for block in self.blocks:
-            x = block(x, rot, key_valid, context, kv_out)
+            x = block(x, rot, mask, context, kv_out)
         return self.norm(x)
 
     def step(self, x, cache, rows, context=None):
