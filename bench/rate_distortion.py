@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     p.add_argument("--jobs", type=int, default=2, help="points run at once, one torch thread each")
     p.add_argument("--out-dir", default=str(HERE / "cache-rd"), help="every point's models and JSON")
-    p.add_argument("--out", default=str(HERE / "rate_distortion.md"), help="the report")
+    p.add_argument("--out", default=str(HERE / "rate_distortion.md"), help="the report (+ .json: every row)")
     p.add_argument("--plot", default=str(HERE / "rate_distortion.png"))
     p.add_argument("--report-only", action="store_true", help="no training: report what --out-dir holds")
     p.add_argument("--quick", action="store_true", help="a smoke run: a few steps, seconds of peer, 16 lines")
@@ -216,14 +216,15 @@ def plot(rows: list[dict], path: str, corpus: str) -> None:
     plt.close(fig)
 
 
-def render(args, rows: list[dict]) -> str:
+def render(args, rows: list[dict], machine: str = "not recorded") -> str:
     corpus = f" --corpus {args.corpus}" if args.corpus != "tinyshakespeare" else ""
     cmd = f"python -m bench.rate_distortion{corpus}"
     target = TARGET.get(args.corpus, 4.0)
     L = [
         f"# Level 0 rate-distortion on {args.corpus} (issue 21, item 4)",
         "",
-        f"Report written {datetime.date.today().isoformat()}. Command: `{cmd}` (from the repository root; "
+        f"Report written {datetime.date.today().isoformat()} on {machine}. Command: `{cmd}` (from the "
+        "repository root; "
         "the recipe and the peer's budget are in bench/rate_distortion.py's docstring). Held-out lines of "
         f"{args.corpus}'s val.txt (20-120 bytes, each `<s>` + line + `</s>`, seed 0). Autoencoder figures, "
         "not LM figures. Exact: the greedy decode from the codes alone equals the line. TF: teacher-forced "
@@ -283,9 +284,11 @@ def main(argv=None) -> None:
     rows = collect(args)
     if not rows:
         raise SystemExit(f"no finished point under {args.out_dir}: run without --report-only first")
-    Path(args.out_dir, "points.json").write_text(json.dumps(rows, indent=1))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))  # every figure, for later runs
     plot(rows, args.plot, args.corpus)
-    text = render(args, rows)
+    from bench.run import machine
+
+    text = render(args, rows, machine())
     Path(args.out).write_text(text)
     print(text)
 

@@ -107,7 +107,7 @@ def test_one_quick_point_end_to_end(tmp_path):
     files = ["--out", str(tmp_path / "rd.md"), "--plot", str(tmp_path / "rd.png")]
     rd.main(["--corpus", "toy", "--data-root", str(tmp_path / "data"), "--points", "seg3", "--jobs", "1"]
             + ["--quick", "--out-dir", str(out), *files])  # fmt: skip
-    rows = {r["model"]: r for r in json.loads((out / "points.json").read_text())}
+    rows = {r["model"]: r for r in json.loads((tmp_path / "rd.json").read_text())}
     assert set(rows) == {"hier_ae", "peer"}
     # the peer was asked for hier_ae's line rate / 1.035
     log = (out / "seg3" / "log.txt").read_text()
