@@ -41,13 +41,17 @@ DATA_ROOT = REPO.parent / "shared" / "data"
 RECIPE = "bench/variants/recon/tiny-ae-offsets.yaml"
 BASE_SET = ["data.p_line=0.25", "model.levels.0.min_segment_len=2"]
 # label -> the point's own overrides (after BASE_SET); the rate falls as bytes per segment rise and
-# rises with the codebook's bits (codebook_size 512 = 9 bits, depth 2 = 18 bits per code)
+# rises with the codebook's bits (codebook_size 512 = 9 bits; 4096 = 12; 256 at depth 2 = 16 bits per code,
+# the most a level's code ids allow: K^depth <= 65536)
 POINTS = {
     "seg4": ["model.levels.0.target_tokens_per_segment=4.0"],
     "seg3": [],
     "seg2": ["model.levels.0.target_tokens_per_segment=2.0"],
     "seg3-k4096": ["model.levels.0.codebook_size=4096"],
-    "seg3-depth2": ["model.levels.0.codebook_depth=2"],
+    "seg3-depth2": ["model.levels.0.codebook_size=256", "model.levels.0.codebook_depth=2"],
+    # about 4.0 code bits/byte, the level-0 target's rate: 8 bits per ~2 bytes, 10 bits per ~2.5 bytes
+    "seg2-k256": ["model.levels.0.target_tokens_per_segment=2.0", "model.levels.0.codebook_size=256"],
+    "seg2.5-k1024": ["model.levels.0.target_tokens_per_segment=2.5", "model.levels.0.codebook_size=1024"],
 }
 PEER_LINE_RATE_FACTOR = 1.035  # the peer's line rate / its nominal rate (a line's last chunk is padded)
 TARGET = {"tinyshakespeare": 4.0, "code": 4.0, "multilingual": 5.0}  # >= 99% exact at <= this (item 4)
