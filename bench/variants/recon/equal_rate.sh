@@ -28,19 +28,8 @@ for corpus in $CORPORA; do
   mkdir -p "$d"
   # documents for examples/train.py (it holds some out for validation; one file would give none):
   # Tiny Shakespeare at blank lines, code at its `# ---- path ----` file headers, others 20 lines each
-  $PY - "$DATA/$corpus/train.txt" "$d/train.jsonl" <<'PYEOF'
-import json, re, sys
-text = open(sys.argv[1], encoding="utf-8").read()
-if "# ---- " in text[:200]:
-    docs = re.split(r"(?=^# ---- )", text, flags=re.M)
-elif "\n\n" in text[:5000]:
-    docs = [d + "\n" for d in text.split("\n\n")]
-else:
-    lines = text.split("\n")
-    docs = ["\n".join(lines[i : i + 20]) + "\n" for i in range(0, len(lines), 20)]
-with open(sys.argv[2], "w") as f:
-    f.write("\n".join(json.dumps({"text": d}) for d in docs if d.strip()))
-PYEOF
+  $PY -c 'import sys; from pathlib import Path; from bench.rate_distortion import write_documents
+write_documents(Path(sys.argv[1]), Path(sys.argv[2]))' "$DATA/$corpus/train.txt" "$d/train.jsonl"
   accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     --num_cpu_threads_per_process 1 examples/train.py --config bench/variants/recon/tiny-ae-offsets.yaml \
     --output-dir "$d/hier_ae" --report-to none --data "$d/train.jsonl" --set data.p_line=0.25 --set "$STAGES" "${EXTRA[@]}" \
