@@ -121,7 +121,12 @@ def _run(cmd: list[str], log: Path) -> None:
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(
+            f"`{' '.join(cmd[:4])} ...` exited with {rc}; its output is in {log}:\n" + "\n".join(tail)
+        )
 
 
 def run_point(args, label: str, data: Path) -> None:
@@ -277,6 +282,13 @@ def render(args, rows: list[dict], machine: str = "not recorded") -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.report_only:
+        corpus = Path(args.data_root) / args.corpus
+        if not (corpus / "train.txt").is_file() or not (corpus / "val.txt").is_file():
+            found = sorted(p.parent.name for p in Path(args.data_root).glob("*/val.txt"))
+            raise SystemExit(
+                f"--corpus {args.corpus!r}: {corpus} needs train.txt and val.txt; corpora under "
+                f"{args.data_root}: {', '.join(found) or 'none'}"
+            )
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         data = out_dir / f"{args.corpus}-train.jsonl"

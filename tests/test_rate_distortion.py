@@ -115,3 +115,18 @@ def test_one_quick_point_end_to_end(tmp_path):
     assert 0.0 <= rows["hier_ae"]["exact_match"] <= 1.0
     assert rows["hier_ae"]["code_bits_per_byte"] > 0
     assert "| seg3 | hier_ae |" in (tmp_path / "rd.md").read_text()
+
+
+def test_an_unknown_corpus_is_refused_naming_the_ones_there(tmp_path):
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "train.txt").write_text("a\n")
+    (tmp_path / "toy" / "val.txt").write_text("b\n")
+    with pytest.raises(SystemExit, match="'shakespeare'.*corpora under .*: toy"):
+        rd.main(["--corpus", "shakespeare", "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "rd")])
+    assert not (tmp_path / "rd").exists()  # nothing trained, nothing written
+
+
+def test_a_failed_step_names_its_log(tmp_path):
+    log = tmp_path / "log.txt"
+    with pytest.raises(RuntimeError, match="exited with 3; its output is in .*log.txt:\n.*boom"):
+        rd._run([rd.sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log)
