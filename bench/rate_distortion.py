@@ -2,7 +2,7 @@
 many of their bytes are right, against the code bits per byte the codes spend; hier_ae beside the
 fixed-chunk autoencoder peer (bench/ae_peer.py) at each of hier_ae's rates.
 
-    python -m bench.rate_distortion                         # every point, Tiny Shakespeare (about 45 min)
+    python -m bench.rate_distortion                         # every point, Tiny Shakespeare (about 50 min)
     python -m bench.rate_distortion --points seg3 seg2      # some points (finished ones are reused)
     python -m bench.rate_distortion --report-only           # the table and the plot from what is there
     python -m bench.rate_distortion --quick --out-dir /tmp/rd --out /tmp/rd.md --plot /tmp/rd.png  # smoke
@@ -54,6 +54,12 @@ POINTS = {
     "seg2.5-k1024": ["model.levels.0.target_tokens_per_segment=2.5", "model.levels.0.codebook_size=1024"],
     # 2-byte segments with a codebook that covers nearly every byte pair (99.8% on Tiny Shakespeare)
     "seg2-k1024": ["model.levels.0.target_tokens_per_segment=2.0", "model.levels.0.codebook_size=1024"],
+    # the same with an encoder that sees only the segment: the code can then be a function of the pair alone
+    "seg2-k1024-segenc": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=1024",
+        "model.levels.0.encoder_scope=segment",
+    ],
 }
 PEER_LINE_RATE_FACTOR = 1.035  # the peer's line rate / its nominal rate (a line's last chunk is padded)
 TARGET = {"tinyshakespeare": 4.0, "code": 4.0, "multilingual": 5.0}  # >= 99% exact at <= this (item 4)

@@ -60,7 +60,7 @@ def test_report_collects_every_finished_model_and_states_the_target(tmp_path):
     # the best point at or below 4.0 bits/byte is seg3 (seg2 and depth2 spend more): 1.6% exact
     assert "Best hier_ae point at or below 4 code bits/byte: seg3, 1.6% at 3.10 bits/byte" in text
     assert "missed: 97.4 points short of 99%" in text
-    assert "Not yet run: seg4, seg3-k4096, seg2-k256, seg2.5-k1024, seg2-k1024." in text
+    assert "Not yet run: seg4, seg3-k4096, seg2-k256, seg2.5-k1024, seg2-k1024, seg2-k1024-segenc." in text
     rd.plot(rows, args.plot, args.corpus)
     assert (tmp_path / "rd.png").stat().st_size > 1000
 
