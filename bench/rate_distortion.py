@@ -152,7 +152,7 @@ def run_point(args, label: str, data: Path) -> None:
     score = d / "peer" / "score.json"
     if score.exists():
         return
-    line_bits = _line_level(json.loads(recon.read_text()))["code_bits_per_byte"]
+    line_bits = line_level(json.loads(recon.read_text()))["code_bits_per_byte"]
     seconds = json.loads((d / "hier_ae" / "metrics.json").read_text())["train_seconds"]
     minutes = 0.05 if args.quick else seconds / 60
     peer = [sys.executable, "-m", "bench.ae_peer"]
@@ -163,7 +163,7 @@ def run_point(args, label: str, data: Path) -> None:
     _run([*peer, "score", "--model", str(d / "peer"), "--text", str(val), *sample], log)
 
 
-def _line_level(recon: dict) -> dict:
+def line_level(recon: dict) -> dict:
     """Level 0's figures on the held-out lines of a `bench.recon` result."""
     return next(iter(recon["texts"].values()))["lines"]["levels"][0]
 
@@ -176,7 +176,7 @@ def collect(args) -> list[dict]:
         recon, score = d / "hier_ae_recon.json", d / "peer" / "score.json"
         if recon.exists():
             r = json.loads(recon.read_text())
-            lv = _line_level(r)
+            lv = line_level(r)
             metrics = json.loads((d / "hier_ae" / "metrics.json").read_text())
             rows.append({
                 "point": label, "model": "hier_ae", "overrides": POINTS[label],

@@ -129,11 +129,10 @@ def full_causal_attention(q, k, v, key_valid: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, window: int | None):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.window = window
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
@@ -188,11 +187,11 @@ class Block(nn.Module):
     read reduces to `out(value(norm(c)))`; we compute that directly instead of a 1-key softmax.
     """
 
-    def __init__(self, dim, num_heads, intermediate, window, context_dim: int | None = None, dropout=0.0):
+    def __init__(self, dim, num_heads, intermediate, context_dim: int | None = None, dropout=0.0):
         super().__init__()
         self.dropout = dropout  # residual dropout on the attention and MLP outputs, in training only
         self.attn_norm = nn.RMSNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, window)  # rotary tables come from the stack
+        self.attn = SelfAttention(dim, num_heads)  # rotary tables and the window's mask come from the stack
         self.context_dim = context_dim
         if context_dim is not None:
             self.ctx_norm = nn.RMSNorm(context_dim)
@@ -235,7 +234,7 @@ class CausalTransformer(nn.Module):
         super().__init__()
         self.head_dim, self.rope_theta, self.window = dim // num_heads, rope_theta, window
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, intermediate, window, context_dim, dropout) for _ in range(num_layers)
+            Block(dim, num_heads, intermediate, context_dim, dropout) for _ in range(num_layers)
         )
         self.norm = nn.RMSNorm(dim)
 

@@ -37,8 +37,8 @@ write_documents(Path(sys.argv[1]), Path(sys.argv[2]))' "$DATA/$corpus/train.txt"
   $PY -m bench.recon --model "$d/hier_ae/model" --text "$DATA/$corpus/val.txt" --lines 256 --docs 16 \
     --out "$d/hier_ae_recon.json" --markdown "$d/hier_ae_recon.md" > "$d/hier_ae_recon.log" 2>&1
   if [ -n "${SKIP_PEER:-}" ]; then echo "$corpus: hier_ae -> $d/hier_ae_recon.md"; continue; fi
-  rate=$($PY -c "import json, sys; r = json.load(open(sys.argv[1])); t = next(iter(r['texts'].values())); \
-print(round(t['lines']['levels'][0]['code_bits_per_byte'] / 1.035, 2))" "$d/hier_ae_recon.json")
+  rate=$($PY -c "import json, sys; from bench.rate_distortion import line_level, peer_rate
+print(peer_rate(line_level(json.load(open(sys.argv[1])))['code_bits_per_byte']))" "$d/hier_ae_recon.json")
   $PY -m bench.ae_peer train --data "$corpus" --rate "$rate" --minutes 4 --p-line-start 0.25 --out "$d/peer" \
     > "$d/peer.log" 2>&1
   $PY -m bench.ae_peer score --model "$d/peer" --text "$DATA/$corpus/val.txt" --lines 256 --windows 200 \
