@@ -97,7 +97,9 @@ def _recompute_decode(model, codes: torch.Tensor, mask: torch.Tensor):
     streams, margins = [], []
     for li in reversed(range(model.num_levels)):
         lv = model.levels[li]
-        tokens, valid, _, token_gap, rule_gap = _recompute_level(lv, lv.quantizer.lookup(codes), mask)
+        tokens, valid, _, token_gap, rule_gap = _recompute_level(
+            lv, lv.code_context(lv.quantizer.lookup(codes), codes), mask
+        )
         streams.append(tokens)
         margins.append((token_gap, rule_gap))
         if li > 0:

@@ -36,6 +36,8 @@ OPTIONS = {
     "reads_pooled": {"top_lm": {"reads_pooled": True}},
     # residual dropout in the decoder's and the top LM's layers (training only: eval is unchanged)
     "dropout": {"decoder_dropout": 0.3, "top_lm": {"dropout": 0.3}},
+    # reconstruct mode and decode add a learned embedding of each segment's code id to its vector
+    "code_embedding": {"decoder_code_embedding": True},
 }
 
 
@@ -56,6 +58,8 @@ def _model(option: str, num_levels: int = 1) -> HierAEModel:
             model.levels[0].decoder.entropy_in.weight.mul_(50.0)
         if model.top_lm.pooled_in is not None:  # likewise the pooled vectors
             model.top_lm.pooled_in.weight.mul_(50.0)
+        if model.levels[0].decoder.code_embed is not None:  # likewise the code-id embeddings
+            model.levels[0].decoder.code_embed.weight.mul_(50.0)
     return model
 
 
@@ -156,7 +160,8 @@ def test_streamed_decode_equals_recompute_with_option(option):
 
 
 @pytest.mark.parametrize(
-    "option", ["fsq", "all", "min_len", "ngrams", "reads_entropy", "reads_pooled", "dropout"]
+    "option",
+    ["fsq", "all", "min_len", "ngrams", "reads_entropy", "reads_pooled", "dropout", "code_embedding"],
 )
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
@@ -304,3 +309,40 @@ def test_dropout_is_checked(field, value):
     name = r"top_lm\.dropout" if field == "top_lm.dropout" else rf"levels\[0\]\.{field}"
     with pytest.raises(ValueError, match=rf"{name}=.* is invalid: a probability in \[0, 1\)"):
         HierAEConfig(**kwargs)
+
+
+# ---- the decoder's code-id embedding ------------------------------------------------------------
+def test_decoder_code_embedding_is_read_where_the_code_is():
+    """`decoder_code_embedding`: moving one code's embedding row moves reconstruct mode's logits from
+    the first token of the first segment holding that code on (the decoder is causal), never before
+    it; the greedy decode from the codes reads the same row; predict mode does not read it. The
+    autoencoder stage trains it (it belongs to the decoder)."""
+    from hier_ae.training.stages import Stage, prepare_stage
+
+    model = _model("code_embedding").eval()
+    ids = torch.randint(3, 259, (1, 30), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = model(ids, run_top_lm=False)
+        seg, codes = out.segment_ids[0][0], out.codes[0][0][out.code_mask[0][0].bool()]  # (T,), (S,)
+        # a code that first appears after segment 0, and the first token of its first segment
+        first_seg = next(s for s in range(1, len(codes)) if int(codes[s]) not in codes[:s].tolist())
+        code = int(codes[first_seg])
+        start = int((seg == first_seg).nonzero()[0])
+        pred = model.predict(ids).logits
+        enc = model.encode(ids)
+        dec = model.decode(enc.codes[0], enc.code_mask[0], level=0).sequences
+        model.levels[0].decoder.code_embed.weight[code] += 100.0
+        moved = model(ids, run_top_lm=False).reconstruct_logits[0]
+        torch.testing.assert_close(moved[0, :start], out.reconstruct_logits[0][0, :start])
+        assert not torch.allclose(moved[0, start], out.reconstruct_logits[0][0, start])
+        torch.testing.assert_close(model.predict(ids).logits, pred)
+        assert not torch.equal(model.decode(enc.codes[0], enc.code_mask[0], level=0).sequences, dec)
+    prepare_stage(model, Stage("autoencoder", 0, 1, 1e-3))
+    assert model.levels[0].decoder.code_embed.weight.requires_grad
+
+
+def test_decoder_code_embedding_is_checked():
+    with pytest.raises(
+        ValueError, match=r"levels\[0\]\.decoder_code_embedding=1 is invalid: must be True or False"
+    ):
+        HierAEConfig(levels=[{"decoder_code_embedding": 1}])

@@ -173,6 +173,11 @@ class LevelConfig:
     # residual dropout in the decoder's layers in training (0: none); with `top_lm.dropout`, the
     # regulariser of what predict mode trains when a small text is read for many epochs
     decoder_dropout: float = 0.0
+    # reconstruct mode and `decode`: the decoder's context of a segment also adds a learned embedding
+    # of its code id (one row per code, moved by the decoder's loss only), beside the code's codebook
+    # vector (set by the encoder's clustering): rare codes whose vectors lie close to others' stay
+    # easy to tell apart. Predict mode's contexts (the level above's states) are unchanged.
+    decoder_code_embedding: bool = False
 
     @property
     def num_codes(self) -> int:
@@ -224,7 +229,12 @@ class LevelConfig:
             self.segment_mixer_layers,
             "must be an integer >= 0",
         )
-        for name in ("restart_dead_codes", "segment_offsets", "decoder_reads_entropy"):
+        for name in (
+            "restart_dead_codes",
+            "segment_offsets",
+            "decoder_reads_entropy",
+            "decoder_code_embedding",
+        ):
             _check(
                 isinstance(getattr(self, name), bool),
                 f"{prefix}.{name}",

@@ -260,8 +260,15 @@ class HierLevel(nn.Module):
     def reconstruct_logits(self, p: LevelPass) -> torch.Tensor:
         """Reconstruct mode: the decoder reads each segment's own (straight-through) code.
         (B, T, V): output i predicts tokens[i]."""
-        ctx = self.decoder_context(p.q.z, p.layout.seg_id)  # (B, T+1, D)
+        ctx = self.decoder_context(self.code_context(p.q.z, p.q.codes), p.layout.seg_id)  # (B, T+1, D)
         return self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
+
+    def code_context(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads for a segment in reconstruct mode: its code's vector `z (B, S, D)`,
+        plus the learned embedding of its id `codes (B, S)` with `decoder_code_embedding`."""
+        if self.decoder.code_embed is None:
+            return z
+        return z + self.decoder.code_embed(codes).to(z.dtype)  # (B, S, D)
 
     def autoencode_terms(self, p: LevelPass, reconstruct: bool) -> LevelTerms:
         """The level's terms in `HierAEModel.forward`: the entropy CE and tokens per segment, and when
@@ -365,7 +372,8 @@ class HierLevel(nn.Module):
     def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
         vector as its segment's context): tokens, valid, seg_id (B, n)."""
-        return self.regenerate(self.quantizer.lookup(codes), seg_mask)  # ctx (B, S, D)
+        ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
+        return self.regenerate(ctx, seg_mask)
 
     def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor):
         """Greedy reconstruct-mode generation of one level from one context per segment, streamed.

@@ -96,6 +96,9 @@ class SegmentDecoder(nn.Module):
         self.entropy_in = (
             nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False) if cfg.decoder_reads_entropy else None
         )
+        # `decoder_code_embedding`: a learned vector per code id, which the level adds to the code's
+        # codebook vector where the decoder reads a code (`HierLevel.code_context`)
+        self.code_embed = nn.Embedding(cfg.num_codes, context_dim) if cfg.decoder_code_embedding else None
         self.body = CausalTransformer(
             cfg.hidden_size,
             cfg.decoder_layers,

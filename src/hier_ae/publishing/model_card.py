@@ -34,6 +34,7 @@ def _architecture(config) -> str:
             + (", decoder reads the entropy model's states" if lv.decoder_reads_entropy else "")
             + (f", entropy model window {lv.entropy_window}" if lv.entropy_window is not None else "")
             + (f", decoder dropout {lv.decoder_dropout}" if lv.decoder_dropout else "")
+            + (", decoder reads a learned embedding of each code's id" if lv.decoder_code_embedding else "")
         )
     top = config.top_lm_config
     lines.append(
