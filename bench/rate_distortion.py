@@ -72,6 +72,11 @@ POINTS = {
         "model.levels.0.codebook_size=1024",
         "model.levels.0.dead_after_steps=1000",
     ],
+    "seg2-k2048-dead1k": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=2048",
+        "model.levels.0.dead_after_steps=1000",
+    ],
 }
 PEER_LINE_RATE_FACTOR = 1.035  # the peer's line rate / its nominal rate (a line's last chunk is padded)
 TARGET = {"tinyshakespeare": 4.0, "code": 4.0, "multilingual": 5.0}  # >= 99% exact at <= this (item 4)
