@@ -175,8 +175,9 @@ class LevelConfig:
     decoder_dropout: float = 0.0
     # reconstruct mode and `decode`: the decoder's context of a segment also adds a learned embedding
     # of its code id (one row per code, moved by the decoder's loss only), beside the code's codebook
-    # vector (set by the encoder's clustering): rare codes whose vectors lie close to others' stay
-    # easy to tell apart. Predict mode's contexts (the level above's states) are unchanged.
+    # vector (set by the encoder's clustering), for rare codes whose vectors lie close to others'.
+    # Measured: no gain on Tiny Shakespeare's 2-byte codes (K5, bench/experiments.md): off by
+    # default. Predict mode's contexts (the level above's states) are unchanged.
     decoder_code_embedding: bool = False
 
     @property
