@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import functools
 import json
 import platform
 import sys
@@ -41,8 +42,8 @@ from pathlib import Path
 import torch
 
 from bench.recon import DOC_BYTES, document_windows, held_out_lines, load_text
-from hier_ae.configuration_hier_ae import BYTE_OFFSET
 from hier_ae.data.batching import frame_document, pad_rows
+from hier_ae.tokenization_hier_ae import HierAEByteTokenizer
 
 TOP_MISSED = 15  # most-missed strings listed
 MAX_OFFSET = 5  # offsets >= this are pooled in one row (segments are rarely longer)
@@ -101,11 +102,16 @@ def segment_records(model, texts: list[bytes], level: int = 0, batch_size: int =
 
 
 def render_tokens(tokens: tuple[int, ...], level: int) -> str:
-    """Level 0: the bytes as text (`<s>` / `</s>` named); above: the code ids. (2, 75, 100) -> '<s>Ha'."""
+    """Level 0: the byte tokenizer's tokens joined (`<s>` / `</s>` named, a byte as its latin-1
+    character); above: the code ids. (2, 75, 100) -> '<s>Ha'."""
     if level > 0:
         return " ".join(str(t) for t in tokens)
-    names = {0: "<pad>", 1: "</s>", 2: "<s>"}
-    return "".join(names[t] if t in names else bytes([t - BYTE_OFFSET]).decode("latin-1") for t in tokens)
+    return "".join(_tokenizer().convert_ids_to_tokens(list(tokens)))
+
+
+@functools.cache
+def _tokenizer() -> HierAEByteTokenizer:
+    return HierAEByteTokenizer()
 
 
 def summarize(records: list[SegmentRecord], level: int = 0) -> dict:
