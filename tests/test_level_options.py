@@ -346,3 +346,28 @@ def test_decoder_code_embedding_is_checked():
         ValueError, match=r"levels\[0\]\.decoder_code_embedding=1 is invalid: must be True or False"
     ):
         HierAEConfig(levels=[{"decoder_code_embedding": 1}])
+
+
+def test_new_code_dead_after_steps_reaches_the_quantiser_and_survives_reload(tmp_path):
+    """`new_code_dead_after_steps` (a training setting of the codebook): the level's quantiser gets
+    it, its state (which codes were used since set) is saved with the model and reloads."""
+    config = HierAEConfig(levels=[tiny_level(new_code_dead_after_steps=3)], top_lm=TINY_TOP)
+    model = HierAEModel(config)
+    vq = model.levels[0].quantizer
+    assert vq.new_code_dead_after_steps == 3 and vq.dead_after_steps == 20
+    vq.used_since_set[0, :5] = True
+    model.save_pretrained(tmp_path)
+    back = HierAEModel.from_pretrained(tmp_path)
+    assert back.config.level_configs[0].new_code_dead_after_steps == 3
+    assert torch.equal(back.levels[0].quantizer.used_since_set, vq.used_since_set)
+    plain = HierAEModel(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP)).levels[0].quantizer
+    assert "used_since_set" not in plain.state_dict()
+
+
+@pytest.mark.parametrize("value", [0, True, 2.5])
+def test_new_code_dead_after_steps_is_checked(value):
+    with pytest.raises(
+        ValueError,
+        match=rf"levels\[0\]\.new_code_dead_after_steps={value} is invalid: must be None or an integer >= 1",
+    ):
+        HierAEConfig(levels=[{"new_code_dead_after_steps": value}])

@@ -272,11 +272,67 @@ def test_restart_is_what_revives_the_starved_code():
     assert on.codebook[0, STARVED].abs().max() < FAR / 5 < off.codebook[0, STARVED].abs().min()
 
 
+def _hit(codes):
+    """Inputs (1, S, 4) right on the rows of `_ladder_vq`'s codebook `codes`, and their mask."""
+    x = torch.tensor(codes, dtype=torch.float)[None, :, None].expand(1, len(codes), 4) * 10 + 0.1
+    return x, torch.ones(1, len(codes), dtype=torch.bool)
+
+
+def _ladder_vq(**kwargs):
+    vq = make_vq(codebook_size=8, restart_dead_codes=False, **kwargs)
+    vq.set_codebook(torch.arange(8.0)[None, :, None].expand(1, 8, 4) * 10)  # row k = (10k, ..., 10k)
+    return vq
+
+
+@pytest.mark.parametrize("new_after, expected", [(None, [0, 0, 0, 0, 5, 6]), (2, [0, 5, 5, 5, 5, 6])])
+def test_new_codes_die_sooner_than_used_ones(new_after, expected):
+    """Codes 3..7 are never picked after `set_codebook`; code 2 is picked in step 1 only. With
+    dead_after_steps 5, code 2 is dead once 5 steps idle (after step 6) either way; with
+    new_code_dead_after_steps 2, the never-picked codes are dead after 2 steps instead of 5."""
+    vq = _ladder_vq(dead_after_steps=5, new_code_dead_after_steps=new_after)
+    dead = []
+    for step in range(6):
+        vq(*_hit([0, 1, 2] if step == 0 else [0, 1]))
+        dead.append(vq.apply_ema_update()["dead_codes"])
+    assert dead == expected
+    assert vq.dead_code_count().item() == expected[-1]
+    if new_after is not None:
+        assert vq.used_since_set[0].tolist() == [True] * 3 + [False] * 5
+
+
+def test_restarted_codes_are_new_again():
+    """A restart makes a code new: it must be picked within new_code_dead_after_steps to stay."""
+    vq = _ladder_vq(dead_after_steps=50, new_code_dead_after_steps=2)
+    vq.restart_dead_codes = True
+    restarted = []
+    for _ in range(2):
+        vq(*_hit([0, 1, 2, 2]))
+        restarted.append(vq.apply_ema_update()["restarted"])
+    # the 5 never-picked codes die after step 2 and are replaced by pool rows (the inputs seen)
+    assert restarted == [0, 5]
+    assert vq.used_since_set[0].tolist() == [True] * 3 + [False] * 5
+    assert vq.steps_since_used[0, 3:].tolist() == [0] * 5
+    pool = vq.pool[0, : int(vq.pool_fill)]
+    assert all(bool((pool == vq.codebook[0, k]).all(-1).any()) for k in range(3, 8))
+    # the restarted rows equal the inputs, so the next step picks them: those are kept from then on
+    picked = vq(*_hit([0, 1, 2, 2])).codes.unique()
+    vq.apply_ema_update()
+    assert bool((picked >= 3).any())
+    assert vq.used_since_set[0, picked].all()
+
+
+def test_new_code_state_is_stored_only_with_the_option():
+    assert "used_since_set" not in make_vq().state_dict()
+    assert make_vq(new_code_dead_after_steps=3).state_dict()["used_since_set"].shape == (1, 8)
+
+
 # ---- 6. exact resume -----------------------------------------------------------------------------
-def test_state_dict_round_trip_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("new_after", [None, 1])
+def test_state_dict_round_trip_resumes_exactly(tmp_path, new_after):
     from safetensors.torch import load_file, save_file
 
     kwargs = {"codebook_size": 16, "depth": 2, "dead_after_steps": 2, "pool_size": 24}
+    kwargs["new_code_dead_after_steps"] = new_after
     vq = make_vq(seed=8, **kwargs)
     gen = torch.Generator().manual_seed(9)
     centres = torch.randn(3, 4, generator=gen) * 3  # few clusters, so many codes die and restart
@@ -336,6 +392,14 @@ def test_bf16_autocast_gives_fp32_codes():
         ({"eps": 0.0}, r"eps must be a finite number > 0, got 0.0"),
         ({"dead_after_steps": 0}, r"dead_after_steps must be an integer >= 1, got 0"),
         ({"pool_size": 0}, r"pool_size must be an integer >= 1, got 0"),
+        (
+            {"new_code_dead_after_steps": 0},
+            r"new_code_dead_after_steps must be None or an integer >= 1, got 0",
+        ),
+        (
+            {"new_code_dead_after_steps": 2.0},
+            r"new_code_dead_after_steps must be None or an integer >= 1, got 2.0",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -151,6 +151,10 @@ class LevelConfig:
     ema_decay: float = 0.99
     restart_dead_codes: bool = True
     dead_after_steps: int = 50
+    # a code not used once since it was set (init or restart) is dead after this many steps (None:
+    # `dead_after_steps`): with a long `dead_after_steps`, the rows no input picks are recycled early
+    # while the codes of rare inputs keep their place (bench/experiments.md, R-series)
+    new_code_dead_after_steps: int | None = None
     restart_pool_size: int = 1024
     # decoder (expander)
     decoder_layers: int = 2
@@ -260,6 +264,15 @@ class LevelConfig:
             self.window,
             f"must be <= max_input_bytes={max_input_bytes}",
         )
+        if self.new_code_dead_after_steps is not None:
+            _check(
+                isinstance(self.new_code_dead_after_steps, int)
+                and not isinstance(self.new_code_dead_after_steps, bool)
+                and self.new_code_dead_after_steps >= 1,
+                f"{prefix}.new_code_dead_after_steps",
+                self.new_code_dead_after_steps,
+                "must be None or an integer >= 1",
+            )
         if self.entropy_window is not None:
             _check(
                 isinstance(self.entropy_window, int)

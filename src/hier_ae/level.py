@@ -108,6 +108,7 @@ class HierLevel(nn.Module):
                 restart_dead_codes=cfg.restart_dead_codes,
                 dead_after_steps=cfg.dead_after_steps,
                 pool_size=cfg.restart_pool_size,
+                new_code_dead_after_steps=cfg.new_code_dead_after_steps,
             )
         )
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)

@@ -44,7 +44,7 @@ class QuantizerOutput:
     commitment: scalar, `beta` * mean over valid segments of `mean_D (x - sg(q))**2` (0 if none valid).
     usage_perplexity: scalar, `exp(entropy)` of the depth-0 code histogram of this call's valid
         segments (0 if none valid).
-    dead_codes: scalar long, depth-0 codes unused for at least `dead_after_steps` optimizer steps.
+    dead_codes: scalar long, depth-0 codes that count as dead (`VectorQuantizer.dead_mask`).
     """
 
     z: torch.Tensor
@@ -98,6 +98,11 @@ class VectorQuantizer(nn.Module):
         eps: Laplace smoothing of the EMA counts (> 0).
         restart_dead_codes: replace codes unused for `dead_after_steps` steps by recent inputs.
         dead_after_steps: optimizer steps without use after which a code counts as dead (>= 1).
+        new_code_dead_after_steps: a code not used once since it was set (the data-dependent init
+            or a restart) counts as dead after this many steps (>= 1); None: `dead_after_steps` for
+            every code. A short count here with a long `dead_after_steps` recycles the codes that
+            never catch an input quickly (at init, a pool smaller than K leaves duplicate rows
+            that no input picks) while the codes of rare inputs keep their place.
         pool_size: rows P of the ring buffer of recent inputs (per depth) that restarts draw from.
 
     Usage, once per optimizer step (gradient accumulation sums the statistics of the micro-batches):
@@ -119,9 +124,15 @@ class VectorQuantizer(nn.Module):
         restart_dead_codes: bool = True,
         dead_after_steps: int = 50,
         pool_size: int = 1024,
+        new_code_dead_after_steps: int | None = None,
     ):
         super().__init__()
         _check_args(dim, codebook_size, depth, beta, ema_decay, eps, dead_after_steps, pool_size)
+        if new_code_dead_after_steps is not None and (
+            not _is_int(new_code_dead_after_steps) or new_code_dead_after_steps < 1
+        ):
+            got = new_code_dead_after_steps
+            raise ValueError(f"new_code_dead_after_steps must be None or an integer >= 1, got {got!r}")
         self.dim = dim
         self.codebook_size = codebook_size
         self.depth = depth
@@ -131,6 +142,7 @@ class VectorQuantizer(nn.Module):
         self.eps = float(eps)
         self.restart_dead_codes = bool(restart_dead_codes)
         self.dead_after_steps = dead_after_steps
+        self.new_code_dead_after_steps = new_code_dead_after_steps
         self.pool_size = pool_size
         R, K, D, P = depth, codebook_size, dim, pool_size
         self.register_buffer("codebook", torch.empty(R, K, D))  # (R, K, D)
@@ -144,6 +156,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("pool_fill", torch.empty((), dtype=torch.long))  # valid rows: pool[:, :fill]
         self.register_buffer("restart_step", torch.empty((), dtype=torch.long))  # seeds the restart RNG
         self.register_buffer("initialized", torch.empty((), dtype=torch.bool))  # data-dependent init done
+        if new_code_dead_after_steps is not None:  # only then: other settings keep their state_dict
+            self.register_buffer("used_since_set", torch.empty(R, K, dtype=torch.bool))  # (R, K)
         self.reset_state()
 
     def extra_repr(self) -> str:
@@ -151,6 +165,11 @@ class VectorQuantizer(nn.Module):
             f"dim={self.dim}, codebook_size={self.codebook_size}, depth={self.depth}, beta={self.beta}, "
             f"ema_decay={self.ema_decay}, restart_dead_codes={self.restart_dead_codes}, "
             f"dead_after_steps={self.dead_after_steps}, pool_size={self.pool_size}"
+            + (
+                ""
+                if self.new_code_dead_after_steps is None
+                else f", new_code_dead_after_steps={self.new_code_dead_after_steps}"
+            )
         )
 
     @torch.no_grad()
@@ -170,6 +189,8 @@ class VectorQuantizer(nn.Module):
         self.pool_fill.zero_()
         self.restart_step.zero_()
         self.initialized.fill_(False)
+        if self.new_code_dead_after_steps is not None:
+            self.used_since_set.fill_(False)
 
     @torch.no_grad()
     def set_codebook(self, codebook: torch.Tensor) -> None:
@@ -184,6 +205,8 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.copy_(codebook)
         self.ema_count.fill_(1.0)
         self.steps_since_used.zero_()
+        if self.new_code_dead_after_steps is not None:
+            self.used_since_set.fill_(False)  # every row is new
         self.initialized.fill_(True)
 
     # ---- ids ------------------------------------------------------------------------------
@@ -281,8 +304,21 @@ class VectorQuantizer(nn.Module):
         )
 
     def dead_code_count(self) -> torch.Tensor:
-        """Depth-0 codes unused for at least `dead_after_steps` optimizer steps (a training state)."""
-        return (self.steps_since_used[0] >= self.dead_after_steps).sum()
+        """Depth-0 codes that count as dead (see `dead_mask`; a training state)."""
+        return self.dead_mask()[0].sum()
+
+    def dead_mask(self) -> torch.Tensor:
+        """(R, K) bool: codes unused for `dead_after_steps` steps, or, with `new_code_dead_after_steps`,
+        codes not used once since they were set and unused for that many steps.
+
+        Toy example, dead_after_steps=100, new_code_dead_after_steps=10: a code restarted 12 steps ago
+        and never picked since is dead; a code last used 12 steps ago (or 99) is not; one last used
+        100 steps ago is.
+        """
+        dead = self.steps_since_used >= self.dead_after_steps  # (R, K)
+        if self.new_code_dead_after_steps is not None:
+            dead |= ~self.used_since_set & (self.steps_since_used >= self.new_code_dead_after_steps)
+        return dead
 
     def _accumulate(self, digit_list, residual_list, flat_valid) -> None:
         """Add this micro-batch's per-code counts and sums, and push its residuals into the pool."""
@@ -313,9 +349,10 @@ class VectorQuantizer(nn.Module):
         3. otherwise, if any segment was seen: `ema = decay * ema + (1 - decay) * acc` for counts and
            sums, and `codebook = ema_sum / laplace_smoothed(ema_count)`;
         4. `steps_since_used` becomes 0 for codes used in this step and grows by 1 for the rest
-           (also when no forward happened since the last call);
-        5. if restarts are on, every code with `steps_since_used >= dead_after_steps` is replaced by a
-           pool row (same depth) and its EMA state restarts from it with count 1;
+           (also when no forward happened since the last call); with `new_code_dead_after_steps`,
+           the codes used in this step are marked used since they were set;
+        5. if restarts are on, every dead code (`dead_mask`) is replaced by a pool row (same depth)
+           and its EMA state restarts from it with count 1 (and it is new again);
         6. the accumulators are zeroed and `restart_step` advances.
 
         Random choices (2, 5) are made on rank 0 with a generator seeded from `restart_step` and
@@ -338,13 +375,15 @@ class VectorQuantizer(nn.Module):
             if bool(self.acc_count.any()):
                 self._ema_step()
             self.steps_since_used.copy_(torch.where(used, 0, self.steps_since_used + 1))
+            if self.new_code_dead_after_steps is not None:
+                self.used_since_set |= used
             if self.restart_dead_codes and bool(self.initialized):
                 stats["restarted"] = self._restart(generator, world)
 
         self.acc_count.zero_()
         self.acc_sum.zero_()
         self.restart_step += 1
-        stats["dead_codes"] = int((self.steps_since_used[0] >= self.dead_after_steps).sum())
+        stats["dead_codes"] = int(self.dead_code_count())
         return stats
 
     def _ema_step(self) -> None:
@@ -377,7 +416,7 @@ class VectorQuantizer(nn.Module):
 
     def _restart(self, generator: torch.Generator, world: int) -> int:
         """Replace dead codes by pool rows of their depth (chosen on rank 0). Returns how many."""
-        dead = self.steps_since_used >= self.dead_after_steps  # (R, K), identical on every rank
+        dead = self.dead_mask()  # (R, K), identical on every rank
         n_dead = int(dead.sum())
         if n_dead == 0 or not self._rank0_flag(int(self.pool_fill) > 0, world):
             return 0
@@ -395,6 +434,8 @@ class VectorQuantizer(nn.Module):
         self.ema_sum[dead] = rows
         self.ema_count[dead] = 1.0
         self.steps_since_used[dead] = 0
+        if self.new_code_dead_after_steps is not None:
+            self.used_since_set[dead] = False
         return n_dead
 
     def _rank0_flag(self, value: bool, world: int) -> bool:
