@@ -127,12 +127,17 @@ class VectorQuantizer(nn.Module):
         new_code_dead_after_steps: int | None = None,
     ):
         super().__init__()
-        _check_args(dim, codebook_size, depth, beta, ema_decay, eps, dead_after_steps, pool_size)
-        if new_code_dead_after_steps is not None and (
-            not _is_int(new_code_dead_after_steps) or new_code_dead_after_steps < 1
-        ):
-            got = new_code_dead_after_steps
-            raise ValueError(f"new_code_dead_after_steps must be None or an integer >= 1, got {got!r}")
+        _check_args(
+            dim,
+            codebook_size,
+            depth,
+            beta,
+            ema_decay,
+            eps,
+            dead_after_steps,
+            pool_size,
+            new_code_dead_after_steps,
+        )
         self.dim = dim
         self.codebook_size = codebook_size
         self.depth = depth
@@ -476,8 +481,16 @@ class VectorQuantizer(nn.Module):
             )
 
 
-def _check_args(dim, codebook_size, depth, beta, ema_decay, eps, dead_after_steps, pool_size) -> None:
+def _check_args(
+    dim, codebook_size, depth, beta, ema_decay, eps, dead_after_steps, pool_size, new_code_dead_after_steps
+) -> None:
     """ValueError naming the argument, its value and what is allowed."""
+    if new_code_dead_after_steps is not None and (
+        not _is_int(new_code_dead_after_steps) or new_code_dead_after_steps < 1
+    ):
+        raise ValueError(
+            f"new_code_dead_after_steps must be None or an integer >= 1, got {new_code_dead_after_steps!r}"
+        )
     for name, value, low in (
         ("dim", dim, 1),
         ("codebook_size", codebook_size, 2),
