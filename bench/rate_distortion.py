@@ -77,6 +77,19 @@ POINTS = {
         "model.levels.0.codebook_size=2048",
         "model.levels.0.dead_after_steps=1000",
     ],
+    # the same with a learned embedding of each code's id at the decoder (R6/F1 in bench/experiments.md)
+    "seg2-k2048-dead1k-emb": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=2048",
+        "model.levels.0.dead_after_steps=1000",
+        "model.levels.0.decoder_code_embedding=true",
+    ],
+    # multilingual text has 12,297 distinct byte pairs: 4,096 codes cover 98.3% of their occurrences
+    "seg2-k4096-dead1k": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=4096",
+        "model.levels.0.dead_after_steps=1000",
+    ],
 }
 PEER_LINE_RATE_FACTOR = 1.035  # the peer's line rate / its nominal rate (a line's last chunk is padded)
 TARGET = {"tinyshakespeare": 4.0, "code": 4.0, "multilingual": 5.0}  # >= 99% exact at <= this (item 4)
