@@ -46,6 +46,14 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
         raise ValueError(f"{field}={value!r} is invalid: {allowed}.")
 
 
+def _is_count(value: Any, lo: int, hi: int | None = None) -> bool:
+    """An int (not a bool) in [lo, hi] (hi None: no upper bound). E.g. _is_count(3, 1) is True;
+    _is_count(True, 1), _is_count(2.0, 1) and _is_count(9, 2, 8) are False."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and lo <= value and (hi is None or value <= hi)
+    )
+
+
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool, not a string): what every float setting must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -87,7 +95,7 @@ def check_fsq_levels(levels, max_codes: int | None = MAX_COMPOSITE_CODES) -> tup
     """FSQ levels as a tuple, or ValueError: a non-empty list of integers >= 2, product <= `max_codes`
     (a level's codes are the vocabulary of the level above: 65536; None: no bound)."""
     ok = isinstance(levels, (list, tuple)) and len(levels) > 0
-    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in levels)
+    ok = ok and all(_is_count(n, 2) for n in levels)
     if not ok:
         raise ValueError(
             f"fsq_levels must be a non-empty list of integers >= 2 (e.g. [8, 8, 8]), got {levels!r}"
@@ -215,7 +223,7 @@ class LevelConfig:
         ):
             value = getattr(self, name)
             _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                _is_count(value, 1),
                 f"{prefix}.{name}",
                 value,
                 "must be an integer >= 1",
@@ -228,9 +236,7 @@ class LevelConfig:
         if self.target_tokens_per_segment is not None:
             _check_numbers(self, f"{prefix}.", ("target_tokens_per_segment",))
         _check(
-            isinstance(self.segment_mixer_layers, int)
-            and not isinstance(self.segment_mixer_layers, bool)
-            and self.segment_mixer_layers >= 0,
+            _is_count(self.segment_mixer_layers, 0),
             f"{prefix}.segment_mixer_layers",
             self.segment_mixer_layers,
             "must be an integer >= 0",
@@ -267,18 +273,14 @@ class LevelConfig:
         )
         if self.new_code_dead_after_steps is not None:
             _check(
-                isinstance(self.new_code_dead_after_steps, int)
-                and not isinstance(self.new_code_dead_after_steps, bool)
-                and self.new_code_dead_after_steps >= 1,
+                _is_count(self.new_code_dead_after_steps, 1),
                 f"{prefix}.new_code_dead_after_steps",
                 self.new_code_dead_after_steps,
                 "must be None or an integer >= 1",
             )
         if self.entropy_window is not None:
             _check(
-                isinstance(self.entropy_window, int)
-                and not isinstance(self.entropy_window, bool)
-                and 1 <= self.entropy_window <= max_input_bytes,
+                _is_count(self.entropy_window, 1, max_input_bytes),
                 f"{prefix}.entropy_window",
                 self.entropy_window,
                 f"must be null (the level's window) or an integer in [1, max_input_bytes={max_input_bytes}]",
@@ -303,13 +305,13 @@ class LevelConfig:
             f"one of {BOUNDARY_MODES}",
         )
         _check(
-            isinstance(self.max_segment_len, int) and 1 <= self.max_segment_len <= 1024,
+            _is_count(self.max_segment_len, 1, 1024),
             f"{prefix}.max_segment_len",
             self.max_segment_len,
             "must be an integer in [1, 1024]",
         )
         _check(
-            isinstance(self.min_segment_len, int) and 1 <= self.min_segment_len <= self.max_segment_len,
+            _is_count(self.min_segment_len, 1, self.max_segment_len),
             f"{prefix}.min_segment_len",
             self.min_segment_len,
             f"must be an integer in [1, max_segment_len={self.max_segment_len}]",
@@ -335,7 +337,7 @@ class LevelConfig:
             ">= 0",
         )
         _check(
-            isinstance(self.codebook_size, int) and self.codebook_size >= 2,
+            _is_count(self.codebook_size, 2),
             f"{prefix}.codebook_size",
             self.codebook_size,
             "must be an integer >= 2",
@@ -352,7 +354,7 @@ class LevelConfig:
                 isinstance(ns, (list, tuple))
                 and len(ns) >= 1
                 and len(set(ns)) == len(ns)
-                and all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 8 for n in ns),
+                and all(_is_count(n, 2, 8) for n in ns),
                 f"{prefix}.decoder_ngrams",
                 ns,
                 "None or a list of distinct integers in [2, 8] (n-gram lengths, e.g. [3, 4, 5])",
@@ -387,7 +389,7 @@ class TopLMConfig:
         for name in ("hidden_size", "num_heads", "intermediate_size", "num_layers"):
             value = getattr(self, name)
             _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                _is_count(value, 1),
                 f"top_lm.{name}",
                 value,
                 "must be an integer >= 1",
@@ -501,7 +503,7 @@ class HierAEConfig(PretrainedConfig):
         for name in ("max_position_embeddings", "max_input_bytes"):
             value = getattr(self, name)
             _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                _is_count(value, 1),
                 name,
                 value,
                 "must be an integer >= 1",
