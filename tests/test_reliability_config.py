@@ -6,11 +6,11 @@ the error names:
 - levels=[] / "abc" / [None]                  -> levels: a non-empty list of per-level dicts
 - negative or zero sizes (hidden, heads, ...)  -> levels[0].<size>: an integer >= 1
 - sizes that are floats, bools or strings      -> levels[0].<size>: an integer >= 1
-- a codebook of 0 or 1                         -> levels[0].codebook_size: an integer >= 2
+- a codebook of 0, 1 or True                   -> levels[0].codebook_size: an integer >= 2
 - K^R over 65536                               -> levels[0].codebook_size**codebook_depth
 - window > max_input_bytes                     -> levels[0].window
 - max_position_embeddings > max_input_bytes    -> max_position_embeddings
-- max_segment_len 0 or 2000                    -> levels[0].max_segment_len: in [1, 1024]
+- max_segment_len 0, 2000 or True              -> levels[0].max_segment_len: in [1, 1024]
 - heads that do not divide the width           -> levels[0].hidden_size / pooling_heads
 - threshold "2", None or NaN; negative bits    -> levels[0].threshold: a finite number, bits >= 0
 - ema_decay 1.0 / "x", beta None, negative     -> levels[0].ema_decay / beta
@@ -47,6 +47,7 @@ CASES = [
     ({"levels": [{"entropy_layers": "2"}]}, "levels[0].entropy_layers"),
     ({"levels": [{"codebook_size": 0}]}, "levels[0].codebook_size"),
     ({"levels": [{"codebook_size": 1}]}, "levels[0].codebook_size"),
+    ({"levels": [{"codebook_size": True}]}, "levels[0].codebook_size"),
     ({"levels": [{"codebook_size": 300, "codebook_depth": 2}]}, "codebook_size**codebook_depth"),
     ({"levels": [{"window": 70000}]}, "levels[0].window"),
     ({"max_input_bytes": 512, "max_position_embeddings": 1024}, "max_position_embeddings"),
@@ -54,6 +55,7 @@ CASES = [
     ({"max_input_bytes": 0}, "max_input_bytes"),
     ({"levels": [{"max_segment_len": 0}]}, "levels[0].max_segment_len"),
     ({"levels": [{"max_segment_len": 2000}]}, "levels[0].max_segment_len"),
+    ({"levels": [{"max_segment_len": True}]}, "levels[0].max_segment_len"),
     ({"levels": [{"hidden_size": 60, "num_heads": 8}]}, "levels[0].hidden_size"),
     ({"levels": [{"pooling_heads": 3}]}, "levels[0].pooling_heads"),
     ({"levels": [{"boundary_mode": "quantile"}]}, "levels[0].boundary_mode"),
