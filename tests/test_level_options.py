@@ -38,6 +38,8 @@ OPTIONS = {
     "dropout": {"decoder_dropout": 0.3, "top_lm": {"dropout": 0.3}},
     # reconstruct mode and decode add a learned embedding of each segment's code id to its vector
     "code_embedding": {"decoder_code_embedding": True},
+    # the quantiser codes the pooled vector minus its prediction from the state before the segment
+    "predictive": {"predictive_codes": True},
 }
 
 
@@ -60,6 +62,8 @@ def _model(option: str, num_levels: int = 1) -> HierAEModel:
             model.top_lm.pooled_in.weight.mul_(50.0)
         if model.levels[0].decoder.code_embed is not None:  # likewise the code-id embeddings
             model.levels[0].decoder.code_embed.weight.mul_(50.0)
+        if model.levels[0].code_predictor is not None:  # likewise the prediction of the pooled vector
+            model.levels[0].code_predictor.weight.mul_(50.0)
     return model
 
 
@@ -161,7 +165,17 @@ def test_streamed_decode_equals_recompute_with_option(option):
 
 @pytest.mark.parametrize(
     "option",
-    ["fsq", "all", "min_len", "ngrams", "reads_entropy", "reads_pooled", "dropout", "code_embedding"],
+    [
+        "fsq",
+        "all",
+        "min_len",
+        "ngrams",
+        "reads_entropy",
+        "reads_pooled",
+        "dropout",
+        "code_embedding",
+        "predictive",
+    ],
 )
 def test_option_survives_save_and_reload(option, tmp_path):
     model = _model(option)
@@ -371,3 +385,48 @@ def test_new_code_dead_after_steps_is_checked(value):
         match=rf"levels\[0\]\.new_code_dead_after_steps={value} is invalid: must be None or an integer >= 1",
     ):
         HierAEConfig(levels=[{"new_code_dead_after_steps": value}])
+
+
+def test_states_before_segments_worked_example():
+    """The docstring's example: h[t] = t, left padding at t0, segments "t1 t2 | t3 t4"; a padded
+    segment slot gets zeros too."""
+    from hier_ae.pooling import states_before_segments
+
+    h = torch.arange(5.0).reshape(1, 5, 1).expand(2, 5, 1)  # (B, T, 1)
+    valid = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    seg_start = torch.tensor([[1, 3, 0], [0, 2, 3]])  # row 1: "t0 t1 | t2 | t3 t4"
+    seg_mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    got = states_before_segments(h, valid, seg_start, seg_mask)[..., 0]  # (B, S)
+    assert got.tolist() == [[0.0, 2.0, 0.0], [0.0, 1.0, 2.0]]
+
+
+def test_predictive_codes_read_the_state_before_each_segment():
+    """`predictive_codes` with a segment-scope encoder (whose pooled vector sees only its segment):
+    changing the last byte of segment 0 moves the vector segment 1's code is chosen from (through
+    the prediction), never segment 0's own; the option trains in the autoencoder stage."""
+    from hier_ae.training.stages import Stage, prepare_stage
+
+    torch.manual_seed(0)
+    level = tiny_level(threshold=1e9, max_segment_len=4, encoder_scope="segment", predictive_codes=True)
+    model = HierAEModel(HierAEConfig(levels=[level], top_lm=TINY_TOP)).eval()
+    ids = torch.randint(3, 259, (1, 12), generator=torch.Generator().manual_seed(3))
+    other = ids.clone()
+    other[0, 3] = 3 if int(ids[0, 3]) != 3 else 4  # the last byte of segment 0 (positions 0-3)
+    lv = model.levels[0]
+    with torch.no_grad():
+        a, b = (lv.bottom_up(x, torch.ones_like(x, dtype=torch.bool)) for x in (ids, other))
+    assert a.layout.seg_start[0, :2].tolist() == [0, 4]
+    assert not torch.allclose(a.pooled[0, 1], b.pooled[0, 1])
+    with torch.no_grad():
+        lv.code_predictor.weight.zero_()
+        a0, b0 = (lv.bottom_up(x, torch.ones_like(x, dtype=torch.bool)) for x in (ids, other))
+    torch.testing.assert_close(a0.pooled[0, 1], b0.pooled[0, 1])  # no prediction: segment 1 alone
+    prepare_stage(model, Stage("autoencoder", 0, 1, 1e-3))
+    assert lv.code_predictor.weight.requires_grad
+
+
+def test_predictive_codes_is_checked():
+    with pytest.raises(
+        ValueError, match=r"levels\[0\]\.predictive_codes=1 is invalid: must be True or False"
+    ):
+        HierAEConfig(levels=[{"predictive_codes": 1}])

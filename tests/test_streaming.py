@@ -19,7 +19,7 @@ from hier_ae.streaming import open_level_stream
 L = 4
 
 
-def prefill(valid: list[list[int]], fires: list[list[int]]):
+def prefill(valid: list[list[int]], fires: list[list[int]], predictive: bool = False):
     """The state `open_level_stream` opens for toy rows: h[b, t] = t (D = 1), H[b, t] = t + 0.5."""
     valid_t = torch.tensor(valid, dtype=torch.bool)  # (B, T)
     fires_t = torch.tensor(fires, dtype=torch.bool) & valid_t  # (B, T)
@@ -27,7 +27,7 @@ def prefill(valid: list[list[int]], fires: list[list[int]]):
     layout = segment_layout(boundary_starts(fires_t, valid_t, L), valid_t)
     h = torch.arange(T, dtype=torch.float).expand(B, T)[..., None]  # (B, T, 1)
     H = torch.arange(T, dtype=torch.float).expand(B, T) + 0.5  # (B, T)
-    level = SimpleNamespace(cfg=SimpleNamespace(max_segment_len=L))
+    level = SimpleNamespace(cfg=SimpleNamespace(max_segment_len=L, predictive_codes=predictive))
     return layout, open_level_stream(level, valid_t, layout, fires_t, H, h, [], [])
 
 
@@ -48,6 +48,20 @@ def test_open_level_stream_worked_example():
     # the KV stores continue after each row's last real token
     assert st.entropy.length.tolist() == st.encoder.length.tolist() == [5, 3, 5, 0]
     assert st.decoder is None and st.context is None  # filled top-down by predict_logits
+    assert st.before is None  # kept only with predictive_codes
+
+
+def test_open_level_stream_state_before_the_next_segment():
+    """`predictive_codes`: the encoder state before the segment the next code will come from: before
+    the open segment (row 0: "t0 t1 | t2 t3 t4" -> h[1]), or, when the last one is closed, its last
+    token (rows 1 and 2 -> h[2], h[4]); zero for an empty row and before a left-padded row's first
+    segment (row 4: ". . t2 t3 t4", one open segment)."""
+    _, st = prefill(
+        valid=[[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 1, 1, 1]],
+        fires=[[0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+        predictive=True,
+    )
+    assert st.before[:, 0].tolist() == [1.0, 2.0, 4.0, 0.0, 0.0]
 
 
 def test_open_level_stream_left_padding():

@@ -164,6 +164,12 @@ class LevelConfig:
     # while the codes of rare inputs keep their place (bench/experiments.md, R-series)
     new_code_dead_after_steps: int | None = None
     restart_pool_size: int = 1024
+    # predictive codes: the quantiser codes the pooled vector minus a learned linear prediction of it
+    # from the encoder state just before the segment (zero for a row's first segment), so a code can
+    # say how a segment departs from what its context predicts rather than name the segment outright;
+    # the decoder, which sees the same context, reads the code's vector as before. Causal (the state
+    # before a segment is known once the segment opens); `pooled` is then the residual
+    predictive_codes: bool = False
     # decoder (expander)
     decoder_layers: int = 2
     # where each token sits inside its segment (0 .. max_segment_len - 1), told to both sides: the
@@ -246,6 +252,7 @@ class LevelConfig:
             "segment_offsets",
             "decoder_reads_entropy",
             "decoder_code_embedding",
+            "predictive_codes",
         ):
             _check(
                 isinstance(getattr(self, name), bool),

@@ -37,7 +37,7 @@ from .hash_ngrams import last_ids, shift_in
 from .kv_cache import KVStore
 from .level_modules import SegmentDecoder, TokenEncoder, TokenLM, entropy_at_inputs
 from .level_pass import LevelPass, LevelTerms
-from .pooling import SegmentPooling, gather_segments
+from .pooling import SegmentPooling, gather_segments, states_before_segments
 from .quantizer import VectorQuantizer
 from .segmentation import (
     SegmentLayout,
@@ -111,6 +111,8 @@ class HierLevel(nn.Module):
                 new_code_dead_after_steps=cfg.new_code_dead_after_steps,
             )
         )
+        # `predictive_codes`: the pooled vector's prediction from the encoder state before the segment
+        self.code_predictor = nn.Linear(D, D, bias=False) if cfg.predictive_codes else None
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
         # predict mode: the context of a segment is the upper model's hidden state g_s (width of the
         # level above or of the top LM), mapped to this level's width
@@ -178,12 +180,16 @@ class HierLevel(nn.Module):
     # ---- encode ----------------------------------------------------------------------------
     def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, kv_out=None):
         """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats), the encoder
-        states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D)."""
+        states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D) (with
+        `predictive_codes`, minus their prediction from the state before the segment)."""
         with fp32_region(tokens.device):
             h = self.encoder(tokens, valid, positions, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
             blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
             pooled = self.pooling(blocks, slots)  # (B, S, D)
+            if self.code_predictor is not None:  # code what the context does not predict
+                before = states_before_segments(h, valid, layout.seg_start, layout.seg_mask)  # (B, S, D)
+                pooled = pooled - self.code_predictor(before)
             was_training = self.quantizer.training
             self.quantizer.training = was_training and not self.codebook_frozen
             try:
@@ -354,6 +360,9 @@ class HierLevel(nn.Module):
             with fp32_region(toks.device):
                 slots = torch.arange(L, device=toks.device)[None, :] < seg_len[fires][:, None]  # (B'', L)
                 pooled = self.pooling(st.open_states[closing][:, None], slots[:, None])  # (B'', 1, D)
+                if self.code_predictor is not None:
+                    pooled = pooled - self.code_predictor(st.before[closing])[:, None]
+                    st.before[closing] = h[fires]  # the state before the segment that opens next
                 codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
             g = upper(closing, codes, pooled[:, 0])
             eos = toks[fires] == self.vocab.eos_id

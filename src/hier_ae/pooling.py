@@ -43,6 +43,24 @@ def gather_segments(h: torch.Tensor, seg_id: torch.Tensor, pos: torch.Tensor, nu
     return blocks, slot_mask
 
 
+def states_before_segments(
+    h: torch.Tensor, valid: torch.Tensor, seg_start: torch.Tensor, seg_mask: torch.Tensor
+):
+    """The state at the token just before each segment `(B, S, D)`, zero where there is none.
+
+    h (B, T, D), valid (B, T), seg_start / seg_mask (B, S) from the segment layout. A segment's
+    previous token is `seg_start - 1`; a row's first segment (or one after padding) gets zeros, as
+    does a padded segment. Toy example, h[t] = t (D = 1), valid = [0 1 1 1 1] (left padding),
+    segments "t1 t2 | t3 t4": seg_start = [1 3] -> [[0], [2]] (t0 is padding, t2 ends segment 0).
+    """
+    B, T, D = h.shape
+    prev = seg_start - 1  # (B, S)
+    idx = prev.clamp(min=0)  # (B, S)
+    ok = seg_mask & (prev >= 0) & valid.gather(1, idx)  # (B, S)
+    before = h.gather(1, idx[..., None].expand(B, idx.shape[1], D))  # (B, S, D)
+    return before * ok[..., None].to(h.dtype)
+
+
 class SegmentMixer(nn.Module):
     """A pre-norm transformer layer over the slots of each segment, bidirectional inside it.
 

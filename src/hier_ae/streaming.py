@@ -35,6 +35,9 @@ class LevelStream:
     # (B, h) the decoder's last h inputs, -1 = none: what its hashed n-grams read (`decoder_ngrams`;
     # h = 0 without them)
     recent: torch.Tensor | None = None
+    # (B, D) the encoder state just before the open segment (zero before a row's first one), read by
+    # `predictive_codes`; None without them
+    before: torch.Tensor | None = None
 
 
 @dataclass
@@ -47,7 +50,7 @@ class StreamState:
         for st in self.levels:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
-            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent"):
+            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before"):
                 if getattr(st, name) is not None:
                     setattr(st, name, getattr(st, name).index_select(0, index))
         self.top.reorder(index)
@@ -72,6 +75,10 @@ def open_level_stream(
             seg_len 4, pending_new True, open_states h[1 2 3 4]
         valid 0 0 0 0 0                   ->  no token: seg_len 0, pending_new True, prev_H = +inf
 
+    With `predictive_codes`, `before (B, D)` is the state before the segment the next code comes
+    from: h[1], h[2], h[4] and 0 in the four rows above (`before` of a closed segment is its last
+    token's state; a row's first segment and an empty row get zeros).
+
     Slots at or after seg_len (.) hold whatever follows and are never read: the next token (`step`)
     is written at slot seg_len, or at slot 0 when pending_new.
     """
@@ -84,6 +91,11 @@ def open_level_stream(
     idx = (start[:, None] + torch.arange(L, device=valid.device)[None, :]).clamp(max=T - 1)  # (B, L)
     open_states = h.detach().gather(1, idx[..., None].expand(B, L, h.shape[-1]))  # (B, L, D)
     prev_H = torch.where(has, H[rows, last], torch.full_like(H[:, 0], float("inf")))
+    before = None
+    if level.cfg.predictive_codes:  # the state before the next segment (closed) or the open one
+        prev = torch.where(pending, last, start - 1)  # (B,)
+        ok = has & (prev >= 0) & valid[rows, prev.clamp(min=0)]  # (B,)
+        before = h.detach()[rows, prev.clamp(min=0)] * ok[:, None].to(h.dtype)  # (B, D)
     return LevelStream(
         entropy=KVStore(kv_entropy, valid),
         encoder=KVStore(kv_encoder, valid),
@@ -91,4 +103,5 @@ def open_level_stream(
         seg_len=seg_len.clone(),
         prev_H=prev_H.clone(),
         pending_new=pending.clone(),
+        before=before,
     )

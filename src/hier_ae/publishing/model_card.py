@@ -35,6 +35,11 @@ def _architecture(config) -> str:
             + (f", entropy model window {lv.entropy_window}" if lv.entropy_window is not None else "")
             + (f", decoder dropout {lv.decoder_dropout}" if lv.decoder_dropout else "")
             + (", decoder reads a learned embedding of each code's id" if lv.decoder_code_embedding else "")
+            + (
+                ", predictive codes (pooled vector minus its prediction from the context)"
+                if lv.predictive_codes
+                else ""
+            )
         )
     top = config.top_lm_config
     lines.append(

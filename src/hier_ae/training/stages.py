@@ -159,8 +159,9 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
     elif stage.kind == "autoencoder":
         lv = model.levels[stage.level]
         # the quantiser's parameters: FSQ's projections (a VQ codebook is a buffer moved by EMA)
-        for module in (lv.encoder, lv.pooling, lv.quantizer, lv.decoder):
-            module.requires_grad_(True)
+        for module in (lv.encoder, lv.pooling, lv.code_predictor, lv.quantizer, lv.decoder):
+            if module is not None:  # code_predictor: only with `predictive_codes`
+                module.requires_grad_(True)
         kwargs = {"num_levels": stage.level + 1, "reconstruct_levels": (stage.level,), "run_top_lm": False}
 
         def objective(out):
@@ -196,8 +197,9 @@ def prepare_stage(model, stage: Stage, start_level: int = 0) -> StagePlan:
         # Entropy models and codebooks stay frozen so segments and code ids keep their meaning.
         model.top_lm.requires_grad_(True)
         for lv in model.levels:
-            for module in (lv.encoder, lv.pooling, lv.decoder, lv.context_proj):
-                module.requires_grad_(True)
+            for module in (lv.encoder, lv.pooling, lv.code_predictor, lv.decoder, lv.context_proj):
+                if module is not None:
+                    module.requires_grad_(True)
         kwargs = {"mode": "predict"}
 
         def objective(out):
