@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .kv_cache import KVStore
+from .pooling import states_before_segments
 from .segmentation import SegmentLayout, open_segment
 
 
@@ -92,10 +93,9 @@ def open_level_stream(
     open_states = h.detach().gather(1, idx[..., None].expand(B, L, h.shape[-1]))  # (B, L, D)
     prev_H = torch.where(has, H[rows, last], torch.full_like(H[:, 0], float("inf")))
     before = None
-    if level.cfg.predictive_codes:  # the state before the next segment (closed) or the open one
-        prev = torch.where(pending, last, start - 1)  # (B,)
-        ok = has & (prev >= 0) & valid[rows, prev.clamp(min=0)]  # (B,)
-        before = h.detach()[rows, prev.clamp(min=0)] * ok[:, None].to(h.dtype)  # (B, D)
+    if level.cfg.predictive_codes:  # the state before the open segment, or before the next one
+        next_start = torch.where(pending, last + 1, start)  # (B,)
+        before = states_before_segments(h.detach(), valid, next_start[:, None], has[:, None])[:, 0]  # (B, D)
     return LevelStream(
         entropy=KVStore(kv_entropy, valid),
         encoder=KVStore(kv_encoder, valid),
