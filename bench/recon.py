@@ -13,19 +13,20 @@ validation split of the built-in corpus (standard-library sources, `val_fraction
 
 Per sample and per level l (decode from level l's codes, `model.decode(codes[l], mask[l], level=l)`):
 exact-match rate (every id up to and including `</s>`); teacher-forced accuracy and reconstruct CE
-(`HierAEModel.forward`'s `reconstruct_logits`: the decoder reads each segment's own code; level l's
-CE is over level l's tokens, charged to the text's bytes); free-decode byte accuracy (1 - edit distance /
+(`HierAEModel.forward`'s `reconstruct_logits`: the decoder reads each segment's own code; level l's CE is
+over level l's tokens, charged to the text's bytes); free-decode byte accuracy (1 - edit distance /
 length) and where the first error falls (position in the framed ids: 0 is `<s>`), through the shipped
-`evaluate` metric `hier_ae/metrics/reconstruction`; whether decode's regenerated segment boundaries
-drift from encode's (the decoded bytes re-encoded: the boundary rule is causal, so the boundaries decode
-drew are those `encode` draws on its output); code bits per byte (fixed-length: codes x log2 K^R /
-bytes); **total bits per byte** = code bits + the reconstruct CE of levels l..0 (what a lossless coder
-built on level l's codes would spend: the codes, then each level's tokens given its codes). Per text:
-the top code LM's next-code top-1 accuracy and bits per code on the framed top stream, as `forward`
-computes its `top_lm_loss`, and total bits per byte with the codes coded by the top LM instead of at
-fixed length; predict-mode (causal LM) bits per byte on the docs; codebook usage
-(`hier_ae.evaluation.reports.codebook_usage`); gzip -9 / bzip2 -9 / xz -9e / zstd -19 on the sampled text
-(the lines joined by newlines; the docs concatenated) and on the whole text.
+`evaluate` metric `hier_ae/metrics/reconstruction`; whether decode's regenerated segment boundaries drift
+from encode's (the decoded bytes re-encoded: the boundary rule is causal, so the boundaries decode drew
+are those `encode` draws on its output); how many wrong decodes re-encode to the very codes they came
+from (collisions: information lost in encoding, which no decoder could recover); code bits per byte
+(fixed-length: codes x log2 K^R / bytes); **total bits per byte** = code bits + the reconstruct CE of
+levels l..0 (what a lossless coder built on level l's codes would spend: the codes, then each level's
+tokens given its codes). Per text: the top code LM's next-code top-1 accuracy and bits per code on the
+framed top stream, as `forward` computes its `top_lm_loss`, and total bits per byte with the codes coded
+by the top LM instead of at fixed length; predict-mode (causal LM) bits per byte on the docs; codebook
+usage (`hier_ae.evaluation.reports.codebook_usage`); gzip -9 / bzip2 -9 / xz -9e / zstd -19 on the
+sampled text (the lines joined by newlines; the docs concatenated) and on the whole text.
 
 Bits per byte go through the shipped `evaluate` metric `hier_ae/metrics/bits_per_byte`. The
 functions below take a model and byte strings and return plain dicts (tests/test_recon_bench.py).
@@ -259,6 +260,29 @@ def boundary_drift(model, refs: list[list[int]], decoded: list[list[int]], ref_s
     }
 
 
+@torch.no_grad()
+def code_collisions(model, decoded: list[list[int]], ref_codes: list[list[int]], level: int) -> dict:
+    """How many wrong decodes re-encode to the very codes they were decoded from.
+
+    `decoded[r]` is an inexact decode from level `level`'s codes and `ref_codes[r]` those codes (the
+    reference row's). A decode that re-encodes to the same codes is a collision: the codes cannot tell
+    it from the reference, so no decoder could have done better from them (the information was lost in
+    encoding). The others are errors of the decoder given its codes, which a re-encode check would catch.
+    E.g. reference [2, 9, 9, 1] with codes [4, 7], decode [2, 9, 8, 1]: `encode` gives [4, 7] for the
+    decode too -> a collision; [4, 5] (or another number of codes) -> a decoder error.
+    Returns {"inexact": number of rows, "same_codes": fraction of them that collide (None if no row)}.
+    """
+    if not decoded:
+        return {"inexact": 0, "same_codes": None}
+    rows = [torch.tensor(d if d else [EOS_ID]) for d in decoded]
+    ids, mask = pad_rows(rows)
+    device = next(model.parameters()).device
+    enc = model.encode(ids.to(device), mask.to(device))
+    codes, cmask = enc.codes[level].cpu(), enc.code_mask[level].cpu().bool()
+    same = sum(codes[r][cmask[r]].tolist() == ref_codes[r] for r in range(len(decoded)))
+    return {"inexact": len(decoded), "same_codes": same / len(decoded)}
+
+
 def follows_teacher_forcing(refs: list[list[int]], decoded: list[list[int]], first_miss: list) -> float:
     """Fraction of rows whose free decode from level 0 first goes wrong where teacher forcing first misses.
 
@@ -298,6 +322,7 @@ def evaluate_sample(
     decoded = [[] for _ in range(L)]  # per start level: decoded ids per row
     streams_exact = [dict() for _ in range(L)]  # per start level: {level: exact rows}
     ref_starts = []
+    ref_codes = [[] for _ in range(L)]  # per level: each row's codes
     for i in range(0, len(texts), batch_size):
         ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch_size]])
         ids, mask = ids.to(device), mask.to(device)
@@ -316,6 +341,8 @@ def evaluate_sample(
             toks[lv] += int(enc.level_mask[lv].sum())
         for row in range(ids.shape[0]):
             ref_starts.append(segment_starts(enc.segment_ids[0][row].cpu(), enc.level_mask[0][row].cpu()))
+            for lv in range(L):
+                ref_codes[lv].append(enc.codes[lv][row][enc.code_mask[lv][row].bool()].tolist())
         for lv in range(L):
             dec = decode_batch(model, enc, lv)
             decoded[lv] += dec["sequences"]
@@ -347,6 +374,12 @@ def evaluate_sample(
                 "total_bits_per_byte": cbpb + recon_bpb_so_far,
                 "free_decode": fd,
                 "boundaries": boundary_drift(model, refs, decoded[lv], ref_starts),
+                "collisions": code_collisions(
+                    model,
+                    [d for d, r in zip(decoded[lv], refs) if d != r],
+                    [c for c, d, r in zip(ref_codes[lv], decoded[lv], refs) if d != r],
+                    lv,
+                ),
                 "decode_follows_teacher_forcing": (
                     follows_teacher_forcing(refs, decoded[0], tf[0]["first_miss"]) if lv == 0 else None
                 ),
@@ -433,13 +466,14 @@ def reconstruction_table(texts: dict, levels: int) -> list[str]:
         "Lines: held-out lines of 20-120 bytes, docs: 1 KB windows, each framed `<s>` + text + `</s>`. "
         "Exact: every id up to `</s>` decoded back from level l's codes. TF: teacher-forced reconstruct "
         "mode. Free acc: 1 - edit distance / length of the free decode. 1st err: median position of the "
-        "first wrong id (0 = `<s>`). Aligned: decode's segment boundaries equal encode's. Total: code bits "
-        "+ reconstruct CE (bits/byte).",
+        "first wrong id (0 = `<s>`). Aligned: decode's segment boundaries equal encode's. Collide: of the "
+        "wrong line decodes, those that re-encode to the very codes they came from (lost in encoding, not "
+        "a decoder error). Total: code bits + reconstruct CE (bits/byte).",
         "",
         "| text | level | code bits/B | exact lines | exact docs | TF acc lines | TF acc docs "
         "| recon CE bits/B (docs) | free acc lines | free acc docs | 1st err lines | `<s>` wrong "
-        "| aligned lines | total bits/B (docs) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| aligned lines | collide (wrong lines) | total bits/B (docs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in texts.items():
         lines, docs = r.get("lines"), r.get("docs")
@@ -464,6 +498,7 @@ def reconstruction_table(texts: dict, levels: int) -> list[str]:
                         _num(a and a["free_decode"]["first_error_median"], 0),
                         _pct(a and a["free_decode"]["first_error_at_start"]),
                         _pct(a and a["boundaries"]["boundaries_identical"]),
+                        _pct(a and a.get("collisions", {}).get("same_codes")),  # absent before 2026-12-04
                         _num(b and b["total_bits_per_byte"]),
                     ]
                 )

@@ -63,6 +63,23 @@ def test_small_helpers():
     assert recon.follows_teacher_forcing([[2, 5, 1]], [[2, 5, 1]], [None]) == 1.0
 
 
+@pytest.mark.parametrize("level", [0, 1])
+def test_code_collisions_compares_the_decodes_codes(random_models, level):
+    """A wrong decode collides when it re-encodes to the codes it came from, and only then."""
+    model = random_models[2]
+    a, b = b"hello world, this is a test", b"0123456789" * 4
+    ids, mask = _batch([a, b])
+    enc = model.encode(ids, mask)
+    codes = [enc.codes[level][r][enc.code_mask[level][r].bool()].tolist() for r in range(2)]
+    rows = [frame_document(t).tolist() for t in (a, b)]
+    # each row "decoded" from its own codes collides; swapped, the codes differ (other lengths here)
+    assert len(codes[0]) != len(codes[1])
+    assert recon.code_collisions(model, rows, codes, level) == {"inexact": 2, "same_codes": 1.0}
+    assert recon.code_collisions(model, rows, codes[::-1], level) == {"inexact": 2, "same_codes": 0.0}
+    assert recon.code_collisions(model, rows, [codes[0], codes[0]], level)["same_codes"] == 0.5
+    assert recon.code_collisions(model, [], [], level) == {"inexact": 0, "same_codes": None}
+
+
 @pytest.mark.parametrize("levels", [1, 2])
 def test_teacher_forced_and_top_lm_match_forward(random_models, levels):
     """The benchmark's per-row sums give back `forward`'s mean losses (same tokens, same masks)."""
@@ -92,6 +109,9 @@ def test_evaluate_sample_on_a_random_two_level_model(random_models):
         assert 0.0 <= lv["exact_match"] <= 1.0 and 0.0 <= lv["teacher_forced_accuracy"] <= 1.0
         assert lv["free_decode"]["num_pairs"] == 4
         assert lv["boundaries"]["drift_before_first_error"] == 0
+        wrong = round((1 - lv["exact_match"]) * 4)
+        assert lv["collisions"]["inexact"] == wrong
+        assert lv["collisions"]["same_codes"] is None or 0.0 <= lv["collisions"]["same_codes"] <= 1.0
     # total = this level's fixed-length code bits + the reconstruct CE of every level down to bytes
     assert lv1["total_bits_per_byte"] == pytest.approx(
         lv1["code_bits_per_byte"] + lv1["reconstruct_ce_bits_per_byte"] + lv0["reconstruct_ce_bits_per_byte"]
@@ -117,6 +137,7 @@ def test_trained_model_reconstructs_its_grammar(trained_1level, grammar_data):
     assert lv["free_decode"]["byte_accuracy"] >= lv["exact_match"]
     assert lv["decode_follows_teacher_forcing"] == 1.0
     assert lv["boundaries"]["boundaries_identical"] >= lv["exact_match"]  # exact rows keep their boundaries
+    assert lv["collisions"]["inexact"] == round((1 - lv["exact_match"]) * 48)
     assert lv["reconstruct_ce_bits_per_byte"] < 0.5
     assert res["top_lm"]["top1_accuracy"] > 0.1
 
