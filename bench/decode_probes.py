@@ -1,0 +1,223 @@
+"""Probes of where level 0 loses held-out lines: could a better decoder or a better encoder win them back?
+
+    python -m bench.decode_probes --model runs/ts/model --text ../shared/data/tinyshakespeare/val.txt \
+        --probe list --beam 8 --check-bits 1
+    python -m bench.decode_probes --model runs/ts/model --text ../shared/data/tinyshakespeare/val.txt \
+        --probe search
+
+Autoencoder figures (issue 21, item 3; bench/experiments.md, V-series). Two probes on a saved 1-level
+model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, seeded sample):
+
+- **list** (a better decoder): decode each line segment by segment; for segment j, a beam search
+  (`--beam` W) over the decoder's continuations of the prefix decoded so far, reading code j; a
+  candidate ends where the boundary rule closes its segment (or at `</s>`). Keep the most likely
+  candidate that passes the checks: the verified prefix plus the candidate re-encodes to code j
+  (`--no-code-check` skips it), and, with `--check-bits` b, the candidate's bytes hash to the b bits
+  stored beside the code (a checksum: b more bits per segment, b / bytes-per-code more code bits per
+  byte). If none passes, the most likely candidate. `--beam 1 --no-code-check` is greedy decoding.
+- **search** (a better encoder, analysis by synthesis): choose each segment's code in order, among all K
+  codes (or the `--top` nearest to the pooled vector), as the nearest code under which teacher-forced
+  greedy decoding gives back the segment's bytes (argmax == byte at each of its positions, the prefix and
+  the codes chosen before it fixed: the decoder's states in segment j read codes 0..j); if none does,
+  the code that makes the segment most likely (`--criterion likelihood`: always the most likely). The
+  codes are then decoded by the unchanged greedy `model.decode`, beside the nearest-neighbour codes.
+
+The functions recompute whole rows instead of streaming (slow, exact); they read the level's internals
+(`bottom_up`, `_decode`), like the benchmark's teacher forcing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+
+import torch
+
+from bench.recon import cut_at_eos, held_out_lines, load_text, segment_starts
+from hier_ae import HierAEModel
+from hier_ae.configuration_hier_ae import EOS_ID
+from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
+
+FILLER = BYTE_OFFSET + ord(" ")  # a token after the hypothesis: its segment id says if the rule closed
+
+
+def checksum(tokens: list[int], bits: int) -> int:
+    """`bits` bits of a CRC-32 of the segment's ids and length: checksum([5, 9], 1) is 0 or 1."""
+    return zlib.crc32(bytes(t & 0xFF for t in tokens) + bytes([len(tokens) & 0xFF])) & ((1 << bits) - 1)
+
+
+@torch.no_grad()
+def _next_token(level, rows: list[list[int]], seg_ctx: torch.Tensor):
+    """For each row (prefix + hypothesis): the segment a next token would join, and the decoder's
+    log-probabilities for it reading that segment's context. seg_ctx (1, S + 2, D) -> (n,), (n, V)."""
+    ids, mask = pad_rows([torch.tensor(r + [FILLER]) for r in rows])
+    p = level.bottom_up(ids, mask.bool(), encode=False)
+    ctx = level.decoder_context(seg_ctx.expand(len(rows), -1, -1), p.layout.seg_id)  # (n, T + 1, D)
+    logits = level._decode(p, ctx)[0]  # (n, T + 1, V): output t predicts ids[t]
+    at = torch.tensor([len(r) for r in rows])  # the filler's position
+    n = torch.arange(len(rows))
+    return p.layout.seg_id[n, at], logits[n, at].log_softmax(-1)
+
+
+@torch.no_grad()
+def list_decode(model, ref: list[int], beam: int = 8, check_bits: int = 0, code_check: bool = True) -> dict:
+    """Decode one framed line from its level-0 codes by list decoding with re-encode checks (module doc)."""
+    level = model.levels[0]
+    ids = torch.tensor([ref])
+    enc = model.encode(ids, torch.ones_like(ids))
+    codes = enc.codes[0][0]  # (S,)
+    S = codes.shape[0]
+    starts = segment_starts(enc.segment_ids[0][0], enc.level_mask[0][0]) + [len(ref)]
+    sums = [checksum(ref[starts[j] : starts[j + 1]], check_bits) for j in range(S)]
+    seg_ctx = level.code_context(level.quantizer.lookup(codes[None]), codes[None])  # (1, S, D)
+    seg_ctx = torch.cat([seg_ctx, seg_ctx.new_zeros(1, 2, seg_ctx.shape[-1])], 1)  # the filler's segment
+    out, unchecked = [], 0
+    for j in range(S):
+        live, done = [([], 0.0)], []
+        while live:
+            segs, logp = _next_token(level, [out + h for h, _ in live], seg_ctx)
+            grown = []
+            for (h, score), seg, lp in zip(live, segs.tolist(), logp):
+                if h and (seg != j or h[-1] == EOS_ID):  # the rule closed the segment after h
+                    done.append((h, score))
+                    continue
+                top = lp.topk(beam)
+                grown += [(h + [t], score + v) for v, t in zip(top.values.tolist(), top.indices.tolist())]
+            best = max((score for _, score in done), default=float("-inf"))
+            # keep the W most likely open hypotheses, unless 20 nats below a finished one
+            live = [c for c in sorted(grown, key=lambda c: -c[1])[:beam] if c[1] > best - 20]
+            if len(done) >= 2 * beam and all(score < best for _, score in live):
+                break  # enough candidates, and none open can still beat the best one
+        done.sort(key=lambda c: -c[1])
+        ok = [not check_bits or checksum(h, check_bits) == sums[j] for h, _ in done]
+        if code_check and any(ok):
+            rows = [torch.tensor(out + h) for h, _ in done]
+            cand_ids, cand_mask = pad_rows(rows)
+            cand = model.encode(cand_ids, cand_mask).codes[0][:, j]  # (n,)
+            ok = [o and c == int(codes[j]) for o, c in zip(ok, cand.tolist())]
+        pick = next((h for o, (h, _) in zip(ok, done) if o), None)
+        if pick is None:
+            unchecked += 1
+            pick = done[0][0]
+        out += pick
+        if out[-1] == EOS_ID:
+            break
+    return {"decoded": out, "segments": S, "unchecked_segments": unchecked}
+
+
+@torch.no_grad()
+def search_codes(model, ref: list[int], top: int = 0, criterion: str = "exact") -> dict:
+    """Level-0 codes of one framed line chosen by analysis by synthesis (module doc), and the nearest ones."""
+    level = model.levels[0]
+    ids = torch.tensor([ref])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    p = level.bottom_up(ids, valid)
+    nearest = p.q.codes[0]  # (S,)
+    codes = nearest.clone()
+    K, T = level.cfg.num_codes, ids.shape[1]
+    n = min(top or K, K)
+    book = level.quantizer.lookup(torch.arange(K)[None])[0]  # (K, D)
+    order = torch.cdist(p.pooled[0].float(), book).argsort(dim=1)[:, :n]  # (S, n) nearest first
+    pk = level.bottom_up(ids.expand(n, T), valid.expand(n, T), encode=False)
+    seg_id = pk.layout.seg_id  # (n, T)
+    unmatched = 0
+    for j in range(codes.shape[0]):
+        trial = codes[None].repeat(n, 1)  # (n, S)
+        trial[:, j] = order[j]
+        ctx = level.decoder_context(level.code_context(level.quantizer.lookup(trial), trial), seg_id)
+        pos = (seg_id[0] == j).nonzero()[:, 0]  # segment j's positions
+        logits = level._decode(pk, ctx)[0][:, pos]  # (n, P, V): output t predicts ids[t]
+        target = ids[0, pos]  # (P,)
+        exact = (logits.argmax(-1) == target).all(dim=1)  # (n,)
+        if criterion == "exact" and exact.any():
+            k = int(exact.nonzero()[0, 0])
+        else:  # criterion "likelihood", or no code decodes the segment
+            unmatched += int(not exact.any())
+            k = int(logits.log_softmax(-1)[:, torch.arange(len(pos)), target].sum(1).argmax())
+        codes[j] = order[j, k]
+    return {"codes": codes, "nearest": nearest, "unmatched_segments": unmatched}
+
+
+def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
+    codes, mask = pad_rows(rows)
+    out = model.decode(codes, mask, level=0)
+    return [cut_at_eos(out.sequences[r][out.attention_mask[r].bool()].tolist()) for r in range(len(rows))]
+
+
+def run(model, lines: list[bytes], args) -> dict:
+    refs = [frame_document(t).tolist() for t in lines]
+    if args.probe == "list":
+        res = [list_decode(model, r, args.beam, args.check_bits, not args.no_code_check) for r in refs]
+        exact = sum(r["decoded"] == ref for r, ref in zip(res, refs))
+        segs = sum(r["segments"] for r in res)
+        return {
+            "exact_match": exact / len(refs),
+            "unchecked_segments": sum(r["unchecked_segments"] for r in res) / max(segs, 1),
+        }
+    exact = {"searched": 0, "nearest": 0}
+    changed = unmatched = segs = 0
+    for i in range(0, len(refs), 32):
+        batch = refs[i : i + 32]
+        res = [search_codes(model, r, args.top, args.criterion) for r in batch]
+        for key, field in (("searched", "codes"), ("nearest", "nearest")):
+            dec = _decode_rows(model, [r[field] for r in res])
+            exact[key] += sum(d == r for d, r in zip(dec, batch))
+        changed += sum(int((r["codes"] != r["nearest"]).sum()) for r in res)
+        unmatched += sum(r["unmatched_segments"] for r in res)
+        segs += sum(len(r["codes"]) for r in res)
+    return {
+        "exact_match": exact["searched"] / len(refs),
+        "exact_match_nearest_codes": exact["nearest"] / len(refs),
+        "codes_changed": changed / max(segs, 1),
+        "segments_without_exact_code": unmatched / max(segs, 1),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a saved 1-level hier_ae folder")
+    p.add_argument("--text", required=True, help="a val.txt (or 'default'), as bench.recon's --text")
+    p.add_argument("--probe", choices=["list", "search"], required=True)
+    p.add_argument("--lines", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
+    p.add_argument("--check-bits", type=int, default=0, help="list: checksum bits stored per segment")
+    p.add_argument("--no-code-check", action="store_true", help="list: skip the re-encode check")
+    p.add_argument("--top", type=int, default=0, help="search: nearest codes tried (0: all K)")
+    p.add_argument(
+        "--criterion",
+        choices=["exact", "likelihood"],
+        default="exact",
+        help="search: the nearest code that decodes the segment (else the most likely), or the most likely",
+    )
+    args = p.parse_args(argv)
+    if args.beam < 1 or args.check_bits < 0 or args.top < 0 or args.lines < 1:
+        p.error("--beam and --lines must be >= 1, --check-bits and --top >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    model = HierAEModel.from_pretrained(args.model).eval()
+    if model.num_levels != 1:
+        raise SystemExit(
+            f"--model has {model.num_levels} levels; the probes read level 0 of a 1-level model."
+        )
+    _, docs = load_text(args.text)
+    lines = held_out_lines(docs, args.lines, seed=args.seed)
+    t0 = time.perf_counter()
+    res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    settings = {k: getattr(args, k) for k in ("beam", "check_bits", "no_code_check", "top", "criterion")}
+    res["settings"] = settings
+    if args.probe == "list":
+        res["extra_code_bits_per_segment"] = args.check_bits
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""bench/decode_probes.py: list decoding with re-encode checks, and analysis-by-synthesis code search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import _save, tiny_config
+
+from bench import decode_probes as probes
+from bench import recon
+from hier_ae import HierAEModel
+from hier_ae.data.batching import frame_document
+
+
+def _greedy(model, ref: list[int]) -> list[int]:
+    ids = torch.tensor([ref])
+    enc = model.encode(ids, torch.ones_like(ids))
+    out = model.decode(enc.codes[0], enc.code_mask[0], level=0)
+    return recon.cut_at_eos(out.sequences[0][out.attention_mask[0].bool()].tolist())
+
+
+def test_checksum_is_a_deterministic_function_of_the_segment():
+    assert probes.checksum([5, 9], 3) == probes.checksum([5, 9], 3) < 8
+    assert probes.checksum([5, 9], 0) == 0
+    # 16 bits tell these apart (a CRC differs on every one-byte change)
+    assert probes.checksum([5, 9], 16) != probes.checksum([5, 8], 16)
+    assert probes.checksum([5], 16) != probes.checksum([5, 5], 16)
+
+
+def test_list_decoding_with_one_hypothesis_and_no_check_is_greedy_decoding(trained_1level, grammar_data):
+    """Beam 1 without checks recomputes `model.decode`'s greedy choices (whole rows instead of streamed)."""
+    model, _ = trained_1level
+    for text in grammar_data[1][:6]:
+        ref = frame_document(text.encode()).tolist()
+        res = probes.list_decode(model, ref, beam=1, code_check=False)
+        assert res["decoded"] == _greedy(model, ref)
+        assert res["unchecked_segments"] == 0 and res["segments"] >= 1
+
+
+def test_checked_list_decoding_keeps_what_passes_the_checks(trained_1level, grammar_data):
+    model, _ = trained_1level
+    ref = frame_document(grammar_data[1][0].encode()).tolist()
+    res = probes.list_decode(model, ref, beam=4, check_bits=2)
+    assert 0 <= res["unchecked_segments"] <= res["segments"]
+    if res["unchecked_segments"] == 0:  # every segment passed: the decode re-encodes to the line's codes
+        ids = torch.tensor([ref])
+        want = model.encode(ids, torch.ones_like(ids)).codes[0][0].tolist()
+        got = torch.tensor([res["decoded"]])
+        assert model.encode(got, torch.ones_like(got)).codes[0][0].tolist() == want
+
+
+def test_code_search_over_the_nearest_code_alone_returns_the_nearest_codes():
+    torch.manual_seed(0)
+    model = HierAEModel(tiny_config(1)).eval()
+    ref = frame_document(b"the quick brown fox jumps over the lazy dog").tolist()
+    res = probes.search_codes(model, ref, top=1)
+    assert torch.equal(res["codes"], res["nearest"])
+    ids = torch.tensor([ref])
+    assert res["nearest"].tolist() == model.encode(ids, torch.ones_like(ids)).codes[0][0].tolist()
+
+
+def test_code_search_makes_each_matched_segment_decode(trained_1level, grammar_data):
+    """All codes tried: greedy decoding from the searched codes is exact whenever every segment matched."""
+    model, _ = trained_1level
+    for text in grammar_data[1][:4]:
+        ref = frame_document(text.encode()).tolist()
+        res = probes.search_codes(model, ref)
+        dec = probes._decode_rows(model, [res["codes"]])[0]
+        if res["unmatched_segments"] == 0:
+            assert dec == ref
+
+
+def test_main_runs_both_probes_and_refuses_two_levels(tmp_path, capsys):
+    torch.manual_seed(0)
+    folder, two = tmp_path / "m1", tmp_path / "m2"
+    _save(HierAEModel(tiny_config(1)).eval(), folder)
+    _save(HierAEModel(tiny_config(2)).eval(), two)
+    text = tmp_path / "val.txt"
+    text.write_bytes(b"a held-out line that is long enough to count\nand another line of the text here\n")
+    base = ["--model", str(folder), "--text", str(text), "--lines", "2"]
+    res = probes.main([*base, "--probe", "list", "--beam", "2", "--check-bits", "1"])
+    assert res["lines"] == 2 and 0.0 <= res["exact_match"] <= 1.0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"] == "list"
+    res = probes.main([*base, "--probe", "search", "--top", "4"])
+    assert 0.0 <= res["exact_match_nearest_codes"] <= 1.0 and 0.0 <= res["codes_changed"] <= 1.0
+    with pytest.raises(SystemExit, match="2 levels"):
+        probes.main(["--model", str(two), "--text", str(text), "--probe", "list"])
+    with pytest.raises(SystemExit):
+        probes.main([*base, "--probe", "list", "--beam", "0"])
