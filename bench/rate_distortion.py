@@ -323,7 +323,8 @@ def render(args, rows: list[dict], machine: str = "not recorded") -> str:
             f"point {where}: {best['point']}, {100 * best['exact_match']:.1f}% at "
             f"{best['code_bits_per_byte']:.2f} bits/byte ({verdict}).",
         ]
-    missing = [p for p in args.points if not any(r["point"] == p for r in rows)]
+    # every defined point, not only this run's --points: a partial rerun keeps the list of points never run
+    missing = [p for p in POINTS if not any(r["point"] == p for r in rows)]
     if missing:
         L += ["", "Not yet run: " + ", ".join(missing) + "."]
     return "\n".join(L) + "\n"

@@ -61,6 +61,9 @@ def test_report_collects_every_finished_model_and_states_the_target(tmp_path):
     assert "Best hier_ae point at or below 4 code bits/byte: seg3, 1.6% at 3.10 bits/byte" in text
     assert "missed: 97.4 points short of 99%" in text
     assert "Not yet run: seg4, seg3-k4096, seg2-k256, seg2.5-k1024, seg2-k1024, seg2-k1024-segenc, " in text
+    # a partial rerun (--points seg3) still lists every point never run, not only its own
+    part = rd.parse_args(["--report-only", "--points", "seg3", "--out-dir", str(tmp_path)])
+    assert "Not yet run: seg4, seg3-k4096, " in rd.render(part, rows)
     rd.plot(rows, args.plot, args.corpus)
     assert (tmp_path / "rd.png").stat().st_size > 1000
 
