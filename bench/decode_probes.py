@@ -35,7 +35,7 @@ import zlib
 
 import torch
 
-from bench.recon import cut_at_eos, held_out_lines, load_text, segment_starts
+from bench.recon import decoded_ids, held_out_lines, load_text, segment_starts
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
@@ -142,8 +142,7 @@ def search_codes(model, ref: list[int], top: int = 0, criterion: str = "exact") 
 
 def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
     codes, mask = pad_rows(rows)
-    out = model.decode(codes, mask, level=0)
-    return [cut_at_eos(out.sequences[r][out.attention_mask[r].bool()].tolist()) for r in range(len(rows))]
+    return decoded_ids(model.decode(codes, mask, level=0))
 
 
 def run(model, lines: list[bytes], args) -> dict:

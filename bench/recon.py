@@ -126,6 +126,11 @@ def cut_at_eos(ids: list[int]) -> list[int]:
     return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
 
 
+def decoded_ids(out) -> list[list[int]]:
+    """`model.decode`'s output as ids per row, each cut at its first `</s>`."""
+    return [cut_at_eos(seq[keep.bool()].tolist()) for seq, keep in zip(out.sequences, out.attention_mask)]
+
+
 def segment_starts(seg_id: torch.Tensor, valid: torch.Tensor) -> list[int]:
     """Positions where a segment begins. seg_id = [0, 0, 1, 1, 1, 2], all valid -> [0, 2, 5]."""
     s = seg_id[valid.bool()].tolist()
@@ -208,9 +213,7 @@ def decode_batch(model, enc, level: int) -> dict:
     `encode`'s `level_tokens[l']`.
     """
     out = model.decode(enc.codes[level], enc.code_mask[level], level=level)
-    seqs = [
-        cut_at_eos(out.sequences[r][out.attention_mask[r].bool()].tolist()) for r in range(len(out.sequences))
-    ]
+    seqs = decoded_ids(out)
     streams = {}
     for lv in range(1, level + 1):
         regen = out.level_tokens[lv]  # (B, n) padded with the level's pad id
@@ -220,20 +223,29 @@ def decode_batch(model, enc, level: int) -> dict:
 
 
 @torch.no_grad()
-def boundary_drift(model, refs: list[list[int]], decoded: list[list[int]], ref_starts: list[list[int]]):
+def reencode(model, decoded: list[list[int]]):
+    """`encode` of decoded rows (an empty one as a lone `</s>`): the boundaries and codes decode drew."""
+    ids, mask = pad_rows([torch.tensor(d if d else [EOS_ID]) for d in decoded])
+    device = next(model.parameters()).device
+    return model.encode(ids.to(device), mask.to(device))
+
+
+def row_codes(enc, level: int) -> list[list[int]]:
+    """Each row's codes at `level` from an `encode` output, padding dropped."""
+    codes, mask = enc.codes[level].cpu(), enc.code_mask[level].cpu().bool()
+    return [codes[r][mask[r]].tolist() for r in range(codes.shape[0])]
+
+
+def boundary_drift(enc, refs: list[list[int]], decoded: list[list[int]], ref_starts: list[list[int]]):
     """Level-0 segment boundaries of each decode against encode's on the reference.
 
-    The decoded ids are re-encoded (the boundary rule is causal: these are the boundaries decode drew).
+    `enc` is `reencode(model, decoded)` (the boundary rule is causal: these are the boundaries decode drew).
     Per row: `identical` (same starts and same length), `first_drift` (first position below both
     lengths where a boundary is in one and not the other; None if none) and `first_error` (first
     differing id). Aggregates: rates of identical boundaries, of inexact rows whose boundaries still
     match (errors that keep the segments aligned), and of rows that drift before their first byte error
     (should be 0: it would mean decode's rule disagrees with encode's).
     """
-    rows = [torch.tensor(d if d else [EOS_ID]) for d in decoded]
-    ids, mask = pad_rows(rows)
-    device = next(model.parameters()).device
-    enc = model.encode(ids.to(device), mask.to(device))
     identical = inexact = aligned_errors = drift_before_error = 0
     drifts = []
     for r, (ref, dec) in enumerate(zip(refs, decoded)):
@@ -260,27 +272,22 @@ def boundary_drift(model, refs: list[list[int]], decoded: list[list[int]], ref_s
     }
 
 
-@torch.no_grad()
-def code_collisions(model, decoded: list[list[int]], ref_codes: list[list[int]], level: int) -> dict:
+def code_collisions(decoded_codes: list[list[int]], ref_codes: list[list[int]]) -> dict:
     """How many wrong decodes re-encode to the very codes they were decoded from.
 
-    `decoded[r]` is an inexact decode from level `level`'s codes and `ref_codes[r]` those codes (the
-    reference row's). A decode that re-encodes to the same codes is a collision: the codes cannot tell
-    it from the reference, so no decoder could have done better from them (the information was lost in
-    encoding). The others are errors of the decoder given its codes, which a re-encode check would catch.
-    E.g. reference [2, 9, 9, 1] with codes [4, 7], decode [2, 9, 8, 1]: `encode` gives [4, 7] for the
-    decode too -> a collision; [4, 5] (or another number of codes) -> a decoder error.
+    Row r is an inexact decode: `decoded_codes[r]` its codes re-encoded (`row_codes(reencode(...))`),
+    `ref_codes[r]` the reference's codes it was decoded from. A decode that re-encodes to the same
+    codes is a collision: the codes cannot tell it from the reference, so no decoder could have done
+    better from them (the information was lost in encoding). The others are errors of the decoder given
+    its codes, which a re-encode check would catch. E.g. reference [2, 9, 9, 1] with codes [4, 7],
+    decode [2, 9, 8, 1]: `encode` gives [4, 7] for the decode too -> a collision; [4, 5] (or another
+    number of codes) -> a decoder error.
     Returns {"inexact": number of rows, "same_codes": fraction of them that collide (None if no row)}.
     """
-    if not decoded:
+    if not decoded_codes:
         return {"inexact": 0, "same_codes": None}
-    rows = [torch.tensor(d if d else [EOS_ID]) for d in decoded]
-    ids, mask = pad_rows(rows)
-    device = next(model.parameters()).device
-    enc = model.encode(ids.to(device), mask.to(device))
-    codes, cmask = enc.codes[level].cpu(), enc.code_mask[level].cpu().bool()
-    same = sum(codes[r][cmask[r]].tolist() == ref_codes[r] for r in range(len(decoded)))
-    return {"inexact": len(decoded), "same_codes": same / len(decoded)}
+    same = sum(a == b for a, b in zip(decoded_codes, ref_codes))
+    return {"inexact": len(decoded_codes), "same_codes": same / len(decoded_codes)}
 
 
 def follows_teacher_forcing(refs: list[list[int]], decoded: list[list[int]], first_miss: list) -> float:
@@ -339,10 +346,10 @@ def evaluate_sample(
         for lv in range(L):
             codes[lv] += int(enc.code_mask[lv].sum())
             toks[lv] += int(enc.level_mask[lv].sum())
+        for lv in range(L):
+            ref_codes[lv] += row_codes(enc, lv)
         for row in range(ids.shape[0]):
             ref_starts.append(segment_starts(enc.segment_ids[0][row].cpu(), enc.level_mask[0][row].cpu()))
-            for lv in range(L):
-                ref_codes[lv].append(enc.codes[lv][row][enc.code_mask[lv][row].bool()].tolist())
         for lv in range(L):
             dec = decode_batch(model, enc, lv)
             decoded[lv] += dec["sequences"]
@@ -359,6 +366,9 @@ def evaluate_sample(
         recon_bpb = bpb_metric.compute(nll=tf[lv]["nats"], num_bytes=row_bytes)["bits_per_byte"]
         recon_bpb_so_far += recon_bpb
         fd = recon_metric.compute(predictions=decoded[lv], references=refs)
+        redo = reencode(model, decoded[lv])  # once, for the boundaries and the collisions
+        redo_codes = row_codes(redo, lv)
+        wrong = [r for r, (d, ref) in enumerate(zip(decoded[lv], refs)) if d != ref]
         cbpb = codes[lv] * code_bits / n_bytes
         levels.append(
             {
@@ -373,12 +383,9 @@ def evaluate_sample(
                 "reconstruct_ce_bits_per_byte": recon_bpb,
                 "total_bits_per_byte": cbpb + recon_bpb_so_far,
                 "free_decode": fd,
-                "boundaries": boundary_drift(model, refs, decoded[lv], ref_starts),
+                "boundaries": boundary_drift(redo, refs, decoded[lv], ref_starts),
                 "collisions": code_collisions(
-                    model,
-                    [d for d, r in zip(decoded[lv], refs) if d != r],
-                    [c for c, d, r in zip(ref_codes[lv], decoded[lv], refs) if d != r],
-                    lv,
+                    [redo_codes[r] for r in wrong], [ref_codes[lv][r] for r in wrong]
                 ),
                 "decode_follows_teacher_forcing": (
                     follows_teacher_forcing(refs, decoded[0], tf[0]["first_miss"]) if lv == 0 else None

@@ -17,8 +17,7 @@ from hier_ae.data.batching import frame_document
 def _greedy(model, ref: list[int]) -> list[int]:
     ids = torch.tensor([ref])
     enc = model.encode(ids, torch.ones_like(ids))
-    out = model.decode(enc.codes[0], enc.code_mask[0], level=0)
-    return recon.cut_at_eos(out.sequences[0][out.attention_mask[0].bool()].tolist())
+    return recon.decoded_ids(model.decode(enc.codes[0], enc.code_mask[0], level=0))[0]
 
 
 def test_checksum_is_a_deterministic_function_of_the_segment():

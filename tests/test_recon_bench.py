@@ -74,10 +74,11 @@ def test_code_collisions_compares_the_decodes_codes(random_models, level):
     rows = [frame_document(t).tolist() for t in (a, b)]
     # each row "decoded" from its own codes collides; swapped, the codes differ (other lengths here)
     assert len(codes[0]) != len(codes[1])
-    assert recon.code_collisions(model, rows, codes, level) == {"inexact": 2, "same_codes": 1.0}
-    assert recon.code_collisions(model, rows, codes[::-1], level) == {"inexact": 2, "same_codes": 0.0}
-    assert recon.code_collisions(model, rows, [codes[0], codes[0]], level)["same_codes"] == 0.5
-    assert recon.code_collisions(model, [], [], level) == {"inexact": 0, "same_codes": None}
+    redo = recon.row_codes(recon.reencode(model, rows), level)
+    assert recon.code_collisions(redo, codes) == {"inexact": 2, "same_codes": 1.0}
+    assert recon.code_collisions(redo, codes[::-1]) == {"inexact": 2, "same_codes": 0.0}
+    assert recon.code_collisions(redo, [codes[0], codes[0]])["same_codes"] == 0.5
+    assert recon.code_collisions([], []) == {"inexact": 0, "same_codes": None}
 
 
 @pytest.mark.parametrize("levels", [1, 2])

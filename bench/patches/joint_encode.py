@@ -14,7 +14,7 @@ import sys
 import torch
 
 import hier_ae.level as level_module
-from bench.recon import cut_at_eos, held_out_lines, load_text
+from bench.recon import decoded_ids, held_out_lines, load_text
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.modeling_hier_ae import HierAEModel
 
@@ -34,9 +34,7 @@ def main(model_dir: str, text: str, k: int) -> float:
             p = lvl.bottom_up(ids, valid, encode=False)
             _, _, pooled = lvl.encode_segments(ids, valid, p.positions, p.layout)
             codes = lvl._abs_choose(p, pooled)  # (B, S)
-            out = model.decode(codes, p.layout.seg_mask, level=0)
-            seqs, keep = out.sequences, out.attention_mask.bool()
-            rows = [cut_at_eos(seqs[r][keep[r]].tolist()) for r in range(len(batch))]
+            rows = decoded_ids(model.decode(codes, p.layout.seg_mask, level=0))
             exact += sum(d == r for d, r in zip(rows, batch))
     return exact / len(refs)
 
