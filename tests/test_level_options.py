@@ -1,8 +1,8 @@
 """The level's encoder, pooling, quantiser, segmentation and decoder options (issues 20, 21): FSQ,
-concat pooling, a segment-scope encoder, a minimum segment length, hashed n-gram embeddings and the
-entropy model's states at the decoder's input. Each keeps the model's contracts: prefix invariance,
-cache == no cache, streamed decode == recompute, save / reload through the Auto classes; FSQ's index
-arithmetic on its worked example."""
+concat pooling, a segment-scope encoder, a minimum segment length, hashed n-gram embeddings, the
+entropy model's states at the decoder's input and codes chosen by the decoder. Each keeps the
+model's contracts: prefix invariance, cache == no cache, streamed decode == recompute, save / reload
+through the Auto classes; FSQ's index arithmetic on its worked example."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ OPTIONS = {
     "code_embedding": {"decoder_code_embedding": True},
     # the quantiser codes the pooled vector minus its prediction from the state before the segment
     "predictive": {"predictive_codes": True},
+    # each code is the one of the 4 nearest under which the decoder's CE of its segment is lowest
+    "code_choice": {"code_choice_candidates": 4},
 }
 
 
@@ -175,6 +177,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
         "dropout",
         "code_embedding",
         "predictive",
+        "code_choice",
     ],
 )
 def test_option_survives_save_and_reload(option, tmp_path):
@@ -430,3 +433,91 @@ def test_predictive_codes_is_checked():
         ValueError, match=r"levels\[0\]\.predictive_codes=1 is invalid: must be True or False"
     ):
         HierAEConfig(levels=[{"predictive_codes": 1}])
+
+
+# ---- codes chosen by the decoder ----------------------------------------------------------------
+def _segment_ce(level, p, q) -> torch.Tensor:
+    """Reconstruct mode's teacher-forced CE of each segment's tokens under the quantiser output q.
+    -> (B, S)"""
+    p.q = q
+    logits = level.reconstruct_logits(p)  # (B, T, V)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), p.tokens, reduction="none") * p.valid
+    return torch.zeros(p.layout.seg_mask.shape).scatter_add_(1, p.layout.seg_id.clamp(min=0), ce)  # (B, S)
+
+
+def test_codes_chosen_by_the_decoder_decode_their_segments_best():
+    """`code_choice_candidates` = 4: every code is one of its segment's 4 nearest, the one whose
+    reconstruct-mode CE is lowest when every segment reads its i-th nearest code (computed here
+    through `reconstruct_logits`); on random weights that moves many codes off the nearest one."""
+    model = _model("code_choice").eval()
+    level = model.levels[0]
+    ids = torch.randint(3, 259, (3, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        chosen = model.encode(ids).codes[0]  # (B, S)
+        p = level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool), encode=False)
+        _, pooled = level.pool_segments(p)
+        mask = p.layout.seg_mask
+        dist = torch.cdist(pooled, level.quantizer.codebook[0])  # (B, S, K)
+        cand = dist.topk(4, largest=False).indices  # (B, S, 4)
+        ces = torch.stack(
+            [_segment_ce(level, p, level.quantizer(pooled, mask, codes=cand[..., i])) for i in range(4)], -1
+        )
+    want = cand.gather(-1, ces.argmin(-1, keepdim=True))[..., 0]  # (B, S)
+    assert torch.equal(chosen[mask], want[mask])
+    moved = (chosen != cand[..., 0])[mask].float().mean()
+    assert 0.2 < moved < 1.0, moved
+
+
+def test_codes_chosen_by_the_decoder_train_the_codebook():
+    """In training, forward's codes are the decoder's choice and the EMA counts gather them."""
+    model = _model("code_choice").train()
+    q = model.levels[0].quantizer
+    ids = torch.randint(3, 259, (2, 30), generator=torch.Generator().manual_seed(5))
+    out = model(ids, run_top_lm=False)
+    codes, mask = out.codes[0], out.code_mask[0].bool()
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model.encode(ids).codes[0][mask], codes[mask])
+    counts = torch.bincount(codes[mask], minlength=q.codebook_size).to(q.acc_count.dtype)
+    torch.testing.assert_close(q.acc_count[0], counts)
+
+
+def test_codes_chosen_by_the_decoder_at_two_levels_keep_the_contracts():
+    """Both levels choose their codes: prefix invariance and cached == uncached greedy generation."""
+    torch.manual_seed(0)
+    levels = [
+        tiny_level(threshold=1e9, max_segment_len=5, code_choice_candidates=3),
+        tiny_level(
+            hidden_size=32,
+            num_heads=2,
+            threshold=1e9,
+            max_segment_len=3,
+            codebook_size=64,
+            code_choice_candidates=2,
+        ),
+    ]
+    lm = as_lm(HierAEModel(HierAEConfig(levels=levels, top_lm=TINY_TOP)))
+    ids = torch.randint(3, 259, (2, 40), generator=torch.Generator().manual_seed(6))
+    assert_prefix_invariant(lm, ids)
+    prompt, mask = ids[:, :9], torch.ones(2, 9, dtype=torch.long)
+    a = lm.generate(prompt, attention_mask=mask, max_new_tokens=30, do_sample=False, use_cache=True)
+    b = lm.generate(prompt, attention_mask=mask, max_new_tokens=30, do_sample=False, use_cache=False)
+    assert not compare_greedy(a, b, chooser_logits(lm, b, mask), start=prompt.shape[1])
+
+
+@pytest.mark.parametrize(
+    "level, match",
+    [
+        (
+            {"code_choice_candidates": 1},
+            r"code_choice_candidates=1 is invalid: 0 \(nearest code\) or an integer",
+        ),
+        ({"code_choice_candidates": True}, r"code_choice_candidates=True is invalid"),
+        ({"code_choice_candidates": 300, "codebook_size": 256}, r"in \[2, codebook_size=256\]"),
+        ({"code_choice_candidates": 4, "codebook_depth": 2, "codebook_size": 16}, r"codebook_depth=2\)"),
+        ({"code_choice_candidates": 4, "quantizer": "fsq", "fsq_levels": [8, 5]}, r"quantizer='fsq'"),
+    ],
+)
+def test_code_choice_candidates_is_checked(level, match):
+    with pytest.raises(ValueError, match=match):
+        HierAEConfig(levels=[level])

@@ -489,3 +489,26 @@ def test_distributed_ranks_agree():
         r0, r1 = dict(results[0]), dict(results[1])
     assert_states_equal(r0, r1, exact=True)
     assert int(r0["restart_step"]) == 5 and bool(r0["initialized"])
+
+
+def test_given_codes_replace_the_nearest_and_steer_the_ema():
+    """`codes=` (the decoder's choice): z, the commitment and the EMA counts follow the given codes;
+    depth > 1, a wrong shape or an id out of range is refused."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(dim=4, codebook_size=8, depth=1)
+    q.set_codebook(torch.randn(1, 8, 4))
+    x, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [True, True, True]])
+    forced = (q.eval()(x, mask).codes + 1) % 8  # (B, S): never the nearest (eval: no statistics)
+    out = q.train()(x, mask, codes=forced)
+    assert torch.equal(out.codes[mask], forced[mask])
+    torch.testing.assert_close(out.z[mask], q.codebook[0][forced[mask]])
+    want = q.beta * (x[mask] - q.codebook[0][forced[mask]]).pow(2).mean(-1).mean()
+    torch.testing.assert_close(out.commitment, want)
+    torch.testing.assert_close(q.acc_count[0], torch.bincount(forced[mask], minlength=8).float())
+    with pytest.raises(ValueError, match=r"codes must have shape \(B, S\) = \(2, 3\)"):
+        q(x, mask, codes=forced[:, :2])
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, K\*\*R\) = \[0, 8\)"):
+        q(x, mask, codes=forced + 8)
+    deep = VectorQuantizer(dim=4, codebook_size=8, depth=2)
+    with pytest.raises(ValueError, match="depth 1 only"):
+        deep(x, mask, codes=forced)

@@ -198,6 +198,16 @@ class LevelConfig:
     # rare codes away (K5); with codes kept, +5 to +8 points of exact lines at 3,300 steps (R6) but
     # about even at 22,000 (F1): off by default. Predict mode's contexts are unchanged.
     decoder_code_embedding: bool = False
+    # codes chosen by the decoder (VQ, depth 1): 0 takes each segment's nearest code; k >= 2 takes,
+    # among its k nearest codes, the one under which the decoder's teacher-forced CE of the segment's
+    # tokens is lowest (k extra decoder passes without grad, every segment at its i-th candidate in
+    # pass i). The same rule runs in training, `encode`, predict mode and streaming, so each code is
+    # the one that decodes its segment best, and the EMA moves the chosen code toward the segment.
+    # Measured on Tiny Shakespeare's 2-byte codes (bench/experiments.md, A-series): k = 4 doubles the
+    # exact held-out lines at 19,000 steps (FA2: 54.7% vs 30.5% at 3.95 code bits/byte); training and
+    # `encode` cost about k decoder forwards more. Streaming recomputes the level over the row's
+    # history at each segment close (O(T) per segment): off by default.
+    code_choice_candidates: int = 0
 
     @property
     def num_codes(self) -> int:
@@ -370,6 +380,20 @@ class LevelConfig:
             value = getattr(self, name)
             _check(_is_probability(value), f"{prefix}.{name}", value, "a probability in [0, 1)")
         _check(self.beta >= 0, f"{prefix}.beta", self.beta, "must be >= 0")
+        k = self.code_choice_candidates
+        _check(
+            _is_count(k, 0) and k != 1 and k <= self.codebook_size,
+            f"{prefix}.code_choice_candidates",
+            k,
+            f"0 (nearest code) or an integer in [2, codebook_size={self.codebook_size}]",
+        )
+        _check(
+            k == 0 or (self.quantizer == "vq" and self.codebook_depth == 1),
+            f"{prefix}.code_choice_candidates",
+            k,
+            "0 unless quantizer='vq' with codebook_depth=1 (codes chosen by the decoder need one "
+            f"codebook; got quantizer={self.quantizer!r}, codebook_depth={self.codebook_depth})",
+        )
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")
 

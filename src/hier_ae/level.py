@@ -178,25 +178,81 @@ class HierLevel(nn.Module):
         self.boundary_value.add_(step).clamp_(min=0.0)
 
     # ---- encode ----------------------------------------------------------------------------
-    def encode_segments(self, tokens, valid, positions, layout: SegmentLayout, kv_out=None):
-        """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats), the encoder
-        states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D) (with
-        `predictive_codes`, minus their prediction from the state before the segment)."""
-        with fp32_region(tokens.device):
-            h = self.encoder(tokens, valid, positions, kv_out=kv_out)  # (B, T, D)
+    def pool_segments(self, p: LevelPass, kv_out=None):
+        """Encoder -> pooling: the encoder states h (B, T, D) and the pooled vector of each segment
+        (B, S, D) (with `predictive_codes`, minus its prediction from the state before the segment)."""
+        layout = p.layout
+        with fp32_region(p.tokens.device):
+            h = self.encoder(p.tokens, p.valid, p.positions, kv_out=kv_out)  # (B, T, D)
             S = layout.seg_mask.shape[1]
             blocks, slots = gather_segments(h, layout.seg_id, layout.pos, S, self.cfg.max_segment_len)
             pooled = self.pooling(blocks, slots)  # (B, S, D)
             if self.code_predictor is not None:  # code what the context does not predict
-                before = states_before_segments(h, valid, layout.seg_start, layout.seg_mask)  # (B, S, D)
+                before = states_before_segments(h, p.valid, layout.seg_start, layout.seg_mask)  # (B, S, D)
                 pooled = pooled - self.code_predictor(before)
+        return h, pooled
+
+    def encode_segments(self, p: LevelPass, kv_out=None):
+        """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats), the encoder
+        states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D). With
+        `code_choice_candidates` the decoder chooses each code among the nearest (`choose_codes`)."""
+        h, pooled = self.pool_segments(p, kv_out=kv_out)
+        with fp32_region(p.tokens.device):
+            chosen = {}
+            if self.cfg.code_choice_candidates:
+                chosen["codes"] = self.choose_codes(p, pooled)  # (B, S)
             was_training = self.quantizer.training
             self.quantizer.training = was_training and not self.codebook_frozen
             try:
-                q = self.quantizer(pooled, layout.seg_mask)
+                q = self.quantizer(pooled, p.layout.seg_mask, **chosen)
             finally:
                 self.quantizer.training = was_training
         return q, h, pooled
+
+    @torch.no_grad()
+    def choose_codes(self, p: LevelPass, pooled: torch.Tensor) -> torch.Tensor:
+        """Codes chosen by the decoder (`code_choice_candidates` = k): among each segment's k nearest
+        codes, the one under which the decoder's teacher-forced CE of the segment's tokens is lowest.
+
+        Pass i (of k) reads every segment's i-th nearest code at once, so in pass i a segment's CE
+        also reads the i-th candidates of the segments before it, never their choice: the code of a
+        closed segment depends only on its tokens and the ones before (prefix invariance, predict
+        mode and streaming hold). Ties go to the nearer code. pooled (B, S, D) -> codes (B, S).
+
+        Toy example, k = 2, one row "ab|c" (seg_id 0 0 1), per-token CE in pass 0 [.1 .3 | .9] and in
+        pass 1 [.2 .4 | .5]: segment CEs [.4 .9] and [.6 .5], so segment 0 keeps its nearest code
+        and segment 1 takes its second nearest.
+        """
+        k = self.cfg.code_choice_candidates
+        B, S, _ = pooled.shape
+        T = p.tokens.shape[1]
+        cb = self.quantizer.codebook[0].float()  # (K, D)
+        dist = cb.pow(2).sum(-1) - 2.0 * pooled.float() @ cb.T  # (B, S, K): ||v - c||^2 - ||v||^2
+        cand = dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, S, k), nearest first
+        seg = p.layout.seg_id.clamp(min=0)  # (B, T)
+        seg_ce = []
+        for i in range(k):
+            c = cand[..., i]  # (B, S)
+            ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), p.layout.seg_id)
+            logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
+            ce = F.cross_entropy(logits.float().transpose(1, 2), p.tokens, reduction="none")  # (B, T)
+            seg_ce.append(ce.new_zeros(B, S).scatter_add_(1, seg, ce * p.valid))  # (B, S)
+        best = torch.stack(seg_ce, dim=-1).argmin(dim=-1)  # (B, S), first minimum on ties
+        return cand.gather(-1, best[..., None])[..., 0]  # (B, S)
+
+    @torch.no_grad()
+    def choose_closing_codes(self, st: LevelStream, closing: torch.Tensor) -> torch.Tensor:
+        """Streaming with `code_choice_candidates`: the code of the segment each row in `closing`
+        (B'',) has just closed, by `choose_codes` over the row's whole history (`LevelStream.history`),
+        as the uncached pass computes it: O(T) per closed segment. -> (B'',)"""
+        n = int(st.history_len[closing].max())
+        tokens, valid = st.history[closing, :n], st.history_valid[closing, :n]  # (B'', n)
+        positions = positions_from_mask(valid)  # (B'', n)
+        ent_logits, H, layout, fires, ent_h = self.segment(tokens, valid, positions)
+        p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
+        codes = self.choose_codes(p, self.pool_segments(p)[1])  # (B'', S)
+        last = (layout.num_segments - 1).clamp(min=0)  # (B'',) the segment that just closed
+        return codes[torch.arange(codes.shape[0], device=codes.device), last]  # (B'',)
 
     def upper_stream(
         self, tokens, valid, layout: SegmentLayout, codes, closed=None, pooled=None
@@ -231,12 +287,12 @@ class HierLevel(nn.Module):
         p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
         if not encode:
             return p
-        p.q, p.h, p.pooled = self.encode_segments(tokens, valid, positions, layout, kv_out=kv_enc)
+        p.q, p.h, p.pooled = self.encode_segments(p, kv_out=kv_enc)
         closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
         vectors = p.pooled if self.frames_pooled else None
         p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed, pooled=vectors)
         if keep_kv:
-            p.stream = open_level_stream(self, valid, layout, fires, H, p.h, kv_ent, kv_enc)
+            p.stream = open_level_stream(self, valid, layout, fires, H, p.h, kv_ent, kv_enc, tokens=tokens)
         return p
 
     # ---- decode ----------------------------------------------------------------------------
@@ -355,6 +411,8 @@ class HierLevel(nn.Module):
             fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
         )  # (B',)
         st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
+        if st.history is not None:  # `code_choice_candidates`: the tokens its codes are chosen over
+            st.append_history(rows, toks)
         if bool(fires.any()):
             closing = rows[fires]
             with fp32_region(toks.device):
@@ -363,7 +421,10 @@ class HierLevel(nn.Module):
                 if self.code_predictor is not None:
                     pooled = pooled - self.code_predictor(st.before[closing])[:, None]
                     st.before[closing] = h[fires]  # the state before the segment that opens next
-                codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
+                if st.history is not None:
+                    codes = self.choose_closing_codes(st, closing)  # (B'',)
+                else:
+                    codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
             g = upper(closing, codes, pooled[:, 0])
             eos = toks[fires] == self.vocab.eos_id
             if bool(eos.any()):  # EOS closes its segment at every level: the upper EOS follows

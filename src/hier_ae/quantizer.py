@@ -251,17 +251,32 @@ class VectorQuantizer(nn.Module):
         return out
 
     # ---- forward --------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> QuantizerOutput:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor | None = None
+    ) -> QuantizerOutput:
         """Quantise `x (B, S, D)` (any float dtype) where `mask (B, S)` is True (real segments).
 
-        Runs in fp32 with autocast off, so bf16 autocast never changes a code. In training mode it
-        also adds the EMA statistics and pool rows of the valid segments (see `apply_ema_update`).
+        `codes (B, S)`, when given (depth 1 only), are the codes to take instead of the nearest ones
+        (chosen by the decoder, `LevelConfig.code_choice_candidates`): z, the commitment loss and the
+        EMA statistics then follow them. Runs in fp32 with autocast off, so bf16 autocast never
+        changes a code. In training mode it also adds the EMA statistics and pool rows of the valid
+        segments (see `apply_ema_update`).
         """
         valid = self._check_inputs(x, mask)  # (B, S)
+        if codes is not None:
+            if self.depth != 1:
+                raise ValueError(f"codes can be given at depth 1 only, this quantiser has depth {self.depth}")
+            if tuple(codes.shape) != tuple(valid.shape):
+                raise ValueError(
+                    f"codes must have shape (B, S) = {tuple(valid.shape)}, got {tuple(codes.shape)}"
+                )
+            self._check_codes(codes)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._quantize(x, valid)
+            return self._quantize(x, valid, codes)
 
-    def _quantize(self, x: torch.Tensor, valid: torch.Tensor) -> QuantizerOutput:
+    def _quantize(
+        self, x: torch.Tensor, valid: torch.Tensor, forced: torch.Tensor | None = None
+    ) -> QuantizerOutput:
         B, S, D = x.shape
         R, K = self.depth, self.codebook_size
         cb = self.codebook.float()  # (R, K, D)
@@ -273,7 +288,7 @@ class VectorQuantizer(nn.Module):
         digit_list, residual_list = [], []
         with torch.no_grad():
             for r in range(R):
-                d = nearest_code(residual, cb[r])  # (N,)
+                d = nearest_code(residual, cb[r]) if forced is None else forced.reshape(-1).long()  # (N,)
                 chosen = cb[r][d]  # (N, D)
                 digit_list.append(d)
                 residual_list.append(residual)

@@ -39,6 +39,25 @@ class LevelStream:
     # (B, D) the encoder state just before the open segment (zero before a row's first one), read by
     # `predictive_codes`; None without them
     before: torch.Tensor | None = None
+    # `code_choice_candidates`: every token the level has read, per row (B, n), its mask and the
+    # number of columns each row has filled (B,); None without the option
+    history: torch.Tensor | None = None
+    history_valid: torch.Tensor | None = None
+    history_len: torch.Tensor | None = None
+
+    def append_history(self, rows: torch.Tensor, toks: torch.Tensor) -> None:
+        """Write `toks (B',)` after the history of `rows (B',)`, doubling the buffer when it is full."""
+        at = self.history_len[rows]  # (B',)
+        cap = self.history.shape[1]
+        if int(at.max()) >= cap:
+            grow = max(cap, 16)
+            self.history = torch.cat([self.history, self.history.new_zeros(self.history.shape[0], grow)], 1)
+            self.history_valid = torch.cat(
+                [self.history_valid, self.history_valid.new_zeros(self.history.shape[0], grow)], 1
+            )
+        self.history[rows, at] = toks
+        self.history_valid[rows, at] = True
+        self.history_len[rows] = at + 1
 
 
 @dataclass
@@ -51,14 +70,15 @@ class StreamState:
         for st in self.levels:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
-            for name in ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before"):
+            names = ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before")
+            for name in names + ("history", "history_valid", "history_len"):
                 if getattr(st, name) is not None:
                     setattr(st, name, getattr(st, name).index_select(0, index))
         self.top.reorder(index)
 
 
 def open_level_stream(
-    level, valid, layout: SegmentLayout, fires, H, h, kv_entropy, kv_encoder
+    level, valid, layout: SegmentLayout, fires, H, h, kv_entropy, kv_encoder, tokens=None
 ) -> LevelStream:
     """A level's streaming state after a whole-row prefill.
 
@@ -80,6 +100,9 @@ def open_level_stream(
     from: h[1], h[2], h[4] and 0 in the four rows above (`before` of a closed segment is its last
     token's state; a row's first segment and an empty row get zeros).
 
+    With `code_choice_candidates`, `history` starts as the row's tokens `(B, T)` (padding as
+    `pad_id`, `history_len` = T for every row); `step` appends each token it reads.
+
     Slots at or after seg_len (.) hold whatever follows and are never read: the next token (`step`)
     is written at slot seg_len, or at slot 0 when pending_new.
     """
@@ -96,6 +119,10 @@ def open_level_stream(
     if level.cfg.predictive_codes:  # the state before the open segment, or before the next one
         next_start = torch.where(pending, last + 1, start)  # (B,)
         before = states_before_segments(h.detach(), valid, next_start[:, None], has[:, None])[:, 0]  # (B, D)
+    history = history_len = None
+    if level.cfg.code_choice_candidates:  # the codes are chosen over the row's tokens (B, T)
+        history = tokens.masked_fill(~valid, level.vocab.pad_id)
+        history_len = torch.full((B,), T, dtype=torch.long, device=valid.device)
     return LevelStream(
         entropy=KVStore(kv_entropy, valid),
         encoder=KVStore(kv_encoder, valid),
@@ -104,4 +131,7 @@ def open_level_stream(
         prev_H=prev_H.clone(),
         pending_new=pending.clone(),
         before=before,
+        history=history,
+        history_valid=None if history is None else valid.clone(),
+        history_len=history_len,
     )

@@ -36,6 +36,11 @@ def _architecture(config) -> str:
             + (f", decoder dropout {lv.decoder_dropout}" if lv.decoder_dropout else "")
             + (", decoder reads a learned embedding of each code's id" if lv.decoder_code_embedding else "")
             + (
+                f", codes chosen by the decoder among the {lv.code_choice_candidates} nearest"
+                if lv.code_choice_candidates
+                else ""
+            )
+            + (
                 ", predictive codes (pooled vector minus its prediction from the context)"
                 if lv.predictive_codes
                 else ""
