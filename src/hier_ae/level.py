@@ -4,6 +4,8 @@ The data flow of a level over its tokens `x (B, T)` (bytes at level 0, framed co
 
     entropy model -> H[t] (bits) -> boundary rule -> segments
     encoder -> h (B, T, D) -> learned-query pooling per segment -> (B, S, D) -> quantiser -> codes, z
+      (the nearest code, or with `code_choice_candidates` the one of the k nearest that the decoder
+      reconstructs the segment best from: `choose_codes`)
     codes of the completed segments, framed [bos] codes [eos] -> the token stream of the level above
     decoder([BEGIN, x], context of the segment being predicted) -> logits (B, T + 1, V)
       (its input may also add hashed n-grams of x, `decoder_ngrams`, and a map of the entropy
@@ -229,15 +231,23 @@ class HierLevel(nn.Module):
         cb = self.quantizer.codebook[0].float()  # (K, D)
         dist = cb.pow(2).sum(-1) - 2.0 * pooled.float() @ cb.T  # (B, S, K): ||v - c||^2 - ||v||^2
         cand = dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, S, k), nearest first
-        seg = p.layout.seg_id.clamp(min=0)  # (B, T)
-        seg_ce = []
-        for i in range(k):
-            c = cand[..., i]  # (B, S)
-            ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), p.layout.seg_id)
-            logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
-            ce = F.cross_entropy(logits.float().transpose(1, 2), p.tokens, reduction="none")  # (B, T)
-            seg_ce.append(ce.new_zeros(B, S).scatter_add_(1, seg, ce * p.valid))  # (B, S)
-        best = torch.stack(seg_ce, dim=-1).argmin(dim=-1)  # (B, S), first minimum on ties
+        # the k passes run as one decoder call over k copies of the batch: rows i*B .. i*B + B - 1 read
+        # every segment's i-th candidate
+        inp, inp_valid, offsets, ent = (
+            None if t is None else t.repeat(k, *[1] * (t.ndim - 1)) for t in self._decoder_inputs(p)
+        )
+        c = cand.permute(2, 0, 1).reshape(k * B, S)  # (k*B, S)
+        seg_id = p.layout.seg_id.repeat(k, 1)  # (k*B, T)
+        ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), seg_id)  # (k*B, T+1, D)
+        logits = self.decoder(
+            inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets, entropy_h=ent
+        )[0][:, :T]  # (k*B, T, V)
+        ce = F.cross_entropy(
+            logits.float().transpose(1, 2), p.tokens.repeat(k, 1), reduction="none"
+        )  # (k*B, T)
+        ce = ce * p.valid.repeat(k, 1)
+        seg_ce = ce.new_zeros(k * B, S).scatter_add_(1, seg_id.clamp(min=0), ce).view(k, B, S)
+        best = seg_ce.argmin(dim=0)  # (B, S), first minimum on ties
         return cand.gather(-1, best[..., None])[..., 0]  # (B, S)
 
     @torch.no_grad()
@@ -309,12 +319,19 @@ class HierLevel(nn.Module):
         ctx = seg_ctx.gather(1, idx) * (seg_id >= 0)[..., None]  # (B, T, D)
         return torch.cat([ctx, ctx.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
 
-    def _decode(self, p: LevelPass, ctx, kv_out=None):
-        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
-        input (B, T+1) with its mask."""
+    def _decoder_inputs(self, p: LevelPass):
+        """What the decoder reads besides its contexts: its input [BEGIN, x] (B, T+1) with its mask, the
+        offset of each predicted token in its segment (B, T+1) and, with `decoder_reads_entropy`, the
+        entropy model's states at its inputs (B, T+1, D), else None."""
         inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
         offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
         ent = entropy_at_inputs(p.entropy_h, p.valid) if self.cfg.decoder_reads_entropy else None
+        return inp, inp_valid, offsets, ent
+
+    def _decode(self, p: LevelPass, ctx, kv_out=None):
+        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
+        input (B, T+1) with its mask."""
+        inp, inp_valid, offsets, ent = self._decoder_inputs(p)
         logits, h = self.decoder(
             inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets, entropy_h=ent
         )
