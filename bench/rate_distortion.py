@@ -84,6 +84,20 @@ POINTS = {
         "model.levels.0.dead_after_steps=1000",
         "model.levels.0.decoder_code_embedding=true",
     ],
+    # codes chosen by the decoder among the 4 nearest (`code_choice_candidates`, the A-series of
+    # bench/experiments.md), beside the two dead1k points above
+    "seg2-k256-dead1k-choice4": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=256",
+        "model.levels.0.dead_after_steps=1000",
+        "model.levels.0.code_choice_candidates=4",
+    ],
+    "seg2-k1024-dead1k-choice4": [
+        "model.levels.0.target_tokens_per_segment=2.0",
+        "model.levels.0.codebook_size=1024",
+        "model.levels.0.dead_after_steps=1000",
+        "model.levels.0.code_choice_candidates=4",
+    ],
     # multilingual text has 12,297 distinct byte pairs: 4,096 codes cover 98.3% of their occurrences
     "seg2-k4096-dead1k": [
         "model.levels.0.target_tokens_per_segment=2.0",
