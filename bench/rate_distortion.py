@@ -2,7 +2,7 @@
 many of their bytes are right, against the code bits per byte the codes spend; hier_ae beside the
 fixed-chunk autoencoder peer (bench/ae_peer.py) at each of hier_ae's rates.
 
-    python -m bench.rate_distortion                         # every point, Tiny Shakespeare (about 70 min)
+    python -m bench.rate_distortion                         # every point, Tiny Shakespeare (about 90 min)
     python -m bench.rate_distortion --points seg3 seg2      # some points (finished ones are reused)
     python -m bench.rate_distortion --report-only           # the table and the plot from what is there
     python -m bench.rate_distortion --quick --out-dir /tmp/rd --out /tmp/rd.md --plot /tmp/rd.png  # smoke
