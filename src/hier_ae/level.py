@@ -233,15 +233,10 @@ class HierLevel(nn.Module):
         cand = dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, S, k), nearest first
         # the k passes run as one decoder call over k copies of the batch: rows i*B .. i*B + B - 1 read
         # every segment's i-th candidate
-        inp, inp_valid, offsets, ent = (
-            None if t is None else t.repeat(k, *[1] * (t.ndim - 1)) for t in self._decoder_inputs(p)
-        )
         c = cand.permute(2, 0, 1).reshape(k * B, S)  # (k*B, S)
         seg_id = p.layout.seg_id.repeat(k, 1)  # (k*B, T)
         ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), seg_id)  # (k*B, T+1, D)
-        logits = self.decoder(
-            inp, inp_valid, positions_from_mask(inp_valid), ctx, offsets=offsets, entropy_h=ent
-        )[0][:, :T]  # (k*B, T, V)
+        logits = self._decode(p, ctx, copies=k)[0][:, :T]  # (k*B, T, V)
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), p.tokens.repeat(k, 1), reduction="none"
         )  # (k*B, T)
@@ -319,19 +314,16 @@ class HierLevel(nn.Module):
         ctx = seg_ctx.gather(1, idx) * (seg_id >= 0)[..., None]  # (B, T, D)
         return torch.cat([ctx, ctx.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
 
-    def _decoder_inputs(self, p: LevelPass):
-        """What the decoder reads besides its contexts: its input [BEGIN, x] (B, T+1) with its mask, the
-        offset of each predicted token in its segment (B, T+1) and, with `decoder_reads_entropy`, the
-        entropy model's states at its inputs (B, T+1, D), else None."""
+    def _decode(self, p: LevelPass, ctx, kv_out=None, copies: int = 1):
+        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
+        input (B, T+1) with its mask. With `copies` = k, the pass's rows are read k times over
+        (ctx (k*B, T+1, D): rows i*B .. i*B + B - 1 are copy i) and every output has k*B rows."""
         inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
         offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
         ent = entropy_at_inputs(p.entropy_h, p.valid) if self.cfg.decoder_reads_entropy else None
-        return inp, inp_valid, offsets, ent
-
-    def _decode(self, p: LevelPass, ctx, kv_out=None):
-        """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
-        input (B, T+1) with its mask."""
-        inp, inp_valid, offsets, ent = self._decoder_inputs(p)
+        if copies > 1:
+            inp, inp_valid, offsets = (t.repeat(copies, 1) for t in (inp, inp_valid, offsets))
+            ent = None if ent is None else ent.repeat(copies, 1, 1)
         logits, h = self.decoder(
             inp, inp_valid, positions_from_mask(inp_valid), ctx, kv_out=kv_out, offsets=offsets, entropy_h=ent
         )
