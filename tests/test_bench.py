@@ -679,3 +679,21 @@ def test_recon_phase_is_cached_by_its_worker_and_reported_as_autoencoder_figures
     assert "exact lines | exact docs | TF acc lines" in section and "top-1" in section and "xz -9e" in section
     assert "predict bits/B" not in section  # no LM figure in the autoencoder section
     assert "| recon (shakespeare) |" in report  # its minutes in the run-time table
+
+
+def test_device_speed_times_every_stage_and_both_models_on_cpu(tmp_path):
+    """bench/device_speed.py end to end on the CPU at a toy size: every row filled with a rate > 0."""
+    from bench import device_speed
+
+    out = tmp_path / "speed.md"
+    argv = ["--config", "configs/tiny.yaml", "--device", "cpu", "--dtypes", "fp32", "--batch", "2"]
+    argv += ["--seq", "32", "--warmup", "1", "--steps", "2", "--prompts", "8", "--new", "4", "--repeats", "1"]
+    table = device_speed.main([*argv, "--corpus-bytes", "50000", "--out", str(out)])
+    rows = [line for line in table.splitlines() if line.startswith("| fp32")]
+    assert len(rows) == 2  # training, one prompt's generation
+    stages = rows[0].split("|")[3].split(" / ")
+    assert [s.split()[0] for s in stages] == ["entropy", "autoencoder", "top_lm", "predict"]
+    rates = [float(s.split()[1].replace(",", "")) for s in stages]
+    rates += [float(c.replace(",", "")) for c in (rows[0].split("|")[4], *rows[1].split("|")[3:5])]
+    assert all(r > 0 and math.isfinite(r) for r in rates), rates
+    assert out.read_text().startswith("## Device speed") and "python -m bench.device_speed" in out.read_text()
