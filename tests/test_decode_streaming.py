@@ -19,7 +19,7 @@ from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.level import entropy_bits, fp32_region
 from hier_ae.level_modules import entropy_at_inputs
-from hier_ae.segmentation import compact_codes
+from hier_ae.segmentation import compact_codes, surprisal_bits
 from hier_ae.transformer import positions_from_mask
 
 
@@ -44,6 +44,7 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
     seg_len = torch.zeros(B, dtype=torch.long, device=dev)
     done = n_seg == 0
     prev_H = None
+    bits = torch.zeros(B, device=dev)  # budget mode: the open segment's surprisal in bits
     offsets = torch.zeros(B, 0, dtype=torch.long, device=dev)  # (B, n) offset of each token in its segment
     token_gap, rule_gap = [], []
     value = float(level.boundary_value)
@@ -73,15 +74,21 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
         with fp32_region(dev):
             ent_logits = level.entropy_model(tokens, valid, positions_from_mask(valid))[0]
         H = entropy_bits(ent_logits[:, n : n + 1])  # (B, 1)
-        fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
-        rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
-        rule_gap.append((rise - value).abs())
+        if level.cfg.boundary_mode == "budget":  # the open segment's surprisal + the next token's entropy
+            bits = bits + surprisal_bits(ent_logits, tokens, valid)[:, n]  # (B,)
+            fires = (bits + H[:, 0] > value) | (nxt == level.vocab.eos_id)
+            rule_gap.append((bits + H[:, 0] - value).abs())
+        else:
+            fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
+            rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
+            rule_gap.append((rise - value).abs())
         seg_len = seg_len + 1
         if level.cfg.min_segment_len > 1:  # a firing counts once the segment is long enough; EOS always
             fires = (fires & (seg_len >= level.cfg.min_segment_len)) | (nxt == level.vocab.eos_id)
         new_seg = fires | (seg_len >= L)
         seg = seg + new_seg.long()
         seg_len = torch.where(new_seg, torch.zeros_like(seg_len), seg_len)
+        bits = torch.where(new_seg, torch.zeros_like(bits), bits)
         done = done | (nxt == level.vocab.eos_id) | (seg >= n_seg)
         prev_H = H[:, 0]
         if bool(done.all()):

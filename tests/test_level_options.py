@@ -42,6 +42,9 @@ OPTIONS = {
     "predictive": {"predictive_codes": True},
     # each code is the one of the 4 nearest under which the decoder's CE of its segment is lowest
     "code_choice": {"code_choice_candidates": 4},
+    # segments close at a budget of bits (the surprisal of their tokens plus the next token's entropy):
+    # at random init ~8 bits a byte, so mostly 2-byte segments with 1- and 3-byte ones among them
+    "budget": {"boundary_mode": "budget", "threshold": 20.0},
 }
 
 

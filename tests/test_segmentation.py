@@ -7,12 +7,15 @@ from hier_ae.configuration_hier_ae import LevelVocab
 from hier_ae.pooling import SegmentPooling, gather_segments
 from hier_ae.segmentation import (
     boundary_starts,
+    budget_fires,
+    budget_rule,
     frame_upper_stream,
     hold_short_segments,
     rule_fires,
     segment_closes,
     segment_layout,
     shift_in_begin,
+    surprisal_bits,
 )
 
 
@@ -193,6 +196,65 @@ def test_minimum_segment_length_worked_examples():
     assert hold_short_segments(fires, eos, valid, 2, 4).long().tolist() == [[1, 0, 1, 0, 1, 0, 1]]
     with pytest.raises(ValueError, match="needs is_eos"):
         segment_closes(fires, torch.ones(1, 7, dtype=torch.long), 4, 2)
+
+
+def test_budget_mode_worked_example():
+    """budget_fires' docstring: budget 6 -> segments [0..3] [4..6]; the bounds still apply."""
+    s = torch.tensor([[0.0, 3.0, 1.0, 0.5, 5.0, 0.2, 0.1]])
+    H = torch.tensor([[2.5, 1.5, 1.0, 4.0, 1.0, 0.5, 0.5]])
+    valid, no_eos = torch.ones(1, 7, dtype=torch.bool), torch.zeros(1, 7, dtype=torch.bool)
+    fires = budget_fires(s, H, no_eos, valid, 6.0, 1, 8)
+    assert fires.long().tolist() == [[0, 0, 0, 1, 0, 0, 0]]
+    assert segment_layout(boundary_starts(fires, valid, 8), valid).seg_len.tolist() == [[4, 3]]
+    # a cap of 3 tokens: [0..2] full, then 0.5 + 5.0 + H 1.0 > 6 closes [3, 4]; a minimum of 5: the
+    # budget's firing at t = 3 is held back and t = 4 closes the first segment
+    assert budget_fires(s, H, no_eos, valid, 6.0, 1, 3).long().tolist() == [[0, 0, 1, 0, 1, 0, 0]]
+    assert budget_fires(s, H, no_eos, valid, 6.0, 5, 8).long().tolist() == [[0, 0, 0, 0, 1, 0, 0]]
+    eos = torch.tensor([[0, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)  # EOS closes at any length
+    assert budget_fires(s, H, eos, valid, 6.0, 5, 8).long().tolist() == [[0, 1, 0, 0, 0, 0, 1]]
+
+
+def test_surprisal_bits_reads_the_previous_prediction():
+    """s[t] = -log2 p(x[t]) from logits[t - 1]; 0 at a row's first real token and on padding."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    x = torch.randint(0, 7, (2, 5))
+    valid = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=torch.bool)  # row 1 left-padded
+    s = surprisal_bits(logits, x, valid)
+    want = -torch.log_softmax(logits, -1)[0, 1, x[0, 2]] / torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(s[0, 2], want)
+    assert s[0, 0] == 0 and s[1, :3].tolist() == [0, 0, 0] and (s[1, 3:] > 0).all()
+    assert surprisal_bits(logits[:, :1], x[:, :1], valid[:, :1]).tolist() == [[0.0], [0.0]]  # one token
+
+
+@pytest.mark.parametrize("min_len", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_budget_scan_equals_token_by_token_closing(seed, min_len):
+    """`budget_fires` over whole rows equals stepping token by token with `budget_rule` then
+    `segment_closes` (streaming and decode), on random surprisals, EOS, padding and caps."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 6, 30
+    L = int(torch.randint(min_len, 9, (1,), generator=g))
+    s, H = torch.rand(B, T, generator=g) * 6, torch.rand(B, T, generator=g) * 4
+    eos = torch.rand(B, T, generator=g) < 0.05
+    n = torch.randint(0, T + 1, (B,), generator=g)
+    t = torch.arange(T)[None, :]
+    valid = t < n[:, None] if seed % 2 else t >= (T - n)[:, None]
+    fires = budget_fires(s, H, eos, valid, 7.0, min_len, L)
+    for b in range(B):
+        want, bits, seg_len = [], 0.0, 0
+        for i in range(T):
+            if not valid[b, i]:
+                want.append(False)
+                bits, seg_len = 0.0, 0
+                continue
+            bits, seg_len = bits + float(s[b, i]), seg_len + 1
+            rule = budget_rule(torch.tensor(bits), H[b, i], eos[b, i], 7.0)
+            close = bool(segment_closes(rule, torch.tensor(seg_len), L, min_len, eos[b, i]))
+            want.append(close)
+            if close:
+                bits, seg_len = 0.0, 0
+        assert fires[b].tolist() == want, (b, L)
 
 
 def test_decoder_offsets_worked_examples():

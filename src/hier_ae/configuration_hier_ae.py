@@ -29,7 +29,7 @@ PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
 BYTE_OFFSET = 3
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET  # 259
 
-BOUNDARY_MODES = ("threshold", "delta")
+BOUNDARY_MODES = ("threshold", "delta", "budget")
 ENCODER_SCOPES = ("row", "segment")
 POOLING_MODES = ("query", "concat")
 QUANTIZERS = ("vq", "fsq")
@@ -126,7 +126,10 @@ class LevelConfig:
     # the decoder, carry exact history from further back at forward-only cost after its stage
     entropy_layers: int = 2
     entropy_window: int | None = None
-    # boundary rule (DESIGN §3.2)
+    # boundary rule (DESIGN §3.2; segmentation.py): "threshold" (a token opens a segment when H > threshold),
+    # "delta" (when H rose by more than delta) or "budget" (a segment closes once its tokens' surprisal
+    # under the entropy model plus the next token's H would exceed `threshold` bits: about equal
+    # information per segment). `target_tokens_per_segment` adapts threshold (or delta) in training
     boundary_mode: str = "threshold"
     threshold: float = 2.0
     delta: float = 1.0

@@ -45,6 +45,8 @@ from .segmentation import (
     SegmentLayout,
     UpperStream,
     boundary_starts,
+    budget_fires,
+    budget_rule,
     closed_segments,
     decoder_offsets,
     first_real,
@@ -56,6 +58,7 @@ from .segmentation import (
     segment_last_tokens,
     segment_layout,
     shift_in_begin,
+    surprisal_bits,
 )
 from .streaming import LevelStream, open_level_stream
 from .transformer import positions_from_mask
@@ -119,8 +122,9 @@ class HierLevel(nn.Module):
         # predict mode: the context of a segment is the upper model's hidden state g_s (width of the
         # level above or of the top LM), mapped to this level's width
         self.context_proj = nn.Linear(upper_dim, D, bias=False)
-        # theta (threshold mode) or delta (delta mode); adapted in training only when a target is set
-        start = cfg.threshold if cfg.boundary_mode == "threshold" else cfg.delta
+        # theta (threshold mode; the budget in budget mode) or delta (delta mode); adapted in training
+        # only when a target is set
+        start = cfg.delta if cfg.boundary_mode == "delta" else cfg.threshold
         self.register_buffer("boundary_value", torch.tensor(float(start)), persistent=True)
         # set by the stage runner (DESIGN §8): a frozen entropy model also freezes the threshold, a
         # frozen codebook gathers no EMA statistics, so the codes the next level reads stay fixed
@@ -132,6 +136,7 @@ class HierLevel(nn.Module):
 
     # ---- boundaries ------------------------------------------------------------------------
     def rule(self, entropy, tokens, prev_entropy=None, valid=None):
+        """Threshold and delta modes (stateless); budget mode goes through `budget_step` / `budget_fires`."""
         value = self.boundary_value.item()
         return rule_fires(
             entropy,
@@ -144,6 +149,20 @@ class HierLevel(nn.Module):
             valid=valid,
         )
 
+    def budget_step(self, bits, prev_logp, prev_H, toks, ent_logits, H):
+        """Budget mode, one token per row (streaming and decode): the rule's firing, the open segment's
+        bits with this token's surprisal added, and the entropy model's log-probabilities for the next.
+
+        bits (B',) the open segment's surprisal before this token (0 when it opens a segment);
+        prev_logp (B', V) what the entropy model predicted for this token; prev_H (B',) +inf where
+        this is the row's first token (nothing predicted it: surprisal 0, as `surprisal_bits`);
+        toks (B',); ent_logits (B', V) after this token; H (B',) their entropy in bits.
+        """
+        s = -prev_logp.gather(-1, toks[:, None])[:, 0] / LN2  # (B',)
+        bits = bits + torch.where(torch.isinf(prev_H), torch.zeros_like(s), s)
+        fires = budget_rule(bits, H, toks == self.vocab.eos_id, self.boundary_value.item())
+        return fires, bits, F.log_softmax(ent_logits.float(), dim=-1)
+
     def segment(self, tokens, valid, positions, kv_out=None):
         """Entropy-model logits (with grad), entropies in bits, the segment layout, the rule's
         firings `fires (B, T)` (fires[t]: x[t + 1] opens a segment), the last three without grad, and
@@ -153,14 +172,17 @@ class HierLevel(nn.Module):
             logits, hidden = self.entropy_model(tokens, valid, positions, kv_out=kv_out)
             with torch.no_grad():
                 H = entropy_bits(logits)  # (B, T)
-                fires = self.rule(H, tokens, valid=valid)  # (B, T)
-                fires = hold_short_segments(
-                    fires,
-                    tokens == self.vocab.eos_id,
-                    valid,
-                    self.cfg.min_segment_len,
-                    self.cfg.max_segment_len,
-                )  # (B, T)
+                is_eos = tokens == self.vocab.eos_id  # (B, T)
+                if self.cfg.boundary_mode == "budget":  # a scan: the length bounds are in it already
+                    s = surprisal_bits(logits, tokens, valid)  # (B, T)
+                    budget = self.boundary_value.item()
+                    L, m = self.cfg.max_segment_len, self.cfg.min_segment_len
+                    fires = budget_fires(s, H, is_eos, valid, budget, m, L)  # (B, T)
+                else:
+                    fires = self.rule(H, tokens, valid=valid)  # (B, T)
+                    fires = hold_short_segments(
+                        fires, is_eos, valid, self.cfg.min_segment_len, self.cfg.max_segment_len
+                    )  # (B, T)
                 starts = boundary_starts(fires, valid, self.cfg.max_segment_len)  # (B, T)
                 layout = segment_layout(starts, valid)
                 self._adapt_threshold(valid, layout)
@@ -297,7 +319,9 @@ class HierLevel(nn.Module):
         vectors = p.pooled if self.frames_pooled else None
         p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed, pooled=vectors)
         if keep_kv:
-            p.stream = open_level_stream(self, valid, layout, fires, H, p.h, kv_ent, kv_enc, tokens=tokens)
+            p.stream = open_level_stream(
+                self, valid, layout, fires, H, p.h, kv_ent, kv_enc, tokens=tokens, entropy_logits=ent_logits
+            )
         return p
 
     # ---- decode ----------------------------------------------------------------------------
@@ -414,7 +438,13 @@ class HierLevel(nn.Module):
             seg_len = seg_len + 1
             ent_logits, ent_h = self.entropy_model.step(toks, st.entropy, rows)  # (B', V), (B', D)
             H = entropy_bits(ent_logits[:, None])  # (B', 1)
-        fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
+        if st.seg_bits is not None:  # budget mode: the open segment's surprisal, this token's included
+            bits = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_bits[rows]), st.seg_bits[rows])
+            fires, st.seg_bits[rows], st.prev_logp[rows] = self.budget_step(
+                bits, st.prev_logp[rows], st.prev_H[rows], toks, ent_logits, H[:, 0]
+            )
+        else:
+            fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
         # the open segment closes after this token
         fires = segment_closes(
             fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
@@ -482,6 +512,10 @@ class HierLevel(nn.Module):
         seg = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) segment of the next token
         seg_len = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) tokens in the open segment
         prev_H = torch.zeros(B, dtype=torch.float32, device=dev)  # (B,) H of the row's last token
+        budget = self.cfg.boundary_mode == "budget"
+        # budget mode: the open segment's surprisal (B,) and the entropy model's prediction (B, V)
+        seg_bits = torch.zeros(B, dtype=torch.float32, device=dev)
+        prev_logp = torch.zeros(B, self.vocab.vocab_size, device=dev) if budget else None
         done = n_seg == 0  # (B,)
         rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
         one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
@@ -541,9 +575,18 @@ class HierLevel(nn.Module):
                 H = entropy_bits(ent_logits[:, None])  # (B', 1)
                 if reads_ent:  # what the decoder reads with this token at the next step
                     ent_h[rows] = ent_state.to(ent_h.dtype)
-            fires = self.rule(H, nxt[:, None], prev_entropy=None if n == 0 else prev_H[rows])[:, 0]  # (B',)
+            if budget:  # the open segment's surprisal, this token's included
+                first = torch.full_like(H[:, 0], float("inf") if n == 0 else 0.0)  # +inf: the first token
+                fires, r_bits, prev_logp[rows] = self.budget_step(
+                    seg_bits[rows], prev_logp[rows], first, nxt, ent_logits, H[:, 0]
+                )
+            else:
+                prev = None if n == 0 else prev_H[rows]
+                fires = self.rule(H, nxt[:, None], prev_entropy=prev)[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
             new_seg = segment_closes(fires, r_len, L, self.cfg.min_segment_len, nxt == eos)  # (B',)
+            if budget:
+                seg_bits[rows] = torch.where(new_seg, torch.zeros_like(r_bits), r_bits)
             r_seg = seg[rows] + new_seg.long()  # (B',)
             seg[rows] = r_seg
             seg_len[rows] = torch.where(new_seg, torch.zeros_like(r_len), r_len)

@@ -103,7 +103,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HierLevel):
             init.constant_(
                 module.boundary_value,
-                module.cfg.threshold if module.cfg.boundary_mode == "threshold" else module.cfg.delta,
+                module.cfg.delta if module.cfg.boundary_mode == "delta" else module.cfg.threshold,
             )
         elif isinstance(module, VectorQuantizer) and not getattr(
             module.codebook, "_is_hf_initialized", False

@@ -16,12 +16,21 @@ Worked example (threshold mode, theta = 2.5 bits, max_segment_len large):
     seg_id   0    0    1    1    1    1    2    2    2    2      cumsum(starts) - 1
     pos      0    1    0    1    2    3    0    1    2    3      t - start of its segment
 
-Segments "a ", "cat ", "sat." (the last still open at t = 9). Shape letters: B batch, T tokens, S segments,
-L slots per segment (max_segment_len).
+Segments "a ", "cat ", "sat." (the last still open at t = 9).
+
+Budget mode (`boundary_mode: budget`, theta = the budget in bits) keeps a segment's information
+near a fixed amount instead: the segment closes after `x[t]` when the surprisal of its tokens so far,
+`c = sum of s[i]` with `s[i] = -log2 p(x[i] | x[<i])` under the entropy model, plus the expected
+surprisal of the next token, `H[t]`, would exceed theta (`budget_fires`). Predictable runs make long
+segments, surprising bytes short ones, so a code of log2(K) bits is asked to carry about the same
+number of bits everywhere. Causal as well: `s[t]` and `H[t]` are known once `x[t]` is read.
+
+Shape letters: B batch, T tokens, S segments, L slots per segment (max_segment_len).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +68,64 @@ def rule_fires(
     else:
         raise ValueError(f"boundary_mode={mode!r} is invalid: one of ('threshold', 'delta').")
     return fires | (tokens == eos_id)
+
+
+def surprisal_bits(logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """s[t] = -log2 p(x[t] | x[<t]) under the entropy model (logits[t - 1] predicts x[t]), in bits.
+
+    A row's first real token, and padding, get 0 (nothing predicted them). logits (B, T, V), tokens,
+    valid (B, T) -> (B, T).
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    s = -logp.gather(-1, tokens[:, 1:, None])[..., 0] / math.log(2.0)  # (B, T-1): s[t] for t >= 1
+    s = torch.cat([s.new_zeros(s.shape[0], 1), s], dim=1)  # (B, T)
+    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)  # (B, T)
+    return torch.where(valid & prev_valid, s, torch.zeros_like(s))
+
+
+def budget_rule(seg_bits: torch.Tensor, H: torch.Tensor, is_eos: torch.Tensor, budget: float) -> torch.Tensor:
+    """Budget mode's firing, token by token: the open segment's surprisal so far `seg_bits` (this token
+    included) plus the next token's expected surprisal `H` exceeds the budget, or the token is EOS.
+    Elementwise; `segment_closes` then adds the length bounds."""
+    return (seg_bits + H > budget) | is_eos
+
+
+def budget_fires(
+    s: torch.Tensor,
+    H: torch.Tensor,
+    is_eos: torch.Tensor,
+    valid: torch.Tensor,
+    budget: float,
+    min_segment_len: int,
+    max_segment_len: int,
+) -> torch.Tensor:
+    """Budget mode over whole rows: where the open segment closes (x[t + 1] opens the next one).
+
+    A left-to-right scan (the state, the open segment's bits, is a real number): `budget_rule` then
+    `segment_closes`, so the firings already respect the length bounds (`hold_short_segments` has
+    nothing to hold back). Padding closes nothing and resets the state. Budget 6, L = 8, min 1:
+
+        s       0   3.0  1.0  0.5  5.0  0.2  0.1
+        H      2.5  1.5  1.0  4.0  1.0  0.5  0.5
+        bits    0   3.0  4.0  4.5  5.0  5.2  5.3      bits = open segment's sum of s, this token included
+        fires   .    .    .    *    .    .    .      t = 3: 4.5 + 4.0 > 6 -> segments [0..3] [4..6]
+
+    s, H, is_eos, valid: (B, T). Returns fires (B, T) bool.
+    """
+    B, T = s.shape
+    bits = torch.zeros(B, dtype=torch.float32, device=s.device)  # (B,) the open segment's surprisal
+    n = torch.zeros(B, dtype=torch.long, device=s.device)  # (B,) its tokens
+    fires = torch.zeros(B, T, dtype=torch.bool, device=s.device)
+    for t in range(T):
+        v = valid[:, t]
+        bits = torch.where(v, bits + s[:, t].float(), torch.zeros_like(bits))
+        n = torch.where(v, n + 1, torch.zeros_like(n))
+        rule = budget_rule(bits, H[:, t].float(), is_eos[:, t], budget)
+        close = segment_closes(rule, n, max_segment_len, min_segment_len, is_eos[:, t]) & v
+        fires[:, t] = close
+        bits = torch.where(close, torch.zeros_like(bits), bits)
+        n = torch.where(close, torch.zeros_like(n), n)
+    return fires
 
 
 def boundary_starts(fires: torch.Tensor, valid: torch.Tensor, max_segment_len: int) -> torch.Tensor:

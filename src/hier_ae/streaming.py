@@ -20,7 +20,7 @@ import torch
 
 from .kv_cache import KVStore
 from .pooling import states_before_segments
-from .segmentation import SegmentLayout, open_segment
+from .segmentation import SegmentLayout, open_segment, surprisal_bits
 
 
 @dataclass
@@ -44,6 +44,10 @@ class LevelStream:
     history: torch.Tensor | None = None
     history_valid: torch.Tensor | None = None
     history_len: torch.Tensor | None = None
+    # `boundary_mode: budget`: the open segment's surprisal in bits (B,) and the entropy model's
+    # log-probabilities for the next token (B, V); None in the other modes
+    seg_bits: torch.Tensor | None = None
+    prev_logp: torch.Tensor | None = None
 
     def append_history(self, rows: torch.Tensor, toks: torch.Tensor) -> None:
         """Write `toks (B',)` after the history of `rows (B',)`, doubling the buffer when it is full."""
@@ -71,14 +75,14 @@ class StreamState:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
             names = ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before")
-            for name in names + ("history", "history_valid", "history_len"):
+            for name in names + ("history", "history_valid", "history_len", "seg_bits", "prev_logp"):
                 if getattr(st, name) is not None:
                     setattr(st, name, getattr(st, name).index_select(0, index))
         self.top.reorder(index)
 
 
 def open_level_stream(
-    level, valid, layout: SegmentLayout, fires, H, h, kv_entropy, kv_encoder, tokens=None
+    level, valid, layout: SegmentLayout, fires, H, h, kv_entropy, kv_encoder, tokens=None, entropy_logits=None
 ) -> LevelStream:
     """A level's streaming state after a whole-row prefill.
 
@@ -103,6 +107,10 @@ def open_level_stream(
     With `code_choice_candidates`, `history` starts as the row's tokens `(B, T)` (padding as
     `pad_id`, `history_len` = T for every row); `step` appends each token it reads.
 
+    With `boundary_mode: budget` (`entropy_logits (B, T, V)` given), `seg_bits (B,)` is the open
+    segment's surprisal (the sum of `surprisal_bits` over its tokens; `step` restarts it when
+    `pending_new`) and `prev_logp (B, V)` the entropy model's log-probabilities after the last token.
+
     Slots at or after seg_len (.) hold whatever follows and are never read: the next token (`step`)
     is written at slot seg_len, or at slot 0 when pending_new.
     """
@@ -123,6 +131,12 @@ def open_level_stream(
     if level.cfg.code_choice_candidates:  # the codes are chosen over the row's tokens (B, T)
         history = tokens.masked_fill(~valid, level.vocab.pad_id)
         history_len = torch.full((B,), T, dtype=torch.long, device=valid.device)
+    seg_bits = prev_logp = None
+    if level.cfg.boundary_mode == "budget":
+        span = torch.arange(T, device=valid.device)[None, :]  # (1, T)
+        in_open = valid & (span >= start[:, None]) & (span <= last[:, None]) & has[:, None]  # (B, T)
+        seg_bits = (surprisal_bits(entropy_logits, tokens, valid) * in_open).sum(dim=1)  # (B,)
+        prev_logp = torch.log_softmax(entropy_logits.detach()[rows, last].float(), dim=-1)  # (B, V)
     return LevelStream(
         entropy=KVStore(kv_entropy, valid),
         encoder=KVStore(kv_encoder, valid),
@@ -134,4 +148,6 @@ def open_level_stream(
         history=history,
         history_valid=None if history is None else valid.clone(),
         history_len=history_len,
+        seg_bits=seg_bits,
+        prev_logp=prev_logp,
     )
