@@ -117,20 +117,14 @@ def time_llama(model, batches, device, dtype: str, warmup: int, steps: int) -> f
 @torch.no_grad()
 def time_generation(model, ids, new: int, repeats: int, device, dtype: str) -> float:
     """Median seconds of a greedy generation of exactly `new` bytes after `ids` (1, P)."""
+    from bench.generation import generate_exactly
+
     runs = []
     for _ in range(repeats + 1):  # the first run warms the kernels up and is not counted
         synchronize(device)
         t0 = time.perf_counter()
         with autocast(device, dtype):
-            model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=0,
-            )
+            generate_exactly(model, ids, new)
         synchronize(device)
         runs.append(time.perf_counter() - t0)
     return statistics.median(runs[1:])

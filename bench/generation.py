@@ -53,20 +53,25 @@ def llama_peer(n_params: int, max_len: int) -> LlamaForCausalLM:
     return build_llama(llama_matched(n_params, max_len)[0]).eval()
 
 
+def generate_exactly(model, ids: torch.Tensor, new: int, use_cache: bool = True) -> torch.Tensor:
+    """Greedy generation of exactly `new` tokens after `ids` (B, P) (`min_new_tokens` forces the length)."""
+    return model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=0,
+    )
+
+
 @torch.no_grad()
 def time_generation(model, ids: torch.Tensor, new: int, repeats: int, use_cache: bool = True) -> float:
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            use_cache=use_cache,
-            pad_token_id=0,
-        )
+        generate_exactly(model, ids, new, use_cache)
         runs.append(time.perf_counter() - t0)
     return statistics.median(runs)
 
