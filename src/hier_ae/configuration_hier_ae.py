@@ -219,6 +219,12 @@ class LevelConfig:
             return math.prod(self.fsq_levels)
         return self.codebook_size**self.codebook_depth
 
+    @property
+    def boundary_start(self) -> float:
+        """The boundary rule's value before any adaptation: `delta` in delta mode, else `threshold`
+        (the threshold in threshold mode, the budget in budget mode)."""
+        return self.delta if self.boundary_mode == "delta" else self.threshold
+
     def validate(self, prefix: str, max_input_bytes: int) -> None:
         _check(self.quantizer in QUANTIZERS, f"{prefix}.quantizer", self.quantizer, f"one of {QUANTIZERS}")
         if self.quantizer == "fsq":

@@ -124,8 +124,7 @@ class HierLevel(nn.Module):
         self.context_proj = nn.Linear(upper_dim, D, bias=False)
         # theta (threshold mode; the budget in budget mode) or delta (delta mode); adapted in training
         # only when a target is set
-        start = cfg.delta if cfg.boundary_mode == "delta" else cfg.threshold
-        self.register_buffer("boundary_value", torch.tensor(float(start)), persistent=True)
+        self.register_buffer("boundary_value", torch.tensor(float(cfg.boundary_start)), persistent=True)
         # set by the stage runner (DESIGN §8): a frozen entropy model also freezes the threshold, a
         # frozen codebook gathers no EMA statistics, so the codes the next level reads stay fixed
         self.entropy_frozen = False
@@ -149,17 +148,17 @@ class HierLevel(nn.Module):
             valid=valid,
         )
 
-    def budget_step(self, bits, prev_logp, prev_H, toks, ent_logits, H):
+    def budget_step(self, bits, prev_logp, first, toks, ent_logits, H):
         """Budget mode, one token per row (streaming and decode): the rule's firing, the open segment's
         bits with this token's surprisal added, and the entropy model's log-probabilities for the next.
 
         bits (B',) the open segment's surprisal before this token (0 when it opens a segment);
-        prev_logp (B', V) what the entropy model predicted for this token; prev_H (B',) +inf where
-        this is the row's first token (nothing predicted it: surprisal 0, as `surprisal_bits`);
+        prev_logp (B', V) what the entropy model predicted for this token; first (B',) bool (or a
+        bool): this is the row's first token (nothing predicted it: surprisal 0, as `surprisal_bits`);
         toks (B',); ent_logits (B', V) after this token; H (B',) their entropy in bits.
         """
         s = -prev_logp.gather(-1, toks[:, None])[:, 0] / LN2  # (B',)
-        bits = bits + torch.where(torch.isinf(prev_H), torch.zeros_like(s), s)
+        bits = bits + torch.where(torch.as_tensor(first, device=s.device), torch.zeros_like(s), s)
         fires = budget_rule(bits, H, toks == self.vocab.eos_id, self.boundary_value.item())
         return fires, bits, F.log_softmax(ent_logits.float(), dim=-1)
 
@@ -441,7 +440,7 @@ class HierLevel(nn.Module):
         if st.seg_bits is not None:  # budget mode: the open segment's surprisal, this token's included
             bits = torch.where(st.pending_new[rows], torch.zeros_like(st.seg_bits[rows]), st.seg_bits[rows])
             fires, st.seg_bits[rows], st.prev_logp[rows] = self.budget_step(
-                bits, st.prev_logp[rows], st.prev_H[rows], toks, ent_logits, H[:, 0]
+                bits, st.prev_logp[rows], torch.isinf(st.prev_H[rows]), toks, ent_logits, H[:, 0]
             )
         else:
             fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
@@ -576,9 +575,8 @@ class HierLevel(nn.Module):
                 if reads_ent:  # what the decoder reads with this token at the next step
                     ent_h[rows] = ent_state.to(ent_h.dtype)
             if budget:  # the open segment's surprisal, this token's included
-                first = torch.full_like(H[:, 0], float("inf") if n == 0 else 0.0)  # +inf: the first token
                 fires, r_bits, prev_logp[rows] = self.budget_step(
-                    seg_bits[rows], prev_logp[rows], first, nxt, ent_logits, H[:, 0]
+                    seg_bits[rows], prev_logp[rows], n == 0, nxt, ent_logits, H[:, 0]
                 )
             else:
                 prev = None if n == 0 else prev_H[rows]

@@ -101,10 +101,7 @@ class HierAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SegmentPooling) and module.mode == "query":
             init.zeros_(module.query)  # uniform attention (mean pooling) at the start
         elif isinstance(module, HierLevel):
-            init.constant_(
-                module.boundary_value,
-                module.cfg.delta if module.cfg.boundary_mode == "delta" else module.cfg.threshold,
-            )
+            init.constant_(module.boundary_value, module.cfg.boundary_start)
         elif isinstance(module, VectorQuantizer) and not getattr(
             module.codebook, "_is_hf_initialized", False
         ):
