@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,eval,dev]"
+	$(PY) -m pip install -q -e ".[train,eval,dev,codec]"
 	touch $@
 
 ## the main job: train the tiny config on the built-in corpus, save, reload with the Auto classes, report

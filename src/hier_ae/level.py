@@ -478,13 +478,13 @@ class HierLevel(nn.Module):
             toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history, entropy_h=ent_h
         )
 
-    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor):
+    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
         vector as its segment's context): tokens, valid, seg_id (B, n)."""
         ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
-        return self.regenerate(ctx, seg_mask)
+        return self.regenerate(ctx, seg_mask, pick=pick)
 
-    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor):
+    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor, pick=None):
         """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
 
         ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
@@ -499,6 +499,9 @@ class HierLevel(nn.Module):
         modules compute in); a finished row leaves the batch and gets padding from then on. The
         entropy model runs in `fp32_region`, as in `segment`, so decode's boundaries are
         encode's even under bf16 autocast (DESIGN §3, precision).
+
+        `pick(n, logits (B', V), rows (B',)) -> tokens (B',)`, when given, chooses the token of step
+        n for the live rows instead of the argmax (`hier_ae.codec` reads it from a range coder).
         """
         B, S, _ = ctx.shape
         dev = ctx.device
@@ -557,7 +560,7 @@ class HierLevel(nn.Module):
                     history=history,
                     entropy_h=None if ent_h is None else ent_h[rows],
                 )[0]
-            nxt = logits.argmax(dim=-1)  # (B',)
+            nxt = logits.argmax(dim=-1) if pick is None else pick(n, logits, rows)  # (B',)
             nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
             tokens[rows, n] = nxt
             valid[rows, n] = ~done[rows]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -347,7 +348,11 @@ class HierAEModel(HierAEPreTrainedModel):
     # ---- decode ----------------------------------------------------------------------------
     @torch.no_grad()
     def decode(
-        self, top_codes: torch.Tensor, mask: torch.Tensor | None = None, level: int | None = None
+        self,
+        top_codes: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        level: int | None = None,
+        pick=None,
     ) -> HierAEDecoderOutput:
         """Codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
 
@@ -361,6 +366,10 @@ class HierAEModel(HierAEPreTrainedModel):
         l = 0..level (bytes at l = 0; above, the codes of level l - 1 framed with that level's
         specials): `decode(torch.tensor([[c]]), level=1).level_tokens[1]` is the level-0 code stream
         that code c of level 1 alone stands for, and `.sequences` its bytes.
+
+        `pick(level, n, logits (B', V), rows (B',)) -> tokens (B',)` replaces the greedy choice of each
+        regenerated token (the live rows' step n of `level`; `hier_ae.codec` codes the true tokens
+        under these logits with a range coder: lossless compression on top of the codes).
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
@@ -369,7 +378,8 @@ class HierAEModel(HierAEPreTrainedModel):
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
-                tokens, valid, _ = self.levels[li].decode_codes(codes, seg_mask)
+                level_pick = None if pick is None else partial(pick, li)
+                tokens, valid, _ = self.levels[li].decode_codes(codes, seg_mask, pick=level_pick)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)

@@ -1,0 +1,170 @@
+"""hier_ae.codec: lossless compression on top of the codes (issue 21: exact decode at a stated rate).
+
+On trained checkpoints (the grammar fixtures): every round trip gives the bytes back exactly, the
+residual bits are the decoder's reconstruct cross-entropy (the same quantity `forward` trains), the
+blob's size is what its parts say, and every bad input or mismatch gets a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+import torch
+
+from hier_ae import HierAEForCausalLM, HierAEModel
+from hier_ae.codec import Compressed, compress, decompress, fingerprint
+from hier_ae.data.batching import frame_document
+
+pytest.importorskip("constriction")
+
+
+def held_out_text(grammar_data, n: int = 6) -> bytes:
+    return "".join(s + "\n" for s in grammar_data[1][:n]).encode()
+
+
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_inputs", "trained_2level"])
+def test_round_trip_is_exact_on_trained_checkpoints(request, grammar_data, fixture):
+    model, _ = request.getfixturevalue(fixture)
+    text = held_out_text(grammar_data)
+    packed = compress(model, text, chunk_bytes=100)
+    assert isinstance(packed, Compressed)
+    assert packed.chunks == math.ceil(len(text) / 100)
+    assert packed.raw_chunks == 0
+    assert decompress(model, packed.blob) == text
+
+
+def test_odd_inputs_round_trip(trained_1level):
+    model, _ = trained_1level
+    for data in [b"", b"x", bytes(range(256)), "naïve café — ß\n".encode(), b"\0\0\0\n" * 20]:
+        packed = compress(model, data, chunk_bytes=64)
+        assert decompress(model, packed.blob) == data, data
+
+
+def test_residual_bits_are_the_reconstruct_cross_entropy(trained_1level, grammar_data):
+    """One chunk: the range-coded tokens cost -log2 p under the streamed decoder, which is the
+    teacher-forced reconstruct CE of `forward`'s decoder (streamed == recompute, to float tolerance)."""
+    model, _ = trained_1level
+    line = grammar_data[1][0].encode()
+    packed = compress(model, line)
+    ids = frame_document(line)[None]  # (1, N + 2)
+    level = model.levels[0]
+    with torch.no_grad():
+        p = level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+        logits = level.reconstruct_logits(p).float()  # (1, T, V): output t predicts ids[t]
+    ce_bits = -logits.log_softmax(-1).gather(-1, ids[..., None]).sum().item() / math.log(2.0)
+    assert packed.residual_bits == pytest.approx(ce_bits, rel=1e-3, abs=1e-3)
+    n_codes = int(model.encode(ids).top_mask.sum())
+    assert packed.code_bits == pytest.approx(n_codes * math.log2(model.levels[0].cfg.num_codes))
+
+
+def test_blob_size_is_header_plus_its_parts(trained_1level, grammar_data):
+    """The range coder writes 32-bit words and quantises the probabilities (a token the decoder
+    gives less than 2**-24 costs at most about 24 bits, not its float surprisal): each chunk's payload
+    lies within a few percent and one word of its ideal bits, after the container's header."""
+    model, _ = trained_1level
+    text = held_out_text(grammar_data, 12)
+    packed = compress(model, text, chunk_bytes=128)
+    ideal = packed.code_bits + packed.residual_bits
+    payload = 8 * (len(packed.blob) - packed.header_bytes)
+    assert packed.header_bytes == 4 + 1 + 8 + 2 + 4 + 2  # magic, version, fingerprint, 515, CRC, 128
+    assert 0.95 * ideal <= payload <= 1.05 * ideal + packed.chunks * (32 + 2 * 16)  # word, varints
+    assert packed.bits_per_byte == pytest.approx(8 * len(packed.blob) / len(text))
+
+
+def test_trained_model_pays_less_for_text_it_knows(trained_1level, grammar_data):
+    """On held-out grammar sentences, one document each as the model was trained, the trained
+    decoder's residual is small beside the codes; on random bytes it is several bits a byte (the
+    codes and the decoder know nothing of them)."""
+    model, _ = trained_1level
+    lines = [s.encode() for s in grammar_data[1][:8]]
+    known = [compress(model, line) for line in lines]
+    n = sum(map(len, lines))
+    noise = bytes(torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(0)).tolist())
+    unknown = compress(model, noise, chunk_bytes=48)
+    assert sum(k.residual_bits for k in known) / n < 1.0
+    assert unknown.residual_bits / n > 4.0
+    assert decompress(model, unknown.blob) == noise
+
+
+def test_causal_lm_wrapper_and_reload(trained_1level, grammar_data):
+    model, folder = trained_1level
+    text = held_out_text(grammar_data, 3)
+    blob = compress(model, text).blob
+    lm = HierAEForCausalLM.from_pretrained(folder)
+    assert fingerprint(lm) == fingerprint(model)
+    assert decompress(lm, blob) == text
+
+
+def test_chunk_the_decode_cannot_follow_is_stored_raw(trained_1level, grammar_data, monkeypatch):
+    """If a chunk's streamed decode stops before its text ends (here: its last code dropped), the chunk
+    is stored as raw bytes: the round trip stays exact and `raw_chunks` says so."""
+    model, _ = trained_1level
+    text = held_out_text(grammar_data, 2)
+    real_encode = HierAEModel.encode
+
+    def drop_last_code(self, ids, mask=None):
+        out = real_encode(self, ids, mask)
+        n = int(out.top_mask[0].sum())
+        out.top_mask[0, n - 1] = False
+        return out
+
+    monkeypatch.setattr(HierAEModel, "encode", drop_last_code)
+    packed = compress(model, text)
+    monkeypatch.undo()
+    assert packed.raw_chunks == packed.chunks == 1
+    assert decompress(model, packed.blob) == text
+
+
+def test_clear_errors(trained_1level, trained_inputs, grammar_data):
+    model, _ = trained_1level
+    other, _ = trained_inputs
+    text = held_out_text(grammar_data, 2)
+    blob = compress(model, text).blob
+    with pytest.raises(TypeError, match="encode text first"):
+        compress(model, text.decode())
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        compress(model, text, chunk_bytes=0)
+    with pytest.raises(TypeError, match="HierAEModel"):
+        compress(object(), text)
+    with pytest.raises(ValueError, match="other model weights"):
+        decompress(other, blob)
+    with pytest.raises(ValueError, match="does not start"):
+        decompress(model, b"gzip" + blob[4:])
+    with pytest.raises(ValueError, match="version"):
+        decompress(model, blob[:4] + bytes([99]) + blob[5:])
+    with pytest.raises(ValueError, match="truncated"):
+        decompress(model, blob[:15])
+    # a wrong checksum: the bytes decode, but not to what was compressed
+    n_at = 4 + 1 + 8
+    n_len = 1 if blob[n_at] < 0x80 else 2
+    crc_at = n_at + n_len
+    (crc,) = struct.unpack("<I", blob[crc_at : crc_at + 4])
+    bad = blob[:crc_at] + struct.pack("<I", crc ^ 1) + blob[crc_at + 4 :]
+    with pytest.raises(ValueError, match="CRC-32"):
+        decompress(model, bad)
+
+
+def test_bench_codec_end_to_end(trained_1level, grammar_data, tmp_path):
+    """bench.codec on a val file of held-out grammar sentences: every round trip exact, the stream at
+    least its ideal parts, the table and JSON written."""
+    from bench import codec as bench_codec
+
+    model, folder = trained_1level
+    val = tmp_path / "val.txt"
+    val.write_text("".join(s + "\n" for s in grammar_data[1][:40]))
+    out = tmp_path / "codec.json"
+    results = bench_codec.main(
+        ["--model", str(folder), "--text", str(val), "--lines", "6", "--docs", "1", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == results
+    for kind in ("lines", "docs"):
+        m = results[0][kind]
+        assert m["exact"] == 1.0 and m["raw_chunks"] == 0
+        ideal = m["code_bits_per_byte"] + m["residual_bits_per_byte"]
+        overhead = 8 * (4 + 2 + 2) * m["texts"] / m["bytes"]  # a 32-bit word and two varints a text
+        assert 0.95 * ideal <= m["stream_bits_per_byte"] <= 1.05 * ideal + overhead
+    assert results[0]["lines"]["texts"] == 6 and results[0]["docs"]["texts"] == 1
+    assert f"| {results[0]['text']} | 6 lines | 100.0% |" in bench_codec.markdown(results)
