@@ -1,9 +1,9 @@
-"""Lossless round trips through `hier_ae.codec` on held-out text: the measured rate of exact decode.
+"""Lossless round trips through `hier_ae.codes.codec` on held-out text: the measured rate of exact decode.
 
     python -m bench.codec --model runs/ts/model --text ../shared/data/tinyshakespeare/val.txt --lines 256
 
 Autoencoder figures (issue 21), on `bench.recon`'s samples (the same seeded held-out lines and 1 KB
-windows): each line and each window is compressed on its own (`hier_ae.codec.compress`, one chunk)
+windows): each line and each window is compressed on its own (`hier_ae.codes.codec.compress`, one chunk)
 and decompressed, and the table says how many came back exactly (by construction all of them, unless
 the floats of the two runs differ) and at what rate: the **stream** (what the range coder wrote: the
 top codes plus the tokens coded under the decoder's predictions, beside the container's header of
@@ -31,7 +31,7 @@ from bench.recon import document_windows, held_out_lines, load_text
 
 def measure(model, texts: list[bytes]) -> dict:
     """Compress and decompress each text; the exact round trips and the rates, in bits per byte."""
-    from hier_ae.codec import compress, decompress
+    from hier_ae.codes.codec import compress, decompress
 
     n = sum(map(len, texts))
     exact = stream = code = residual = raw = 0

@@ -501,7 +501,7 @@ class HierLevel(nn.Module):
         encode's even under bf16 autocast (DESIGN §3, precision).
 
         `pick(n, logits (B', V), rows (B',)) -> tokens (B',)`, when given, chooses the token of step
-        n for the live rows instead of the argmax (`hier_ae.codec` reads it from a range coder).
+        n for the live rows instead of the argmax (`hier_ae.codes.codec` reads it from a range coder).
         """
         B, S, _ = ctx.shape
         dev = ctx.device

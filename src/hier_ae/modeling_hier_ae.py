@@ -368,7 +368,7 @@ class HierAEModel(HierAEPreTrainedModel):
         that code c of level 1 alone stands for, and `.sequences` its bytes.
 
         `pick(level, n, logits (B', V), rows (B',)) -> tokens (B',)` replaces the greedy choice of each
-        regenerated token (the live rows' step n of `level`; `hier_ae.codec` codes the true tokens
+        regenerated token (the live rows' step n of `level`; `hier_ae.codes.codec` codes the true tokens
         under these logits with a range coder: lossless compression on top of the codes).
         """
         start = self.num_levels - 1 if level is None else level

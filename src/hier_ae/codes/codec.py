@@ -11,7 +11,7 @@ code bits + the decoder's reconstruct cross-entropy (the `total bits/byte` of `b
 as a real bitstream.
 
     from hier_ae import HierAEModel
-    from hier_ae.codec import compress, decompress
+    from hier_ae.codes.codec import compress, decompress
 
     model = HierAEModel.from_pretrained("runs/tiny/model")
     packed = compress(model, b"To be, or not to be: that is the question.\\n")
@@ -19,7 +19,9 @@ as a real bitstream.
     assert decompress(model, packed.blob) == b"To be, or not to be: that is the question.\\n"
 
 Both sides compute the decoder's probabilities by the same streamed decode of one chunk (batch 1),
-so they agree bit for bit with the same model weights, software and hardware. Across machines whose
+on a freshly allocated copy of the model (`_aligned_copy`: a model loaded from safetensors and the
+same weights trained in memory otherwise differ in the last bit of their logits), so they agree bit
+for bit with the same model weights, software and hardware. Across machines whose
 float kernels differ they may not: the blob carries a fingerprint of the weights and a CRC-32 of the
 text, and `decompress` raises a clear error rather than return wrong bytes. A chunk whose streamed
 decode cannot follow its codes (the boundary rule on the regenerated text draws a different number
@@ -33,6 +35,7 @@ Container (all integers little-endian, `varint` = LEB128):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import math
@@ -43,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
-from .data.batching import frame_document
+from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
+from ..data.batching import frame_document
 
 MAGIC = b"hAEc"
 VERSION = 1
@@ -77,7 +80,7 @@ def _constriction():
         import constriction
     except ImportError as e:
         raise ImportError(
-            "hier_ae.codec needs the `constriction` range coder: pip install 'hier_ae[codec]'"
+            "hier_ae.codes.codec needs the `constriction` range coder: pip install 'hier_ae[codec]'"
         ) from e
     return constriction
 
@@ -94,6 +97,16 @@ def _base_model(model):
             "hier_ae.HierAEModel.from_pretrained(folder)"
         )
     return net
+
+
+def _aligned_copy(net):
+    """A deep copy of the model in fresh tensors, which torch's allocator aligns.
+
+    CPU kernels take different vector paths for weights at different memory alignments, and
+    `from_pretrained` leaves some weights at the file's offsets (e.g. 60 bytes past a 64-byte line),
+    so a loaded model and the same weights trained in memory give logits that differ in the last
+    bit, which is enough to derail a range decoder. Both sides of the codec run on such a copy."""
+    return copy.deepcopy(net).eval()
 
 
 def fingerprint(model) -> bytes:
@@ -191,10 +204,12 @@ def compress(model, data: bytes, chunk_bytes: int | None = None) -> Compressed:
         )
     data = bytes(data)
     net = _base_model(model)
+    stamp = fingerprint(net)
+    net = _aligned_copy(net)
     size = _chunk_size(net, chunk_bytes)
     top = net.num_levels - 1
     alphabets = _code_alphabets(net.levels[top].cfg.num_codes)
-    out = bytearray(MAGIC + bytes([VERSION]) + fingerprint(net))
+    out = bytearray(MAGIC + bytes([VERSION]) + stamp)
     out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
     header = len(out)
     code_bits = residual_bits = 0.0
@@ -237,12 +252,13 @@ def decompress(model, blob: bytes) -> bytes:
     if version != VERSION:
         raise ValueError(f"hier_ae codec blob of version {version}; this package reads version {VERSION}")
     net = _base_model(model)
-    stored = r.take(8)
-    if stored != fingerprint(net):
+    stored, stamp = r.take(8), fingerprint(net)
+    if stored != stamp:
         raise ValueError(
             f"this blob was compressed with other model weights (fingerprint {stored.hex()}, this model "
-            f"{fingerprint(net).hex()}): decompress needs the very model that compressed it"
+            f"{stamp.hex()}): decompress needs the very model that compressed it"
         )
+    net = _aligned_copy(net)
     n_bytes = r.varint()
     (crc,) = struct.unpack("<I", r.take(4))
     size = r.varint()
