@@ -213,3 +213,18 @@ def test_loaded_and_in_memory_models_agree(tmp_path, grammar_data):
     text = held_out_text(grammar_data, 2)
     assert decompress(loaded, compress(built, text).blob) == text
     assert decompress(built, compress(loaded, text).blob) == text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_round_trip_on_cuda(trained_1level, grammar_data):
+    """The codec on a GPU: a blob written on the GPU decodes there exactly (both sides run the same
+    kernels); the CPU's decoding of it is not promised, so it is not asserted."""
+    import copy
+
+    model, _ = trained_1level
+    gpu = copy.deepcopy(model).cuda()
+    text = held_out_text(grammar_data, 4)
+    packed = compress(gpu, text)
+    assert packed.raw_chunks == 0
+    assert decompress(gpu, packed.blob) == text

@@ -166,7 +166,7 @@ class _TokenCoder:
         self.overran = False  # the decode ran past a level's true tokens
 
     def __call__(self, level: int, n: int, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits[:1].double(), dim=-1).numpy()  # (1, V)
+        probs = torch.softmax(logits[:1].double(), dim=-1).cpu().numpy()  # (1, V)
         if self.targets is None:
             token = int(self.coder.decode(self.model, probs)[0])
         else:
@@ -206,6 +206,7 @@ def compress(model, data: bytes, chunk_bytes: int | None = None) -> Compressed:
     net = _base_model(model)
     stamp = fingerprint(net)
     net = _aligned_copy(net)
+    device = next(net.parameters()).device
     size = _chunk_size(net, chunk_bytes)
     top = net.num_levels - 1
     alphabets = _code_alphabets(net.levels[top].cfg.num_codes)
@@ -216,19 +217,19 @@ def compress(model, data: bytes, chunk_bytes: int | None = None) -> Compressed:
     chunks = raw = 0
     for start in range(0, len(data), size):
         piece = data[start : start + size]
-        ids = frame_document(piece)[None]  # (1, N + 2)
+        ids = frame_document(piece)[None].to(device)  # (1, N + 2)
         enc = net.encode(ids)
         codes = enc.top_codes[0][enc.top_mask[0]]  # (S,)
         targets = [t[0][m[0]] for t, m in zip(enc.level_tokens, enc.level_mask)]  # per level (n_l,)
         coder = stream.queue.RangeEncoder()
         digits = [codes] if len(alphabets) == 1 else [codes // DIGIT, codes % DIGIT]
         for alphabet, d in zip(alphabets, digits):
-            coder.encode(d.numpy().astype(np.int32), stream.model.Uniform(alphabet))
+            coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
         tokens = _TokenCoder(coder, targets)
         dec = net.decode(codes[None], level=top, pick=tokens)
         regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
         chunks += 1
-        if len(codes) and not tokens.overran and torch.equal(regenerated, targets[0]):
+        if len(codes) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu()):
             words = coder.get_compressed()
             out += _varint(len(codes)) + _varint(len(words)) + words.astype("<u4").tobytes()
             code_bits += len(codes) * sum(math.log2(a) for a in alphabets)
@@ -259,6 +260,7 @@ def decompress(model, blob: bytes) -> bytes:
             f"{stamp.hex()}): decompress needs the very model that compressed it"
         )
     net = _aligned_copy(net)
+    device = next(net.parameters()).device
     n_bytes = r.varint()
     (crc,) = struct.unpack("<I", r.take(4))
     size = r.varint()
@@ -273,13 +275,13 @@ def decompress(model, blob: bytes) -> bytes:
         words = np.frombuffer(r.take(4 * r.varint()), dtype="<u4").astype(np.uint32)
         coder = stream.queue.RangeDecoder(words)
         digits = [
-            torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64))
+            torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(device)
             for a in alphabets
         ]
         codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
         dec = net.decode(codes[None], level=top, pick=_TokenCoder(coder, None))
         tokens = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,): <s> bytes </s>
-        body = tokens[1:-1] - BYTE_OFFSET
+        body = tokens[1:-1].cpu() - BYTE_OFFSET
         framed = len(tokens) >= 2 and int(tokens[0]) == BOS_ID and int(tokens[-1]) == EOS_ID
         if not framed or bool((body < 0).any() | (body > 255).any()):
             raise ValueError(
