@@ -109,8 +109,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=None, help="JSON results")
     args = p.parse_args(argv)
     from hier_ae import HierAEModel
+    from hier_ae.codes.shards import check_model_folder
 
-    model = HierAEModel.from_pretrained(args.model).eval()
+    model = HierAEModel.from_pretrained(check_model_folder(args.model)).eval()
     results = [run(model, spec, args.lines, args.docs, args.seed) for spec in args.text]
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -38,8 +38,9 @@ def main(argv=None) -> dict:
         raise FileExistsError(f"{args.dst} exists: pass --force to overwrite it")
     from hier_ae import HierAEModel
     from hier_ae.codes.codec import compress, decompress
+    from hier_ae.codes.shards import check_model_folder
 
-    model = HierAEModel.from_pretrained(args.model).eval()
+    model = HierAEModel.from_pretrained(check_model_folder(args.model)).eval()
     data = args.src.read_bytes()
     t0 = time.perf_counter()
     if args.action == "compress":

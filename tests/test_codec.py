@@ -198,6 +198,20 @@ def test_example_script_round_trip(trained_1level, grammar_data, tmp_path):
     assert refused.returncode == 1 and "exists" in refused.stderr
     missing = cli("compress", tmp_path / "nope.txt", tmp_path / "x.hae")
     assert missing.returncode == 1 and "no such file" in missing.stderr
+    not_a_model = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            str(tmp_path),
+            "compress",
+            str(src),
+            str(tmp_path / "y.hae"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert not_a_model.returncode == 1 and "not a hier_ae model folder" in not_a_model.stderr
 
 
 def test_loaded_and_in_memory_models_agree(tmp_path, grammar_data):
