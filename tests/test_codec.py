@@ -2,7 +2,8 @@
 
 On trained checkpoints (the grammar fixtures): every round trip gives the bytes back exactly, the
 residual bits are the decoder's reconstruct cross-entropy (the same quantity `forward` trains), the
-blob's size is what its parts say, and every bad input or mismatch gets a clear error.
+code bits the top LM's next-code cross-entropy (or log2 K each, whichever is less), the blob's size
+is what its parts say, and every bad input or mismatch gets a clear error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import struct
 import pytest
 import torch
 
-from hier_ae import HierAEForCausalLM, HierAEModel
-from hier_ae.codes.codec import Compressed, compress, decompress, fingerprint
+from hier_ae import HierAEConfig, HierAEForCausalLM, HierAEModel
+from hier_ae.codes.codec import Codec, Compressed, compress, decompress, fingerprint
 from hier_ae.data.batching import frame_document
 
 pytest.importorskip("constriction")
@@ -33,6 +34,15 @@ def test_round_trip_is_exact_on_trained_checkpoints(request, grammar_data, fixtu
     assert isinstance(packed, Compressed)
     assert packed.chunks == math.ceil(len(text) / 100)
     assert packed.raw_chunks == 0
+    assert decompress(model, packed.blob) == text
+
+
+@pytest.mark.parametrize("codes", ["top_lm", "uniform"])
+def test_round_trip_with_each_way_of_coding_the_codes(trained_2level, grammar_data, codes):
+    model, _ = trained_2level
+    text = held_out_text(grammar_data, 4)
+    packed = compress(model, text, chunk_bytes=100, codes=codes)
+    assert packed.top_lm_chunks == (packed.chunks if codes == "top_lm" else 0)
     assert decompress(model, packed.blob) == text
 
 
@@ -57,7 +67,69 @@ def test_residual_bits_are_the_reconstruct_cross_entropy(trained_1level, grammar
     ce_bits = -logits.log_softmax(-1).gather(-1, ids[..., None]).sum().item() / math.log(2.0)
     assert packed.residual_bits == pytest.approx(ce_bits, rel=1e-3, abs=1e-3)
     n_codes = int(model.encode(ids).top_mask.sum())
-    assert packed.code_bits == pytest.approx(n_codes * math.log2(model.levels[0].cfg.num_codes))
+    assert packed.flat_code_bits == pytest.approx(n_codes * math.log2(model.levels[0].cfg.num_codes))
+    assert compress(model, line, codes="uniform").code_bits == pytest.approx(packed.flat_code_bits)
+
+
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
+def test_code_bits_are_the_top_lm_cross_entropy(request, grammar_data, fixture):
+    """codes="top_lm": each code costs -log2 p under the top LM given the codes before it, read one
+    at a time; that is the top LM's teacher-forced CE over the document's top stream [bos, codes],
+    with the specials left out of the softmax (they cannot come next)."""
+    model, _ = request.getfixturevalue(fixture)
+    line = grammar_data[1][3].encode()
+    packed = compress(model, line, codes="top_lm")
+    assert packed.top_lm_chunks == 1
+    ids = frame_document(line)[None]  # (1, N + 2)
+    with torch.no_grad():
+        enc = model.encode(ids)
+        codes = enc.top_codes[enc.top_mask]  # (S,)
+        K = model.levels[-1].cfg.num_codes
+        stream = torch.cat([torch.tensor([model.levels[-1].upper_vocab.bos_id]), codes])[None]  # (1, S + 1)
+        logits = model.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[
+            0
+        ]  # (1, S + 2, V)
+    at_codes = logits[0, 1 : 1 + len(codes), :K].double().log_softmax(-1)  # (S, K): index j + 1 predicts c_j
+    ce_bits = -at_codes.gather(-1, codes[:, None]).sum().item() / math.log(2.0)
+    assert packed.code_bits == pytest.approx(ce_bits, rel=1e-4)
+    assert packed.flat_code_bits == pytest.approx(len(codes) * math.log2(K))
+
+
+def test_auto_takes_the_cheaper_coding_and_the_trained_top_lm_wins(trained_1level, grammar_data):
+    """codes="auto" (the default) costs no more than either way per chunk; on held-out grammar
+    sentences the fixture's top LM (100 steps of its own, then the predict stage) prices the codes
+    below log2 K each (about 7.4 bits a code against 8)."""
+    model, _ = trained_1level
+    codec = Codec(model)
+    lines = [s.encode() for s in grammar_data[1][:6]]
+    for line in lines:
+        auto, lm, flat = (codec.compress(line, codes=c) for c in ("auto", "top_lm", "uniform"))
+        assert auto.code_bits == pytest.approx(min(lm.code_bits, flat.code_bits))
+        assert len(auto.blob) <= max(len(lm.blob), len(flat.blob))
+    text = b"".join(line + b"\n" for line in lines)
+    packed = codec.compress(text)
+    assert packed.top_lm_chunks == packed.chunks
+    assert packed.code_bits < 0.97 * packed.flat_code_bits
+    assert codec.decompress(packed.blob) == text
+
+
+def test_codec_object_keeps_the_weights_it_was_made_with(trained_1level, grammar_data):
+    """A `Codec` is made once (fingerprint and aligned copy): it writes the same blob as `compress`,
+    and it still reads its blobs after the model it was made from changes."""
+    import copy
+
+    model, _ = trained_1level
+    text = held_out_text(grammar_data, 3)
+    codec = Codec(model)
+    blob = codec.compress(text).blob
+    assert blob == compress(model, text).blob
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.top_lm.head.weight.mul_(0.5)
+    assert Codec(changed).fingerprint != codec.fingerprint
+    with pytest.raises(ValueError, match="other model weights"):
+        decompress(changed, blob)
+    assert codec.decompress(blob) == text
 
 
 def test_blob_size_is_header_plus_its_parts(trained_1level, grammar_data):
@@ -127,6 +199,16 @@ def test_clear_errors(trained_1level, trained_inputs, grammar_data):
         compress(model, text.decode())
     with pytest.raises(ValueError, match="chunk_bytes"):
         compress(model, text, chunk_bytes=0)
+    with pytest.raises(ValueError, match="codes='flat' is invalid"):
+        compress(model, text, codes="flat")
+    from conftest import TINY_TOP, tiny_level
+
+    torch.manual_seed(0)
+    top = {**TINY_TOP, "reads_pooled": True}
+    pooled = HierAEModel(HierAEConfig(levels=[tiny_level()], top_lm=top, max_position_embeddings=128)).eval()
+    with pytest.raises(ValueError, match="reads pooled vectors"):
+        compress(pooled, text, codes="top_lm")
+    assert decompress(pooled, compress(pooled, text[:20]).blob) == text[:20]  # "auto": flat codes
     with pytest.raises(TypeError, match="HierAEModel"):
         compress(object(), text)
     with pytest.raises(ValueError, match="other model weights"):

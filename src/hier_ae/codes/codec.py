@@ -1,36 +1,44 @@
 """Lossless compression on top of the codes: the codes, plus the bytes as the decoder predicts them.
 
 The autoencoder's codes alone do not always decode back to their text (issue 21: greedy decode of
-held-out lines is exact for about half of them at 4 code bits/byte). `compress` makes the round
-trip exact at a stated rate: it stores each chunk's top-level codes (log2 K bits each) and then
-replays `HierAEModel.decode` with the *true* tokens, range-coding each one under the decoder's own
-prediction (`constriction`'s range coder), level by level. `decompress` replays the same decode and
-reads the tokens back from the range coder. Where the decoder is sure and right a token costs a
-fraction of a bit; where the codes leave it unsure, it pays -log2 p(true token). The rate is then
-code bits + the decoder's reconstruct cross-entropy (the `total bits/byte` of `bench.recon`), here
-as a real bitstream.
+held-out lines is exact for about half of them at 4 code bits/byte). `Codec` makes the round trip
+exact at a stated rate: it stores each chunk's top-level codes and then replays
+`HierAEModel.decode` with the *true* tokens, range-coding each one under the decoder's own
+prediction (`constriction`'s range coder), level by level. Decompression replays the same decode
+and reads the tokens back from the range coder. Where the decoder is sure and right a token costs a
+fraction of a bit; where the codes leave it unsure, it pays -log2 p(true token).
+
+The codes themselves go under the top code LM (DESIGN §5), which predicts each code from the codes
+before it (a trained top LM spends well under log2 K bits a code), or flat at log2 K bits each,
+whichever costs less for the chunk (`codes="auto"`; "top_lm" or "uniform" force one). The rate is
+then code bits + the decoder's reconstruct cross-entropy (`bench.recon`'s total bits/byte, with
+the codes priced by the top LM), here as a real bitstream.
 
     from hier_ae import HierAEModel
-    from hier_ae.codes.codec import compress, decompress
+    from hier_ae.codes.codec import Codec
 
-    model = HierAEModel.from_pretrained("runs/tiny/model")
-    packed = compress(model, b"To be, or not to be: that is the question.\\n")
+    codec = Codec(HierAEModel.from_pretrained("runs/tiny/model"))
+    packed = codec.compress(b"To be, or not to be: that is the question.\\n")
     packed.bits_per_byte, packed.code_bits, packed.residual_bits   # the rate, and where it goes
-    assert decompress(model, packed.blob) == b"To be, or not to be: that is the question.\\n"
+    assert codec.decompress(packed.blob) == b"To be, or not to be: that is the question.\\n"
 
-Both sides compute the decoder's probabilities by the same streamed decode of one chunk (batch 1),
-on a freshly allocated copy of the model (`_aligned_copy`: a model loaded from safetensors and the
-same weights trained in memory otherwise differ in the last bit of their logits), so they agree bit
-for bit with the same model weights, software and hardware. Across machines whose
-float kernels differ they may not: the blob carries a fingerprint of the weights and a CRC-32 of the
-text, and `decompress` raises a clear error rather than return wrong bytes. A chunk whose streamed
-decode cannot follow its codes (the boundary rule on the regenerated text draws a different number
-of segments) is stored as raw bytes, so nothing is ever lost; `Compressed.raw_chunks` counts them.
+`compress(model, data)` and `decompress(model, blob)` do the same with a `Codec` made for the call.
+
+Both sides compute every probability by the same calls on one chunk (batch 1): the top LM one code
+at a time, the decoder by the same streamed decode, on a freshly allocated copy of the model
+(`_aligned_copy`: a model loaded from safetensors and the same weights trained in memory otherwise
+differ in the last bit of their logits), so they agree bit for bit with the same model weights,
+software and hardware. Across machines whose float kernels differ they may not: the blob carries a
+fingerprint of the weights and a CRC-32 of the text, and decompression raises a clear error rather
+than return wrong bytes. A chunk whose streamed decode cannot follow its codes (the boundary rule on
+the regenerated text draws a different number of segments) is stored as raw bytes, so nothing is
+ever lost; `Compressed.raw_chunks` counts them.
 
 Container (all integers little-endian, `varint` = LEB128):
     b"hAEc" | version (u8) | weights fingerprint (8 bytes) | text bytes (varint) | CRC-32 (u32)
-    | chunk bytes (varint) | per chunk: codes (varint; 0 = stored raw) then either the raw bytes or
-    the range coder's words (varint count, then u32 each).
+    | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
+    coder's words (varint count, then u32 each) of S = h // 2 codes, coded flat (h even) or under
+    the top LM (h odd), followed by the chunk's tokens.
 """
 
 from __future__ import annotations
@@ -48,25 +56,31 @@ import torch
 
 from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data.batching import frame_document
+from ..kv_cache import KVStore
+from ..transformer import positions_from_mask
 
 MAGIC = b"hAEc"
-VERSION = 1
+VERSION = 2  # 2: codes under the top LM or flat, per chunk (1: always flat)
 UNIFORM_MAX = 1 << 23  # constriction's Uniform takes alphabets below 2**24; larger ones go in two digits
 DIGIT = 1 << 12
+CODE_MODES = ("auto", "top_lm", "uniform")
+FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
 
 
 @dataclass
 class Compressed:
-    """What `compress` returns. `blob` is the whole container; the bits are ideal code lengths
+    """What `Codec.compress` returns. `blob` is the whole container; the bits are ideal code lengths
     (-log2 p summed) of its two parts, beside which `len(blob)` is what was actually written."""
 
     blob: bytes
     n_bytes: int
-    code_bits: float  # the top-level codes, log2 K each (uniform)
+    code_bits: float  # the top-level codes as coded: under the top LM or log2 K each, per chunk
     residual_bits: float  # the true tokens under the decoder's predictions, -log2 p summed
     chunks: int
     raw_chunks: int
     header_bytes: int  # the container's fixed fields, before the first chunk
+    flat_code_bits: float = 0.0  # what the same codes cost at log2 K each (the top LM's saving beside it)
+    top_lm_chunks: int = 0  # chunks whose codes went under the top LM
 
     @property
     def bits_per_byte(self) -> float:
@@ -155,6 +169,34 @@ def _code_alphabets(num_codes: int) -> list[int]:
     return [num_codes] if num_codes <= UNIFORM_MAX else [math.ceil(num_codes / DIGIT), DIGIT]
 
 
+class _TopLMCodes:
+    """The top LM's distribution of each next code of one chunk (batch 1), code by code.
+
+    The chunk's top stream is [bos, c_0, ..., c_{S-1}, eos] (`frame_upper_stream`; the chunk is one
+    document). The LM reads [BEGIN, bos] once, then one code per `read` (`CodeLM.step`), so the
+    distribution of c_j has seen c_0..c_{j-1} only, and both sides make exactly the same calls.
+    `probs()` is over the K codes alone (the specials cannot come next: renormalised without them).
+    """
+
+    def __init__(self, net, device: torch.device):
+        self.lm = net.top_lm
+        self.num_codes = net.levels[-1].cfg.num_codes
+        inp = torch.tensor([[self.lm.begin_id, net.levels[-1].upper_vocab.bos_id]], device=device)  # (1, 2)
+        valid = torch.ones_like(inp, dtype=torch.bool)
+        kv: list = []
+        logits, _ = self.lm(inp, valid, positions_from_mask(valid), kv_out=kv)  # (1, 2, V)
+        self.cache = KVStore(kv, valid)
+        self.logits = logits[:, -1]  # (1, V): predicts c_0
+        self.rows = torch.zeros(1, dtype=torch.long, device=device)
+
+    def probs(self) -> np.ndarray:
+        """(1, K) float64: the next code's distribution."""
+        return torch.softmax(self.logits[:, : self.num_codes].double(), dim=-1).cpu().numpy()
+
+    def read(self, code: int) -> None:
+        self.logits, _ = self.lm.step(torch.full_like(self.rows, code), self.cache, self.rows)
+
+
 class _TokenCoder:
     """`decode`'s `pick`: codes the true token (encoding) or reads it back (decoding) under the
     decoder's softmax, one live row (batch 1). `targets[level]` are the true tokens of each level."""
@@ -181,117 +223,208 @@ class _TokenCoder:
         return torch.full((logits.shape[0],), token, dtype=torch.long, device=logits.device)
 
 
-def _chunk_size(net, chunk_bytes: int | None) -> int:
-    limit = net.config.max_input_bytes - 2  # room for <s> and </s>
-    size = min(1022, limit) if chunk_bytes is None else chunk_bytes
-    if not isinstance(size, int) or not 1 <= size <= limit:
-        raise ValueError(f"chunk_bytes={chunk_bytes!r} is invalid: an int in [1, {limit}] or None (1,022).")
-    return size
+class Codec:
+    """Lossless compression with one model: `compress(bytes) -> Compressed`, `decompress(blob) -> bytes`.
 
-
-@torch.no_grad()
-def compress(model, data: bytes, chunk_bytes: int | None = None) -> Compressed:
-    """Bytes -> a `Compressed` whose `blob` `decompress` turns back into exactly `data`.
-
-    The text is cut into chunks of `chunk_bytes` (default 1,022: `<s>` + chunk + `</s>` = 1,024
-    tokens); each is encoded as one document, its top codes written at log2 K bits each, then its
-    tokens range-coded under the decoder's predictions as `decode` regenerates them.
+    Made once per model: it fingerprints the weights and takes an aligned copy of them (see the
+    module docstring), so it compresses with the weights it was made with; a model trained further
+    afterwards needs a new `Codec`. Accepts a `HierAEModel` or a `HierAEForCausalLM`.
     """
-    stream = _constriction().stream
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"compress takes bytes, got {type(data).__name__}; encode text first, e.g. text.encode('utf-8')"
-        )
-    data = bytes(data)
-    net = _base_model(model)
-    stamp = fingerprint(net)
-    net = _aligned_copy(net)
-    device = next(net.parameters()).device
-    size = _chunk_size(net, chunk_bytes)
-    top = net.num_levels - 1
-    alphabets = _code_alphabets(net.levels[top].cfg.num_codes)
-    out = bytearray(MAGIC + bytes([VERSION]) + stamp)
-    out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
-    header = len(out)
-    code_bits = residual_bits = 0.0
-    chunks = raw = 0
-    for start in range(0, len(data), size):
-        piece = data[start : start + size]
-        ids = frame_document(piece)[None].to(device)  # (1, N + 2)
-        enc = net.encode(ids)
-        codes = enc.top_codes[0][enc.top_mask[0]]  # (S,)
-        targets = [t[0][m[0]] for t, m in zip(enc.level_tokens, enc.level_mask)]  # per level (n_l,)
-        coder = stream.queue.RangeEncoder()
-        digits = [codes] if len(alphabets) == 1 else [codes // DIGIT, codes % DIGIT]
-        for alphabet, d in zip(alphabets, digits):
-            coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
-        tokens = _TokenCoder(coder, targets)
-        dec = net.decode(codes[None], level=top, pick=tokens)
-        regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
-        chunks += 1
-        if len(codes) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu()):
-            words = coder.get_compressed()
-            out += _varint(len(codes)) + _varint(len(words)) + words.astype("<u4").tobytes()
-            code_bits += len(codes) * sum(math.log2(a) for a in alphabets)
-            residual_bits += tokens.bits
-        else:  # the streamed decode cannot follow these codes: store the chunk as it is
-            out += _varint(0) + piece
-            raw += 1
-    return Compressed(bytes(out), len(data), code_bits, residual_bits, chunks, raw, header)
 
+    def __init__(self, model):
+        net = _base_model(model)
+        self.fingerprint = fingerprint(net)
+        self.net = _aligned_copy(net)
+        self.device = next(self.net.parameters()).device
+        self.top = self.net.num_levels - 1
+        self.num_codes = self.net.levels[self.top].cfg.num_codes
+        self.alphabets = _code_alphabets(self.num_codes)
+        # the top LM can price the codes when it reads codes alone (not pooled vectors, which a
+        # decompressor does not have) and its head is small enough to hand to the range coder
+        self.top_lm_codes = not self.net.config.top_lm_config.reads_pooled and self.num_codes <= UNIFORM_MAX
 
-@torch.no_grad()
-def decompress(model, blob: bytes) -> bytes:
-    """A `compress` blob -> the original bytes, with the same model (checked by fingerprint and CRC-32)."""
-    stream = _constriction().stream
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decompress takes the bytes `compress` returned (.blob), got {type(blob).__name__}")
-    r = _Reader(bytes(blob))
-    if r.take(4) != MAGIC:
-        raise ValueError("not a hier_ae codec blob: it does not start with b'hAEc'")
-    version = r.take(1)[0]
-    if version != VERSION:
-        raise ValueError(f"hier_ae codec blob of version {version}; this package reads version {VERSION}")
-    net = _base_model(model)
-    stored, stamp = r.take(8), fingerprint(net)
-    if stored != stamp:
-        raise ValueError(
-            f"this blob was compressed with other model weights (fingerprint {stored.hex()}, this model "
-            f"{stamp.hex()}): decompress needs the very model that compressed it"
-        )
-    net = _aligned_copy(net)
-    device = next(net.parameters()).device
-    n_bytes = r.varint()
-    (crc,) = struct.unpack("<I", r.take(4))
-    size = r.varint()
-    top = net.num_levels - 1
-    alphabets = _code_alphabets(net.levels[top].cfg.num_codes)
-    out = bytearray()
-    while len(out) < n_bytes:
-        n_codes = r.varint()
-        if n_codes == 0:
-            out += r.take(min(size, n_bytes - len(out)))
-            continue
-        words = np.frombuffer(r.take(4 * r.varint()), dtype="<u4").astype(np.uint32)
-        coder = stream.queue.RangeDecoder(words)
-        digits = [
-            torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(device)
-            for a in alphabets
-        ]
-        codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
-        dec = net.decode(codes[None], level=top, pick=_TokenCoder(coder, None))
-        tokens = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,): <s> bytes </s>
-        body = tokens[1:-1].cpu() - BYTE_OFFSET
-        framed = len(tokens) >= 2 and int(tokens[0]) == BOS_ID and int(tokens[-1]) == EOS_ID
-        if not framed or bool((body < 0).any() | (body > 255).any()):
+    def _chunk_size(self, chunk_bytes: int | None) -> int:
+        limit = self.net.config.max_input_bytes - 2  # room for <s> and </s>
+        size = min(1022, limit) if chunk_bytes is None else chunk_bytes
+        if not isinstance(size, int) or not 1 <= size <= limit:
             raise ValueError(
-                "decoded tokens are not a framed byte chunk: the blob is corrupt or the floats differ"
+                f"chunk_bytes={chunk_bytes!r} is invalid: an int in [1, {limit}] or None (1,022)."
             )
-        out += bytes(body.to(torch.uint8).tolist())
-    if len(out) != n_bytes or zlib.crc32(bytes(out)) != crc:
-        raise ValueError(
-            f"decoded {len(out)} bytes that fail the blob's CRC-32 (expected {n_bytes} bytes): the blob is "
-            "corrupt, or this machine's float kernels give the decoder other probabilities than the "
-            "compressing machine's (same weights, other hardware or software)"
+        return size
+
+    def _check_codes_mode(self, codes: str) -> str:
+        if codes not in CODE_MODES:
+            raise ValueError(f"codes={codes!r} is invalid: one of {CODE_MODES}.")
+        if codes == "top_lm" and not self.top_lm_codes:
+            why = (
+                "its top LM reads pooled vectors (top_lm.reads_pooled=True), which a decompressor lacks"
+                if self.net.config.top_lm_config.reads_pooled
+                else f"its {self.num_codes:,} codes are too many for the range coder's categorical model"
+            )
+            raise ValueError(
+                f"codes='top_lm' is not available for this model: {why}; use 'uniform' or 'auto'."
+            )
+        return codes
+
+    def _code_probs(self, codes: torch.Tensor) -> np.ndarray:
+        """(S, K) float64: the top LM's distribution of each code given the ones before it."""
+        lm = _TopLMCodes(self.net, self.device)
+        rows = []
+        for j, c in enumerate(codes.tolist()):
+            rows.append(lm.probs())
+            if j + 1 < len(codes):
+                lm.read(c)
+        return np.concatenate(rows) if rows else np.zeros((0, self.num_codes))
+
+    @torch.no_grad()
+    def compress(self, data: bytes, chunk_bytes: int | None = None, codes: str = "auto") -> Compressed:
+        """Bytes -> a `Compressed` whose `blob` `decompress` turns back into exactly `data`.
+
+        The text is cut into chunks of `chunk_bytes` (default 1,022: `<s>` + chunk + `</s>` = 1,024
+        tokens); each is encoded as one document, its top codes coded under the top LM or at log2 K
+        bits each (`codes`: "auto" takes the cheaper per chunk), then its tokens range-coded under the
+        decoder's predictions as `decode` regenerates them.
+        """
+        stream = _constriction().stream
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"compress takes bytes, got {type(data).__name__}; encode text first, e.g. "
+                "text.encode('utf-8')"
+            )
+        data = bytes(data)
+        size = self._chunk_size(chunk_bytes)
+        codes_mode = self._check_codes_mode(codes)
+        net, top = self.net, self.top
+        out = bytearray(MAGIC + bytes([VERSION]) + self.fingerprint)
+        out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
+        header = len(out)
+        code_bits = flat_bits = residual_bits = 0.0
+        chunks = raw = lm_chunks = 0
+        flat_per_code = sum(math.log2(a) for a in self.alphabets)
+        for start in range(0, len(data), size):
+            piece = data[start : start + size]
+            ids = frame_document(piece)[None].to(self.device)  # (1, N + 2)
+            enc = net.encode(ids)
+            seg_codes = enc.top_codes[0][enc.top_mask[0]]  # (S,)
+            targets = [t[0][m[0]] for t, m in zip(enc.level_tokens, enc.level_mask)]  # per level (n_l,)
+            flat = len(seg_codes) * flat_per_code
+            mode, bits = FLAT, flat
+            if codes_mode != "uniform" and self.top_lm_codes:
+                probs = self._code_probs(seg_codes)  # (S, K)
+                lm_bits = -np.log2(
+                    np.maximum(probs[np.arange(len(seg_codes)), seg_codes.cpu().numpy()], 1e-300)
+                )
+                if codes_mode == "top_lm" or lm_bits.sum() < flat:
+                    mode, bits = TOP_LM, float(lm_bits.sum())
+            coder = stream.queue.RangeEncoder()
+            if mode == TOP_LM:
+                coder.encode(
+                    seg_codes.cpu().numpy().astype(np.int32), stream.model.Categorical(perfect=False), probs
+                )
+            else:
+                digits = [seg_codes] if len(self.alphabets) == 1 else [seg_codes // DIGIT, seg_codes % DIGIT]
+                for alphabet, d in zip(self.alphabets, digits):
+                    coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
+            tokens = _TokenCoder(coder, targets)
+            dec = net.decode(seg_codes[None], level=top, pick=tokens)
+            regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
+            chunks += 1
+            if len(seg_codes) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu()):
+                words = coder.get_compressed()
+                out += (
+                    _varint(2 * len(seg_codes) + mode) + _varint(len(words)) + words.astype("<u4").tobytes()
+                )
+                code_bits += bits
+                flat_bits += flat
+                residual_bits += tokens.bits
+                lm_chunks += mode == TOP_LM
+            else:  # the streamed decode cannot follow these codes: store the chunk as it is
+                out += _varint(0) + piece
+                raw += 1
+        return Compressed(
+            bytes(out), len(data), code_bits, residual_bits, chunks, raw, header, flat_bits, lm_chunks
         )
-    return bytes(out)
+
+    @torch.no_grad()
+    def decompress(self, blob: bytes) -> bytes:
+        """A `compress` blob -> the original bytes (checked by the weights' fingerprint and CRC-32)."""
+        stream = _constriction().stream
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"decompress takes the bytes `compress` returned (.blob), got {type(blob).__name__}"
+            )
+        r = _Reader(bytes(blob))
+        if r.take(4) != MAGIC:
+            raise ValueError("not a hier_ae codec blob: it does not start with b'hAEc'")
+        version = r.take(1)[0]
+        if version != VERSION:
+            raise ValueError(f"hier_ae codec blob of version {version}; this package reads version {VERSION}")
+        stored = r.take(8)
+        if stored != self.fingerprint:
+            raise ValueError(
+                f"this blob was compressed with other model weights (fingerprint {stored.hex()}, this model "
+                f"{self.fingerprint.hex()}): decompress needs the very model that compressed it"
+            )
+        n_bytes = r.varint()
+        (crc,) = struct.unpack("<I", r.take(4))
+        size = r.varint()
+        out = bytearray()
+        while len(out) < n_bytes:
+            head = r.varint()
+            if head == 0:
+                out += r.take(min(size, n_bytes - len(out)))
+                continue
+            n_codes, mode = divmod(head, 2)
+            words = np.frombuffer(r.take(4 * r.varint()), dtype="<u4").astype(np.uint32)
+            coder = stream.queue.RangeDecoder(words)
+            if mode == TOP_LM:
+                if not self.top_lm_codes:
+                    raise ValueError(
+                        "the blob codes its codes under a top LM this model cannot run: it is corrupt"
+                    )
+                codes = self._read_top_lm_codes(coder, n_codes)
+            else:
+                digits = [
+                    torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(
+                        self.device
+                    )
+                    for a in self.alphabets
+                ]
+                codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
+            dec = self.net.decode(codes[None], level=self.top, pick=_TokenCoder(coder, None))
+            tokens = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,): <s> bytes </s>
+            body = tokens[1:-1].cpu() - BYTE_OFFSET
+            framed = len(tokens) >= 2 and int(tokens[0]) == BOS_ID and int(tokens[-1]) == EOS_ID
+            if not framed or bool((body < 0).any() | (body > 255).any()):
+                raise ValueError(
+                    "decoded tokens are not a framed byte chunk: the blob is corrupt or the floats differ"
+                )
+            out += bytes(body.to(torch.uint8).tolist())
+        if len(out) != n_bytes or zlib.crc32(bytes(out)) != crc:
+            raise ValueError(
+                f"decoded {len(out)} bytes that fail the blob's CRC-32 (expected {n_bytes} bytes): the "
+                "blob is corrupt, or this machine's float kernels give the decoder other probabilities "
+                "than the compressing machine's (same weights, other hardware or software)"
+            )
+        return bytes(out)
+
+    def _read_top_lm_codes(self, coder, n_codes: int) -> torch.Tensor:
+        """Decode `n_codes` codes one at a time, each under the top LM given the ones read before."""
+        model = _constriction().stream.model.Categorical(perfect=False)
+        lm = _TopLMCodes(self.net, self.device)
+        codes = []
+        for j in range(n_codes):
+            codes.append(int(coder.decode(model, lm.probs())[0]))
+            if j + 1 < n_codes:
+                lm.read(codes[-1])
+        return torch.tensor(codes, dtype=torch.long, device=self.device)  # (S,)
+
+
+def compress(model, data: bytes, chunk_bytes: int | None = None, codes: str = "auto") -> Compressed:
+    """`Codec(model).compress(data, chunk_bytes, codes)`: for one call; keep a `Codec` for many."""
+    return Codec(model).compress(data, chunk_bytes=chunk_bytes, codes=codes)
+
+
+def decompress(model, blob: bytes) -> bytes:
+    """`Codec(model).decompress(blob)`: for one call; keep a `Codec` for many."""
+    return Codec(model).decompress(blob)
