@@ -324,3 +324,27 @@ def test_round_trip_on_cuda(trained_1level, grammar_data):
     packed = compress(gpu, text)
     assert packed.raw_chunks == 0
     assert decompress(gpu, packed.blob) == text
+
+
+def test_swap_top_lm_keeps_the_levels_and_their_codes(trained_2level, grammar_data, tmp_path):
+    """bench.swap_top_lm: the levels' weights are the source's (same codes, same greedy decode), the
+    top LM has the new shape, and the codec runs on the result."""
+    from bench.swap_top_lm import main as swap_main
+
+    model, folder = trained_2level
+    out = swap_main(["--model", str(folder), "--out", str(tmp_path / "m"), "--set", "hidden_size=48"])
+    new = HierAEModel.from_pretrained(out).eval()
+    assert new.config.top_lm_config.hidden_size == 48
+    assert new.top_lm.head.weight.shape[1] == 48
+    old_state, new_state = model.state_dict(), new.state_dict()
+    kept = [k for k in old_state if not k.startswith(("top_lm.", "levels.1.context_proj."))]
+    assert all(torch.equal(old_state[k], new_state[k]) for k in kept)
+    assert torch.equal(old_state["levels.0.context_proj.weight"], new_state["levels.0.context_proj.weight"])
+    ids = frame_document(grammar_data[1][0].encode())[None]
+    assert torch.equal(model.encode(ids).top_codes, new.encode(ids).top_codes)
+    text = held_out_text(grammar_data, 2)
+    assert decompress(new, compress(new, text).blob) == text
+    with pytest.raises(FileExistsError):
+        swap_main(["--model", str(folder), "--out", str(out)])
+    with pytest.raises(ValueError, match="unknown top_lm keys"):
+        swap_main(["--model", str(folder), "--out", str(tmp_path / "n"), "--set", "width=3"])
