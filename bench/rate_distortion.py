@@ -131,19 +131,24 @@ def stages_override(quick: bool) -> str:
     )
 
 
-def write_documents(train_txt: Path, out: Path) -> int:
+def write_documents(train_txt: Path, out: Path, lines_per_document: int | None = None) -> int:
     """train.txt -> JSON lines of documents (examples/train.py holds some out; one file would give none).
 
     Tiny Shakespeare is cut at blank lines, code at its `# ---- path ----` file headers, any other text
-    every 20 lines. E.g. "A\\n\\nB\\n" -> two documents, "A\\n" and "B\\n\\n" (each keeps a newline)."""
+    every 20 lines. E.g. "A\\n\\nB\\n" -> two documents, "A\\n" and "B\\n\\n" (each keeps a newline).
+    `lines_per_document=N` cuts any text every N lines instead, blank lines kept, so documents are
+    running text (for Tiny Shakespeare: several speaker turns each; RT in bench/experiments.md):
+    "A\\n\\nB\\nC\\n" with N = 2 -> "A\\n\\n", "B\\nC\\n", "\\n" (dropped: blank)."""
+    if lines_per_document is not None and (not isinstance(lines_per_document, int) or lines_per_document < 1):
+        raise ValueError(f"lines_per_document={lines_per_document!r} is invalid: an int >= 1 or None.")
     text = train_txt.read_text(encoding="utf-8")
-    if "# ---- " in text[:200]:
+    if lines_per_document is None and "# ---- " in text[:200]:
         docs = re.split(r"(?=^# ---- )", text, flags=re.M)
-    elif "\n\n" in text[:5000]:
+    elif lines_per_document is None and "\n\n" in text[:5000]:
         docs = [d + "\n" for d in text.split("\n\n")]
     else:
-        lines = text.split("\n")
-        docs = ["\n".join(lines[i : i + 20]) + "\n" for i in range(0, len(lines), 20)]
+        lines, n = text.split("\n"), lines_per_document or 20
+        docs = ["\n".join(lines[i : i + n]) + "\n" for i in range(0, len(lines), n)]
     docs = [d for d in docs if d.strip()]
     out.write_text("\n".join(json.dumps({"text": d}) for d in docs))
     return len(docs)

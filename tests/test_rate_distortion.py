@@ -91,6 +91,13 @@ def test_documents_are_cut_where_the_corpus_says(tmp_path):
     rd.write_documents(src, tmp_path / "d.jsonl")
     docs = [json.loads(line)["text"] for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert docs == ["# ---- a.py ----\nx = 1\n", "# ---- b.py ----\ny = 2\n"]
+    # running text: every N lines whatever the corpus, blank lines kept, blank documents dropped
+    src.write_text("A\n\nB\nC\n")
+    assert rd.write_documents(src, tmp_path / "d.jsonl", lines_per_document=2) == 2
+    docs = [json.loads(line)["text"] for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert docs == ["A\n\n", "B\nC\n"]
+    with pytest.raises(ValueError, match="lines_per_document"):
+        rd.write_documents(src, tmp_path / "d.jsonl", lines_per_document=0)
 
 
 @pytest.mark.slow
