@@ -12,7 +12,7 @@ about 20 bytes a blob, left out here as it does not grow with the text), and its
 default "auto"; the flat log2 K figure beside it) and **residual** (the true tokens' -log2 p under
 the decoder, the reconstruct CE), all in bits per byte of text. The range coder writes 32-bit
 words, so short lines pay up to a word each beyond the ideal; the windows show the rate without
-that. gzip -9 / xz -9e on the same sample (`bench.compressors`) are printed beside it: they
+that. gzip -9 / bzip2 -9 / xz -9e on the same sample (`bench.compressors`) are printed beside it: they
 compress the sample as one stream (the lines joined by newlines), so they see every line at once
 where the codec codes each on its own.
 
@@ -78,6 +78,7 @@ def run(model, spec: str, lines: int, docs: int, seed: int = 0) -> dict:
             out[kind] = {
                 **measure(codec, texts),
                 "gzip -9": table.get("gzip -9"),
+                "bzip2 -9": table.get("bzip2 -9"),
                 "xz -9e": table.get("xz -9e"),
             }
     return out
@@ -90,8 +91,8 @@ def _bpb(x) -> str:
 def markdown(results: list[dict]) -> str:
     rows = [
         "| text | sample | exact round trips | stream bits/B | = codes | (flat codes) | + residual (ideal) "
-        "| codes under top LM | raw chunks | gzip -9 | xz -9e | s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| codes under top LM | raw chunks | gzip -9 | bzip2 -9 | xz -9e | s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for kind in ("lines", "docs"):
@@ -103,8 +104,8 @@ def markdown(results: list[dict]) -> str:
                 f"{m['stream_bits_per_byte']:.3f} | "
                 f"{m['code_bits_per_byte']:.3f} | {m['flat_code_bits_per_byte']:.3f} | "
                 f"{m['residual_bits_per_byte']:.3f} | {m['top_lm_chunks']} of {m['texts']} | "
-                f"{m['raw_chunks']} | "
-                f"{_bpb(m['gzip -9'])} | {_bpb(m['xz -9e'])} | {m['seconds']:.0f} |"
+                f"{m['raw_chunks']} | {_bpb(m['gzip -9'])} | {_bpb(m.get('bzip2 -9'))} | "
+                f"{_bpb(m['xz -9e'])} | {m['seconds']:.0f} |"
             )
     return "\n".join(rows)
 
