@@ -104,7 +104,7 @@ def markdown(results: list[dict]) -> str:
                 f"{m['stream_bits_per_byte']:.3f} | "
                 f"{m['code_bits_per_byte']:.3f} | {m['flat_code_bits_per_byte']:.3f} | "
                 f"{m['residual_bits_per_byte']:.3f} | {m['top_lm_chunks']} of {m['texts']} | "
-                f"{m['raw_chunks']} | {_bpb(m['gzip -9'])} | {_bpb(m.get('bzip2 -9'))} | "
+                f"{m['raw_chunks']} | {_bpb(m['gzip -9'])} | {_bpb(m['bzip2 -9'])} | "
                 f"{_bpb(m['xz -9e'])} | {m['seconds']:.0f} |"
             )
     return "\n".join(rows)

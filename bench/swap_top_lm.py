@@ -38,10 +38,8 @@ def swap_top_lm(model, top_lm: dict, seed: int = 0):
     if unknown:
         raise ValueError(f"unknown top_lm keys {sorted(unknown)}: one of {sorted(cfg['top_lm'])}")
     cfg["top_lm"] = {**cfg["top_lm"], **top_lm}
-    for key in ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path"):
-        cfg.pop(key, None)
     torch.manual_seed(seed)
-    new = HierAEModel(HierAEConfig(**cfg))
+    new = HierAEModel(HierAEConfig.from_dict(cfg))
 
     top = f"levels.{model.num_levels - 1}.context_proj."
 

@@ -57,7 +57,6 @@ import torch
 from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data.batching import frame_document
 from ..kv_cache import KVStore
-from ..transformer import positions_from_mask
 
 MAGIC = b"hAEc"
 VERSION = 2  # 2: codes under the top LM or flat, per chunk (1: always flat)
@@ -181,11 +180,10 @@ class _TopLMCodes:
     def __init__(self, net, device: torch.device):
         self.lm = net.top_lm
         self.num_codes = net.levels[-1].cfg.num_codes
-        inp = torch.tensor([[self.lm.begin_id, net.levels[-1].upper_vocab.bos_id]], device=device)  # (1, 2)
-        valid = torch.ones_like(inp, dtype=torch.bool)
+        bos = torch.full((1, 1), net.levels[-1].upper_vocab.bos_id, dtype=torch.long, device=device)
         kv: list = []
-        logits, _ = self.lm(inp, valid, positions_from_mask(valid), kv_out=kv)  # (1, 2, V)
-        self.cache = KVStore(kv, valid)
+        logits, _, valid, _ = self.lm.read_stream(bos, torch.ones_like(bos, dtype=torch.bool), kv_out=kv)
+        self.cache = KVStore(kv, valid)  # [BEGIN, bos] read, as predict mode's prefill
         self.logits = logits[:, -1]  # (1, V): predicts c_0
         self.rows = torch.zeros(1, dtype=torch.long, device=device)
 
