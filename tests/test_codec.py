@@ -95,6 +95,35 @@ def test_code_bits_are_the_top_lm_cross_entropy(request, grammar_data, fixture):
     assert packed.flat_code_bits == pytest.approx(len(codes) * math.log2(K))
 
 
+def test_top_lm_window_prices_codes_as_its_windowed_cross_entropy(trained_1level, grammar_data):
+    """The trained model's weights under `top_lm.window = 3` (the window has no weights): the code
+    bits are that windowed top LM's teacher-forced CE, they differ from full attention's, and the
+    text comes back."""
+    model, _ = trained_1level
+    windowed = HierAEModel(
+        HierAEConfig.from_dict({**model.config.to_dict(), "top_lm": {**model.config.top_lm, "window": 3}})
+    )
+    windowed.load_state_dict(model.state_dict())
+    windowed.eval()
+    text = held_out_text(grammar_data, 3)
+    packed = compress(windowed, text, codes="top_lm")
+    ids = frame_document(text)[None]
+    with torch.no_grad():
+        enc = windowed.encode(ids)
+        codes = enc.top_codes[enc.top_mask]  # (S,)
+        stream = torch.cat([torch.tensor([windowed.levels[-1].upper_vocab.bos_id]), codes])[None]
+        logits = windowed.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[0]
+    K = windowed.levels[-1].cfg.num_codes
+    at_codes = logits[0, 1 : 1 + len(codes), :K].double().log_softmax(-1)  # (S, K)
+    assert packed.code_bits == pytest.approx(
+        -at_codes.gather(-1, codes[:, None]).sum().item() / math.log(2.0), rel=1e-4
+    )
+    assert len(codes) > 3 and packed.code_bits != pytest.approx(
+        compress(model, text, codes="top_lm").code_bits, rel=1e-4
+    )
+    assert decompress(windowed, packed.blob) == text
+
+
 def test_auto_takes_the_cheaper_coding_and_the_trained_top_lm_wins(trained_1level, grammar_data):
     """codes="auto" (the default) costs no more than either way per chunk; on held-out grammar
     sentences the fixture's top LM (100 steps of its own, then the predict stage) prices the codes

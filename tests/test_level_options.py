@@ -34,6 +34,8 @@ OPTIONS = {
     "entropy_window": {"decoder_reads_entropy": True, "entropy_window": 8},
     # the top LM's input adds a map of each code's pooled vector (a top_lm setting)
     "reads_pooled": {"top_lm": {"reads_pooled": True}},
+    # the top LM attends to the last 2 positions of its stream only (sliding window)
+    "top_window": {"top_lm": {"window": 2}},
     # residual dropout in the decoder's and the top LM's layers (training only: eval is unchanged)
     "dropout": {"decoder_dropout": 0.3, "top_lm": {"dropout": 0.3}},
     # reconstruct mode and decode add a learned embedding of each segment's code id to its vector
@@ -177,6 +179,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
         "ngrams",
         "reads_entropy",
         "reads_pooled",
+        "top_window",
         "dropout",
         "code_embedding",
         "predictive",
@@ -305,6 +308,49 @@ def test_top_lm_reading_pooled_vectors_refuses_stored_top_codes():
         model(codes, start_level=1)
     with pytest.raises(ValueError, match=r"top_lm\.reads_pooled='yes' is invalid"):
         HierAEConfig(top_lm={"reads_pooled": "yes"})
+
+
+# ---- the top LM's attention window ---------------------------------------------------------------
+def _code_lm(window):
+    from hier_ae.code_lm import CodeLM
+    from hier_ae.configuration_hier_ae import TopLMConfig
+
+    torch.manual_seed(0)
+    vocab = HierAEModel(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP)).levels[-1].upper_vocab
+    return CodeLM(vocab, TopLMConfig(**{**TINY_TOP, "window": window}), 64).eval()
+
+
+@torch.no_grad()
+def test_top_lm_window_limits_what_a_code_reads_and_steps_match_whole_rows():
+    """top_lm.window = 4: the logits at stream position t read positions t-3..t only, so changing
+    the code at position 1 (stream [BEGIN, c_0, ...]) moves the logits at positions 1..4 and none
+    after (with full attention all of them move); stepping one code at a time through the KV cache
+    gives the whole row's logits, on a row long enough (41 > 4 windows) for blocked attention."""
+    from hier_ae.kv_cache import KVStore
+
+    ones = torch.ones(1, 40, dtype=torch.bool)
+    a = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(3))
+    b = a.clone()
+    b[0, 0] = (a[0, 0] + 1) % 64
+    for window in (4, None):
+        lm = _code_lm(window)
+        moved = (lm.read_stream(a, ones)[0] - lm.read_stream(b, ones)[0]).abs().amax(-1)[0] > 1e-6  # (41,)
+        assert moved[1:5].all() and not moved[0]
+        assert (not moved[5:].any()) if window else moved[5:].all()
+    lm = _code_lm(4)
+    kv: list = []
+    logits, _, valid, _ = lm.read_stream(a[:, :1], ones[:, :1], kv_out=kv)  # prefill [BEGIN, c_0]
+    cache, rows, stepped = KVStore(kv, valid), torch.zeros(1, dtype=torch.long), [logits[:, -1]]
+    for j in range(1, 40):
+        stepped.append(lm.step(a[:, j], cache, rows)[0])  # (1, V) after c_0..c_j
+    whole = lm.read_stream(a, ones)[0][:, 1:]  # (1, 40, V): index j has read c_0..c_j
+    torch.testing.assert_close(torch.stack(stepped, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, "64", True])
+def test_top_lm_window_is_checked(value):
+    with pytest.raises(ValueError, match=r"top_lm\.window"):
+        HierAEConfig(top_lm={"window": value})
 
 
 # ---- residual dropout ---------------------------------------------------------------------------

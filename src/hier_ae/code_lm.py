@@ -34,7 +34,7 @@ class CodeLM(nn.Module):
             cfg.num_layers,
             cfg.num_heads,
             cfg.intermediate_size,
-            None,
+            cfg.window,
             cfg.rope_theta,
             dropout=cfg.dropout,
         )

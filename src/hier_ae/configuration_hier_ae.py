@@ -409,7 +409,12 @@ class LevelConfig:
 
 @dataclass
 class TopLMConfig:
-    """The causal transformer over the top level's code stream (DESIGN §5). Full causal attention.
+    """The causal transformer over the top level's code stream (DESIGN §5).
+
+    `window`: each code attends to at most the `window` stream positions up to itself (sliding-window
+    attention, as the levels'); None: full causal attention. A top LM trained on short rows (128-byte
+    crops are about 55 codes) reads a 1,022-byte chunk's 430 codes better through a window no longer
+    than its training rows than with full attention (bench/experiments.md TW).
 
     `reads_pooled`: its input at each code adds a learned map of that segment's pooled vector (the
     top level's pooling output before the quantiser: what the code was chosen from), as BLT's global
@@ -424,6 +429,7 @@ class TopLMConfig:
     rope_theta: float = 10000.0
     reads_pooled: bool = False
     dropout: float = 0.0  # residual dropout in its layers in training (0: none)
+    window: int | None = None  # attention window in stream positions; None: full causal attention
 
     def validate(self) -> None:
         for name in ("hidden_size", "num_heads", "intermediate_size", "num_layers"):
@@ -443,6 +449,12 @@ class TopLMConfig:
         )
         _check(_is_probability(self.dropout), "top_lm.dropout", self.dropout, "a probability in [0, 1)")
         _check(self.rope_theta > 0, "top_lm.rope_theta", self.rope_theta, "must be > 0")
+        _check(
+            self.window is None or _is_count(self.window, 1),
+            "top_lm.window",
+            self.window,
+            "must be null (full causal attention) or an integer >= 1",
+        )
         _check(
             self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             "top_lm.hidden_size",

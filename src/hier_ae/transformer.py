@@ -1,7 +1,8 @@
 """Causal transformer blocks shared by every module of `hier_ae`.
 
 One stack, `CausalTransformer`, serves the entropy models, encoders and decoders (sliding-window
-attention over the tokens of one level) and the top code LM (full causal attention over codes).
+attention over the tokens of one level) and the top code LM (full causal attention over codes, or a
+sliding window of `top_lm.window` codes).
 
 Sliding-window attention over a long row is computed in blocks of `W` queries that see their own
 block and the previous one, so memory is O(T * 2W), never O(T^2): a 64k-byte row fits (rows of at most
