@@ -84,19 +84,30 @@ class Samples:
 def load_text(spec: str) -> tuple[str, list[bytes]]:
     """`spec` -> (name, documents). 'default': the built-in corpus' validation split; a file: one document.
 
-    A file's name is its folder's ('/work/shared/data/code/val.txt' -> 'code').
+    A file's name is its folder's ('/work/shared/data/code/val.txt' -> 'code'). `FILE#1/2` and
+    `FILE#2/2` take the file's first or second half, cut after the first newline at or past the middle
+    (the tuning and held-out parts of issue 21's experiments): for b"ab\ncd\nef\n" (9 bytes, middle 4)
+    the cut falls after the newline at index 5, so #1/2 is b"ab\ncd\n" and #2/2 is b"ef\n". The
+    name gets the part: 'code (2/2)'.
     """
     if spec == "default":
         return "default", default_corpus("validation", val_fraction=DEFAULT_VAL_FRACTION)
+    spec, part = (spec[:-4], spec[-3]) if spec.endswith(("#1/2", "#2/2")) else (spec, None)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
-            f"--text {spec}: no such file (a val.txt, or 'default' for the built-in corpus)"
+            f"--text {spec}: no such file (a val.txt, optionally with #1/2 or #2/2 for a half, or "
+            "'default' for the built-in corpus)"
         )
     data = path.read_bytes()
+    name = path.parent.name or path.stem
+    if part is not None:
+        cut = data.find(b"\n", len(data) // 2) + 1 or len(data)  # no newline past the middle: all in 1/2
+        data = data[:cut] if part == "1" else data[cut:]
+        name = f"{name} ({part}/2)"
     if not data:
-        raise ValueError(f"--text {spec} is empty.")
-    return path.parent.name or path.stem, [data]
+        raise ValueError(f"--text {spec}{'' if part is None else f'#{part}/2'} is empty.")
+    return name, [data]
 
 
 def held_out_lines(

@@ -281,6 +281,38 @@ def test_bench_codec_end_to_end(trained_1level, grammar_data, tmp_path):
     assert f"| {results[0]['text']} | 6 lines | 100.0% |" in bench_codec.markdown(results)
 
 
+def test_bench_codec_whole_file_and_report(trained_1level, grammar_data, tmp_path):
+    """bench.codec --whole: the val file as one blob in 1,022-byte chunks comes back exactly, its rate
+    is the blob's size (the compress call's own), and --md writes a report with the command."""
+    from bench import codec as bench_codec
+    from hier_ae.codes.codec import Codec
+
+    model, folder = trained_1level
+    val = tmp_path / "val.txt"
+    val.write_text("".join(s + "\n" for s in grammar_data[1][:60]))
+    md = tmp_path / "codec.md"
+    argv = [
+        "--model",
+        str(folder),
+        "--text",
+        str(val),
+        "--lines",
+        "2",
+        "--docs",
+        "0",
+        "--whole",
+        "--md",
+        str(md),
+    ]
+    results = bench_codec.main(argv)
+    whole, data = results[0]["whole"], val.read_bytes()
+    assert whole["exact"] == 1.0 and whole["bytes"] == len(data) and whole["chunks"] == -(-len(data) // 1022)
+    assert whole["stream_bits_per_byte"] == pytest.approx(Codec(model).compress(data).bits_per_byte)
+    assert whole["xz -9e"] is not None and "docs" not in results[0]
+    text = md.read_text()
+    assert "python -m bench.codec --model" in text and f"whole file ({len(data):,} bytes" in text
+
+
 def test_example_script_round_trip(trained_1level, grammar_data, tmp_path):
     """examples/compress.py: compress a file, decompress it, the same bytes; an existing output is
     refused without --force and a missing input named."""
@@ -377,3 +409,37 @@ def test_swap_top_lm_keeps_the_levels_and_their_codes(trained_2level, grammar_da
         swap_main(["--model", str(folder), "--out", str(out)])
     with pytest.raises(ValueError, match="unknown top_lm keys"):
         swap_main(["--model", str(folder), "--out", str(tmp_path / "n"), "--set", "width=3"])
+
+
+def test_bench_top_lm_positions_sums_to_the_codecs_code_bits(trained_1level, grammar_data, tmp_path):
+    """bench.top_lm_positions: over whole chunks, bits a code x codes is what the codec spends on the
+    same chunks' codes under the top LM; `--window` runs the same weights windowed, which moves it."""
+    from bench.top_lm_positions import main as positions_main
+
+    model, folder = trained_1level
+    text = held_out_text(grammar_data, 12)[:150]
+    path = tmp_path / "val.txt"
+    path.write_bytes(text)
+    res = positions_main(
+        [
+            "--model",
+            str(folder),
+            "--text",
+            str(path),
+            "--chunk-bytes",
+            "50",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
+    packed = compress(model, text, chunk_bytes=50, codes="top_lm")
+    assert res["chunks"] == 3 and res["window"] is None
+    assert res["bits_per_code"] * res["codes"] == pytest.approx(packed.code_bits, rel=1e-4)
+    assert sum(row["codes"] for row in res["by_position"].values()) == res["codes"]
+    assert json.loads((tmp_path / "p.json").read_text())["codes"] == res["codes"]
+    windowed = positions_main(
+        ["--model", str(folder), "--text", str(path), "--chunk-bytes", "50", "--window", "2"]
+    )
+    assert windowed["window"] == 2 and windowed["bits_per_code"] != pytest.approx(
+        res["bits_per_code"], rel=1e-4
+    )

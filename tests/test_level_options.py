@@ -347,6 +347,14 @@ def test_top_lm_window_limits_what_a_code_reads_and_steps_match_whole_rows():
     torch.testing.assert_close(torch.stack(stepped, 1), whole, atol=1e-5, rtol=1e-5)
 
 
+def test_top_lm_window_is_on_the_model_card():
+    from hier_ae.publishing.model_card import _architecture
+
+    config = HierAEConfig(levels=[tiny_level()], top_lm={**TINY_TOP, "window": 32})
+    assert "top code LM: width 32, 1 layers, attention window 32 codes" in _architecture(config)
+    assert "attention window" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))
+
+
 @pytest.mark.parametrize("value", [0, -2, 2.5, "64", True])
 def test_top_lm_window_is_checked(value):
     with pytest.raises(ValueError, match=r"top_lm\.window"):

@@ -164,3 +164,20 @@ def test_main_end_to_end(random_models, tmp_path):
         recon.main(["--model", str(folder), "--text", str(tmp_path / "missing.txt"), "--out", str(out)])
     with pytest.raises(ValueError, match="at least one > 0"):
         recon.main(["--model", str(folder), "--text", str(text), "--lines", "0", "--docs", "0"])
+
+
+def test_load_text_takes_a_half_of_a_file(tmp_path):
+    """FILE#1/2 and FILE#2/2: cut after the first newline at or past the middle; the halves join back
+    into the file; a half that comes out empty is a clear error."""
+    path = tmp_path / "code" / "val.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"ab\ncd\nef\n")
+    assert recon.load_text(str(path)) == ("code", [b"ab\ncd\nef\n"])
+    assert recon.load_text(f"{path}#1/2") == ("code (1/2)", [b"ab\ncd\n"])
+    assert recon.load_text(f"{path}#2/2") == ("code (2/2)", [b"ef\n"])
+    path.write_bytes(b"one line without a newline past the middle")
+    assert recon.load_text(f"{path}#1/2")[1] == [path.read_bytes()]
+    with pytest.raises(ValueError, match=r"#2/2 is empty"):
+        recon.load_text(f"{path}#2/2")
+    with pytest.raises(FileNotFoundError, match="#1/2 or #2/2"):
+        recon.load_text(str(tmp_path / "nope.txt#2/2"))

@@ -49,6 +49,7 @@ def _architecture(config) -> str:
     top = config.top_lm_config
     lines.append(
         f"- top code LM: width {top.hidden_size}, {top.num_layers} layers"
+        + (f", attention window {top.window} codes" if top.window else "")
         + (", reads each code's pooled vector" if top.reads_pooled else "")
         + (f", dropout {top.dropout}" if top.dropout else "")
     )
