@@ -21,7 +21,8 @@ chunks, each from an empty context), decompresses it and compares the bytes; its
 blob, header included, beside the compressors on the same file (which see repeats across all of it).
 `--md FILE` writes the table as a report with its date, machine and command.
 
-    python -m bench.codec --model runs/ts-codec/model --text VAL_B --whole --md bench/codec.md
+    python -m bench.codec --model runs/ts-codec/model --text ../shared/data/tinyshakespeare/val.txt#2/2 \
+        --whole --md bench/codec.md
 
 Compare with `bench.recon`'s exact-match rate from the codes alone (greedy decode), which pays only
 the code bits and loses the lines the decoder gets wrong.
@@ -94,12 +95,12 @@ def measure_whole(codec, data: bytes) -> dict:
     }
 
 
-def run(model, spec: str, lines: int, docs: int, seed: int = 0, whole: bool = False, codec=None) -> dict:
+def run(model, spec: str, lines: int, docs: int, seed: int = 0, whole: bool = False) -> dict:
     """Both samples of one text (and with `whole` the text file itself), with gzip, bzip2 and xz on
     the same bytes."""
     from hier_ae.codes.codec import Codec
 
-    codec = codec or Codec(model)
+    codec = Codec(model)
     name, documents = load_text(spec)
     sample = {
         "lines": held_out_lines(documents, lines, seed=seed),

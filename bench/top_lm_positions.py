@@ -38,15 +38,16 @@ def position_bits(model, text: bytes, chunk_bytes: int = 1022, max_chunks: int |
 
     top = model.levels[-1]
     k, bos = top.cfg.num_codes, top.upper_vocab.bos_id
+    device = next(model.parameters()).device
     sums, counts = [0.0] * len(EDGES), [0] * len(EDGES)
     starts = list(range(0, max(len(text) - chunk_bytes + 1, 0), chunk_bytes)) or [0]
     starts = starts[:max_chunks] if max_chunks else starts
     with torch.no_grad():
         for s in starts:
-            ids = frame_document(text[s : s + chunk_bytes])[None]  # (1, N + 2)
+            ids = frame_document(text[s : s + chunk_bytes])[None].to(device)  # (1, N + 2)
             enc = model.encode(ids)
             codes = enc.top_codes[0][enc.top_mask[0]].cpu()  # (S,)
-            stream = torch.cat([torch.tensor([bos]), codes])[None]  # (1, S + 1): bos, codes
+            stream = torch.cat([torch.tensor([bos]), codes])[None].to(device)  # (1, S + 1): bos, codes
             logits = model.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[0]
             # stream index j + 1 ([BEGIN, bos, c_0..c_{j-1}] read) predicts c_j
             logp = logits[0, 1 : 1 + len(codes), :k].double().log_softmax(-1).cpu()  # (S, K)
