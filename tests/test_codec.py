@@ -71,6 +71,21 @@ def test_residual_bits_are_the_reconstruct_cross_entropy(trained_1level, grammar
     assert compress(model, line, codes="uniform").code_bits == pytest.approx(packed.flat_code_bits)
 
 
+def _top_lm_ce_bits(model, text: bytes) -> tuple[torch.Tensor, float]:
+    """The text's top codes (S,) and their teacher-forced CE in bits under the top LM over the
+    document's top stream [bos, codes], softmax over the K codes alone (the specials cannot come next)."""
+    with torch.no_grad():
+        enc = model.encode(frame_document(text)[None])
+        codes = enc.top_codes[enc.top_mask]  # (S,)
+        stream = torch.cat([torch.tensor([model.levels[-1].upper_vocab.bos_id]), codes])[None]  # (1, S + 1)
+        logits = model.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[
+            0
+        ]  # (1, S + 2, V)
+    K = model.levels[-1].cfg.num_codes
+    at_codes = logits[0, 1 : 1 + len(codes), :K].double().log_softmax(-1)  # (S, K): index j + 1 predicts c_j
+    return codes, -at_codes.gather(-1, codes[:, None]).sum().item() / math.log(2.0)
+
+
 @pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
 def test_code_bits_are_the_top_lm_cross_entropy(request, grammar_data, fixture):
     """codes="top_lm": each code costs -log2 p under the top LM given the codes before it, read one
@@ -80,19 +95,9 @@ def test_code_bits_are_the_top_lm_cross_entropy(request, grammar_data, fixture):
     line = grammar_data[1][3].encode()
     packed = compress(model, line, codes="top_lm")
     assert packed.top_lm_chunks == 1
-    ids = frame_document(line)[None]  # (1, N + 2)
-    with torch.no_grad():
-        enc = model.encode(ids)
-        codes = enc.top_codes[enc.top_mask]  # (S,)
-        K = model.levels[-1].cfg.num_codes
-        stream = torch.cat([torch.tensor([model.levels[-1].upper_vocab.bos_id]), codes])[None]  # (1, S + 1)
-        logits = model.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[
-            0
-        ]  # (1, S + 2, V)
-    at_codes = logits[0, 1 : 1 + len(codes), :K].double().log_softmax(-1)  # (S, K): index j + 1 predicts c_j
-    ce_bits = -at_codes.gather(-1, codes[:, None]).sum().item() / math.log(2.0)
+    codes, ce_bits = _top_lm_ce_bits(model, line)
     assert packed.code_bits == pytest.approx(ce_bits, rel=1e-4)
-    assert packed.flat_code_bits == pytest.approx(len(codes) * math.log2(K))
+    assert packed.flat_code_bits == pytest.approx(len(codes) * math.log2(model.levels[-1].cfg.num_codes))
 
 
 def test_top_lm_window_prices_codes_as_its_windowed_cross_entropy(trained_1level, grammar_data):
@@ -107,17 +112,8 @@ def test_top_lm_window_prices_codes_as_its_windowed_cross_entropy(trained_1level
     windowed.eval()
     text = held_out_text(grammar_data, 3)
     packed = compress(windowed, text, codes="top_lm")
-    ids = frame_document(text)[None]
-    with torch.no_grad():
-        enc = windowed.encode(ids)
-        codes = enc.top_codes[enc.top_mask]  # (S,)
-        stream = torch.cat([torch.tensor([windowed.levels[-1].upper_vocab.bos_id]), codes])[None]
-        logits = windowed.top_lm.read_stream(stream, torch.ones_like(stream, dtype=torch.bool))[0]
-    K = windowed.levels[-1].cfg.num_codes
-    at_codes = logits[0, 1 : 1 + len(codes), :K].double().log_softmax(-1)  # (S, K)
-    assert packed.code_bits == pytest.approx(
-        -at_codes.gather(-1, codes[:, None]).sum().item() / math.log(2.0), rel=1e-4
-    )
+    codes, ce_bits = _top_lm_ce_bits(windowed, text)
+    assert packed.code_bits == pytest.approx(ce_bits, rel=1e-4)
     assert len(codes) > 3 and packed.code_bits != pytest.approx(
         compress(model, text, codes="top_lm").code_bits, rel=1e-4
     )
