@@ -23,6 +23,12 @@ is not used), `data.code_level` picks the stored level (default: the top level, 
 a lower level lets `entropy` / `autoencoder` of the levels above it train). Rows are crops of
 `data.seq_len` tokens of the framed code stream (bos, codes, eos); validation encodes the held-out
 documents of `data.source` with the same model.
+
+A stage may read rows of its own (`stages.Stage`, `training/batch_streams.py`): `seq_len` /
+`batch_size` in a stage override the data section's for that stage, and a top_lm stage with
+`rows: codes` trains on the training documents' top codes, encoded once when it starts, e.g.
+`{kind: top_lm, steps: 3000, rows: codes, seq_len: 512}` (rows of 512 codes, as long as the codec's
+chunks, without encoding every row again at every step). Validation keeps the data section's rows.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.data.sources import Documents, load_documents
 from hier_ae.evaluation.reports import bits_per_byte, predict_loglikelihoods, reconstruction_report
+from hier_ae.training.batch_streams import BatchStreams
 from hier_ae.training.checkpointing import (
     check_finite_state,
     latest_checkpoint,
@@ -303,13 +310,28 @@ def main(argv=None) -> dict:
         accelerator.print(
             f"data: {len(train_rows)} code rows ({sum(map(len, train_rows)):,} tokens) from {shards}"
         )
-    batches = DocumentCropper(
+
+    def encode_codes():  # the training documents' top codes, for a stage with rows: codes
+        from hier_ae.codes.shards import code_rows_from_documents
+
+        t = time.perf_counter()
+        base = accelerator.unwrap_model(model).eval()
+        rows = code_rows_from_documents(base, train_docs, base.num_levels - 1)
+        accelerator.print(
+            f"data: {len(rows)} code rows ({sum(map(len, rows)):,} codes) of the training documents, "
+            f"encoded in {time.perf_counter() - t:.1f}s"
+        )
+        return rows
+
+    # the data section's stream, shared by the stages; a stage with its own rows gets its own
+    batches = BatchStreams(
         train_rows,
         batch_size,
         seq_len,
         seed=seed + 1000 * accelerator.process_index,
         p_doc_start=p_start,
         p_line=0.0 if shards else p_line,
+        encode_codes=None if shards else encode_codes,
     )
     val_stream = DocumentCropper(val_rows, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
     val_batches = [next(val_stream) for _ in range(int(ecfg.get("val_batches", 4)))]
@@ -353,18 +375,26 @@ def main(argv=None) -> dict:
         if progress is not None and si < progress["stage_index"]:
             continue  # finished before the checkpoint; its folder is on disk
         start_step, on_prepared = 0, None
+        if si > 0:  # resuming too: a stage with rows: codes encodes with the previous stage's levels
+            prev = out_dir / "stages" / stages[si - 1].name
+            load_model_strict(model, prev)
+            accelerator.print(f"[{stage.name}] loaded {prev} strictly: no missing or unexpected keys")
         if progress is not None and si == progress["stage_index"]:
             start_step = progress["step"]
 
             def on_prepared(net, opt, ckpt=ckpt):
                 accelerator.load_state(str(ckpt))  # weights + every buffer, optimizer, RNG
-                batches.load_state_dict(load_rank_state(ckpt, accelerator.process_index))
+                batches.load_state_dict(load_rank_state(ckpt, accelerator.process_index), stages)
 
-        elif si > 0:
-            prev = out_dir / "stages" / stages[si - 1].name
-            load_model_strict(model, prev)
-            accelerator.print(f"[{stage.name}] loaded {prev} strictly: no missing or unexpected keys")
         progress = None
+        stage_batches = batches.for_stage(si, stage)
+        stage_start_level = model.num_levels if stage.rows == "codes" else start_level
+        if stage.own_rows:
+            unit = "codes" if stage_start_level else "bytes"
+            accelerator.print(
+                f"[{stage.name}] rows of {stage_batches.seq_len} {unit}, {stage_batches.batch_size} per "
+                "process per micro-batch"
+            )
         clock = {"t": time.perf_counter(), "tokens": 0}
 
         def on_step(step, info, si=si, stage=stage, clock=clock):
@@ -414,7 +444,7 @@ def main(argv=None) -> dict:
         train_stage(
             model,
             stage,
-            batches,
+            stage_batches,
             accelerator=accelerator,
             grad_clip=grad_clip,
             accumulation_steps=accum,
@@ -423,7 +453,7 @@ def main(argv=None) -> dict:
             on_step=on_step,
             on_nonfinite=on_nonfinite,
             max_consecutive_skips=max_skips,
-            start_level=start_level,
+            start_level=stage_start_level,
         )
         stage_dir = out_dir / "stages" / stage.name
         check_finite_state(model, f"stage folder {stage_dir}", accelerator)
@@ -475,7 +505,7 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
         config=model.config,
         repo_id=args.push_to_hub,
         training_data=data_desc,
-        stages=[f"{s.name} ({s.steps} steps)" for s in stages],
+        stages=[s.describe() for s in stages],
         train_seconds=train_seconds,
         hardware=hardware(accelerator),
         metrics=report,

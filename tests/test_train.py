@@ -82,6 +82,22 @@ def final_losses(out: Path) -> dict[tuple[str, int], float]:
     return losses
 
 
+def kill_once_checkpointed(config: Path, out: Path, global_step: int) -> dict:
+    """Start a run, SIGKILL it once a complete checkpoint at or past `global_step` exists; its progress."""
+    cmd = [sys.executable, str(TRAIN), "--config", str(config), "--output-dir", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in (out / "checkpoints").glob("step-*") if (p / "progress.json").exists()]
+        if any(json.loads((p / "progress.json").read_text())["global_step"] >= global_step for p in done):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return json.loads((sorted((out / "checkpoints").glob("step-*"))[-1] / "progress.json").read_text())
+
+
 AE_STAGES = [
     {"kind": "entropy", "level": 0, "steps": 6, "lr": 3e-3, "warmup_steps": 2},
     {"kind": "autoencoder", "level": 0, "steps": 40, "lr": 3e-3, "warmup_steps": 2},
@@ -98,19 +114,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
     # the same run, killed with SIGKILL once a checkpoint inside the autoencoder stage exists
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(TRAIN), "--config", str(config), "--output-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        done = [p for p in (out / "checkpoints").glob("step-*") if (p / "progress.json").exists()]
-        if any(json.loads((p / "progress.json").read_text())["global_step"] >= 14 for p in done):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = kill_once_checkpointed(config, out, 14)
     assert not (out / "model").exists()
-    killed_at = json.loads((sorted((out / "checkpoints").glob("step-*"))[-1] / "progress.json").read_text())
     assert killed_at["stage"] == "autoencoder-0" and killed_at["step"] < 40
 
     proc = run_train(config, out, "--resume")
@@ -128,6 +133,38 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
     card = (out / "model" / "README.md").read_text()
     assert "trust_remote_code=True" in card and "exact_match" in card
+
+
+@pytest.mark.slow  # end to end: a subprocess
+def test_resume_inside_a_top_lm_stage_on_code_rows_of_its_own(tmp_path):
+    """A top_lm stage with `rows: codes` and its own row shape: its rows are the training documents'
+    top codes (encoded when it starts), and a run killed inside it resumes exactly (the code rows are
+    encoded again from the same levels, both streams' positions are put back)."""
+    stages = [
+        *AE_STAGES[:1],
+        {"kind": "autoencoder", "level": 0, "steps": 8, "lr": 3e-3, "warmup_steps": 2},
+        {"kind": "top_lm", "steps": 40, "lr": 3e-3, "warmup_steps": 2, "rows": "codes", "seq_len": 24},
+        {"kind": "predict", "steps": 4, "lr": 1e-3, "warmup_steps": 1, "batch_size": 2},
+    ]
+    config = mini_config(tmp_path, stages)
+    ref = tmp_path / "ref"
+    proc = run_train(config, ref)
+    assert "[top_lm] rows of 24 codes, 4 per process per micro-batch" in proc.stdout
+    assert "[predict] rows of 64 bytes, 2 per process per micro-batch" in proc.stdout
+    assert "code rows" in proc.stdout and "of the training documents, encoded in" in proc.stdout
+    reference = final_losses(ref)
+    assert len(reference) == 6 + 8 + 40 + 4
+    card = (ref / "model" / "README.md").read_text()
+    assert "top_lm (40 steps, codes, rows of 24)" in card and "predict (4 steps, 2 a batch)" in card
+
+    out = tmp_path / "killed"
+    killed_at = kill_once_checkpointed(config, out, 6 + 8 + 4)
+    assert killed_at["stage"] == "top_lm" and killed_at["step"] < 40
+    run_train(config, out, "--resume")
+    resumed = final_losses(out)
+    assert resumed.keys() == reference.keys()
+    for key, value in reference.items():
+        assert abs(resumed[key] - value) <= 1e-6, (key, resumed[key], value)
 
 
 @pytest.mark.slow  # end to end: a subprocess

@@ -25,7 +25,7 @@ from typing import Any
 from ..configuration_hier_ae import HierAEConfig
 from ..validation import did_you_mean
 from .nonfinite import NONFINITE_POLICIES
-from .stages import LOSS_TERMS, STAGE_KINDS, Stage, check_loss_weights
+from .stages import LOSS_TERMS, STAGE_KINDS, STAGE_ROWS, Stage, check_loss_weights
 
 # a kind: (type name, type predicate); `_rule` turns one into (value predicate, what is allowed)
 _INT = ("int", lambda v: isinstance(v, int) and not isinstance(v, bool))
@@ -114,6 +114,9 @@ STAGE = {
     "warmup_steps": _rule(_INT, low=0),
     "weight_decay": _rule(_NUM, low=0.0),
     "loss_weights": (_loss_weights_ok, f"null or a mapping of {list(LOSS_TERMS)} to numbers >= 0"),
+    "seq_len": _rule(_INT, low=2, optional=True),
+    "batch_size": _rule(_INT, low=1, optional=True),
+    "rows": _rule(_STR, choices=STAGE_ROWS),
 }
 assert set(STAGE) == {f.name for f in fields(Stage)}, "keep STAGE in step with stages.Stage"
 TOP = {"model", "data", "training", "evaluation", "output_dir"}

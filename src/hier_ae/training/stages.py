@@ -33,6 +33,9 @@ STAGE_KINDS = ("entropy", "autoencoder", "top_lm", "predict", "joint")
 LEVELLESS_KINDS = ("top_lm", "predict", "joint")
 # the loss terms a stage's `loss_weights` may override (the config's `<term>_loss_weight` otherwise)
 LOSS_TERMS = ("entropy", "reconstruct", "commitment", "top_lm", "predict")
+# what a stage's rows hold: the data section's token stream, or the top codes of the training
+# documents, encoded once when the stage starts (top_lm only; see `batch_streams.py`)
+STAGE_ROWS = ("data", "codes")
 
 
 @dataclass
@@ -42,6 +45,12 @@ class Stage:
     `loss_weights` overrides the model config's loss weights for this stage only, e.g.
     `{"reconstruct": 0.0}` on a predict stage trains the causal-LM objective alone (and skips the
     reconstruct-mode pass it would otherwise run); keys are `LOSS_TERMS`, values numbers >= 0.
+
+    `seq_len` / `batch_size` give this stage rows of its own length and number (None: the data
+    section's), and `rows="codes"` (top_lm only) trains on the training documents' top codes,
+    encoded once by the frozen levels when the stage starts, instead of on byte rows: a top LM then
+    reads rows as long as the codec's chunks at the cost of one encoding pass (`batch_streams.py`).
+    Their `seq_len` counts codes (with bos / eos), not bytes.
     """
 
     kind: str
@@ -51,6 +60,9 @@ class Stage:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     loss_weights: dict[str, float] | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    rows: str = "data"
 
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
@@ -63,6 +75,32 @@ class Stage:
         if self.steps < 0 or self.lr <= 0:
             raise ValueError(f"stage {self.name}: steps={self.steps} must be >= 0 and lr={self.lr} > 0.")
         check_loss_weights(self.loss_weights, f"stage {self.name}: loss_weights")
+        for key, low in (("seq_len", 2), ("batch_size", 1)):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(
+                    f"stage {self.name}: {key}={v!r} is invalid: must be null (the data section's) "
+                    f"or an integer >= {low}."
+                )
+        if self.rows not in STAGE_ROWS:
+            raise ValueError(f"stage {self.name}: rows={self.rows!r} is invalid: one of {STAGE_ROWS}.")
+        if self.rows == "codes" and self.kind != "top_lm":
+            raise ValueError(
+                f"stage {self.name}: rows='codes' is for top_lm stages only (the other stages read "
+                "the levels' tokens)."
+            )
+
+    @property
+    def own_rows(self) -> bool:
+        """True when this stage reads rows of its own rather than the data section's shared stream."""
+        return self.seq_len is not None or self.batch_size is not None or self.rows != "data"
+
+    def describe(self) -> str:
+        """`name (N steps)`, plus its own rows: 'top_lm (3000 steps, codes, rows of 512, 8 a batch)'."""
+        parts = [f"{self.steps} steps"] + ["codes"] * (self.rows == "codes")
+        parts += [f"rows of {self.seq_len}"] * (self.seq_len is not None)
+        parts += [f"{self.batch_size} a batch"] * (self.batch_size is not None)
+        return f"{self.name} ({', '.join(parts)})"
 
     @property
     def name(self) -> str:
