@@ -315,8 +315,7 @@ def main(argv=None) -> dict:
         from hier_ae.codes.shards import code_rows_from_documents
 
         t = time.perf_counter()
-        base = accelerator.unwrap_model(model).eval()
-        rows = code_rows_from_documents(base, train_docs, base.num_levels - 1)
+        rows = code_rows_from_documents(model.eval(), train_docs, model.num_levels - 1)  # not DDP-wrapped
         accelerator.print(
             f"data: {len(rows)} code rows ({sum(map(len, rows)):,} codes) of the training documents, "
             f"encoded in {time.perf_counter() - t:.1f}s"
