@@ -28,7 +28,10 @@ A stage may read rows of its own (`stages.Stage`, `training/batch_streams.py`): 
 `batch_size` in a stage override the data section's for that stage, and a top_lm stage with
 `rows: codes` trains on the training documents' top codes, encoded once when it starts, e.g.
 `{kind: top_lm, steps: 3000, rows: codes, seq_len: 512}` (rows of 512 codes, as long as the codec's
-chunks, without encoding every row again at every step). Validation keeps the data section's rows.
+chunks, without encoding every row again at every step). A stage's `p_line` (default: the data
+section's) is its share of rows that are one line framed as a document; with `rows: codes` those
+lines are encoded too, and `encode_bytes` caps the encoding pass at a seeded sample of the training
+documents. Validation keeps the data section's rows.
 """
 
 from __future__ import annotations
@@ -311,14 +314,14 @@ def main(argv=None) -> dict:
             f"data: {len(train_rows)} code rows ({sum(map(len, train_rows)):,} tokens) from {shards}"
         )
 
-    def encode_codes():  # the training documents' top codes, for a stage with rows: codes
+    def encode_codes(docs: list[bytes], what: str):  # top codes of training bytes, for rows: codes
         from hier_ae.codes.shards import code_rows_from_documents
 
         t = time.perf_counter()
-        rows = code_rows_from_documents(model.eval(), train_docs, model.num_levels - 1)  # not DDP-wrapped
+        rows = code_rows_from_documents(model.eval(), docs, model.num_levels - 1)  # not DDP-wrapped
         accelerator.print(
-            f"data: {len(rows)} code rows ({sum(map(len, rows)):,} codes) of the training documents, "
-            f"encoded in {time.perf_counter() - t:.1f}s"
+            f"data: {len(rows)} code rows ({sum(map(len, rows)):,} codes) of {len(docs)} training "
+            f"{what} ({sum(map(len, docs)):,} bytes), encoded in {time.perf_counter() - t:.1f}s"
         )
         return rows
 

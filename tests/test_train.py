@@ -6,6 +6,7 @@ Each run uses a tiny 1-level model on a small slice of the built-in corpus, so a
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +144,8 @@ def test_resume_inside_a_top_lm_stage_on_code_rows_of_its_own(tmp_path):
     stages = [
         *AE_STAGES[:1],
         {"kind": "autoencoder", "level": 0, "steps": 8, "lr": 3e-3, "warmup_steps": 2},
-        {"kind": "top_lm", "steps": 40, "lr": 3e-3, "warmup_steps": 2, "rows": "codes", "seq_len": 24},
+        {"kind": "top_lm", "steps": 40, "lr": 3e-3, "warmup_steps": 2, "rows": "codes", "seq_len": 24}
+        | {"encode_bytes": 20_000, "p_line": 0.5},
         {"kind": "predict", "steps": 4, "lr": 1e-3, "warmup_steps": 1, "batch_size": 2},
     ]
     config = mini_config(tmp_path, stages)
@@ -151,11 +153,19 @@ def test_resume_inside_a_top_lm_stage_on_code_rows_of_its_own(tmp_path):
     proc = run_train(config, ref)
     assert "[top_lm] rows of 24 codes, 4 per process per micro-batch" in proc.stdout
     assert "[predict] rows of 64 bytes, 2 per process per micro-batch" in proc.stdout
-    assert "code rows" in proc.stdout and "of the training documents, encoded in" in proc.stdout
+    assert re.search(
+        r"code rows \([\d,]+ codes\) of \d+ training documents \(20,000 bytes\), encoded in", proc.stdout
+    )
+    assert re.search(
+        r"code rows \([\d,]+ codes\) of \d+ training lines \(10,0\d\d bytes\), encoded in", proc.stdout
+    )
     reference = final_losses(ref)
     assert len(reference) == 6 + 8 + 40 + 4
     card = (ref / "model" / "README.md").read_text()
-    assert "top_lm (40 steps, codes, rows of 24)" in card and "predict (4 steps, 2 a batch)" in card
+    assert (
+        "top_lm (40 steps, codes of 20,000 bytes, 50% lines, rows of 24)" in card
+        and "predict (4 steps, 2 a batch)" in card
+    )
 
     out = tmp_path / "killed"
     killed_at = kill_once_checkpointed(config, out, 6 + 8 + 4)

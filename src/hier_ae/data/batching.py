@@ -6,6 +6,8 @@ ids of one framed document. Windows start at the document's start with probabili
 lm-eval's contexts do). Short documents give short rows, right-padded with 0. With probability
 `p_line` a row is instead one line of a document framed as a document of its own (`<s>` + line +
 `</s>`, cropped to `seq_len`), as `examples/evaluate_model.py` and `bench/recon.py` frame held-out lines.
+Rows already framed (code rows) have no newlines to cut at: their lines come as rows of their own
+(`lines=`), and a line row is one of those, drawn uniformly.
 
 Example: doc b"hi", seq_len 8 -> row [2, 107, 108, 1, 0, 0, 0, 0], mask [1, 1, 1, 1, 0, 0, 0, 0].
 
@@ -46,7 +48,9 @@ class DocumentCropper:
 
     Its position is fully described by `state_dict()` (the generator state), so a resumed run
     draws exactly the batches an uninterrupted one would. `docs` are bytes (framed here) or rows
-    already framed as 1-D id tensors (code rows of a code-shard folder: bos, codes, eos).
+    already framed as 1-D id tensors (code rows of a code-shard folder: bos, codes, eos). `lines`:
+    framed line rows to draw the `p_line` rows from instead of cutting lines out of `docs` (None: cut
+    them at newlines; an empty list: no line rows at all).
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class DocumentCropper:
         seed: int = 0,
         p_doc_start: float = 0.5,
         p_line: float = 0.0,
+        lines: list[torch.Tensor] | None = None,
     ):
         if not docs:
             raise ValueError("DocumentCropper needs at least one document; got an empty list.")
@@ -66,7 +71,7 @@ class DocumentCropper:
         lengths = torch.tensor([len(d) for d in self.docs], dtype=torch.float)
         self.weights = lengths / lengths.sum()  # sample documents in proportion to their length
         self.batch_size, self.seq_len, self.p_doc_start = batch_size, seq_len, p_doc_start
-        self.p_line = p_line
+        self.p_line, self.lines = p_line, lines
         self.generator = torch.Generator().manual_seed(seed)
         self._lines: dict[int, torch.Tensor] = {}  # doc index -> (n, 2) [start, end) of its non-empty lines
 
@@ -80,7 +85,7 @@ class DocumentCropper:
         for i in idx.tolist():
             doc = self.docs[i]
             if self.p_line > 0 and torch.rand((), generator=g).item() < self.p_line:
-                line = self._line(i, g)
+                line = self._line(i, g) if self.lines is None else self._line_row(g)
                 if line is not None:
                     rows.append(line[: self.seq_len])
                     continue
@@ -107,6 +112,12 @@ class DocumentCropper:
             return None
         a, b = spans[int(torch.randint(0, len(spans), (), generator=g))].tolist()
         return torch.cat([torch.tensor([BOS_ID]), self.docs[i][a:b], torch.tensor([EOS_ID])])
+
+    def _line_row(self, g: torch.Generator) -> torch.Tensor | None:
+        """One of the given line rows, drawn uniformly (None: there are none)."""
+        if not self.lines:
+            return None
+        return self.lines[int(torch.randint(0, len(self.lines), (), generator=g))]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -13,7 +13,10 @@ the stage's index, so adding such a stage changes no other stage's batches:
 (`codes.shards.code_rows_from_documents`: each document in chunks of `max_input_bytes` framed ids,
 each chunk's top codes framed bos / eos as the top LM reads them), and the stage's forward starts at
 the top (`start_level = num_levels`): a top LM trained on rows as long as the codec's chunks costs one
-encoding pass instead of encoding every training row again at every step.
+encoding pass instead of encoding every training row again at every step. With `p_line > 0` (the
+stage's, else the data section's) lines of those documents are encoded too, each as a document of
+its own, and that share of rows are whole line rows (as a codec codes a line alone); `encode_bytes`
+caps the pass (`documents_to_encode`).
 
 Exact resume: `state_dict()` holds the shared stream's position and, inside a stage with its own
 stream, that stream's; `load_state_dict` puts both back (the code rows are encoded again from the
@@ -34,12 +37,48 @@ from .stages import Stage
 STAGE_SEED_STRIDE = 7919
 
 
+def documents_to_encode(
+    docs: list[bytes], max_bytes: int | None, p_line: float, seed: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The documents and lines a `rows: codes` stage encodes: (documents, lines).
+
+    Documents: every one (`max_bytes` None, in their order), or documents in a seeded order until
+    `max_bytes` bytes, the last one cut there. Lines: the non-empty lines of those documents in a
+    seeded order until `p_line` of their bytes (none when `p_line` is 0).
+
+    Example (seed 1): docs [b"ab\ncd", b"efgh"], max_bytes 6 -> the order is (1, 0), so documents
+    [b"efgh", b"ab"] (4 + 2 = 6 bytes, the second cut); p_line 0.5 -> lines worth 3 bytes of
+    [b"efgh", b"ab"], in a seeded order: [b"ab", b"efgh"] (the line that crosses the mark is kept whole).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if max_bytes is None:
+        chosen = list(docs)
+    else:
+        chosen, room = [], max_bytes
+        for i in torch.randperm(len(docs), generator=g).tolist():
+            if room <= 0:
+                break
+            chosen.append(docs[i][:room])
+            room -= len(chosen[-1])
+    lines: list[bytes] = []
+    if p_line > 0:
+        every = [line for d in chosen for line in d.split(b"\n") if line]
+        room = p_line * sum(map(len, chosen))
+        for i in torch.randperm(len(every), generator=g).tolist():
+            if room <= 0:
+                break
+            lines.append(every[i])
+            room -= len(every[i])
+    return chosen, lines
+
+
 class BatchStreams:
     """`for_stage(index, stage)` -> the iterator of (ids, mask) batches that stage trains on.
 
     `rows`: the training rows (bytes documents, or framed code rows from code shards);
-    `encode_codes()`: the training documents' top codes as framed rows, called at most once per
-    stage with `rows: codes` (the levels must be the trained, frozen ones by then).
+    `encode_codes(docs, what)`: the top codes of these bytes documents as framed rows (`what` names
+    them for the log: 'documents' or 'lines'), called once or twice (documents, then lines) per stage
+    with `rows: codes` (the levels must be the trained, frozen ones by then).
     """
 
     def __init__(
@@ -51,12 +90,13 @@ class BatchStreams:
         seed: int,
         p_doc_start: float = 0.5,
         p_line: float = 0.0,
-        encode_codes: Callable[[], list[torch.Tensor]] | None = None,
+        encode_codes: Callable[[list[bytes], str], list[torch.Tensor]] | None = None,
     ):
         self.shared = DocumentCropper(
             rows, batch_size, seq_len, seed=seed, p_doc_start=p_doc_start, p_line=p_line
         )
         self.seed, self.p_doc_start, self.encode_codes = seed, p_doc_start, encode_codes
+        self.documents = rows if encode_codes is not None else None  # the bytes, for rows: codes
         self.own: tuple[int, DocumentCropper] | None = None  # (stage index, its stream)
 
     def for_stage(self, index: int, stage: Stage) -> DocumentCropper:
@@ -66,22 +106,28 @@ class BatchStreams:
             return self.shared
         if self.own is not None and self.own[0] == index:
             return self.own[1]
+        seed = self.seed + STAGE_SEED_STRIDE * (index + 1)
+        p_line = self.shared.p_line if stage.p_line is None else stage.p_line
+        lines = None  # cut out of the rows at newlines
         if stage.rows == "codes":
             if self.encode_codes is None:
                 raise ValueError(
                     f"stage {stage.name}: rows='codes' needs the training documents as bytes; this run "
                     "reads code rows already (data.code_shards): leave rows at 'data'."
                 )
-            rows, p_line = self.encode_codes(), 0.0
+            docs, line_docs = documents_to_encode(self.documents, stage.encode_bytes, p_line, seed)
+            rows = self.encode_codes(docs, "documents")
+            lines = self.encode_codes(line_docs, "lines") if line_docs else []
         else:
-            rows, p_line = self.shared.docs, self.shared.p_line  # framed once, shared
+            rows = self.shared.docs  # framed once, shared
         stream = DocumentCropper(
             rows,
             stage.batch_size or self.shared.batch_size,
             stage.seq_len or self.shared.seq_len,
-            seed=self.seed + STAGE_SEED_STRIDE * (index + 1),
+            seed=seed,
             p_doc_start=self.p_doc_start,
             p_line=p_line,
+            lines=lines,
         )
         self.own = (index, stream)
         return stream

@@ -117,6 +117,8 @@ STAGE = {
     "seq_len": _rule(_INT, low=2, optional=True),
     "batch_size": _rule(_INT, low=1, optional=True),
     "rows": _rule(_STR, choices=STAGE_ROWS),
+    "p_line": _rule(_NUM, low=0.0, high=1.0, optional=True),
+    "encode_bytes": _rule(_INT, low=1, optional=True),
 }
 assert set(STAGE) == {f.name for f in fields(Stage)}, "keep STAGE in step with stages.Stage"
 TOP = {"model", "data", "training", "evaluation", "output_dir"}

@@ -51,6 +51,13 @@ class Stage:
     encoded once by the frozen levels when the stage starts, instead of on byte rows: a top LM then
     reads rows as long as the codec's chunks at the cost of one encoding pass (`batch_streams.py`).
     Their `seq_len` counts codes (with bos / eos), not bytes.
+
+    `p_line` is the stage's share of rows that are one line framed as a document (None: the data
+    section's `p_line`); with `rows="codes"` those lines are encoded too, as documents of their own.
+    `encode_bytes` (`rows="codes"` only) caps what that encoding pass reads: a seeded sample of the
+    training documents, cut at this many bytes (None: every document), plus lines of them worth
+    `p_line` of it. E.g. 3 MB of documents, `encode_bytes=1_000_000`, `p_line=0.25`: documents in a
+    seeded order until 1 MB is reached (the last one cut), then 250 KB of their lines.
     """
 
     kind: str
@@ -63,6 +70,8 @@ class Stage:
     seq_len: int | None = None
     batch_size: int | None = None
     rows: str = "data"
+    p_line: float | None = None
+    encode_bytes: int | None = None
 
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
@@ -82,6 +91,22 @@ class Stage:
                     f"stage {self.name}: {key}={v!r} is invalid: must be null (the data section's) "
                     f"or an integer >= {low}."
                 )
+        p, cap = self.p_line, self.encode_bytes
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1):
+            raise ValueError(
+                f"stage {self.name}: p_line={self.p_line!r} is invalid: must be null (the data "
+                "section's) or a number in [0, 1]."
+            )
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(
+                f"stage {self.name}: encode_bytes={self.encode_bytes!r} is invalid: must be null (every "
+                "training document) or an integer >= 1."
+            )
+        if self.encode_bytes is not None and self.rows != "codes":
+            raise ValueError(
+                f"stage {self.name}: encode_bytes caps the encoding pass of rows='codes'; this stage "
+                f"reads rows={self.rows!r}. Set rows: codes or leave encode_bytes out."
+            )
         if self.rows not in STAGE_ROWS:
             raise ValueError(f"stage {self.name}: rows={self.rows!r} is invalid: one of {STAGE_ROWS}.")
         if self.rows == "codes" and self.kind != "top_lm":
@@ -93,11 +118,22 @@ class Stage:
     @property
     def own_rows(self) -> bool:
         """True when this stage reads rows of its own rather than the data section's shared stream."""
-        return self.seq_len is not None or self.batch_size is not None or self.rows != "data"
+        return (
+            self.seq_len is not None
+            or self.batch_size is not None
+            or self.rows != "data"
+            or self.p_line is not None
+        )
 
     def describe(self) -> str:
-        """`name (N steps)`, plus its own rows: 'top_lm (3000 steps, codes, rows of 512, 8 a batch)'."""
-        parts = [f"{self.steps} steps"] + ["codes"] * (self.rows == "codes")
+        """`name (N steps)`, plus its own rows: 'top_lm (3000 steps, codes, rows of 512, 8 a batch)',
+        'top_lm (3000 steps, codes of 1,000,000 bytes, 25% lines, rows of 512)'."""
+        parts = [f"{self.steps} steps"]
+        if self.rows == "codes":
+            cap = "" if self.encode_bytes is None else f" of {self.encode_bytes:,} bytes"
+            parts.append("codes" + cap)
+        if self.p_line is not None:
+            parts.append(f"{self.p_line:.0%} lines")
         parts += [f"rows of {self.seq_len}"] * (self.seq_len is not None)
         parts += [f"{self.batch_size} a batch"] * (self.batch_size is not None)
         return f"{self.name} ({', '.join(parts)})"
