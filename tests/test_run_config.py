@@ -72,8 +72,12 @@ def test_bad_run_config_names_the_key(cfg, match):
         check_run_config(cfg)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+RECIPES = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "bench" / "variants").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_configs_pass(path):
+    """The shipped configs and every benchmark recipe a reader reruns (bench/variants)."""
     cfg = yaml.safe_load(path.read_text())
     assert check_run_config(cfg) is cfg
 
