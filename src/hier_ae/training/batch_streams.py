@@ -16,7 +16,8 @@ the top (`start_level = num_levels`): a top LM trained on rows as long as the co
 encoding pass instead of encoding every training row again at every step. With `p_line > 0` (the
 stage's, else the data section's) lines of those documents are encoded too, each as a document of
 its own, and that share of rows are whole line rows (as a codec codes a line alone); `encode_bytes`
-caps the pass (`documents_to_encode`).
+caps the pass (`documents_to_encode`), sampled with the stage's own seed, so each process of a
+multi-process run encodes a sample of its own (together they cover more of the documents).
 
 Exact resume: `state_dict()` holds the shared stream's position and, inside a stage with its own
 stream, that stream's; `load_state_dict` puts both back (the code rows are encoded again from the
