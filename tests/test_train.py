@@ -88,15 +88,22 @@ def kill_once_checkpointed(config: Path, out: Path, global_step: int) -> dict:
     cmd = [sys.executable, str(TRAIN), "--config", str(config), "--output-dir", str(out)]
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
+
+    def step_of(folder: Path) -> int:  # -1: not complete yet, or already rotated away by the run
+        try:
+            return json.loads((folder / "progress.json").read_text())["global_step"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return -1
+
     while time.time() < deadline and proc.poll() is None:
-        done = [p for p in (out / "checkpoints").glob("step-*") if (p / "progress.json").exists()]
-        if any(json.loads((p / "progress.json").read_text())["global_step"] >= global_step for p in done):
+        if any(step_of(p) >= global_step for p in (out / "checkpoints").glob("step-*")):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    return json.loads((sorted((out / "checkpoints").glob("step-*"))[-1] / "progress.json").read_text())
+    complete = [p for p in sorted((out / "checkpoints").glob("step-*")) if step_of(p) >= 0]
+    return json.loads((complete[-1] / "progress.json").read_text())  # the one --resume reads
 
 
 AE_STAGES = [
