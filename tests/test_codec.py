@@ -158,17 +158,55 @@ def test_codec_object_keeps_the_weights_it_was_made_with(trained_1level, grammar
 
 
 def test_blob_size_is_header_plus_its_parts(trained_1level, grammar_data):
-    """The range coder writes 32-bit words and quantises the probabilities (a token the decoder
-    gives less than 2**-24 costs at most about 24 bits, not its float surprisal): each chunk's payload
-    lies within a few percent and one word of its ideal bits, after the container's header."""
+    """The range coder quantises the probabilities (a token the decoder gives less than 2**-24 costs
+    at most about 24 bits, not its float surprisal) and each chunk's stream is cut to whole bytes:
+    each chunk's payload lies within a few percent and two bytes of its ideal bits (plus its two
+    varints), after the container's header."""
     model, _ = trained_1level
     text = held_out_text(grammar_data, 12)
     packed = compress(model, text, chunk_bytes=128)
     ideal = packed.code_bits + packed.residual_bits
     payload = 8 * (len(packed.blob) - packed.header_bytes)
     assert packed.header_bytes == 4 + 1 + 8 + 2 + 4 + 2  # magic, version, fingerprint, 515, CRC, 128
-    assert 0.95 * ideal <= payload <= 1.05 * ideal + packed.chunks * (32 + 2 * 16)  # word, varints
+    assert 0.95 * ideal <= payload <= 1.05 * ideal + packed.chunks * (16 + 2 * 8)  # 2 bytes, varints
     assert packed.bits_per_byte == pytest.approx(8 * len(packed.blob) / len(text))
+
+
+def test_one_chunk_blob_is_its_header_and_trimmed_stream(trained_1level, grammar_data):
+    """A line coded alone (as bench.codec codes lines): one head varint, no length, then the range
+    coder's bytes, within two bytes of the ideal: a 32-bit word shorter than the sealed stream and
+    its word count would be (version 2 wrote whole words)."""
+    model, _ = trained_1level
+    codec = Codec(model)
+    for line in grammar_data[1][:6]:
+        data = line.encode()
+        packed = codec.compress(data, chunk_bytes=len(data))
+        stream = len(packed.blob) - packed.header_bytes - 1  # the head varint (S < 64 codes)
+        assert 8 * stream <= 1.05 * (packed.code_bits + packed.residual_bits) + 16
+        assert codec.decompress(packed.blob) == data
+
+
+def test_version_2_blobs_are_still_read(trained_1level, grammar_data):
+    """The same chunks written as version 2 did (a word count, then whole little-endian u32 words of
+    the stream, its missing bytes as zeros) decompress to the same text."""
+    from hier_ae.codes.codec import _Reader, _varint
+    from hier_ae.codes.range_bytes import words_from_bytes
+
+    model, _ = trained_1level
+    codec = Codec(model)
+    text = held_out_text(grammar_data, 6)
+    packed = codec.compress(text, chunk_bytes=100)
+    r = _Reader(packed.blob)
+    r.take(packed.header_bytes)
+    old = bytearray(packed.blob[:4]) + bytes([2]) + packed.blob[5 : packed.header_bytes]
+    for k in range(packed.chunks):
+        head = r.varint()
+        assert head > 0  # no raw chunk here
+        payload = r.rest() if k == packed.chunks - 1 else r.take(r.varint())
+        words = words_from_bytes(payload)
+        old += _varint(head) + _varint(len(words)) + words.astype("<u4").tobytes()
+    assert codec.decompress(bytes(old)) == text
+    assert len(old) > len(packed.blob)
 
 
 def test_trained_model_pays_less_for_text_it_knows(trained_1level, grammar_data):
@@ -271,7 +309,7 @@ def test_bench_codec_end_to_end(trained_1level, grammar_data, tmp_path):
         m = results[0][kind]
         assert m["exact"] == 1.0 and m["raw_chunks"] == 0
         ideal = m["code_bits_per_byte"] + m["residual_bits_per_byte"]
-        overhead = 8 * (4 + 2 + 2) * m["texts"] / m["bytes"]  # a 32-bit word and two varints a text
+        overhead = 8 * (2 + 1) * m["texts"] / m["bytes"]  # two bytes of the cut and a head varint a text
         assert 0.95 * ideal <= m["stream_bits_per_byte"] <= 1.05 * ideal + overhead
     assert results[0]["lines"]["texts"] == 6 and results[0]["docs"]["texts"] == 1
     assert f"| {results[0]['text']} | 6 lines | 100.0% |" in bench_codec.markdown(results)

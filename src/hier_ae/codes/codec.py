@@ -34,11 +34,14 @@ than return wrong bytes. A chunk whose streamed decode cannot follow its codes (
 the regenerated text draws a different number of segments) is stored as raw bytes, so nothing is
 ever lost; `Compressed.raw_chunks` counts them.
 
-Container (all integers little-endian, `varint` = LEB128):
+Container (integers little-endian, `varint` = LEB128):
     b"hAEc" | version (u8) | weights fingerprint (8 bytes) | text bytes (varint) | CRC-32 (u32)
     | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
-    coder's words (varint count, then u32 each) of S = h // 2 codes, coded flat (h even) or under
-    the top LM (h odd), followed by the chunk's tokens.
+    coder's stream of S = h // 2 codes, coded flat (h even) or under the top LM (h odd), followed by
+    the chunk's tokens: its length in bytes (varint; the last chunk's stream runs to the end of the
+    blob and has none), then the bytes, cut to the fewest that decode (`range_bytes`: the sealed
+    32-bit words trimmed, the missing bytes read as zeros).
+Version 2 blobs (each stream as a varint word count and whole u32 words) are still read.
 """
 
 from __future__ import annotations
@@ -57,9 +60,11 @@ import torch
 from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data.batching import frame_document
 from ..kv_cache import KVStore
+from .range_bytes import RecordingEncoder, words_from_bytes
 
 MAGIC = b"hAEc"
-VERSION = 2  # 2: codes under the top LM or flat, per chunk (1: always flat)
+VERSION = 3  # 3: trimmed byte streams; 2: whole words; both: codes under the top LM or flat, per chunk
+READS = (2, 3)
 UNIFORM_MAX = 1 << 23  # constriction's Uniform takes alphabets below 2**24; larger ones go in two digits
 DIGIT = 1 << 12
 CODE_MODES = ("auto", "top_lm", "uniform")
@@ -152,6 +157,9 @@ class _Reader:
         out = self.blob[self.at : self.at + n]
         self.at += n
         return out
+
+    def rest(self) -> bytes:
+        return self.take(len(self.blob) - self.at)
 
     def varint(self) -> int:
         n, shift = 0, 0
@@ -314,7 +322,7 @@ class Codec:
                 )
                 if codes_mode == "top_lm" or lm_bits.sum() < flat:
                     mode, bits = TOP_LM, float(lm_bits.sum())
-            coder = stream.queue.RangeEncoder()
+            coder = RecordingEncoder()
             if mode == TOP_LM:
                 coder.encode(
                     seg_codes.cpu().numpy().astype(np.int32), stream.model.Categorical(perfect=False), probs
@@ -328,10 +336,9 @@ class Codec:
             regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
             chunks += 1
             if len(seg_codes) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu()):
-                words = coder.get_compressed()
-                out += (
-                    _varint(2 * len(seg_codes) + mode) + _varint(len(words)) + words.astype("<u4").tobytes()
-                )
+                payload = coder.to_bytes()
+                last = start + size >= len(data)  # its stream runs to the end of the blob
+                out += _varint(2 * len(seg_codes) + mode) + (b"" if last else _varint(len(payload))) + payload
                 code_bits += bits
                 flat_bits += flat
                 residual_bits += tokens.bits
@@ -355,8 +362,8 @@ class Codec:
         if r.take(4) != MAGIC:
             raise ValueError("not a hier_ae codec blob: it does not start with b'hAEc'")
         version = r.take(1)[0]
-        if version != VERSION:
-            raise ValueError(f"hier_ae codec blob of version {version}; this package reads version {VERSION}")
+        if version not in READS:
+            raise ValueError(f"hier_ae codec blob of version {version}; this package reads versions {READS}")
         stored = r.take(8)
         if stored != self.fingerprint:
             raise ValueError(
@@ -373,7 +380,11 @@ class Codec:
                 out += r.take(min(size, n_bytes - len(out)))
                 continue
             n_codes, mode = divmod(head, 2)
-            words = np.frombuffer(r.take(4 * r.varint()), dtype="<u4").astype(np.uint32)
+            if version == 2:
+                words = np.frombuffer(r.take(4 * r.varint()), dtype="<u4").astype(np.uint32)
+            else:
+                last = len(out) + size >= n_bytes
+                words = words_from_bytes(r.rest() if last else r.take(r.varint()))
             coder = stream.queue.RangeDecoder(words)
             if mode == TOP_LM:
                 if not self.top_lm_codes:
