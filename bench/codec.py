@@ -10,11 +10,14 @@ top codes plus the tokens coded under the decoder's predictions, beside the cont
 about 20 bytes a blob, left out here as it does not grow with the text), and its two ideal parts,
 **codes** (under the top code LM, or log2 K each where that is cheaper for a text: `Codec`'s
 default "auto"; the flat log2 K figure beside it) and **residual** (the true tokens' -log2 p under
-the decoder, the reconstruct CE), all in bits per byte of text. The range coder writes 32-bit
-words, so short lines pay up to a word each beyond the ideal; the windows show the rate without
-that. gzip -9 / bzip2 -9 / xz -9e on the same sample (`bench.compressors`) are printed beside it: they
+the decoder, the reconstruct CE), all in bits per byte of text. Each text's stream is a head varint
+and the range coder's bytes cut to the fewest that decode (`hier_ae.codes.range_bytes`), so a short
+line pays one to three bytes beyond the ideal; the windows show the rate with that spread thin.
+gzip -9 / bzip2 -9 / xz -9e on the same sample (`bench.compressors`) are printed beside it: they
 compress the sample as one stream (the lines joined by newlines), so they see every line at once
-where the codec codes each on its own.
+where the codec codes each on its own. The codec's file models (`hier_ae.codes.file_models`: a cache
+of what followed each pair of codes, match models) are in by default; `--no-adaptive` leaves them
+out (the top LM's and the decoder's cross-entropies alone).
 
 `--whole` also codes each text file whole, as `examples/compress.py` does (the codec's 1,022-byte
 chunks, each from an empty context), decompresses it and compares the bytes; its rate is the whole
@@ -95,18 +98,20 @@ def measure_whole(codec, data: bytes) -> dict:
     }
 
 
-def run(model, spec: str, lines: int, docs: int, seed: int = 0, whole: bool = False) -> dict:
+def run(
+    model, spec: str, lines: int, docs: int, seed: int = 0, whole: bool = False, adaptive: bool = True
+) -> dict:
     """Both samples of one text (and with `whole` the text file itself), with gzip, bzip2 and xz on
     the same bytes."""
     from hier_ae.codes.codec import Codec
 
-    codec = Codec(model)
+    codec = Codec(model, adaptive=adaptive)
     name, documents = load_text(spec)
     sample = {
         "lines": held_out_lines(documents, lines, seed=seed),
         "docs": document_windows(documents, docs, seed=seed),
     }
-    out = {"text": name, "source": spec}
+    out = {"text": name, "source": spec, "adaptive": adaptive}
     for kind, texts in sample.items():
         if texts:
             joined = (b"\n" if kind == "lines" else b"").join(texts)
@@ -172,9 +177,18 @@ def report(results: list[dict], model: str, argv: list[str]) -> str:
             f"Report written {datetime.date.today().isoformat()} on {machine()}. Model `{model}`. Command: "
             f"`python -m bench.codec {shlex.join(argv)}` (from the repository root). Autoencoder figures, "
             "not LM figures: each line and each 1 KB window is coded alone (`hier_ae.codes.codec`); "
-            '"whole file" codes the text file as one blob in the codec\'s 1,022-byte chunks, each from an '
-            "empty context. Stream: what was written, in bits per byte (lines and windows without the "
-            "container's ~20-byte header; the whole file with it). Codes: the top codes under the top LM "
+            '"whole file" codes the text file as one blob in the codec\'s 1,022-byte chunks, each encoded '
+            "and priced by the model from an empty context. "
+            + (
+                "The codec's file models (`hier_ae.codes.file_models`: a cache of what followed each "
+                "pair of codes, match models over codes and tokens) carry what the text said so far, "
+                "inside a line or window and across the whole file's chunks. "
+                if all(r.get("adaptive", True) for r in results)
+                else "Without the codec's file models (`--no-adaptive`): the top LM's and the decoder's "
+                "cross-entropies alone. "
+            )
+            + "Stream: what was written, in bits per byte (lines and windows without the "
+            "container's ~21-byte header; the whole file with it). Codes: the top codes under the top LM "
             "or flat, whichever is cheaper per chunk (flat beside it); residual: the true tokens' -log2 p "
             "under the decoder. gzip / bzip2 / xz see each sample joined (the whole file as it is).",
             "",
@@ -192,6 +206,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--docs", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--whole", action="store_true", help="also code each text file whole, as one blob")
+    p.add_argument(
+        "--no-adaptive", dest="adaptive", action="store_false", help="leave the codec's file models out"
+    )
     p.add_argument("--out", default=None, help="JSON results")
     p.add_argument("--md", default=None, help="write the table as a markdown report (date, machine, command)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -200,7 +217,9 @@ def main(argv=None) -> list[dict]:
     from hier_ae.codes.shards import check_model_folder
 
     model = HierAEModel.from_pretrained(check_model_folder(args.model)).eval()
-    results = [run(model, spec, args.lines, args.docs, args.seed, args.whole) for spec in args.text]
+    results = [
+        run(model, spec, args.lines, args.docs, args.seed, args.whole, args.adaptive) for spec in args.text
+    ]
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if args.md:

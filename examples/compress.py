@@ -5,9 +5,12 @@
 
 The blob holds the text's top-level codes (under the top code LM, or flat at log2 K bits each where
 that is cheaper; `--codes` forces one) and the bytes range-coded under the decoder's predictions,
-so decompressing gives back every byte. It needs the very model that wrote it (the blob carries a
-fingerprint of its weights) and the same float arithmetic: decompress on a machine like the one that
-compressed (a mismatch is detected by the blob's CRC-32 and reported, never returned as text).
+so decompressing gives back every byte. What the file said so far is blended into both (the
+codec's file models: a cache of what followed each pair of codes, match models over codes and
+bytes), so repeats across the file cost little; `--no-adaptive` leaves them out. It needs the very
+model that wrote it (the blob carries a fingerprint of its weights) and the same float arithmetic:
+decompress on a machine like the one that compressed (a mismatch is detected by the blob's CRC-32
+and reported, never returned as text).
 `compress` prints the rate and where it goes (codes, residual).
 """
 
@@ -30,6 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="how the codes are coded: under the top LM, flat, or the cheaper per chunk (default)",
     )
+    p.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        help="leave the file models out (the model's own prices alone; decompress reads either)",
+    )
     p.add_argument("action", choices=["compress", "decompress"])
     p.add_argument("src", type=Path, help="file to read")
     p.add_argument("dst", type=Path, help="file to write (must not exist, unless --force)")
@@ -51,7 +60,7 @@ def main(argv=None) -> dict:
     data = args.src.read_bytes()
     t0 = time.perf_counter()
     if args.action == "compress":
-        packed = compress(model, data, chunk_bytes=args.chunk_bytes, codes=args.codes)
+        packed = compress(model, data, chunk_bytes=args.chunk_bytes, codes=args.codes, adaptive=args.adaptive)
         args.dst.write_bytes(packed.blob)
         n = max(len(data), 1)
         report = {

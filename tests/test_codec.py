@@ -58,7 +58,7 @@ def test_residual_bits_are_the_reconstruct_cross_entropy(trained_1level, grammar
     teacher-forced reconstruct CE of `forward`'s decoder (streamed == recompute, to float tolerance)."""
     model, _ = trained_1level
     line = grammar_data[1][0].encode()
-    packed = compress(model, line)
+    packed = compress(model, line, adaptive=False)
     ids = frame_document(line)[None]  # (1, N + 2)
     level = model.levels[0]
     with torch.no_grad():
@@ -68,7 +68,9 @@ def test_residual_bits_are_the_reconstruct_cross_entropy(trained_1level, grammar
     assert packed.residual_bits == pytest.approx(ce_bits, rel=1e-3, abs=1e-3)
     n_codes = int(model.encode(ids).top_mask.sum())
     assert packed.flat_code_bits == pytest.approx(n_codes * math.log2(model.levels[0].cfg.num_codes))
-    assert compress(model, line, codes="uniform").code_bits == pytest.approx(packed.flat_code_bits)
+    assert compress(model, line, codes="uniform", adaptive=False).code_bits == pytest.approx(
+        packed.flat_code_bits
+    )
 
 
 def _top_lm_ce_bits(model, text: bytes) -> tuple[torch.Tensor, float]:
@@ -93,7 +95,7 @@ def test_code_bits_are_the_top_lm_cross_entropy(request, grammar_data, fixture):
     with the specials left out of the softmax (they cannot come next)."""
     model, _ = request.getfixturevalue(fixture)
     line = grammar_data[1][3].encode()
-    packed = compress(model, line, codes="top_lm")
+    packed = compress(model, line, codes="top_lm", adaptive=False)
     assert packed.top_lm_chunks == 1
     codes, ce_bits = _top_lm_ce_bits(model, line)
     assert packed.code_bits == pytest.approx(ce_bits, rel=1e-4)
@@ -111,11 +113,11 @@ def test_top_lm_window_prices_codes_as_its_windowed_cross_entropy(trained_1level
     windowed.load_state_dict(model.state_dict())
     windowed.eval()
     text = held_out_text(grammar_data, 3)
-    packed = compress(windowed, text, codes="top_lm")
+    packed = compress(windowed, text, codes="top_lm", adaptive=False)
     codes, ce_bits = _top_lm_ce_bits(windowed, text)
     assert packed.code_bits == pytest.approx(ce_bits, rel=1e-4)
     assert len(codes) > 3 and packed.code_bits != pytest.approx(
-        compress(model, text, codes="top_lm").code_bits, rel=1e-4
+        compress(model, text, codes="top_lm", adaptive=False).code_bits, rel=1e-4
     )
     assert decompress(windowed, packed.blob) == text
 
@@ -167,7 +169,9 @@ def test_blob_size_is_header_plus_its_parts(trained_1level, grammar_data):
     packed = compress(model, text, chunk_bytes=128)
     ideal = packed.code_bits + packed.residual_bits
     payload = 8 * (len(packed.blob) - packed.header_bytes)
-    assert packed.header_bytes == 4 + 1 + 8 + 2 + 4 + 2  # magic, version, fingerprint, 515, CRC, 128
+    assert (
+        packed.header_bytes == 4 + 1 + 1 + 8 + 2 + 4 + 2
+    )  # magic, version, flags, fingerprint, 515, CRC, 128
     assert 0.95 * ideal <= payload <= 1.05 * ideal + packed.chunks * (16 + 2 * 8)  # 2 bytes, varints
     assert packed.bits_per_byte == pytest.approx(8 * len(packed.blob) / len(text))
 
@@ -193,12 +197,12 @@ def test_version_2_blobs_are_still_read(trained_1level, grammar_data):
     from hier_ae.codes.range_bytes import words_from_bytes
 
     model, _ = trained_1level
-    codec = Codec(model)
+    codec = Codec(model, adaptive=False)  # version 2 had no file models
     text = held_out_text(grammar_data, 6)
     packed = codec.compress(text, chunk_bytes=100)
     r = _Reader(packed.blob)
     r.take(packed.header_bytes)
-    old = bytearray(packed.blob[:4]) + bytes([2]) + packed.blob[5 : packed.header_bytes]
+    old = bytearray(packed.blob[:4]) + bytes([2]) + packed.blob[6 : packed.header_bytes]  # no flags
     for k in range(packed.chunks):
         head = r.varint()
         assert head > 0  # no raw chunk here
@@ -206,7 +210,33 @@ def test_version_2_blobs_are_still_read(trained_1level, grammar_data):
         words = words_from_bytes(payload)
         old += _varint(head) + _varint(len(words)) + words.astype("<u4").tobytes()
     assert codec.decompress(bytes(old)) == text
+    assert Codec(model).decompress(bytes(old)) == text  # the blob, not the codec, says: no file models
     assert len(old) > len(packed.blob)
+
+
+def test_file_models_price_a_repeat_below_its_first_time(trained_1level, grammar_data):
+    """A held-out paragraph twice, in chunks shorter than it (its length a whole number of chunks, so
+    the second copy's chunks are the first's and encode to the same codes): with the file models
+    (the default) the second copy's codes and tokens are raised where they repeat the first's, so
+    the blob is much smaller than without them; both come back, and the blob's flags tell the
+    decompressor which."""
+    model, _ = trained_1level
+    once = held_out_text(grammar_data, 8)
+    once = once[: len(once) // 64 * 64]
+    text = once + once
+    on, off = Codec(model), Codec(model, adaptive=False)
+    with_mm, without = on.compress(text, chunk_bytes=64), off.compress(text, chunk_bytes=64)
+    assert with_mm.blob[5] == 1 and without.blob[5] == 0  # the flags byte
+    assert with_mm.code_bits < 0.6 * without.code_bits
+    assert with_mm.residual_bits < without.residual_bits
+    assert len(with_mm.blob) < 0.6 * len(without.blob)
+    assert off.decompress(with_mm.blob) == text and on.decompress(without.blob) == text
+    alone = off.compress(once, chunk_bytes=64)  # the first copy pays about what it pays alone
+    assert with_mm.code_bits + with_mm.residual_bits > 0.9 * (alone.code_bits + alone.residual_bits)
+    with pytest.raises(TypeError, match="adaptive"):
+        Codec(model, adaptive="yes")
+    with pytest.raises(ValueError, match="unknown flags"):
+        on.decompress(with_mm.blob[:5] + bytes([6]) + with_mm.blob[6:])
 
 
 def test_trained_model_pays_less_for_text_it_knows(trained_1level, grammar_data):
@@ -283,7 +313,7 @@ def test_clear_errors(trained_1level, trained_inputs, grammar_data):
     with pytest.raises(ValueError, match="truncated"):
         decompress(model, blob[:15])
     # a wrong checksum: the bytes decode, but not to what was compressed
-    n_at = 4 + 1 + 8
+    n_at = 4 + 1 + 1 + 8
     n_len = 1 if blob[n_at] < 0x80 else 2
     crc_at = n_at + n_len
     (crc,) = struct.unpack("<I", blob[crc_at : crc_at + 4])
@@ -342,7 +372,11 @@ def test_bench_codec_whole_file_and_report(trained_1level, grammar_data, tmp_pat
     whole, data = results[0]["whole"], val.read_bytes()
     assert whole["exact"] == 1.0 and whole["bytes"] == len(data) and whole["chunks"] == -(-len(data) // 1022)
     assert whole["stream_bits_per_byte"] == pytest.approx(Codec(model).compress(data).bits_per_byte)
-    assert whole["xz -9e"] is not None and "docs" not in results[0]
+    assert whole["xz -9e"] is not None and "docs" not in results[0] and results[0]["adaptive"]
+    plain = bench_codec.main(argv[:-2] + ["--no-adaptive"])[0]["whole"]
+    assert plain["stream_bits_per_byte"] == pytest.approx(
+        Codec(model, adaptive=False).compress(data).bits_per_byte
+    )
     text = md.read_text()
     assert "python -m bench.codec --model" in text and f"whole file ({len(data):,} bytes" in text
 
@@ -371,6 +405,11 @@ def test_example_script_round_trip(trained_1level, grammar_data, tmp_path):
     assert "bits/byte = codes" in done.stdout
     assert cli("decompress", blob, back).returncode == 0
     assert back.read_bytes() == src.read_bytes()
+    plain = cli("compress", "--no-adaptive", src, tmp_path / "plain.hae")  # no file models: flags 0
+    assert plain.returncode == 0 and blob.read_bytes()[5] == 1
+    assert (tmp_path / "plain.hae").read_bytes()[5] == 0
+    assert cli("decompress", tmp_path / "plain.hae", tmp_path / "plain.txt").returncode == 0
+    assert (tmp_path / "plain.txt").read_bytes() == src.read_bytes()
     refused = cli("decompress", blob, back)
     assert refused.returncode == 1 and "exists" in refused.stderr
     missing = cli("compress", tmp_path / "nope.txt", tmp_path / "x.hae")
@@ -466,7 +505,7 @@ def test_bench_top_lm_positions_sums_to_the_codecs_code_bits(trained_1level, gra
             str(tmp_path / "p.json"),
         ]
     )
-    packed = compress(model, text, chunk_bytes=50, codes="top_lm")
+    packed = compress(model, text, chunk_bytes=50, codes="top_lm", adaptive=False)
     assert res["chunks"] == 3 and res["window"] is None
     assert res["bits_per_code"] * res["codes"] == pytest.approx(packed.code_bits, rel=1e-4)
     assert sum(row["codes"] for row in res["by_position"].values()) == res["codes"]

@@ -34,14 +34,24 @@ than return wrong bytes. A chunk whose streamed decode cannot follow its codes (
 the regenerated text draws a different number of segments) is stored as raw bytes, so nothing is
 ever lost; `Compressed.raw_chunks` counts them.
 
+Across chunks, `file_models.FileModels` (`adaptive`, on by default: `Codec(model, adaptive=False)`
+turns them off) carry what the file said so far: a cache of what followed each pair of top codes and
+match models over the codes and over each level's tokens. Where the recent codes (tokens) occurred
+before in the file, what followed them then gets raised probability, as far as the file so far
+earned it, so a block repeated across a file costs a fraction of a bit a code the second time. The
+chunks' codes are still the autoencoder's; `Compressed`'s bits are the rate with the file models in
+(with them off, the top LM's and the decoder's cross-entropies themselves).
+
 Container (integers little-endian, `varint` = LEB128):
-    b"hAEc" | version (u8) | weights fingerprint (8 bytes) | text bytes (varint) | CRC-32 (u32)
+    b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models) | weights fingerprint
+    (8 bytes) | text bytes (varint) | CRC-32 (u32)
     | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
     coder's stream of S = h // 2 codes, coded flat (h even) or under the top LM (h odd), followed by
     the chunk's tokens: its length in bytes (varint; the last chunk's stream runs to the end of the
     blob and has none), then the bytes, cut to the fewest that decode (`range_bytes`: the sealed
     32-bit words trimmed, the missing bytes read as zeros).
-Version 2 blobs (each stream as a varint word count and whole u32 words) are still read.
+Version 2 blobs (no flags; each stream as a varint word count and whole u32 words; no file models)
+are still read.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ import torch
 from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data.batching import frame_document
 from ..kv_cache import KVStore
+from .file_models import FileModels
 from .range_bytes import RecordingEncoder, words_from_bytes
 
 MAGIC = b"hAEc"
@@ -69,6 +80,7 @@ UNIFORM_MAX = 1 << 23  # constriction's Uniform takes alphabets below 2**24; lar
 DIGIT = 1 << 12
 CODE_MODES = ("auto", "top_lm", "uniform")
 FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
+ADAPTIVE = 1  # flags bit: the file models (`FileModels`) are in
 
 
 @dataclass
@@ -207,14 +219,16 @@ class _TokenCoder:
     """`decode`'s `pick`: codes the true token (encoding) or reads it back (decoding) under the
     decoder's softmax, one live row (batch 1). `targets[level]` are the true tokens of each level."""
 
-    def __init__(self, coder, targets: list[torch.Tensor] | None):
-        self.coder, self.targets = coder, targets
+    def __init__(self, coder, targets: list[torch.Tensor] | None, file: FileModels | None = None):
+        self.coder, self.targets, self.file = coder, targets, file
         self.model = _constriction().stream.model.Categorical(perfect=False)
         self.bits = 0.0
         self.overran = False  # the decode ran past a level's true tokens
 
     def __call__(self, level: int, n: int, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits[:1].double(), dim=-1).cpu().numpy()  # (1, V)
+        if self.file is not None:
+            probs = self.file.mix_token(level, probs)
         if self.targets is None:
             token = int(self.coder.decode(self.model, probs)[0])
         else:
@@ -226,6 +240,8 @@ class _TokenCoder:
                 token = int(target[n])
             self.coder.encode(np.array([token], dtype=np.int32), self.model, probs)
             self.bits -= math.log2(max(float(probs[0, token]), 1e-300))
+        if self.file is not None:
+            self.file.update_token(level, token)
         return torch.full((logits.shape[0],), token, dtype=torch.long, device=logits.device)
 
 
@@ -235,9 +251,15 @@ class Codec:
     Made once per model: it fingerprints the weights and takes an aligned copy of them (see the
     module docstring), so it compresses with the weights it was made with; a model trained further
     afterwards needs a new `Codec`. Accepts a `HierAEModel` or a `HierAEForCausalLM`.
+    `adaptive` (default True): blend what the file said so far into the codes' and the tokens'
+    distributions (`FileModels`, see the module docstring); the blob says which, so `decompress`
+    reads both kinds.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, adaptive: bool = True):
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive={adaptive!r} is invalid: True or False")
+        self.adaptive = adaptive
         net = _base_model(model)
         self.fingerprint = fingerprint(net)
         self.net = _aligned_copy(net)
@@ -301,13 +323,15 @@ class Codec:
         size = self._chunk_size(chunk_bytes)
         codes_mode = self._check_codes_mode(codes)
         net, top = self.net, self.top
-        out = bytearray(MAGIC + bytes([VERSION]) + self.fingerprint)
+        out = bytearray(MAGIC + bytes([VERSION, ADAPTIVE if self.adaptive else 0]) + self.fingerprint)
         out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
         header = len(out)
         code_bits = flat_bits = residual_bits = 0.0
         chunks = raw = lm_chunks = 0
         flat_per_code = sum(math.log2(a) for a in self.alphabets)
+        file = FileModels(net.num_levels) if self.adaptive else None
         for start in range(0, len(data), size):
+            marks = file.checkpoint() if file else None  # a chunk stored raw is taken back
             piece = data[start : start + size]
             ids = frame_document(piece)[None].to(self.device)  # (1, N + 2)
             enc = net.encode(ids)
@@ -317,11 +341,19 @@ class Codec:
             mode, bits = FLAT, flat
             if codes_mode != "uniform" and self.top_lm_codes:
                 probs = self._code_probs(seg_codes)  # (S, K)
+                if file is not None:  # the file models' prices, tried on the codes
+                    for j, c in enumerate(seg_codes.tolist()):
+                        probs[j] = file.mix_code(probs[j])
+                        file.update_code(c)
                 lm_bits = -np.log2(
                     np.maximum(probs[np.arange(len(seg_codes)), seg_codes.cpu().numpy()], 1e-300)
                 )
                 if codes_mode == "top_lm" or lm_bits.sum() < flat:
                     mode, bits = TOP_LM, float(lm_bits.sum())
+            if file is not None and mode == FLAT:  # flat codes are only counted
+                file.restore(marks, codes_only=True)
+                for c in seg_codes.tolist():
+                    file.update_code(c)
             coder = RecordingEncoder()
             if mode == TOP_LM:
                 coder.encode(
@@ -331,7 +363,7 @@ class Codec:
                 digits = [seg_codes] if len(self.alphabets) == 1 else [seg_codes // DIGIT, seg_codes % DIGIT]
                 for alphabet, d in zip(self.alphabets, digits):
                     coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
-            tokens = _TokenCoder(coder, targets)
+            tokens = _TokenCoder(coder, targets, file)
             dec = net.decode(seg_codes[None], level=top, pick=tokens)
             regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
             chunks += 1
@@ -344,6 +376,8 @@ class Codec:
                 residual_bits += tokens.bits
                 lm_chunks += mode == TOP_LM
             else:  # the streamed decode cannot follow these codes: store the chunk as it is
+                if file is not None:
+                    file.restore(marks)
                 out += _varint(0) + piece
                 raw += 1
         return Compressed(
@@ -364,6 +398,10 @@ class Codec:
         version = r.take(1)[0]
         if version not in READS:
             raise ValueError(f"hier_ae codec blob of version {version}; this package reads versions {READS}")
+        flags = r.take(1)[0] if version >= 3 else 0
+        if flags & ~ADAPTIVE:
+            raise ValueError(f"hier_ae codec blob with unknown flags {flags:#04x}: it is corrupt or newer")
+        file = FileModels(self.net.num_levels) if flags & ADAPTIVE else None
         stored = r.take(8)
         if stored != self.fingerprint:
             raise ValueError(
@@ -391,7 +429,7 @@ class Codec:
                     raise ValueError(
                         "the blob codes its codes under a top LM this model cannot run: it is corrupt"
                     )
-                codes = self._read_top_lm_codes(coder, n_codes)
+                codes = self._read_top_lm_codes(coder, n_codes, file)
             else:
                 digits = [
                     torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(
@@ -400,7 +438,9 @@ class Codec:
                     for a in self.alphabets
                 ]
                 codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
-            dec = self.net.decode(codes[None], level=self.top, pick=_TokenCoder(coder, None))
+                for c in codes.tolist() if file is not None else []:
+                    file.update_code(c)
+            dec = self.net.decode(codes[None], level=self.top, pick=_TokenCoder(coder, None, file))
             tokens = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,): <s> bytes </s>
             body = tokens[1:-1].cpu() - BYTE_OFFSET
             framed = len(tokens) >= 2 and int(tokens[0]) == BOS_ID and int(tokens[-1]) == EOS_ID
@@ -417,21 +457,28 @@ class Codec:
             )
         return bytes(out)
 
-    def _read_top_lm_codes(self, coder, n_codes: int) -> torch.Tensor:
-        """Decode `n_codes` codes one at a time, each under the top LM given the ones read before."""
+    def _read_top_lm_codes(self, coder, n_codes: int, file: FileModels | None) -> torch.Tensor:
+        """Decode `n_codes` codes one at a time, each under the top LM given the ones read before
+        (and the file models, when the blob has them)."""
         model = _constriction().stream.model.Categorical(perfect=False)
         lm = _TopLMCodes(self.net, self.device)
         codes = []
         for j in range(n_codes):
-            codes.append(int(coder.decode(model, lm.probs())[0]))
+            probs = lm.probs() if file is None else file.mix_code(lm.probs())
+            codes.append(int(coder.decode(model, probs)[0]))
+            if file is not None:
+                file.update_code(codes[-1])
             if j + 1 < n_codes:
                 lm.read(codes[-1])
         return torch.tensor(codes, dtype=torch.long, device=self.device)  # (S,)
 
 
-def compress(model, data: bytes, chunk_bytes: int | None = None, codes: str = "auto") -> Compressed:
-    """`Codec(model).compress(data, chunk_bytes, codes)`: for one call; keep a `Codec` for many."""
-    return Codec(model).compress(data, chunk_bytes=chunk_bytes, codes=codes)
+def compress(
+    model, data: bytes, chunk_bytes: int | None = None, codes: str = "auto", adaptive: bool = True
+) -> Compressed:
+    """`Codec(model, adaptive).compress(data, chunk_bytes, codes)`: for one call; keep a `Codec` for
+    many."""
+    return Codec(model, adaptive=adaptive).compress(data, chunk_bytes=chunk_bytes, codes=codes)
 
 
 def decompress(model, blob: bytes) -> bytes:

@@ -1,0 +1,124 @@
+"""hier_ae.codes.{match_model, context_counts, file_models}: what the codec learns from a file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hier_ae.codes.context_counts import ContextCounts
+from hier_ae.codes.file_models import FileModels
+from hier_ae.codes.match_model import MatchModel, length_bucket
+
+A, B, C = 0, 1, 2
+
+
+def test_match_model_docstring_example():
+    mm = MatchModel(min_len=2)
+    q = np.array([0.45, 0.45, 0.1])
+    for s in (A, B, C, A, B):
+        assert mm.mix(q) is q  # no earlier occurrence of the recent symbols yet
+        mm.update(s)
+    assert (mm.ptr, mm.length) == (2, 2)  # (a, b) occurred at 0-1, followed by c at 2
+    out = mm.mix(q)
+    assert out[C] == pytest.approx(0.5)  # no history: h = 0.5 beats q[c] = 0.1
+    assert out[:2] == pytest.approx([0.25, 0.25])  # the others share 0.5 as they shared 0.9
+    mm.update(C)
+    assert (mm.ptr, mm.length, mm.stream[mm.ptr]) == (3, 3, A)
+
+
+def test_match_model_never_lowers_a_sure_prediction_and_learns_from_hits():
+    mm = MatchModel(min_len=1)
+    for s in (B, A, B):
+        mm.update(s)  # (b) occurred before, followed by a: predicts a
+    sure = np.array([0.98, 0.01, 0.01])
+    assert mm.mix(sure) is sure  # q[a] = 0.98 beats the history's h = 0.5: q as it is
+    unsure = np.array([0.3, 0.4, 0.3])
+    assert mm.mix(unsure)[A] == pytest.approx(0.5)
+    for _ in range(20):  # "a b a b ...": every prediction right
+        mm.mix(unsure)
+        mm.update(A)
+        mm.mix(unsure)
+        mm.update(B)
+    out = mm.mix(unsure)
+    assert out[A] > 0.8 and out.sum() == pytest.approx(1.0)  # from 0.5 with no history
+
+
+def test_match_model_restore_undoes_everything():
+    rng = np.random.default_rng(0)
+    stream = rng.integers(0, 4, size=60).tolist()
+    mm = MatchModel(min_len=2)
+    for s in stream[:30]:
+        mm.mix(np.full(4, 0.25))
+        mm.update(s)
+    mark = mm.checkpoint()
+    state = (list(mm.stream), dict(mm.table), mm.ptr, mm.length, mm.hits.copy(), mm.tries.copy())
+    for s in stream[30:]:
+        mm.mix(np.full(4, 0.25))
+        mm.update(s)
+    mm.restore(mark)
+    assert (list(mm.stream), dict(mm.table), mm.ptr, mm.length) == state[:4]
+    assert np.array_equal(mm.hits, state[4]) and np.array_equal(mm.tries, state[5])
+    assert list(mm.table) == list(state[1])  # insertion order too
+
+
+def test_length_buckets():
+    assert [length_bucket(n) for n in (0, 7, 8, 16, 32, 10_000)] == [0, 7, 8, 12, 16, 31]
+
+
+def test_context_counts_docstring_example():
+    cc = ContextCounts(order=2, k=2.0)
+    q = np.array([0.2, 0.2, 0.6])
+    for s in (A, B, C, A, B):
+        assert cc.mix(q) is q or cc.counts.get(tuple(cc.last)) is None
+        cc.update(s)
+    assert cc.mix(q) == pytest.approx([0.2 * 2 / 3, 0.2 * 2 / 3, 0.6 * 2 / 3 + 1 / 3])
+    assert cc.mix(q[None]).shape == (1, 3)
+
+
+def test_context_counts_restore_keeps_insertion_order():
+    """Rolled-back counts leave the dicts as a side that never saw them has them, insertion order
+    included (the blend sums in that order)."""
+    rng = np.random.default_rng(1)
+    stream = rng.integers(0, 5, size=80).tolist()
+    a, b = ContextCounts(2, 4.0), ContextCounts(2, 4.0)
+    for s in stream[:40]:
+        a.update(s)
+        b.update(s)
+    mark = a.checkpoint()
+    for s in stream[40:60]:
+        a.update(s)
+    a.restore(mark)
+    for s in stream[60:]:  # both go on with the same symbols
+        a.update(s)
+        b.update(s)
+    assert list(a.counts) == list(b.counts)
+    assert all(list(a.counts[k].items()) == list(b.counts[k].items()) for k in a.counts)
+    q = np.full(5, 0.2)
+    assert np.array_equal(a.mix(q), b.mix(q))  # bit for bit
+
+
+def test_file_models_bad_arguments():
+    with pytest.raises(ValueError, match="min_len"):
+        MatchModel(0)
+    with pytest.raises(ValueError, match="order"):
+        ContextCounts(0)
+    fm = FileModels(num_levels=2)
+    assert len(fm.token_models) == 2
+
+
+def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution():
+    """A random code stream, then the same again: the second time costs a small fraction of the first
+    under a flat model with the file models in, and every blended row is a distribution."""
+    rng = np.random.default_rng(2)
+    K = 64
+    stream = rng.integers(0, K, size=300).tolist() * 2
+    fm = FileModels(num_levels=1)
+    bits = []
+    for s in stream:
+        p = fm.mix_code(np.full(K, 1.0 / K))
+        assert p.sum() == pytest.approx(1.0) and (p > 0).all()
+        bits.append(-np.log2(p[s]))
+        fm.update_code(s)
+    first, second = sum(bits[:300]), sum(bits[300:])
+    assert first == pytest.approx(300 * 6.0, rel=0.02)
+    assert second < 0.1 * first
