@@ -19,7 +19,7 @@ from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.level import entropy_bits, fp32_region
 from hier_ae.level_modules import entropy_at_inputs
-from hier_ae.segmentation import compact_codes, surprisal_bits
+from hier_ae.segmentation import compact_codes, surprisal_bits, utf8_owed
 from hier_ae.transformer import positions_from_mask
 
 
@@ -79,7 +79,8 @@ def _recompute_level(level, ctx: torch.Tensor, seg_mask: torch.Tensor):
             fires = (bits + H[:, 0] > value) | (nxt == level.vocab.eos_id)
             rule_gap.append((bits + H[:, 0] - value).abs())
         else:
-            fires = level.rule(H, nxt[:, None], prev_entropy=prev_H)[:, 0]  # (B,)
+            owed = utf8_owed(tokens)[:, -1:] if level.cfg.utf8_boundaries else None  # from the whole row
+            fires = level.rule(H, nxt[:, None], prev_entropy=prev_H, owed=owed)[:, 0]  # (B,)
             rise = H[:, 0] if level.cfg.boundary_mode == "threshold" or prev_H is None else H[:, 0] - prev_H
             rule_gap.append((rise - value).abs())
         seg_len = seg_len + 1

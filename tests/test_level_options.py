@@ -47,6 +47,9 @@ OPTIONS = {
     # segments close at a budget of bits (the surprisal of their tokens plus the next token's entropy):
     # at random init ~8 bits a byte, so mostly 2-byte segments with 1- and 3-byte ones among them
     "budget": {"boundary_mode": "budget", "threshold": 20.0},
+    # the rule fires on every token (threshold 0) except inside a UTF-8 character; random bytes are
+    # full of lead and continuation bytes
+    "utf8": {"utf8_boundaries": True, "threshold": 0.0},
 }
 
 
@@ -184,6 +187,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
         "code_embedding",
         "predictive",
         "code_choice",
+        "utf8",
     ],
 )
 def test_option_survives_save_and_reload(option, tmp_path):
@@ -217,6 +221,51 @@ def test_minimum_segment_length_holds_in_encode_and_decode():
         lengths = torch.bincount(seg_id[b][valid[b]]).tolist()
         if not ends_at_eos:  # a random decoder may emit EOS, which closes a segment at any length
             assert lengths == [3, 3, 3, 3]
+
+
+def test_utf8_boundaries_never_open_a_segment_inside_a_character():
+    """With the rule firing on every token, `utf8_boundaries` opens a segment at every byte but the
+    continuation bytes of a character (max_segment_len 5 is never reached here), in encode and in the
+    boundaries decode draws on the tokens it regenerates from those codes."""
+    from hier_ae.data.batching import frame_document
+    from hier_ae.segmentation import utf8_owed
+
+    model = _model("utf8").eval()
+    text = "aé中\n🙂x"
+    ids = frame_document(text.encode())[None]  # (1, N + 2): <s> a C3 A9 E4 B8 AD 0A F0 9F 99 82 x </s>
+    with torch.no_grad():
+        p = model.levels[0].bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+    pieces = [bytes(t - 3 for t in ids[0, 1:-1].tolist())]
+    assert p.layout.seg_len[0].tolist() == [1, 1, 2, 3, 1, 4, 1, 1]  # <s> | a | é | 中 | \n | 🙂 | x | </s>
+    assert pieces[0].decode() == text
+    assert utf8_owed(ids)[0, 1:-1].tolist() == [0, 1, 0, 2, 1, 0, 0, 3, 2, 1, 0, 0]
+    codes = p.q.codes[:, :7]  # the codes up to "x"
+    with torch.no_grad():
+        tokens, valid, seg_id = model.levels[0].decode_codes(codes, torch.ones_like(codes, dtype=torch.bool))
+    got = tokens[0][valid[0]]
+    owed = utf8_owed(got[None])[0]
+    starts = torch.cat([torch.ones(1, dtype=torch.bool), seg_id[0][valid[0]][1:] != seg_id[0][valid[0]][:-1]])
+    assert not bool((starts[1:] & (owed[:-1] > 0)).any())  # no segment opens while a byte is owed
+
+
+def test_utf8_boundaries_is_on_the_model_card():
+    from hier_ae.publishing.model_card import _architecture
+
+    config = HierAEConfig(levels=[tiny_level(utf8_boundaries=True)], top_lm=TINY_TOP)
+    assert "threshold boundaries, never inside a UTF-8 character, " in _architecture(config)
+    assert "UTF-8" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))
+
+
+def test_utf8_boundaries_is_checked():
+    with pytest.raises(ValueError, match="utf8_boundaries"):
+        HierAEConfig(levels=[tiny_level(utf8_boundaries=True, boundary_mode="budget")], top_lm=TINY_TOP)
+    with pytest.raises(ValueError, match="utf8_boundaries"):
+        HierAEConfig(levels=[tiny_level(utf8_boundaries="yes")], top_lm=TINY_TOP)
+    with pytest.raises(ValueError, match=r"levels\[1\].utf8_boundaries"):
+        HierAEConfig(
+            levels=[tiny_level(), tiny_level(hidden_size=32, num_heads=2, utf8_boundaries=True)],
+            top_lm=TINY_TOP,
+        )
 
 
 @pytest.mark.parametrize("value", [0, 6, 2.5])

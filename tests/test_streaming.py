@@ -28,7 +28,11 @@ def prefill(valid: list[list[int]], fires: list[list[int]], predictive: bool = F
     h = torch.arange(T, dtype=torch.float).expand(B, T)[..., None]  # (B, T, 1)
     H = torch.arange(T, dtype=torch.float).expand(B, T) + 0.5  # (B, T)
     cfg = SimpleNamespace(
-        max_segment_len=L, predictive_codes=predictive, code_choice_candidates=0, boundary_mode="threshold"
+        max_segment_len=L,
+        predictive_codes=predictive,
+        code_choice_candidates=0,
+        boundary_mode="threshold",
+        utf8_boundaries=False,
     )
     level = SimpleNamespace(cfg=cfg)
     return layout, open_level_stream(level, valid_t, layout, fires_t, H, h, [], [])

@@ -137,6 +137,10 @@ class LevelConfig:
     # the rule closes a segment only once it holds this many tokens (EOS closes it at any length):
     # 1 lets every uncertain byte be a segment of its own, each spending a whole code
     min_segment_len: int = 1
+    # the bottom level only, threshold and delta modes: the rule never opens a segment inside a UTF-8
+    # character (segmentation.utf8_owed), so multi-byte scripts are cut between characters (the
+    # length cap still cuts where it must)
+    utf8_boundaries: bool = False
     target_tokens_per_segment: float | None = None
     threshold_adapt_rate: float = 0.01
     # encoder + pooling. encoder_scope "row": a causal transformer over the whole row (window
@@ -324,6 +328,13 @@ class LevelConfig:
             "'segment' needs segment_offsets: true (the slot embeddings are its only positions)",
         )
         _check(self.pooling in POOLING_MODES, f"{prefix}.pooling", self.pooling, f"one of {POOLING_MODES}")
+        _check(
+            isinstance(self.utf8_boundaries, bool)
+            and not (self.utf8_boundaries and self.boundary_mode == "budget"),
+            f"{prefix}.utf8_boundaries",
+            self.utf8_boundaries,
+            "true or false; true needs boundary_mode 'threshold' or 'delta' (budget mode has no such rule)",
+        )
         _check(
             self.boundary_mode in BOUNDARY_MODES,
             f"{prefix}.boundary_mode",
@@ -574,6 +585,12 @@ class HierAEConfig(PretrainedConfig):
         )
         for i, lv in enumerate(self.level_configs):
             lv.validate(f"levels[{i}]", self.max_input_bytes)
+            _check(
+                i == 0 or not lv.utf8_boundaries,
+                f"levels[{i}].utf8_boundaries",
+                lv.utf8_boundaries,
+                "only the bottom level reads bytes: must be false above levels[0]",
+            )
         self.top_lm_config.validate()
         for name in (
             "entropy_loss_weight",

@@ -59,6 +59,8 @@ from .segmentation import (
     segment_layout,
     shift_in_begin,
     surprisal_bits,
+    utf8_owed,
+    utf8_owed_step,
 )
 from .streaming import LevelStream, open_level_stream
 from .transformer import positions_from_mask
@@ -134,10 +136,13 @@ class HierLevel(nn.Module):
         self.frames_pooled = False
 
     # ---- boundaries ------------------------------------------------------------------------
-    def rule(self, entropy, tokens, prev_entropy=None, valid=None):
-        """Threshold and delta modes (stateless); budget mode goes through `budget_step` / `budget_fires`."""
+    def rule(self, entropy, tokens, prev_entropy=None, valid=None, owed=None):
+        """Threshold and delta modes (stateless); budget mode goes through `budget_step` / `budget_fires`.
+
+        With `utf8_boundaries`, nothing opens while a UTF-8 character is open: `owed` (B, T) is what
+        `utf8_owed` gives for `tokens` (computed from them when None: whole rows only)."""
         value = self.boundary_value.item()
-        return rule_fires(
+        fires = rule_fires(
             entropy,
             tokens,
             self.vocab.eos_id,
@@ -147,6 +152,9 @@ class HierLevel(nn.Module):
             prev_entropy=prev_entropy,
             valid=valid,
         )
+        if self.cfg.utf8_boundaries:
+            fires = fires & ((utf8_owed(tokens) if owed is None else owed) == 0)
+        return fires
 
     def budget_step(self, bits, prev_logp, first, toks, ent_logits, H):
         """Budget mode, one token per row (streaming and decode): the rule's firing, the open segment's
@@ -443,7 +451,11 @@ class HierLevel(nn.Module):
                 bits, st.prev_logp[rows], torch.isinf(st.prev_H[rows]), toks, ent_logits, H[:, 0]
             )
         else:
-            fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows])[:, 0]  # (B',)
+            owed = None
+            if st.utf8_owed is not None:  # the UTF-8 character open after this token
+                st.utf8_owed[rows] = owed = utf8_owed_step(st.utf8_owed[rows], toks)  # (B',)
+                owed = owed[:, None]
+            fires = self.rule(H, toks[:, None], prev_entropy=st.prev_H[rows], owed=owed)[:, 0]  # (B',)
         # the open segment closes after this token
         fires = segment_closes(
             fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
@@ -518,6 +530,7 @@ class HierLevel(nn.Module):
         # budget mode: the open segment's surprisal (B,) and the entropy model's prediction (B, V)
         seg_bits = torch.zeros(B, dtype=torch.float32, device=dev)
         prev_logp = torch.zeros(B, self.vocab.vocab_size, device=dev) if budget else None
+        owed = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) `utf8_boundaries`: bytes owed
         done = n_seg == 0  # (B,)
         rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
         one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
@@ -583,7 +596,8 @@ class HierLevel(nn.Module):
                 )
             else:
                 prev = None if n == 0 else prev_H[rows]
-                fires = self.rule(H, nxt[:, None], prev_entropy=prev)[:, 0]  # (B',)
+                owed[rows] = utf8_owed_step(owed[rows], nxt)
+                fires = self.rule(H, nxt[:, None], prev_entropy=prev, owed=owed[rows][:, None])[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
             new_seg = segment_closes(fires, r_len, L, self.cfg.min_segment_len, nxt == eos)  # (B',)
             if budget:

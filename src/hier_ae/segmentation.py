@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .configuration_hier_ae import LevelVocab
+from .configuration_hier_ae import BYTE_OFFSET, LevelVocab
 
 
 def rule_fires(
@@ -68,6 +68,46 @@ def rule_fires(
     else:
         raise ValueError(f"boundary_mode={mode!r} is invalid: one of ('threshold', 'delta').")
     return fires | (tokens == eos_id)
+
+
+def _utf8_classes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per byte token: how many continuation bytes its UTF-8 lead byte announces (0xC0-0xDF: 1,
+    0xE0-0xEF: 2, 0xF0-0xF7: 3, else 0) and whether it is a continuation byte (0x80-0xBF). Tokens
+    that are not bytes (the specials, padding) are neither."""
+    b = tokens - BYTE_OFFSET
+    lead = (b >= 0xC0).long() + (b >= 0xE0).long() + (b >= 0xF0).long()
+    lead = torch.where(b < 0xF8, lead, torch.zeros_like(lead))
+    return lead, (b >= 0x80) & (b < 0xC0)
+
+
+def utf8_owed(tokens: torch.Tensor) -> torch.Tensor:
+    """How many bytes the UTF-8 character open after each token still owes (0: it is complete).
+
+    tokens (B, T) of a byte level -> (B, T) long. A function of the token and the two before it, so
+    that `utf8_owed_step` (streaming, decode) gives the same from a running value. Bytes that do
+    not form UTF-8 owe nothing (a lead byte's debt ends at the first byte that is not a continuation).
+
+        bytes   61  C3  A9  E4  B8  AD  0A        "a", "é", "中", newline
+        owed     0   1   0   2   1   0   0
+
+    `utf8_boundaries` keeps the rule from opening a segment while something is owed, so a segment
+    never starts inside a character (the length cap `max_segment_len` still may).
+    """
+    lead, cont = _utf8_classes(tokens)  # (B, T) each
+    lead1 = torch.nn.functional.pad(lead, (1, 0))[:, :-1]  # (B, T): lead[t - 1]
+    lead2 = torch.nn.functional.pad(lead, (2, 0))[:, :-2]
+    cont1 = torch.nn.functional.pad(cont, (1, 0))[:, :-1]
+    after1 = torch.where(lead1 >= 1, lead1 - 1, torch.zeros_like(lead))
+    after2 = torch.where(cont1 & (lead2 >= 2), lead2 - 2, torch.zeros_like(lead))
+    owed = torch.where(lead1 >= 1, after1, after2)
+    return torch.where(lead > 0, lead, torch.where(cont, owed, torch.zeros_like(lead)))
+
+
+def utf8_owed_step(owed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`utf8_owed` one token on: owed (B',) after the row's last token (0 before its first),
+    tokens (B',) the next ones -> (B',)."""
+    lead, cont = _utf8_classes(tokens)
+    return torch.where(lead > 0, lead, torch.where(cont & (owed > 0), owed - 1, torch.zeros_like(owed)))
 
 
 def surprisal_bits(logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

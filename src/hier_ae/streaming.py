@@ -20,7 +20,7 @@ import torch
 
 from .kv_cache import KVStore
 from .pooling import states_before_segments
-from .segmentation import SegmentLayout, open_segment, surprisal_bits
+from .segmentation import SegmentLayout, open_segment, surprisal_bits, utf8_owed
 
 
 @dataclass
@@ -48,6 +48,8 @@ class LevelStream:
     # log-probabilities for the next token (B, V); None in the other modes
     seg_bits: torch.Tensor | None = None
     prev_logp: torch.Tensor | None = None
+    # `utf8_boundaries`: the bytes the UTF-8 character open after the row's last token still owes (B,)
+    utf8_owed: torch.Tensor | None = None
 
     def append_history(self, rows: torch.Tensor, toks: torch.Tensor) -> None:
         """Write `toks (B',)` after the history of `rows (B',)`, doubling the buffer when it is full."""
@@ -75,7 +77,8 @@ class StreamState:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
             names = ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before")
-            for name in names + ("history", "history_valid", "history_len", "seg_bits", "prev_logp"):
+            extra = ("history", "history_valid", "history_len", "seg_bits", "prev_logp", "utf8_owed")
+            for name in names + extra:
                 if getattr(st, name) is not None:
                     setattr(st, name, getattr(st, name).index_select(0, index))
         self.top.reorder(index)
@@ -107,6 +110,9 @@ def open_level_stream(
     With `code_choice_candidates`, `history` starts as the row's tokens `(B, T)` (padding as
     `pad_id`, `history_len` = T for every row); `step` appends each token it reads.
 
+    With `utf8_boundaries`, `utf8_owed (B,)` is what the UTF-8 character open after the row's last
+    token still owes (`segmentation.utf8_owed`; 0 for an empty row); `step` carries it on.
+
     With `boundary_mode: budget` (`entropy_logits (B, T, V)` given), `seg_bits (B,)` is the open
     segment's surprisal (the sum of `surprisal_bits` over its tokens; `step` restarts it when
     `pending_new`) and `prev_logp (B, V)` the entropy model's log-probabilities after the last token.
@@ -131,6 +137,9 @@ def open_level_stream(
     if level.cfg.code_choice_candidates:  # the codes are chosen over the row's tokens (B, T)
         history = tokens.masked_fill(~valid, level.vocab.pad_id)
         history_len = torch.full((B,), T, dtype=torch.long, device=valid.device)
+    owed = None
+    if level.cfg.utf8_boundaries:  # what the character open after the row's last token owes
+        owed = torch.where(has, utf8_owed(tokens)[rows, last], torch.zeros_like(last))  # (B,)
     seg_bits = prev_logp = None
     if level.cfg.boundary_mode == "budget":
         span = torch.arange(T, device=valid.device)[None, :]  # (1, T)
@@ -150,4 +159,5 @@ def open_level_stream(
         history_len=history_len,
         seg_bits=seg_bits,
         prev_logp=prev_logp,
+        utf8_owed=owed,
     )

@@ -23,6 +23,7 @@ def _architecture(config) -> str:
             f"- level {i}: width {lv.hidden_size}, entropy / encoder / decoder layers "
             f"{lv.entropy_layers} / {lv.encoder_layers} / {lv.decoder_layers}, window {lv.window}, "
             f"{lv.boundary_mode} boundaries, "
+            + ("never inside a UTF-8 character, " if lv.utf8_boundaries else "")
             + (f"min segment {lv.min_segment_len}, " if lv.min_segment_len > 1 else "")
             + f"max segment {lv.max_segment_len}, "
             f"{codes}"
