@@ -67,3 +67,20 @@ def test_a_byte_shorter_does_not_decode():
     shorter = payload[:-1]
     for cut in (shorter, (int.from_bytes(shorter, "big") + 1).to_bytes(len(shorter), "big")):
         assert decode(cut, enc.calls)[0].tolist() != symbols.tolist()
+
+
+def test_calls_of_different_widths_under_one_model():
+    """One Categorical object for tokens of two vocabularies (a two-level model's levels, interleaved
+    as decode steps them): the calls are checked in order, never merged across widths."""
+    rng = np.random.default_rng(3)
+    model = Categorical(perfect=False)
+    enc = RecordingEncoder()
+    calls = []
+    for width in [259, 259, 2051, 259, 2051, 2051]:
+        p = rng.dirichlet(np.ones(width))[None]  # (1, width)
+        s = int(rng.choice(width, p=p[0]))
+        enc.encode([s], model, p)
+        calls.append((s, p))
+    payload = enc.to_bytes()
+    decoder = constriction.stream.queue.RangeDecoder(words_from_bytes(payload))
+    assert [int(decoder.decode(model, p)[0]) for _, p in calls] == [s for s, _ in calls]

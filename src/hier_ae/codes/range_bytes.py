@@ -62,12 +62,19 @@ class RecordingEncoder:
         self.calls.append((model, symbols, probs))
 
     def _replay(self) -> list[tuple[object, np.ndarray, np.ndarray | None]]:
-        """The calls with consecutive ones under one model object and probability rows merged, so a
-        decode checks a chunk's thousand one-token calls in one call."""
+        """The calls with consecutive ones under one model object and probability rows of one width
+        merged, so a decode checks a chunk's thousand one-token calls in one call (a two-level model's
+        levels code their tokens under one model object with vocabularies of different sizes)."""
         merged: list[tuple[object, list, list | None]] = []
         for model, symbols, probs in self.calls:
             last = merged[-1] if merged else None
-            if last is not None and last[0] is model and probs is not None and last[2] is not None:
+            if (
+                last is not None
+                and last[0] is model
+                and probs is not None
+                and last[2] is not None
+                and last[2][-1].shape[-1] == probs.shape[-1]
+            ):
                 last[1].append(symbols)
                 last[2].append(probs)
             else:
