@@ -530,7 +530,8 @@ class HierLevel(nn.Module):
         # budget mode: the open segment's surprisal (B,) and the entropy model's prediction (B, V)
         seg_bits = torch.zeros(B, dtype=torch.float32, device=dev)
         prev_logp = torch.zeros(B, self.vocab.vocab_size, device=dev) if budget else None
-        owed = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) `utf8_boundaries`: bytes owed
+        # `utf8_boundaries`: the bytes the row's open UTF-8 character still owes (B,); None without
+        owed = torch.zeros(B, dtype=torch.long, device=dev) if self.cfg.utf8_boundaries else None
         done = n_seg == 0  # (B,)
         rows = torch.arange(B, device=dev)  # (B',) the rows that step: every row at step 0
         one = torch.ones(B, 1, dtype=torch.bool, device=dev)  # (B, 1)
@@ -596,8 +597,11 @@ class HierLevel(nn.Module):
                 )
             else:
                 prev = None if n == 0 else prev_H[rows]
-                owed[rows] = utf8_owed_step(owed[rows], nxt)
-                fires = self.rule(H, nxt[:, None], prev_entropy=prev, owed=owed[rows][:, None])[:, 0]  # (B',)
+                r_owed = None
+                if owed is not None:
+                    owed[rows] = r_owed = utf8_owed_step(owed[rows], nxt)  # (B',)
+                    r_owed = r_owed[:, None]
+                fires = self.rule(H, nxt[:, None], prev_entropy=prev, owed=r_owed)[:, 0]  # (B',)
             r_len = seg_len[rows] + 1  # (B',)
             new_seg = segment_closes(fires, r_len, L, self.cfg.min_segment_len, nxt == eos)  # (B',)
             if budget:
