@@ -346,7 +346,7 @@ def test_bench_codec_end_to_end(trained_1level, grammar_data, tmp_path):
 
 
 def test_bench_codec_whole_file_and_report(trained_1level, grammar_data, tmp_path):
-    """bench.codec --whole: the val file as one blob in 1,022-byte chunks comes back exactly, its rate
+    """bench.codec --whole: the val file as one blob in the default chunks comes back exactly, its rate
     is the blob's size (the compress call's own), and --md writes a report with the command."""
     from bench import codec as bench_codec
     from hier_ae.codes.codec import Codec
@@ -370,7 +370,8 @@ def test_bench_codec_whole_file_and_report(trained_1level, grammar_data, tmp_pat
     ]
     results = bench_codec.main(argv)
     whole, data = results[0]["whole"], val.read_bytes()
-    assert whole["exact"] == 1.0 and whole["bytes"] == len(data) and whole["chunks"] == -(-len(data) // 1022)
+    size = Codec(model).default_chunk_bytes
+    assert whole["exact"] == 1.0 and whole["bytes"] == len(data) and whole["chunks"] == -(-len(data) // size)
     assert whole["stream_bits_per_byte"] == pytest.approx(Codec(model).compress(data).bits_per_byte)
     assert whole["xz -9e"] is not None and "docs" not in results[0] and results[0]["adaptive"]
     plain = bench_codec.main(argv[:-2] + ["--no-adaptive"])[0]["whole"]
@@ -516,3 +517,27 @@ def test_bench_top_lm_positions_sums_to_the_codecs_code_bits(trained_1level, gra
     assert windowed["window"] == 2 and windowed["bits_per_code"] != pytest.approx(
         res["bits_per_code"], rel=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "top_window, max_input_bytes, expected",
+    [(None, 65536, 1022), (16, 65536, 16382), (16, 4096, 4094), (None, 512, 510)],
+)
+def test_default_chunk_follows_the_top_lm_window(top_window, max_input_bytes, expected):
+    """A top LM that attends through a window reads long chunks as well as short ones: 16,382-byte
+    chunks by default (fewer cold starts); a full-attention top LM keeps 1,022; both within
+    max_input_bytes - 2. The default is what compress cuts by."""
+    from conftest import TINY_TOP, tiny_level
+
+    torch.manual_seed(0)
+    config = HierAEConfig(
+        levels=[tiny_level()],
+        top_lm={**TINY_TOP, "window": top_window},
+        max_position_embeddings=128,
+        max_input_bytes=max_input_bytes,
+    )
+    codec = Codec(HierAEModel(config).eval())
+    assert codec.default_chunk_bytes == expected
+    assert codec._chunk_size(None) == expected and codec._chunk_size(100) == 100
+    with pytest.raises(ValueError, match=f"default {expected:,} for this model"):
+        codec._chunk_size(max_input_bytes - 1)

@@ -81,6 +81,13 @@ DIGIT = 1 << 12
 CODE_MODES = ("auto", "top_lm", "uniform")
 FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
 ADAPTIVE = 1  # flags bit: the file models (`FileModels`) are in
+# the default chunk, `<s>` + 16,382 bytes + `</s>` = 16,384 tokens (capped at max_input_bytes - 2), for a
+# model whose top LM attends through a window (`top_lm.window`; the levels always do): a long chunk then
+# costs no more a byte to run, and each chunk start prices its first codes and tokens from an empty
+# context (1,022-byte chunks: 0.11 bits/byte more on code, CK1 in bench/experiments.md). A top LM with
+# full attention, trained on short rows, reads long chunks worse (TW): its default stays 1,022 bytes.
+DEFAULT_CHUNK_BYTES = 16382
+FULL_ATTENTION_CHUNK_BYTES = 1022
 
 
 @dataclass
@@ -271,12 +278,20 @@ class Codec:
         # decompressor does not have) and its head is small enough to hand to the range coder
         self.top_lm_codes = not self.net.config.top_lm_config.reads_pooled and self.num_codes <= UNIFORM_MAX
 
+    @property
+    def default_chunk_bytes(self) -> int:
+        """The chunk `compress` cuts a text into by default (see `DEFAULT_CHUNK_BYTES`)."""
+        windowed = self.net.config.top_lm_config.window is not None
+        limit = self.net.config.max_input_bytes - 2  # room for <s> and </s>
+        return min(DEFAULT_CHUNK_BYTES if windowed else FULL_ATTENTION_CHUNK_BYTES, limit)
+
     def _chunk_size(self, chunk_bytes: int | None) -> int:
         limit = self.net.config.max_input_bytes - 2  # room for <s> and </s>
-        size = min(1022, limit) if chunk_bytes is None else chunk_bytes
+        size = self.default_chunk_bytes if chunk_bytes is None else chunk_bytes
         if not isinstance(size, int) or not 1 <= size <= limit:
             raise ValueError(
-                f"chunk_bytes={chunk_bytes!r} is invalid: an int in [1, {limit}] or None (1,022)."
+                f"chunk_bytes={chunk_bytes!r} is invalid: an int in [1, {limit}] or None "
+                f"(default {self.default_chunk_bytes:,} for this model)."
             )
         return size
 
@@ -308,10 +323,11 @@ class Codec:
     def compress(self, data: bytes, chunk_bytes: int | None = None, codes: str = "auto") -> Compressed:
         """Bytes -> a `Compressed` whose `blob` `decompress` turns back into exactly `data`.
 
-        The text is cut into chunks of `chunk_bytes` (default 1,022: `<s>` + chunk + `</s>` = 1,024
-        tokens); each is encoded as one document, its top codes coded under the top LM or at log2 K
-        bits each (`codes`: "auto" takes the cheaper per chunk), then its tokens range-coded under the
-        decoder's predictions as `decode` regenerates them.
+        The text is cut into chunks of `chunk_bytes` (default `default_chunk_bytes`: 16,382 bytes, `<s>` +
+        chunk + `</s>` = 16,384 tokens, for a top LM with an attention window, else 1,022); each is
+        encoded as one document, its top codes coded under the top LM or at log2 K bits each (`codes`:
+        "auto" takes the cheaper per chunk), then its tokens range-coded under the decoder's
+        predictions as `decode` regenerates them.
         """
         stream = _constriction().stream
         if not isinstance(data, (bytes, bytearray, memoryview)):
