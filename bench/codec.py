@@ -19,9 +19,10 @@ where the codec codes each on its own. The codec's file models (`hier_ae.codes.f
 of what followed each pair of codes, match models) are in by default; `--no-adaptive` leaves them
 out (the top LM's and the decoder's cross-entropies alone).
 
-`--whole` also codes each text file whole, as `examples/compress.py` does (the codec's 1,022-byte
-chunks, each from an empty context), decompresses it and compares the bytes; its rate is the whole
-blob, header included, beside the compressors on the same file (which see repeats across all of it).
+`--whole` also codes each text file whole, as `examples/compress.py` does (the codec's default
+chunks, 16,382 bytes for a top LM with an attention window, each from an empty context), decompresses it
+and compares the bytes; its rate is the whole blob, header included, beside the compressors on the same
+file (which see repeats across all of it).
 `--md FILE` writes the table as a report with its date, machine and command.
 
     python -m bench.codec --model runs/ts-codec/model --text ../shared/data/tinyshakespeare/val.txt#2/2 \
@@ -177,7 +178,8 @@ def report(results: list[dict], model: str, argv: list[str]) -> str:
             f"Report written {datetime.date.today().isoformat()} on {machine()}. Model `{model}`. Command: "
             f"`python -m bench.codec {shlex.join(argv)}` (from the repository root). Autoencoder figures, "
             "not LM figures: each line and each 1 KB window is coded alone (`hier_ae.codes.codec`); "
-            '"whole file" codes the text file as one blob in the codec\'s 1,022-byte chunks, each encoded '
+            '"whole file" codes the text file as one blob in the codec\'s default chunks (16,382 bytes for a '
+            "top LM with an attention window, else 1,022), each encoded "
             "and priced by the model from an empty context. "
             + (
                 "The codec's file models (`hier_ae.codes.file_models`: a cache of what followed each "

@@ -3,7 +3,8 @@
     python -m bench.top_lm_positions --model runs/ts-codec/model --text ../shared/data/tinyshakespeare/val.txt
     python -m bench.top_lm_positions --model M --text VAL#1/2 --window 32     # as if top_lm.window were 32
 
-The codec (`hier_ae.codes.codec`) codes a text in chunks of 1,022 bytes, each encoded as one document,
+The codec (`hier_ae.codes.codec`) codes a text in chunks (1,022 bytes here by default, the codec's
+default for a top LM with full attention; `--chunk-bytes`), each encoded as one document,
 and prices the chunk's top codes under the top LM, which reads [BEGIN, bos, c_0, ..., c_{j-1}] to
 predict c_j. This cuts the text into such chunks (consecutive, from its start), encodes each, scores
 every code with one teacher-forced pass of the top LM (softmax over the K codes alone, as the codec

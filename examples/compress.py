@@ -26,7 +26,12 @@ from hier_ae.cli import run
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="saved hier_ae model folder")
-    p.add_argument("--chunk-bytes", type=int, default=None, help="bytes per chunk (default 1,022)")
+    p.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=None,
+        help="bytes per chunk (default: 16,382 for a top LM with an attention window, else 1,022)",
+    )
     p.add_argument(
         "--codes",
         choices=["auto", "top_lm", "uniform"],

@@ -1,6 +1,6 @@
 """What the codec learns from a file as it goes, so that what the file said before costs less again.
 
-The codec (`hier_ae.codes.codec`) prices each 1,022-byte chunk's top codes under the top LM and its
+The codec (`hier_ae.codes.codec`) prices each chunk's top codes under the top LM and its
 tokens under the decoder, both from an empty context. `FileModels` carries the file so far across
 chunks, on both sides of the codec alike:
 

@@ -1,7 +1,7 @@
 """A match model: the next symbol of a stream predicted from the last time its recent past occurred.
 
-The codec (`hier_ae.codes.codec`) codes a file in 1,022-byte chunks, each encoded and priced from an
-empty context, so a block repeated across the file (code repeats whole functions, imports,
+The codec (`hier_ae.codes.codec`) codes a file in chunks (16,382 bytes by default), each encoded and
+priced from an empty context, so a block repeated across the file (code repeats whole functions, imports,
 signatures) costs as much the second time as the first. A match model remembers the stream so far
 across chunks: when the last `min_len` symbols occurred before, it predicts the symbol that followed
 them then, and it keeps predicting along that earlier occurrence while it is right. The prediction
