@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hier_ae.codes.context_counts import ContextCounts
-from hier_ae.codes.file_models import FileModels
+from hier_ae.codes.file_models import FileModels, share_bucket
 from hier_ae.codes.match_model import MatchModel, length_bucket
 
 A, B, C = 0, 1, 2
@@ -43,22 +43,62 @@ def test_match_model_never_lowers_a_sure_prediction_and_learns_from_hits():
     assert out[A] > 0.8 and out.sum() == pytest.approx(1.0)  # from 0.5 with no history
 
 
-def test_match_model_restore_undoes_everything():
+@pytest.mark.parametrize("longer", [(), (4, 8)])
+def test_match_model_restore_undoes_everything(longer):
     rng = np.random.default_rng(0)
     stream = rng.integers(0, 4, size=60).tolist()
-    mm = MatchModel(min_len=2)
+    mm = MatchModel(min_len=2, longer=longer, extra_bins=2)
     for s in stream[:30]:
-        mm.mix(np.full(4, 0.25))
+        mm.mix(np.full(4, 0.25), extra=s % 2)
         mm.update(s)
     mark = mm.checkpoint()
-    state = (list(mm.stream), dict(mm.table), mm.ptr, mm.length, mm.hits.copy(), mm.tries.copy())
+
+    def tables():
+        return {n: dict(t) for n, t in mm.tables.items()}
+
+    state = (list(mm.stream), tables(), mm.ptr, mm.length, mm.hits.copy(), mm.tries.copy())
     for s in stream[30:]:
-        mm.mix(np.full(4, 0.25))
+        mm.mix(np.full(4, 0.25), extra=s % 2)
         mm.update(s)
     mm.restore(mark)
-    assert (list(mm.stream), dict(mm.table), mm.ptr, mm.length) == state[:4]
+    assert (list(mm.stream), tables(), mm.ptr, mm.length) == state[:4]
     assert np.array_equal(mm.hits, state[4]) and np.array_equal(mm.tries, state[5])
-    assert list(mm.table) == list(state[1])  # insertion order too
+    assert all(list(mm.tables[n]) == list(state[1][n]) for n in mm.tables)  # insertion order too
+
+
+def test_match_model_takes_the_longest_context_that_occurred():
+    """Stream u v w c1 | v w c2 | u v z | u v w ?: at the last w the running match (u v, last
+    followed by z) has just failed, and a fresh one is looked up. By the last 2 symbols, (v, w) last
+    occurred at 4-5, followed by c2; a model that also keeps 3-symbol contexts finds (u, v, w) at
+    0-2 first, followed by c1, the longer shared past."""
+    U, V, W, C1, C2, Z = 3, 4, 5, 6, 7, 8
+    stream = [U, V, W, C1, V, W, C2, U, V, Z, U, V, W]
+    short, long = MatchModel(min_len=2), MatchModel(min_len=2, longer=(3,))
+    for s in stream:
+        short.update(s)
+        long.update(s)
+    assert (short.prediction, short.length) == (C2, 2)
+    assert (long.prediction, long.length) == (C1, 3)
+
+
+def test_match_model_keeps_hit_rates_apart_by_extra():
+    """A prediction's hit or miss is counted under the `extra` bucket it was mixed with."""
+    mm = MatchModel(min_len=1, extra_bins=2)
+    q = np.full(3, 1 / 3)
+    for s in (A, B, A):
+        mm.update(s)
+    assert mm.prediction == B  # "a" was followed by b
+    mm.mix(q, extra=1)
+    mm.update(B)  # right, counted under extra 1
+    assert mm.tries[..., 1].sum() == mm.hits[..., 1].sum() == 1 and mm.tries[..., 0].sum() == 0
+    assert mm.prediction == A  # "a b" goes on as it did: a
+    mm.mix(q, extra=0)
+    mm.update(C)  # wrong, counted under extra 0
+    assert mm.tries[..., 0].sum() == 1 and mm.hits[..., 0].sum() == 0
+    with pytest.raises(ValueError, match="longer"):
+        MatchModel(min_len=2, longer=(2,))
+    with pytest.raises(ValueError, match="extra_bins"):
+        MatchModel(extra_bins=0)
 
 
 def test_length_buckets():
@@ -103,16 +143,29 @@ def test_file_models_bad_arguments():
     with pytest.raises(ValueError, match="order"):
         ContextCounts(0)
     fm = FileModels(num_levels=2)
-    assert len(fm.token_models) == 2
+    assert len(fm.token_models) == 2 and fm.version == 2
+    with pytest.raises(ValueError, match="version"):
+        FileModels(num_levels=1, version=3)
 
 
-def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution():
+def test_context_counts_share_and_its_buckets():
+    """The docstring's stream a b c a b: the context (a, b) was followed by c once."""
+    cc = ContextCounts(order=2, k=2.0)
+    assert cc.share(C) is None  # no context yet
+    for s in (A, B, C, A, B):
+        cc.update(s)
+    assert (cc.share(C), cc.share(A)) == (1.0, 0.0)
+    assert [share_bucket(x) for x in (None, 0.0, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 1, 2, 3, 3, 4, 4]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(version):
     """A random code stream, then the same again: the second time costs a small fraction of the first
     under a flat model with the file models in, and every blended row is a distribution."""
     rng = np.random.default_rng(2)
     K = 64
     stream = rng.integers(0, K, size=300).tolist() * 2
-    fm = FileModels(num_levels=1)
+    fm = FileModels(num_levels=1, version=version)
     bits = []
     for s in stream:
         p = fm.mix_code(np.full(K, 1.0 / K))

@@ -43,7 +43,8 @@ chunks' codes are still the autoencoder's; `Compressed`'s bits are the rate with
 (with them off, the top LM's and the decoder's cross-entropies themselves).
 
 Container (integers little-endian, `varint` = LEB128):
-    b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models) | weights fingerprint
+    b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models, bit 1: their version 2, else
+    version 1; see `file_models`) | weights fingerprint
     (8 bytes) | text bytes (varint) | CRC-32 (u32)
     | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
     coder's stream of S = h // 2 codes, coded flat (h even) or under the top LM (h odd), followed by
@@ -70,6 +71,7 @@ import torch
 from ..configuration_hier_ae import BOS_ID, BYTE_OFFSET, EOS_ID
 from ..data.batching import frame_document
 from ..kv_cache import KVStore
+from . import file_models
 from .file_models import FileModels
 from .range_bytes import RecordingEncoder, words_from_bytes
 
@@ -81,6 +83,7 @@ DIGIT = 1 << 12
 CODE_MODES = ("auto", "top_lm", "uniform")
 FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
 ADAPTIVE = 1  # flags bit: the file models (`FileModels`) are in
+FILE_MODELS_V2 = 2  # flags bit: ... in their version 2 (without it, version 1: blobs written before CF2)
 # the default chunk, `<s>` + 16,382 bytes + `</s>` = 16,384 tokens (capped at max_input_bytes - 2), for a
 # model whose top LM attends through a window (`top_lm.window`; the levels always do): a long chunk then
 # costs no more a byte to run, and each chunk start prices its first codes and tokens from an empty
@@ -339,13 +342,15 @@ class Codec:
         size = self._chunk_size(chunk_bytes)
         codes_mode = self._check_codes_mode(codes)
         net, top = self.net, self.top
-        out = bytearray(MAGIC + bytes([VERSION, ADAPTIVE if self.adaptive else 0]) + self.fingerprint)
+        fm_version = file_models.LATEST
+        flags = (ADAPTIVE | (FILE_MODELS_V2 if fm_version == 2 else 0)) if self.adaptive else 0
+        out = bytearray(MAGIC + bytes([VERSION, flags]) + self.fingerprint)
         out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
         header = len(out)
         code_bits = flat_bits = residual_bits = 0.0
         chunks = raw = lm_chunks = 0
         flat_per_code = sum(math.log2(a) for a in self.alphabets)
-        file = FileModels(net.num_levels) if self.adaptive else None
+        file = FileModels(net.num_levels, fm_version) if self.adaptive else None
         for start in range(0, len(data), size):
             marks = file.checkpoint() if file else None  # a chunk stored raw is taken back
             piece = data[start : start + size]
@@ -415,9 +420,10 @@ class Codec:
         if version not in READS:
             raise ValueError(f"hier_ae codec blob of version {version}; this package reads versions {READS}")
         flags = r.take(1)[0] if version >= 3 else 0
-        if flags & ~ADAPTIVE:
+        if flags & ~(ADAPTIVE | FILE_MODELS_V2) or flags == FILE_MODELS_V2:
             raise ValueError(f"hier_ae codec blob with unknown flags {flags:#04x}: it is corrupt or newer")
-        file = FileModels(self.net.num_levels) if flags & ADAPTIVE else None
+        fm_version = 2 if flags & FILE_MODELS_V2 else 1
+        file = FileModels(self.net.num_levels, fm_version) if flags & ADAPTIVE else None
         stored = r.take(8)
         if stored != self.fingerprint:
             raise ValueError(

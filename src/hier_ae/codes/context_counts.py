@@ -49,6 +49,12 @@ class ContextCounts:
             out[symbol] += w * n / total
         return out.reshape(q.shape)
 
+    def share(self, symbol: int) -> float | None:
+        """The fraction of the current context's sightings followed by `symbol` (None: an unseen
+        context). The toy example above: share(c) = 1.0, share(a) = 0.0."""
+        seen = self.counts.get(tuple(self.last)) if len(self.last) == self.order else None
+        return seen.get(symbol, 0) / sum(seen.values()) if seen else None
+
     def update(self, symbol: int) -> None:
         symbol = int(symbol)
         if len(self.last) == self.order:

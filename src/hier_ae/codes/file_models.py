@@ -5,11 +5,16 @@ tokens under the decoder, both from an empty context. `FileModels` carries the f
 chunks, on both sides of the codec alike:
 
 - over the top codes, a cache of what followed each pair of codes (`ContextCounts(order=2, k=32)`)
-  and on top of it a match model (`MatchModel(min_len=2)`: the code that followed the last occurrence
-  of the recent codes);
+  and on top of it a match model (the code that followed the last occurrence of the recent codes);
 - over each level's tokens, a match model (`MatchModel(min_len=5)`).
 
-The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF1 in
+Two versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
+was coded with: version 1 (CF0) looks matches up by the last 2 codes and keeps its hit rates by match
+length and q[pred] in 4 bins; version 2 (CF2, the default) looks up the last 8, then 4, then 2 codes,
+and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what the cache says of the
+prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
+predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
+The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0 and CF2 in
 bench/experiments.md), with the top codes of the shipped codec recipes.
 
 `checkpoint()` / `restore(marks)` undo what was learnt since the marks (a chunk stored raw, which the
@@ -25,22 +30,43 @@ from .match_model import MatchModel
 
 CODE_ORDER, CODE_K = 2, 32.0  # the cache over top codes: contexts of 2 codes, half weight at 32 sightings
 CODE_MIN_LEN = 2  # the match model over top codes (about 2 bytes each)
+CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
+VERSIONS = (1, 2)
+LATEST = 2
+SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
+
+
+def share_bucket(share: float | None) -> int:
+    """The cache's opinion of a prediction: 0 an unseen context, 1 never followed by it, 2 under half,
+    3 under 0.9, 4 at least 0.9 of the context's sightings. share_bucket(0.25) = 2."""
+    if share is None:
+        return 0
+    return 1 if share == 0 else 2 if share < 0.5 else 3 if share < 0.9 else 4
 
 
 class FileModels:
     """`mix_code(q)` / `update_code(c)` for the top codes, `mix_token(level, q)` /
     `update_token(level, t)` for each level's tokens, in the order the codec codes them."""
 
-    def __init__(self, num_levels: int):
-        self.code_models = [ContextCounts(CODE_ORDER, CODE_K), MatchModel(CODE_MIN_LEN)]
+    def __init__(self, num_levels: int, version: int = LATEST):
+        if version not in VERSIONS:
+            raise ValueError(f"file models version={version!r} is invalid: one of {VERSIONS}")
+        self.version = version
+        if version == 1:
+            match = MatchModel(CODE_MIN_LEN)
+        else:
+            match = MatchModel(CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=16, extra_bins=SHARE_BINS)
+        self.cache, self.match = ContextCounts(CODE_ORDER, CODE_K), match
+        self.code_models = [self.cache, self.match]
         self.token_models = [MatchModel(TOKEN_MIN_LEN) for _ in range(num_levels)]
 
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
-        for m in self.code_models:
-            q = m.mix(q)
-        return q
+        q = self.cache.mix(q)
+        pred = self.match.prediction
+        extra = 0 if self.version == 1 or pred is None else share_bucket(self.cache.share(pred))
+        return self.match.mix(q, extra)
 
     def update_code(self, code: int) -> None:
         for m in self.code_models:
