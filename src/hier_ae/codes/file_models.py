@@ -83,6 +83,6 @@ class FileModels:
 
     def restore(self, marks: list, codes_only: bool = False) -> None:
         """Back to `marks` (the last `checkpoint`); `codes_only`: the code models alone."""
-        models = (*self.code_models, *self.token_models)
-        for m, mark in list(zip(models, marks))[: len(self.code_models) if codes_only else None]:
+        models = self.code_models if codes_only else [*self.code_models, *self.token_models]
+        for m, mark in zip(models, marks):  # the marks list the code models first
             m.restore(mark)

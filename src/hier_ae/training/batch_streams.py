@@ -52,24 +52,22 @@ def documents_to_encode(
     [b"efgh", b"ab"], in a seeded order: [b"ab", b"efgh"] (the line that crosses the mark is kept whole).
     """
     g = torch.Generator().manual_seed(seed)
-    if max_bytes is None:
-        chosen = list(docs)
-    else:
-        chosen, room = [], max_bytes
-        for i in torch.randperm(len(docs), generator=g).tolist():
+
+    def fill(items: list[bytes], room: float, cut: bool) -> list[bytes]:
+        """Items in a seeded order until `room` bytes; the one that crosses it cut there or kept whole."""
+        out = []
+        for i in torch.randperm(len(items), generator=g).tolist():
             if room <= 0:
                 break
-            chosen.append(docs[i][:room])
-            room -= len(chosen[-1])
+            out.append(items[i][: int(room)] if cut else items[i])
+            room -= len(out[-1])
+        return out
+
+    chosen = list(docs) if max_bytes is None else fill(docs, max_bytes, cut=True)
     lines: list[bytes] = []
     if p_line > 0:
         every = [line for d in chosen for line in d.split(b"\n") if line]
-        room = p_line * sum(map(len, chosen))
-        for i in torch.randperm(len(every), generator=g).tolist():
-            if room <= 0:
-                break
-            lines.append(every[i])
-            room -= len(every[i])
+        lines = fill(every, p_line * sum(map(len, chosen)), cut=False)
     return chosen, lines
 
 
