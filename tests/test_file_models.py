@@ -175,3 +175,24 @@ def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(versio
     first, second = sum(bits[:300]), sum(bits[300:])
     assert first == pytest.approx(300 * 6.0, rel=0.02)
     assert second < 0.1 * first
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_token_match_models_price_a_repeat_cheaply(version):
+    """The match models over tokens (one per level): a repeated random byte stream under a flat
+    decoder costs a small fraction the second time; version 2 keeps its hit rates in 16 q-bins."""
+    from hier_ae.codes.file_models import TOKEN_Q_BINS
+
+    rng = np.random.default_rng(3)
+    V = 259
+    stream = rng.integers(3, V, size=400).tolist() * 2
+    fm = FileModels(num_levels=2, version=version)
+    assert fm.token_models[1].hits.shape[1] == TOKEN_Q_BINS[version] == (4 if version == 1 else 16)
+    bits = []
+    for t in stream:
+        p = fm.mix_token(0, np.full(V, 1.0 / V))
+        assert p.sum() == pytest.approx(1.0)
+        bits.append(-np.log2(p[t]))
+        fm.update_token(0, t)
+    assert sum(bits[400:]) < 0.1 * sum(bits[:400])
+    assert fm.token_models[1].stream == []  # level 1 saw nothing

@@ -14,6 +14,7 @@ length and q[pred] in 4 bins; version 2 (CF2, the default) looks up the last 8, 
 and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what the cache says of the
 prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
 predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
+Its token match models keep their hit rates by q[pred] in 16 bins instead of 4.
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0 and CF2 in
 bench/experiments.md), with the top codes of the shipped codec recipes.
 
@@ -32,6 +33,7 @@ CODE_ORDER, CODE_K = 2, 32.0  # the cache over top codes: contexts of 2 codes, h
 CODE_MIN_LEN = 2  # the match model over top codes (about 2 bytes each)
 CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
+TOKEN_Q_BINS = {1: 4, 2: 16}  # by version: the bins of q[pred] their hit rates are kept in
 VERSIONS = (1, 2)
 LATEST = 2
 SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
@@ -59,7 +61,9 @@ class FileModels:
             match = MatchModel(CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=16, extra_bins=SHARE_BINS)
         self.cache, self.match = ContextCounts(CODE_ORDER, CODE_K), match
         self.code_models = [self.cache, self.match]
-        self.token_models = [MatchModel(TOKEN_MIN_LEN) for _ in range(num_levels)]
+        self.token_models = [
+            MatchModel(TOKEN_MIN_LEN, q_bins=TOKEN_Q_BINS[version]) for _ in range(num_levels)
+        ]
 
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
