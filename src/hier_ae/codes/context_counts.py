@@ -37,9 +37,13 @@ class ContextCounts:
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # context -> {next symbol: count}
         self.journal: list[tuple[tuple[int, ...], int]] | None = None
 
+    def _seen(self) -> dict[int, int] | None:
+        """The current context's {next symbol: count}, or None before `order` symbols or if unseen."""
+        return self.counts.get(tuple(self.last)) if len(self.last) == self.order else None
+
     def mix(self, q: np.ndarray) -> np.ndarray:
         """q: (V,) or (1, V) float64 probabilities -> the same shape, the context's counts blended in."""
-        seen = self.counts.get(tuple(self.last)) if len(self.last) == self.order else None
+        seen = self._seen()
         if not seen:
             return q
         total = sum(seen.values())
@@ -52,7 +56,7 @@ class ContextCounts:
     def share(self, symbol: int) -> float | None:
         """The fraction of the current context's sightings followed by `symbol` (None: an unseen
         context). The toy example above: share(c) = 1.0, share(a) = 0.0."""
-        seen = self.counts.get(tuple(self.last)) if len(self.last) == self.order else None
+        seen = self._seen()
         return seen.get(symbol, 0) / sum(seen.values()) if seen else None
 
     def update(self, symbol: int) -> None:

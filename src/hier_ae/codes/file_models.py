@@ -60,10 +60,14 @@ class FileModels:
         else:
             match = MatchModel(CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=16, extra_bins=SHARE_BINS)
         self.cache, self.match = ContextCounts(CODE_ORDER, CODE_K), match
-        self.code_models = [self.cache, self.match]
         self.token_models = [
             MatchModel(TOKEN_MIN_LEN, q_bins=TOKEN_Q_BINS[version]) for _ in range(num_levels)
         ]
+
+    @property
+    def code_models(self) -> list:
+        """The models over the top codes, in the order they are updated and checkpointed."""
+        return [self.cache, self.match]
 
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
