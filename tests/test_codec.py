@@ -226,7 +226,7 @@ def test_file_models_price_a_repeat_below_its_first_time(trained_1level, grammar
     text = once + once
     on, off = Codec(model), Codec(model, adaptive=False)
     with_mm, without = on.compress(text, chunk_bytes=64), off.compress(text, chunk_bytes=64)
-    assert with_mm.blob[5] == 3 and without.blob[5] == 0  # the flags byte: file models, version 2
+    assert with_mm.blob[5] == 5 and without.blob[5] == 0  # the flags byte: file models, version 3
     assert with_mm.code_bits < 0.6 * without.code_bits
     assert with_mm.residual_bits < without.residual_bits
     assert len(with_mm.blob) < 0.6 * len(without.blob)
@@ -235,14 +235,16 @@ def test_file_models_price_a_repeat_below_its_first_time(trained_1level, grammar
     assert with_mm.code_bits + with_mm.residual_bits > 0.9 * (alone.code_bits + alone.residual_bits)
     with pytest.raises(TypeError, match="adaptive"):
         Codec(model, adaptive="yes")
-    for flags in (6, 2):  # an unknown bit; version 2 without file models
+    for flags in (6, 2, 7, 8):  # versions 2 / 3 without file models, both versions, an unknown bit
         with pytest.raises(ValueError, match="unknown flags"):
             on.decompress(with_mm.blob[:5] + bytes([flags]) + with_mm.blob[6:])
 
 
-def test_blobs_of_file_models_version_1_still_decode(trained_1level, grammar_data, monkeypatch):
-    """A blob written with the first file models (flags 1, before CF2) decodes with them: the
-    decompressor takes the version from the flags, not from the package's latest."""
+@pytest.mark.parametrize("version, flags", [(1, 1), (2, 3)])
+def test_blobs_of_earlier_file_models_still_decode(trained_1level, grammar_data, monkeypatch, version, flags):
+    """A blob written with earlier file models (flags 1: version 1, before CF2; flags 3: version 2,
+    codes before tokens, before TC0) decodes with them: the decompressor takes the version from the
+    flags, not from the package's latest."""
     from hier_ae.codes import file_models
 
     model, _ = trained_1level
@@ -250,12 +252,12 @@ def test_blobs_of_file_models_version_1_still_decode(trained_1level, grammar_dat
     text = once[: len(once) // 64 * 64] * 2
     codec = Codec(model)
     latest = codec.compress(text, chunk_bytes=64)
-    monkeypatch.setattr(file_models, "LATEST", 1)
-    first = codec.compress(text, chunk_bytes=64)
+    monkeypatch.setattr(file_models, "LATEST", version)
+    earlier = codec.compress(text, chunk_bytes=64)
     monkeypatch.undo()
-    assert first.blob[5] == 1 and latest.blob[5] == 3
-    assert codec.decompress(first.blob) == text and codec.decompress(latest.blob) == text
-    assert first.blob != latest.blob  # the versions price the repeat differently
+    assert earlier.blob[5] == flags and latest.blob[5] == 5
+    assert codec.decompress(earlier.blob) == text and codec.decompress(latest.blob) == text
+    assert earlier.blob != latest.blob  # the versions price the repeat differently
 
 
 def test_trained_model_pays_less_for_text_it_knows(trained_1level, grammar_data):
@@ -426,7 +428,7 @@ def test_example_script_round_trip(trained_1level, grammar_data, tmp_path):
     assert cli("decompress", blob, back).returncode == 0
     assert back.read_bytes() == src.read_bytes()
     plain = cli("compress", "--no-adaptive", src, tmp_path / "plain.hae")  # no file models: flags 0
-    assert plain.returncode == 0 and blob.read_bytes()[5] == 3
+    assert plain.returncode == 0 and blob.read_bytes()[5] == 5  # file models, version 3
     assert (tmp_path / "plain.hae").read_bytes()[5] == 0
     assert cli("decompress", tmp_path / "plain.hae", tmp_path / "plain.txt").returncode == 0
     assert (tmp_path / "plain.txt").read_bytes() == src.read_bytes()

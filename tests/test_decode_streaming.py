@@ -288,3 +288,35 @@ def test_bf16_decode_boundaries_match_encode(trained_1level, grammar_data):
         assert int(same.sum()) >= len(same) // 2
         # == the fp32 decode's boundaries, up to a near-tie
         assert len(compare_boundaries(seg_id[same, :n], ref[2][same, :n], H[same, :n], theta)) <= 1
+
+
+@pytest.mark.parametrize("fixture", ["trained_1level", "trained_2level"])
+def test_next_code_reads_each_code_just_before_its_segment(request, grammar_data, fixture):
+    """`decode(next_code=...)` (the codec's interleaved codes) regenerates what `decode(codes)` does,
+    asking for code j once, in order, when the top level's tokens of segments 0..j-1 are out and
+    none of segment j's: the number of top-level tokens picked so far is where segment j starts."""
+    model, _ = request.getfixturevalue(fixture)
+    top = model.num_levels - 1
+    ids = frame_document(grammar_data[1][0].encode())[None]  # (1, N + 2)
+    enc = model.encode(ids)
+    codes = enc.top_codes[:, enc.top_mask[0]]  # (1, S)
+    seg_id = enc.segment_ids[top][0][enc.level_mask[top][0]]  # (n_top,) each top-level token's segment
+    starts = [int((seg_id < j).sum()) for j in range(codes.shape[1])]
+    picked, asked = [], []
+
+    def pick(level, n, logits, rows):
+        token = logits.argmax(dim=-1)
+        if level == top:
+            picked.append(int(token[0]))
+        return token
+
+    def next_code(j):
+        asked.append((j, len(picked)))
+        return int(codes[0, j])
+
+    ref = model.decode(codes)
+    out = model.decode(torch.zeros_like(codes), pick=pick, next_code=next_code)
+    assert torch.equal(out.sequences, ref.sequences) and torch.equal(out.attention_mask, ref.attention_mask)
+    assert asked == list(zip(range(codes.shape[1]), starts))
+    with pytest.raises(ValueError, match="one row"):
+        model.decode(codes.expand(2, -1), next_code=next_code)

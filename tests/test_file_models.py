@@ -1,4 +1,5 @@
-"""hier_ae.codes.{match_model, context_counts, file_models}: what the codec learns from a file."""
+"""hier_ae.codes.{match_model, context_counts, text_contexts, file_models}: what the codec learns from a
+file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from hier_ae.codes.context_counts import ContextCounts
 from hier_ae.codes.file_models import FileModels, share_bucket
 from hier_ae.codes.match_model import MatchModel, length_bucket
+from hier_ae.codes.text_contexts import TextContexts
 
 A, B, C = 0, 1, 2
 
@@ -143,9 +145,18 @@ def test_file_models_bad_arguments():
     with pytest.raises(ValueError, match="order"):
         ContextCounts(0)
     fm = FileModels(num_levels=2)
-    assert len(fm.token_models) == 2 and fm.version == 2
+    assert len(fm.token_models) == 2 and fm.version == 3 and fm.interleaved and fm.top == 1
+    assert not FileModels(num_levels=1, version=2).interleaved
     with pytest.raises(ValueError, match="version"):
-        FileModels(num_levels=1, version=3)
+        FileModels(num_levels=1, version=4)
+    for bad in [
+        dict(orders=()),
+        dict(orders=(0, 2)),
+        dict(orders=(2,), alpha=0.0),
+        dict(orders=(2,), lr=-1.0),
+    ]:
+        with pytest.raises(ValueError, match="orders"):
+            TextContexts(**bad)
 
 
 def test_context_counts_share_and_its_buckets():
@@ -158,7 +169,7 @@ def test_context_counts_share_and_its_buckets():
     assert [share_bucket(x) for x in (None, 0.0, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 1, 2, 3, 3, 4, 4]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(version):
     """A random code stream, then the same again: the second time costs a small fraction of the first
     under a flat model with the file models in, and every blended row is a distribution."""
@@ -177,7 +188,7 @@ def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(versio
     assert second < 0.1 * first
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_token_match_models_price_a_repeat_cheaply(version):
     """The match models over tokens (one per level): a repeated random byte stream under a flat
     decoder costs a small fraction the second time; version 2 keeps its hit rates in 16 q-bins."""
@@ -196,3 +207,91 @@ def test_token_match_models_price_a_repeat_cheaply(version):
         fm.update_token(0, t)
     assert sum(bits[400:]) < 0.1 * sum(bits[:400])
     assert fm.token_models[1].stream == []  # level 1 saw nothing
+
+
+def test_text_contexts_docstring_example():
+    """Text ... 7 8 | code 1 | 9 7 8 | ?: the context (7, 8) was followed by code 1 once, so with
+    alpha = 1 and q = (0.5, 0.5) the order-2 counts say (0.25, 0.75); with w = (1, 0, 1) p is that."""
+    tc = TextContexts(orders=(2,), alpha=1.0)
+    q = np.array([0.5, 0.5])
+    for t in (7, 8):
+        tc.see(t)
+    assert np.array_equal(tc.mix(q, q), q)  # nothing counted yet: p = q
+    tc.update(1)
+    for t in (9, 7, 8):
+        tc.see(t)
+    tc.weights[0] = np.array([1.0, 0.0, 1.0])
+    p = tc.mix(q, q)
+    assert p == pytest.approx([0.25, 0.75])
+    tc.weights[0] = np.array([1.0, 0.0, 0.0])  # the starting weights: q itself
+    assert tc.mix(q, q) == pytest.approx(q)
+
+
+def test_text_contexts_learn_to_trust_the_text():
+    """Codes that the last two tokens determine, under a flat q: the text contexts' weights grow
+    and the codes come to cost a small fraction of log2 K; every p is a distribution."""
+    rng = np.random.default_rng(4)
+    K, tc = 16, TextContexts(orders=(1, 2, 4), lr=0.02)
+    q = np.full(K, 1.0 / K)
+    bits = []
+    for _ in range(600):
+        a, b = (int(x) for x in rng.integers(0, 8, size=2))
+        tc.see(a)
+        tc.see(b)
+        code = (a * 8 + b) % K
+        p = tc.mix(q, q)
+        assert p.sum() == pytest.approx(1.0) and (p > 0).all()
+        bits.append(-np.log2(p[code]))
+        tc.update(code)
+    assert bits[0] == pytest.approx(4.0) and np.mean(bits[-100:]) < 1.0  # log2 K at first
+    assert tc.weights[0][2:].sum() > 0.5  # the counts' rows gained weight
+
+
+def test_text_contexts_restore_undoes_everything():
+    rng = np.random.default_rng(5)
+    K = 8
+    a, b = TextContexts(orders=(1, 3)), TextContexts(orders=(1, 3))
+    q = np.full(K, 1.0 / K)
+
+    def feed(tc, items):
+        for t, c in items:
+            tc.see(t)
+            tc.mix(q, q, key=c % 2)
+            tc.update(c)
+
+    first = [(int(t), int(c)) for t, c in zip(rng.integers(0, 5, 40), rng.integers(0, K, 40))]
+    later = [(int(t), int(c)) for t, c in zip(rng.integers(0, 5, 30), rng.integers(0, K, 30))]
+    feed(a, first)
+    feed(b, first)
+    mark = a.checkpoint()
+    feed(a, later)
+    a.restore(mark)
+    assert a.text == b.text and a.counts == b.counts
+    assert all(
+        list(a.counts[n][k].items()) == list(b.counts[n][k].items()) for n in a.counts for k in a.counts[n]
+    )
+    assert a.weights.keys() == b.weights.keys() and all(
+        np.array_equal(a.weights[k], b.weights[k]) for k in a.weights
+    )
+    feed(a, later)
+    feed(b, later)
+    tail = (9, 1)
+    a.see(tail[0])
+    b.see(tail[0])
+    assert np.array_equal(a.mix(q, q, key=1), b.mix(q, q, key=1))  # bit for bit
+
+
+def test_file_models_version_3_read_the_top_levels_tokens():
+    """Version 3's text is the top level's token stream: level 0's tokens of a two-level model are
+    not in it; its checkpoint / restore takes the text back with the codes."""
+    fm = FileModels(num_levels=2, version=3)
+    for t in (5, 6, 7):
+        fm.update_token(0, t)
+    fm.update_token(1, 9)
+    assert fm.text.text == [9]
+    marks = fm.checkpoint()
+    fm.mix_code(np.full(4, 0.25))
+    fm.update_code(2)
+    fm.update_token(1, 3)
+    fm.restore(marks)
+    assert fm.text.text == [9] and fm.text.counts[1] == {} and fm.match.stream == []

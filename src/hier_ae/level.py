@@ -490,13 +490,28 @@ class HierLevel(nn.Module):
             toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history, entropy_h=ent_h
         )
 
-    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None):
+    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None, next_code=None):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
-        vector as its segment's context): tokens, valid, seg_id (B, n)."""
-        ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
-        return self.regenerate(ctx, seg_mask, pick=pick)
+        vector as its segment's context): tokens, valid, seg_id (B, n).
 
-    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor, pick=None):
+        `next_code(j) -> int`, for one row (B = 1): the codes are read one at a time, code j just before
+        the first token of segment j is generated (after every token of segments < j; the codec prices
+        a code with the text before it); `codes` then only gives S (its values are not read)."""
+        if next_code is None:
+            ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
+            return self.regenerate(ctx, seg_mask, pick=pick)
+        if codes.shape[0] != 1:
+            raise ValueError(f"next_code reads the codes of one row; got {codes.shape[0]} rows")
+
+        def segment_context(j: int) -> torch.Tensor:
+            code = torch.tensor([[next_code(j)]], dtype=torch.long, device=codes.device)  # (1, 1)
+            return self.code_context(self.quantizer.lookup(code), code)[0, 0]  # (D,)
+
+        unread = torch.zeros_like(codes)
+        ctx = self.code_context(self.quantizer.lookup(unread), unread)  # (1, S, D), refilled one by one
+        return self.regenerate(ctx, seg_mask, pick=pick, segment_context=segment_context)
+
+    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor, pick=None, segment_context=None):
         """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
 
         ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
@@ -514,6 +529,8 @@ class HierLevel(nn.Module):
 
         `pick(n, logits (B', V), rows (B',)) -> tokens (B',)`, when given, chooses the token of step
         n for the live rows instead of the argmax (`hier_ae.codes.codec` reads it from a range coder).
+        `segment_context(j) -> (D,)`, when given (one row), replaces ctx[0, j] just before segment j's
+        first token is generated (`decode_codes`' `next_code`).
         """
         B, S, _ = ctx.shape
         dev = ctx.device
@@ -546,8 +563,12 @@ class HierLevel(nn.Module):
         reads_ent = self.cfg.decoder_reads_entropy
         ent_h = torch.zeros(B, self.cfg.hidden_size, device=dev) if reads_ent else None  # (B, D)
         n_steps = 0
+        opened = -1  # with `segment_context`: the last segment whose context it gave
         for n in range(S * L):
             n_steps = n + 1
+            if segment_context is not None and opened < int(seg[0]) < S:  # one row: its next segment opens
+                opened = int(seg[0])
+                ctx[0, opened] = segment_context(opened)
             # the decoder reads one token (BEGIN at step 0) with the context of the token to predict
             cur = ctx[rows, seg[rows].clamp(max=S - 1)]  # (B', D)
             if n == 0:

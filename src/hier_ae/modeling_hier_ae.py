@@ -353,6 +353,7 @@ class HierAEModel(HierAEPreTrainedModel):
         mask: torch.Tensor | None = None,
         level: int | None = None,
         pick=None,
+        next_code=None,
     ) -> HierAEDecoderOutput:
         """Codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
 
@@ -370,6 +371,8 @@ class HierAEModel(HierAEPreTrainedModel):
         `pick(level, n, logits (B', V), rows (B',)) -> tokens (B',)` replaces the greedy choice of each
         regenerated token (the live rows' step n of `level`; `hier_ae.codes.codec` codes the true tokens
         under these logits with a range coder: lossless compression on top of the codes).
+        `next_code(j) -> int`, for one row: `level`'s codes are read one at a time instead, code j just
+        before its segment's first token (`HierLevel.decode_codes`; `top_codes` then gives only S).
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
@@ -379,7 +382,9 @@ class HierAEModel(HierAEPreTrainedModel):
         with self._inference():
             for li in reversed(range(start + 1)):
                 level_pick = None if pick is None else partial(pick, li)
-                tokens, valid, _ = self.levels[li].decode_codes(codes, seg_mask, pick=level_pick)
+                reader = next_code if li == start else None
+                this = self.levels[li]
+                tokens, valid, _ = this.decode_codes(codes, seg_mask, pick=level_pick, next_code=reader)
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)

@@ -38,19 +38,23 @@ Across chunks, `file_models.FileModels` (`adaptive`, on by default: `Codec(model
 turns them off) carry what the file said so far: a cache of what followed each pair of top codes and
 match models over the codes and over each level's tokens. Where the recent codes (tokens) occurred
 before in the file, what followed them then gets raised probability, as far as the file so far
-earned it, so a block repeated across a file costs a fraction of a bit a code the second time. The
-chunks' codes are still the autoencoder's; `Compressed`'s bits are the rate with the file models in
-(with them off, the top LM's and the decoder's cross-entropies themselves).
+earned it, so a block repeated across a file costs a fraction of a bit a code the second time. Their
+version 3 (the default) also prices each code with the text before it (`text_contexts`: what code
+followed the last 1 ... 32 tokens so far): the chunk is then coded in one streamed decode, code j
+read just before its segment's first token (`HierAEModel.decode(next_code=...)`), so both sides know
+that text. The chunks' codes are still the autoencoder's; `Compressed`'s bits are the rate with the
+file models in (with them off, the top LM's and the decoder's cross-entropies themselves).
 
 Container (integers little-endian, `varint` = LEB128):
-    b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models, bit 1: their version 2, else
-    version 1; see `file_models`) | weights fingerprint
+    b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models, with bit 1 their version 2, bit 2
+    their version 3, neither version 1; see `file_models`) | weights fingerprint
     (8 bytes) | text bytes (varint) | CRC-32 (u32)
     | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
     coder's stream of S = h // 2 codes, coded flat (h even) or under the top LM (h odd), followed by
-    the chunk's tokens: its length in bytes (varint; the last chunk's stream runs to the end of the
-    blob and has none), then the bytes, cut to the fewest that decode (`range_bytes`: the sealed
-    32-bit words trimmed, the missing bytes read as zeros).
+    the chunk's tokens (file models version 3: each code followed by its segment's tokens): its length
+    in bytes (varint; the last chunk's stream runs to the end of the blob and has none), then the
+    bytes, cut to the fewest that decode (`range_bytes`: the sealed 32-bit words trimmed, the missing
+    bytes read as zeros).
 Version 2 blobs (no flags; each stream as a varint word count and whole u32 words; no file models)
 are still read.
 """
@@ -84,6 +88,12 @@ CODE_MODES = ("auto", "top_lm", "uniform")
 FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
 ADAPTIVE = 1  # flags bit: the file models (`FileModels`) are in
 FILE_MODELS_V2 = 2  # flags bit: ... in their version 2 (without it, version 1: blobs written before CF2)
+FILE_MODELS_V3 = 4  # flags bit: ... in their version 3 (TC0: codes read between their segments)
+FLAGS = {
+    1: ADAPTIVE,
+    2: ADAPTIVE | FILE_MODELS_V2,
+    3: ADAPTIVE | FILE_MODELS_V3,
+}  # file models version -> flags
 # the default chunk, `<s>` + 16,382 bytes + `</s>` = 16,384 tokens (capped at max_input_bytes - 2), for a
 # model whose top LM attends through a window (`top_lm.window`; the levels always do): a long chunk then
 # costs no more a byte to run, and each chunk start prices its first codes and tokens from an empty
@@ -255,6 +265,46 @@ class _TokenCoder:
         return torch.full((logits.shape[0],), token, dtype=torch.long, device=logits.device)
 
 
+class _CodeStream:
+    """`decode`'s `next_code` (file models that read codes between segments, `FileModels.interleaved`):
+    code j is coded (encoding: `codes` given) or read back (decoding) just before its segment's
+    tokens, under the top LM and the file models (`mode` TOP_LM: they see the text before it) or
+    flat (FLAT: log2 K bits, the file models only counting it)."""
+
+    def __init__(self, codec: Codec, coder, file: FileModels, mode: int, codes: list[int] | None = None):
+        self.codec, self.coder, self.file, self.mode, self.codes = codec, coder, file, mode, codes
+        self.lm = _TopLMCodes(codec.net, codec.device) if mode == TOP_LM else None
+        self.last: int | None = None  # the code read before, which the top LM reads next
+        self.bits = 0.0
+
+    def __call__(self, j: int) -> int:
+        stream = _constriction().stream
+        if self.mode == TOP_LM:
+            if self.last is not None:
+                self.lm.read(self.last)
+            model, probs = stream.model.Categorical(perfect=False), self.file.mix_code(self.lm.probs())
+            if self.codes is None:
+                code = int(self.coder.decode(model, probs)[0])
+            else:
+                code = self.codes[j]
+                self.coder.encode(np.array([code], dtype=np.int32), model, probs)
+                self.bits -= math.log2(max(float(probs[0, code]), 1e-300))
+        else:
+            alphabets = self.codec.alphabets
+            if self.codes is None:
+                digits = [int(self.coder.decode(stream.model.Uniform(a), 1)[0]) for a in alphabets]
+                code = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]
+            else:
+                code = self.codes[j]
+                digits = [code] if len(alphabets) == 1 else [code // DIGIT, code % DIGIT]
+                for a, d in zip(alphabets, digits):
+                    self.coder.encode(np.array([d], dtype=np.int32), stream.model.Uniform(a))
+                self.bits += sum(math.log2(a) for a in alphabets)
+        self.file.update_code(code)
+        self.last = code
+        return code
+
+
 class Codec:
     """Lossless compression with one model: `compress(bytes) -> Compressed`, `decompress(blob) -> bytes`.
 
@@ -329,10 +379,11 @@ class Codec:
         The text is cut into chunks of `chunk_bytes` (default `default_chunk_bytes`: 16,382 bytes, `<s>` +
         chunk + `</s>` = 16,384 tokens, for a top LM with an attention window, else 1,022); each is
         encoded as one document, its top codes coded under the top LM or at log2 K bits each (`codes`:
-        "auto" takes the cheaper per chunk), then its tokens range-coded under the decoder's
-        predictions as `decode` regenerates them.
+        "auto" takes the cheaper per chunk), and its tokens range-coded under the decoder's
+        predictions as `decode` regenerates them (with the file models, version 3: each code just
+        before its segment's tokens; else all codes first).
         """
-        stream = _constriction().stream
+        _constriction()  # the range coder's library, or a clear ImportError before any work
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"compress takes bytes, got {type(data).__name__}; encode text first, e.g. "
@@ -341,9 +392,9 @@ class Codec:
         data = bytes(data)
         size = self._chunk_size(chunk_bytes)
         codes_mode = self._check_codes_mode(codes)
-        net, top = self.net, self.top
+        net = self.net
         fm_version = file_models.LATEST
-        flags = (ADAPTIVE | (FILE_MODELS_V2 if fm_version == 2 else 0)) if self.adaptive else 0
+        flags = FLAGS[fm_version] if self.adaptive else 0
         out = bytearray(MAGIC + bytes([VERSION, flags]) + self.fingerprint)
         out += _varint(len(data)) + struct.pack("<I", zlib.crc32(data)) + _varint(size)
         header = len(out)
@@ -359,36 +410,13 @@ class Codec:
             seg_codes = enc.top_codes[0][enc.top_mask[0]]  # (S,)
             targets = [t[0][m[0]] for t, m in zip(enc.level_tokens, enc.level_mask)]  # per level (n_l,)
             flat = len(seg_codes) * flat_per_code
-            mode, bits = FLAT, flat
-            if codes_mode != "uniform" and self.top_lm_codes:
-                probs = self._code_probs(seg_codes)  # (S, K)
-                if file is not None:  # the file models' prices, tried on the codes
-                    for j, c in enumerate(seg_codes.tolist()):
-                        probs[j] = file.mix_code(probs[j])
-                        file.update_code(c)
-                lm_bits = -np.log2(
-                    np.maximum(probs[np.arange(len(seg_codes)), seg_codes.cpu().numpy()], 1e-300)
-                )
-                if codes_mode == "top_lm" or lm_bits.sum() < flat:
-                    mode, bits = TOP_LM, float(lm_bits.sum())
-            if file is not None and mode == FLAT:  # flat codes are only counted
-                file.restore(marks, codes_only=True)
-                for c in seg_codes.tolist():
-                    file.update_code(c)
-            coder = RecordingEncoder()
-            if mode == TOP_LM:
-                coder.encode(
-                    seg_codes.cpu().numpy().astype(np.int32), stream.model.Categorical(perfect=False), probs
-                )
-            else:
-                digits = [seg_codes] if len(self.alphabets) == 1 else [seg_codes // DIGIT, seg_codes % DIGIT]
-                for alphabet, d in zip(self.alphabets, digits):
-                    coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
-            tokens = _TokenCoder(coder, targets, file)
-            dec = net.decode(seg_codes[None], level=top, pick=tokens)
-            regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
             chunks += 1
-            if len(seg_codes) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu()):
+            if file is not None and file.interleaved:
+                coded = self._code_interleaved(seg_codes, targets, file, marks, codes_mode, flat)
+            else:
+                coded = self._code_upfront(seg_codes, targets, file, marks, codes_mode, flat)
+            if coded is not None:
+                mode, coder, bits, tokens = coded
                 payload = coder.to_bytes()
                 last = start + size >= len(data)  # its stream runs to the end of the blob
                 out += _varint(2 * len(seg_codes) + mode) + (b"" if last else _varint(len(payload))) + payload
@@ -405,6 +433,66 @@ class Codec:
             bytes(out), len(data), code_bits, residual_bits, chunks, raw, header, flat_bits, lm_chunks
         )
 
+    def _follows(self, dec, seg_codes: torch.Tensor, targets: list, tokens: _TokenCoder) -> bool:
+        """Whether the streamed decode regenerated the chunk's own tokens (else it is stored raw)."""
+        regenerated = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,)
+        return (
+            bool(len(seg_codes)) and not tokens.overran and torch.equal(regenerated.cpu(), targets[0].cpu())
+        )
+
+    def _code_upfront(self, seg_codes, targets, file, marks, codes_mode: str, flat: float):
+        """A chunk's codes all before its tokens (no file models, or versions 1 and 2): (mode, coder,
+        code bits, token coder), or None where the decode cannot follow its codes."""
+        stream = _constriction().stream
+        mode, bits = FLAT, flat
+        if codes_mode != "uniform" and self.top_lm_codes:
+            probs = self._code_probs(seg_codes)  # (S, K)
+            if file is not None:  # the file models' prices, tried on the codes
+                for j, c in enumerate(seg_codes.tolist()):
+                    probs[j] = file.mix_code(probs[j])
+                    file.update_code(c)
+            lm_bits = -np.log2(np.maximum(probs[np.arange(len(seg_codes)), seg_codes.cpu().numpy()], 1e-300))
+            if codes_mode == "top_lm" or lm_bits.sum() < flat:
+                mode, bits = TOP_LM, float(lm_bits.sum())
+        if file is not None and mode == FLAT:  # flat codes are only counted
+            file.restore(marks, codes_only=True)
+            for c in seg_codes.tolist():
+                file.update_code(c)
+        coder = RecordingEncoder()
+        if mode == TOP_LM:
+            coder.encode(
+                seg_codes.cpu().numpy().astype(np.int32), stream.model.Categorical(perfect=False), probs
+            )
+        else:
+            digits = [seg_codes] if len(self.alphabets) == 1 else [seg_codes // DIGIT, seg_codes % DIGIT]
+            for alphabet, d in zip(self.alphabets, digits):
+                coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
+        tokens = _TokenCoder(coder, targets, file)
+        dec = self.net.decode(seg_codes[None], level=self.top, pick=tokens)
+        return (mode, coder, bits, tokens) if self._follows(dec, seg_codes, targets, tokens) else None
+
+    def _code_interleaved(self, seg_codes, targets, file, marks, codes_mode: str, flat: float):
+        """A chunk coded in one streamed decode, each code just before its segment's tokens (file
+        models that price a code with the text before it, `FileModels.interleaved`). Under the top LM
+        first; with codes="auto", again flat when that cost more than log2 K a code. As `_code_upfront`."""
+        modes = [TOP_LM] if codes_mode != "uniform" and self.top_lm_codes else []
+        if codes_mode != "top_lm":
+            modes.append(FLAT)
+        codes = seg_codes.tolist()
+        for mode in modes:
+            coder = RecordingEncoder()
+            code_stream, tokens = (
+                _CodeStream(self, coder, file, mode, codes),
+                _TokenCoder(coder, targets, file),
+            )
+            dec = self.net.decode(seg_codes[None], level=self.top, pick=tokens, next_code=code_stream)
+            if not self._follows(dec, seg_codes, targets, tokens):
+                return None
+            if mode == FLAT or codes_mode == "top_lm" or code_stream.bits < flat:
+                return mode, coder, code_stream.bits, tokens
+            file.restore(marks)  # the codes cost more under the top LM than flat: the chunk again, flat
+        raise AssertionError("unreachable: the last mode tried is returned")
+
     @torch.no_grad()
     def decompress(self, blob: bytes) -> bytes:
         """A `compress` blob -> the original bytes (checked by the weights' fingerprint and CRC-32)."""
@@ -420,10 +508,10 @@ class Codec:
         if version not in READS:
             raise ValueError(f"hier_ae codec blob of version {version}; this package reads versions {READS}")
         flags = r.take(1)[0] if version >= 3 else 0
-        if flags & ~(ADAPTIVE | FILE_MODELS_V2) or flags == FILE_MODELS_V2:
+        versions = {f: v for v, f in FLAGS.items()}
+        if flags and flags not in versions:
             raise ValueError(f"hier_ae codec blob with unknown flags {flags:#04x}: it is corrupt or newer")
-        fm_version = 2 if flags & FILE_MODELS_V2 else 1
-        file = FileModels(self.net.num_levels, fm_version) if flags & ADAPTIVE else None
+        file = FileModels(self.net.num_levels, versions[flags]) if flags else None
         stored = r.take(8)
         if stored != self.fingerprint:
             raise ValueError(
@@ -446,23 +534,18 @@ class Codec:
                 last = len(out) + size >= n_bytes
                 words = words_from_bytes(r.rest() if last else r.take(r.varint()))
             coder = stream.queue.RangeDecoder(words)
-            if mode == TOP_LM:
-                if not self.top_lm_codes:
-                    raise ValueError(
-                        "the blob codes its codes under a top LM this model cannot run: it is corrupt"
-                    )
-                codes = self._read_top_lm_codes(coder, n_codes, file)
+            if mode == TOP_LM and not self.top_lm_codes:
+                raise ValueError(
+                    "the blob codes its codes under a top LM this model cannot run: it is corrupt"
+                )
+            pick = _TokenCoder(coder, None, file)
+            if file is not None and file.interleaved:  # each code read just before its segment
+                placeholder = torch.zeros(1, n_codes, dtype=torch.long, device=self.device)  # (1, S)
+                reader = _CodeStream(self, coder, file, mode)
+                dec = self.net.decode(placeholder, level=self.top, pick=pick, next_code=reader)
             else:
-                digits = [
-                    torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(
-                        self.device
-                    )
-                    for a in self.alphabets
-                ]
-                codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
-                for c in codes.tolist() if file is not None else []:
-                    file.update_code(c)
-            dec = self.net.decode(codes[None], level=self.top, pick=_TokenCoder(coder, None, file))
+                codes = self._read_codes(coder, n_codes, mode, file)  # (S,)
+                dec = self.net.decode(codes[None], level=self.top, pick=pick)
             tokens = dec.sequences[0][dec.attention_mask[0].bool()]  # (n_0,): <s> bytes </s>
             body = tokens[1:-1].cpu() - BYTE_OFFSET
             framed = len(tokens) >= 2 and int(tokens[0]) == BOS_ID and int(tokens[-1]) == EOS_ID
@@ -478,6 +561,20 @@ class Codec:
                 "than the compressing machine's (same weights, other hardware or software)"
             )
         return bytes(out)
+
+    def _read_codes(self, coder, n_codes: int, mode: int, file: FileModels | None) -> torch.Tensor:
+        """A chunk's `n_codes` codes, all read before its tokens (`_code_upfront`): (S,)."""
+        if mode == TOP_LM:
+            return self._read_top_lm_codes(coder, n_codes, file)
+        stream = _constriction().stream
+        digits = [
+            torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(self.device)
+            for a in self.alphabets
+        ]
+        codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
+        for c in codes.tolist() if file is not None else []:
+            file.update_code(c)
+        return codes
 
     def _read_top_lm_codes(self, coder, n_codes: int, file: FileModels | None) -> torch.Tensor:
         """Decode `n_codes` codes one at a time, each under the top LM given the ones read before

@@ -15,6 +15,11 @@ and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what t
 prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
 predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
 Its token match models keep their hit rates by q[pred] in 16 bins instead of 4.
+Version 3 (TC0) is version 2 plus `TextContexts` over the top level's tokens (the bytes, for one level):
+what code followed each of the last 1 ... 32 tokens so far, mixed in with weights learnt as the file
+goes (one set per match length bucket). It needs the text before each code, so the codec reads a
+chunk's codes one at a time between its segments (`HierAEModel.decode(next_code=...)`) instead of
+all before the tokens; the blob's flags name it.
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0 and CF2 in
 bench/experiments.md), with the top codes of the shipped codec recipes.
 
@@ -27,16 +32,21 @@ from __future__ import annotations
 import numpy as np
 
 from .context_counts import ContextCounts
-from .match_model import MatchModel
+from .match_model import MatchModel, length_bucket
+from .text_contexts import TextContexts
 
 CODE_ORDER, CODE_K = 2, 32.0  # the cache over top codes: contexts of 2 codes, half weight at 32 sightings
 CODE_MIN_LEN = 2  # the match model over top codes (about 2 bytes each)
 CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
-TOKEN_Q_BINS = {1: 4, 2: 16}  # by version: the bins of q[pred] their hit rates are kept in
-VERSIONS = (1, 2)
-LATEST = 2
+TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16}  # by version: the bins of q[pred] their hit rates are kept in
+TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # version 3: the text contexts, in tokens
+TEXT_ALPHA, TEXT_LR = 0.5, 0.005
+VERSIONS = (1, 2, 3)
+LATEST = 3
+INTERLEAVED = (3,)  # the versions whose codes are read between their segments (they price with the text)
 SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
+MATCH_MAX_BUCKET = 16  # version 2 on: the code match model's length buckets above it share its counts
 
 
 def share_bucket(share: float | None) -> int:
@@ -54,27 +64,40 @@ class FileModels:
     def __init__(self, num_levels: int, version: int = LATEST):
         if version not in VERSIONS:
             raise ValueError(f"file models version={version!r} is invalid: one of {VERSIONS}")
-        self.version = version
+        self.version, self.top = version, num_levels - 1
         if version == 1:
             match = MatchModel(CODE_MIN_LEN)
         else:
-            match = MatchModel(CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=16, extra_bins=SHARE_BINS)
+            match = MatchModel(
+                CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=MATCH_MAX_BUCKET, extra_bins=SHARE_BINS
+            )
         self.cache, self.match = ContextCounts(CODE_ORDER, CODE_K), match
+        self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR) if version >= 3 else None
         self.token_models = [
             MatchModel(TOKEN_MIN_LEN, q_bins=TOKEN_Q_BINS[version]) for _ in range(num_levels)
         ]
 
     @property
+    def interleaved(self) -> bool:
+        """Whether the codec reads this version's codes between their segments (it prices with the text)."""
+        return self.version in INTERLEAVED
+
+    @property
     def code_models(self) -> list:
         """The models over the top codes, in the order they are updated and checkpointed."""
-        return [self.cache, self.match]
+        return [self.cache, self.match] + ([self.text] if self.text is not None else [])
 
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
+        raw = q
         q = self.cache.mix(q)
         pred = self.match.prediction
         extra = 0 if self.version == 1 or pred is None else share_bucket(self.cache.share(pred))
-        return self.match.mix(q, extra)
+        q = self.match.mix(q, extra)
+        if self.text is None:
+            return q
+        key = -1 if pred is None else min(length_bucket(self.match.length), MATCH_MAX_BUCKET)
+        return self.text.mix(q, raw, key)
 
     def update_code(self, code: int) -> None:
         for m in self.code_models:
@@ -85,6 +108,8 @@ class FileModels:
 
     def update_token(self, level: int, token: int) -> None:
         self.token_models[level].update(token)
+        if self.text is not None and level == self.top:
+            self.text.see(token)
 
     def checkpoint(self) -> list:
         return [m.checkpoint() for m in (*self.code_models, *self.token_models)]

@@ -1,0 +1,126 @@
+"""Text contexts: the next top code predicted from the text before it, mixed in with learnt weights.
+
+A top code stands for a cluster of segments (160 codes cover 1,690 distinct segments of the code
+corpus's tuning half), so the codes before a segment say less about it than the text before it does:
+after `def __init__(self` the next segment is almost always `, ` or `):`, whatever codes spelt the text.
+When the codec reads a chunk's codes one at a time, each just before its segment is decoded
+(`HierAEModel.decode(next_code=...)`), both sides know the text so far (the top level's tokens: the
+bytes, for a one-level model) when they price a code. `TextContexts` counts, for each context of the
+last n tokens (n in `orders`), which code came next so far in the file, and mixes those counts with
+the distribution q it is handed:
+
+    p_n = (counts_n + alpha q) / (T_n + alpha)       each order's counts, smoothed towards q
+    p   ∝ exp(w · [log q, log r - log q, log p_1 - log q, ..., log p_N - log q])
+
+(geometric mixing; r is the top LM's own distribution, q what the other file models made of it; an
+order whose context never occurred, or has too little text before it, gives log p_n - log q = 0).
+The weights w start at (1, 0, ..., 0), i.e. p = q, and after each code take a step of `lr` along
+the gradient of log p(code), `L[:, code] - L @ p` (the online logistic mixing of PAQ-like compressors,
+over the K codes at once). A caller passes a `key` that picks one of several weight vectors (the
+file models: the code match model's length bucket).
+
+Worked toy example (orders (2,), alpha = 1, K = 2 codes; the text is tokens):
+    text so far ... 7 8 | code 1 | 9 7 8 | ?    the context (7, 8) was followed by code 1 once:
+    p_2 = ((0, 1) + 1 * q) / (1 + 1); with q = (0.5, 0.5): p_2 = (0.25, 0.75).
+    With w = (1, 0, 1): log p ∝ log q + (log p_2 - log q) = log p_2, so p = (0.25, 0.75).
+
+Counts are integers and the mixing is float64 numpy on the same inputs in the same order on both
+sides, so the compressor and the decompressor compute the same floats (on the same machine).
+`checkpoint()` / `restore(mark)` undo everything since the mark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TextContexts:
+    """`mix(q, raw, key) -> p` before each code, `update(code)` after it; `see(token)` for each token
+    of the text (after the code of its segment)."""
+
+    def __init__(self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005):
+        if not orders or any(not isinstance(n, int) or n < 1 for n in orders) or alpha <= 0 or lr <= 0:
+            raise ValueError(
+                f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 1 "
+                "token, alpha > 0 and lr > 0"
+            )
+        self.orders, self.alpha, self.lr = tuple(sorted(set(orders))), float(alpha), float(lr)
+        self.text: list[int] = []
+        # per order n: the last n tokens -> {next code: count}
+        self.counts: dict[int, dict[tuple[int, ...], dict[int, int]]] = {n: {} for n in self.orders}
+        self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders),)
+        self.pending: tuple | None = None  # (key, L (P, K), p (K,)) of the last mix
+        self.journal: list[tuple[int, tuple[int, ...], int]] | None = None
+
+    def _contexts(self) -> dict[int, tuple[int, ...]]:
+        """Each order's context: the last n tokens of the text (orders longer than the text left out)."""
+        n_text = len(self.text)
+        return {n: tuple(self.text[-n:]) for n in self.orders if n <= n_text}
+
+    def mix(self, q: np.ndarray, raw: np.ndarray, key: object = 0) -> np.ndarray:
+        """q, raw: (K,) or (1, K) float64 distributions of the next code (q: the file models' so far;
+        raw: the top LM's) -> p, q's shape."""
+        row = q.reshape(-1)
+        log_q = np.log(row)
+        rows = [log_q, np.log(raw.reshape(-1)) - log_q]
+        contexts = self._contexts()
+        for n in self.orders:
+            seen = self.counts[n].get(contexts[n]) if n in contexts else None
+            if not seen:
+                rows.append(np.zeros_like(log_q))
+                continue
+            counts = np.zeros_like(row)
+            for code, c in seen.items():
+                counts[code] = c
+            total = sum(seen.values())
+            rows.append(np.log((counts + self.alpha * row) / (total + self.alpha)) - log_q)
+        L = np.stack(rows)  # (P, K)
+        w = self.weights.get(key)
+        if w is None:
+            w = np.zeros(len(rows))
+            w[0] = 1.0
+        z = w @ L  # (K,)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        self.pending = (key, L, p)
+        return p.reshape(q.shape)
+
+    def update(self, code: int) -> None:
+        """The code that came: a step for the last `mix`'s weights, a count under each context."""
+        code = int(code)
+        if self.pending is not None:
+            key, L, p = self.pending
+            w = self.weights.get(key)
+            if w is None:
+                w = np.zeros(L.shape[0])
+                w[0] = 1.0
+            self.weights[key] = w + self.lr * (L[:, code] - L @ p)
+            self.pending = None
+        for n, context in self._contexts().items():
+            seen = self.counts[n].setdefault(context, {})
+            seen[code] = seen.get(code, 0) + 1
+            if self.journal is not None:
+                self.journal.append((n, context, code))
+
+    def see(self, token: int) -> None:
+        """One more token of the text."""
+        self.text.append(int(token))
+
+    def checkpoint(self) -> tuple:
+        """A mark to `restore` to; counts are journaled from here on."""
+        self.journal = []
+        return (len(self.text), {k: w.copy() for k, w in self.weights.items()})
+
+    def restore(self, mark: tuple) -> None:
+        """Back to the state at `mark` (the last `checkpoint`)."""
+        n_text, weights = mark
+        for n, context, code in reversed(self.journal or []):
+            seen = self.counts[n][context]
+            seen[code] -= 1
+            if not seen[code]:
+                del seen[code]
+                if not seen:
+                    del self.counts[n][context]
+        del self.text[n_text:]
+        self.weights = {k: w.copy() for k, w in weights.items()}
+        self.journal, self.pending = [], None
