@@ -8,20 +8,23 @@ chunks, on both sides of the codec alike:
   and on top of it a match model (the code that followed the last occurrence of the recent codes);
 - over each level's tokens, a match model (`MatchModel(min_len=5)`).
 
-Two versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
+Three versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
 was coded with: version 1 (CF0) looks matches up by the last 2 codes and keeps its hit rates by match
-length and q[pred] in 4 bins; version 2 (CF2, the default) looks up the last 8, then 4, then 2 codes,
+length and q[pred] in 4 bins; version 2 (CF2) looks up the last 8, then 4, then 2 codes,
 and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what the cache says of the
 prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
 predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
 Its token match models keep their hit rates by q[pred] in 16 bins instead of 4.
-Version 3 (TC0) is version 2 plus `TextContexts` over the top level's tokens (the bytes, for one level):
-what code followed each of the last 1 ... 32 tokens so far, mixed in with weights learnt as the file
-goes (one set per match length bucket). It needs the text before each code, so the codec reads a
-chunk's codes one at a time between its segments (`HierAEModel.decode(next_code=...)`) instead of
-all before the tokens; the blob's flags name it.
-The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0 and CF2 in
-bench/experiments.md), with the top codes of the shipped codec recipes.
+Version 3 (TC0, TC1; the default) is version 2 plus `TextContexts`: the next code from the top level's tokens
+before it (the bytes, for one level: what code followed each of the last 1 ... 32 tokens so far),
+each level's next token from the last 1 ... 24 tokens, and the top level's next token from its
+segment's code and offset with the last 0 ... 4 tokens, each mixed in with weights learnt as the
+file goes (one set per match length bucket). Pricing a code with the text before it needs that
+text, so the codec reads a chunk's codes one at a time between its segments
+(`HierAEModel.decode(next_code=...)`) instead of all before the tokens; the blob's flags name it.
+The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
+TC0-TC1 in bench/experiments.md; TC on the code corpus's), with the top codes of the shipped codec
+recipes.
 
 `checkpoint()` / `restore(marks)` undo what was learnt since the marks (a chunk stored raw, which the
 decompressor never decodes; codes tried under the top LM and then coded flat).
@@ -41,6 +44,8 @@ CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
 TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16}  # by version: the bins of q[pred] their hit rates are kept in
 TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # version 3: the text contexts, in tokens
+TOKEN_TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # version 3: the tokens' text contexts
+TOKEN_CODE_ORDERS = (0, 1, 2, 4)  # ... and those keyed by the segment's code and offset, + 0-4 tokens
 TEXT_ALPHA, TEXT_LR = 0.5, 0.005
 VERSIONS = (1, 2, 3)
 LATEST = 3
@@ -72,10 +77,19 @@ class FileModels:
                 CODE_MIN_LEN, CODE_LONGER, q_bins=8, max_bucket=MATCH_MAX_BUCKET, extra_bins=SHARE_BINS
             )
         self.cache, self.match = ContextCounts(CODE_ORDER, CODE_K), match
-        self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR) if version >= 3 else None
         self.token_models = [
             MatchModel(TOKEN_MIN_LEN, q_bins=TOKEN_Q_BINS[version]) for _ in range(num_levels)
         ]
+        # version 3: text contexts for the codes and for each level's tokens, and for the top level's
+        # tokens contexts keyed by their segment's code and offset (the segment the last code opened)
+        self.text = self.token_text = self.token_code = None
+        if version >= 3:
+            self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR)
+            self.token_text = [
+                TextContexts(TOKEN_TEXT_ORDERS, TEXT_ALPHA, TEXT_LR) for _ in range(num_levels)
+            ]
+            self.token_code = TextContexts(TOKEN_CODE_ORDERS, TEXT_ALPHA, TEXT_LR)
+        self.segment: tuple[int, int] | None = None  # (code, offset of the next top-level token)
 
     @property
     def interleaved(self) -> bool:
@@ -87,6 +101,13 @@ class FileModels:
         """The models over the top codes, in the order they are updated and checkpointed."""
         return [self.cache, self.match] + ([self.text] if self.text is not None else [])
 
+    @property
+    def token_side(self) -> list:
+        """The models over the tokens, checkpointed after the code models."""
+        if self.token_text is None:
+            return list(self.token_models)
+        return [*self.token_models, *self.token_text, self.token_code]
+
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
         raw = q
@@ -96,26 +117,54 @@ class FileModels:
         q = self.match.mix(q, extra)
         if self.text is None:
             return q
-        key = -1 if pred is None else min(length_bucket(self.match.length), MATCH_MAX_BUCKET)
-        return self.text.mix(q, raw, key)
+        return self.text.mix(q, raw, _key(self.match, pred))
 
     def update_code(self, code: int) -> None:
         for m in self.code_models:
             m.update(code)
+        if self.text is not None:  # the segment the code stands for opens (interleaved: its tokens come next)
+            self.segment = (int(code), 0)
 
     def mix_token(self, level: int, q: np.ndarray) -> np.ndarray:
-        return self.token_models[level].mix(q)
+        """q: the decoder's (V,) or (1, V) distribution of level `level`'s next token -> the file's
+        blended in."""
+        match = self.token_models[level]
+        pred = match.prediction
+        p = match.mix(q)
+        if self.token_text is None:
+            return p
+        key = _key(match, pred)
+        p = self.token_text[level].mix(p, q, key)
+        if level == self.top and self.segment is not None:
+            p = self.token_code.mix(p, q, key, tag=self.segment)
+        return p
 
     def update_token(self, level: int, token: int) -> None:
         self.token_models[level].update(token)
-        if self.text is not None and level == self.top:
+        if self.token_text is None:
+            return
+        self.token_text[level].update(token)
+        self.token_text[level].see(token)
+        if level == self.top:
+            if self.segment is not None:
+                self.token_code.update(token, tag=self.segment)
+                self.segment = (self.segment[0], self.segment[1] + 1)
+            self.token_code.see(token)
             self.text.see(token)
 
     def checkpoint(self) -> list:
-        return [m.checkpoint() for m in (*self.code_models, *self.token_models)]
+        return [m.checkpoint() for m in (*self.code_models, *self.token_side)] + [self.segment]
 
     def restore(self, marks: list, codes_only: bool = False) -> None:
-        """Back to `marks` (the last `checkpoint`); `codes_only`: the code models alone."""
-        models = self.code_models if codes_only else [*self.code_models, *self.token_models]
+        """Back to `marks` (the last `checkpoint`); `codes_only`: the code models alone (versions 1, 2)."""
+        models = self.code_models if codes_only else [*self.code_models, *self.token_side]
         for m, mark in zip(models, marks):  # the marks list the code models first
             m.restore(mark)
+        if not codes_only:
+            self.segment = marks[-1]
+
+
+def _key(match: MatchModel, pred: int | None) -> int:
+    """Version 3's weight set for a text contexts' mix: the match model's length bucket, -1 without
+    a prediction."""
+    return -1 if pred is None else min(length_bucket(match.length), MATCH_MAX_BUCKET)

@@ -24,6 +24,10 @@ Worked toy example (orders (2,), alpha = 1, K = 2 codes; the text is tokens):
     p_2 = ((0, 1) + 1 * q) / (1 + 1); with q = (0.5, 0.5): p_2 = (0.25, 0.75).
     With w = (1, 0, 1): log p ∝ log q + (log p_2 - log q) = log p_2, so p = (0.25, 0.75).
 
+The file models (`file_models`, version 3) predict tokens the same way: each level's next token from
+the last 1 ... 24 tokens, and the top level's also from its segment's code and its offset in the
+segment (`tag`) with the last 0 ... 4 tokens: what the code's segments were spelt like so far.
+
 Counts are integers and the mixing is float64 numpy on the same inputs in the same order on both
 sides, so the compressor and the decompressor compute the same floats (on the same machine).
 `checkpoint()` / `restore(mark)` undo everything since the mark.
@@ -36,34 +40,37 @@ import numpy as np
 
 class TextContexts:
     """`mix(q, raw, key) -> p` before each code, `update(code)` after it; `see(token)` for each token
-    of the text (after the code of its segment)."""
+    of the text (after the code of its segment). The file models also predict the tokens themselves
+    this way (the symbols are then tokens, and each token is seen after its update)."""
 
     def __init__(self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005):
-        if not orders or any(not isinstance(n, int) or n < 1 for n in orders) or alpha <= 0 or lr <= 0:
+        if not orders or any(not isinstance(n, int) or n < 0 for n in orders) or alpha <= 0 or lr <= 0:
             raise ValueError(
-                f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 1 "
-                "token, alpha > 0 and lr > 0"
+                f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 0 "
+                "tokens, alpha > 0 and lr > 0"
             )
         self.orders, self.alpha, self.lr = tuple(sorted(set(orders))), float(alpha), float(lr)
         self.text: list[int] = []
         # per order n: the last n tokens -> {next code: count}
-        self.counts: dict[int, dict[tuple[int, ...], dict[int, int]]] = {n: {} for n in self.orders}
+        self.counts: dict[int, dict[tuple, dict[int, int]]] = {n: {} for n in self.orders}
         self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders),)
         self.pending: tuple | None = None  # (key, L (P, K), p (K,)) of the last mix
-        self.journal: list[tuple[int, tuple[int, ...], int]] | None = None
+        self.journal: list[tuple[int, tuple, int]] | None = None
 
-    def _contexts(self) -> dict[int, tuple[int, ...]]:
-        """Each order's context: the last n tokens of the text (orders longer than the text left out)."""
+    def _contexts(self, tag: tuple) -> dict[int, tuple]:
+        """Each order's context: `tag` + the last n tokens of the text (orders longer than the text
+        left out; order 0 is the tag alone)."""
         n_text = len(self.text)
-        return {n: tuple(self.text[-n:]) for n in self.orders if n <= n_text}
+        return {n: tag + tuple(self.text[n_text - n :]) for n in self.orders if n <= n_text}
 
-    def mix(self, q: np.ndarray, raw: np.ndarray, key: object = 0) -> np.ndarray:
-        """q, raw: (K,) or (1, K) float64 distributions of the next code (q: the file models' so far;
-        raw: the top LM's) -> p, q's shape."""
+    def mix(self, q: np.ndarray, raw: np.ndarray, key: object = 0, tag: tuple = ()) -> np.ndarray:
+        """q, raw: (K,) or (1, K) float64 distributions of the next symbol (q: the file models' so far;
+        raw: the model's own) -> p, q's shape. `tag`: what else the contexts are keyed by (the file
+        models' token contexts: the segment's code and the token's offset in it)."""
         row = q.reshape(-1)
         log_q = np.log(row)
         rows = [log_q, np.log(raw.reshape(-1)) - log_q]
-        contexts = self._contexts()
+        contexts = self._contexts(tag)
         for n in self.orders:
             seen = self.counts[n].get(contexts[n]) if n in contexts else None
             if not seen:
@@ -85,8 +92,9 @@ class TextContexts:
         self.pending = (key, L, p)
         return p.reshape(q.shape)
 
-    def update(self, code: int) -> None:
-        """The code that came: a step for the last `mix`'s weights, a count under each context."""
+    def update(self, code: int, tag: tuple = ()) -> None:
+        """The symbol that came (`tag` as at its `mix`): a step for the last `mix`'s weights, a count
+        under each context."""
         code = int(code)
         if self.pending is not None:
             key, L, p = self.pending
@@ -96,7 +104,7 @@ class TextContexts:
                 w[0] = 1.0
             self.weights[key] = w + self.lr * (L[:, code] - L @ p)
             self.pending = None
-        for n, context in self._contexts().items():
+        for n, context in self._contexts(tag).items():
             seen = self.counts[n].setdefault(context, {})
             seen[code] = seen.get(code, 0) + 1
             if self.journal is not None:
