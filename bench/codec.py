@@ -16,8 +16,8 @@ line pays one to three bytes beyond the ideal; the windows show the rate with th
 gzip -9 / bzip2 -9 / xz -9e on the same sample (`bench.compressors`) are printed beside it: they
 compress the sample as one stream (the lines joined by newlines), so they see every line at once
 where the codec codes each on its own. The codec's file models (`hier_ae.codes.file_models`: a cache
-of what followed each pair of codes, match models) are in by default; `--no-adaptive` leaves them
-out (the top LM's and the decoder's cross-entropies alone).
+of what followed each pair of codes, match models, text contexts) are in by default; `--no-adaptive`
+leaves them out (the top LM's and the decoder's cross-entropies alone).
 
 `--whole` also codes each text file whole, as `examples/compress.py` does (the codec's default
 chunks, 16,382 bytes for a top LM with an attention window, each from an empty context), decompresses it
@@ -183,7 +183,8 @@ def report(results: list[dict], model: str, argv: list[str]) -> str:
             "and priced by the model from an empty context. "
             + (
                 "The codec's file models (`hier_ae.codes.file_models`: a cache of what followed each "
-                "pair of codes, match models over codes and tokens) carry what the text said so far, "
+                "pair of codes, match models over codes and tokens, and, version 3, what code and "
+                "token followed each recent stretch of text) carry what the text said so far, "
                 "inside a line or window and across the whole file's chunks. "
                 if all(r.get("adaptive", True) for r in results)
                 else "Without the codec's file models (`--no-adaptive`): the top LM's and the decoder's "
