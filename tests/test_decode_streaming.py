@@ -320,3 +320,5 @@ def test_next_code_reads_each_code_just_before_its_segment(request, grammar_data
     assert asked == list(zip(range(codes.shape[1]), starts))
     with pytest.raises(ValueError, match="one row"):
         model.decode(codes.expand(2, -1), next_code=next_code)
+    with pytest.raises(ValueError, match=r"next_code\(0\) = -1 is invalid"):
+        model.decode(codes, next_code=lambda j: -1)

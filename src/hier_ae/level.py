@@ -504,7 +504,10 @@ class HierLevel(nn.Module):
             raise ValueError(f"next_code reads the codes of one row; got {codes.shape[0]} rows")
 
         def segment_context(j: int) -> torch.Tensor:
-            code = torch.tensor([[next_code(j)]], dtype=torch.long, device=codes.device)  # (1, 1)
+            c = next_code(j)
+            if not 0 <= c < self.cfg.num_codes:
+                raise ValueError(f"next_code({j}) = {c!r} is invalid: a code in [0, {self.cfg.num_codes})")
+            code = torch.tensor([[c]], dtype=torch.long, device=codes.device)  # (1, 1)
             return self.code_context(self.quantizer.lookup(code), code)[0, 0]  # (D,)
 
         unread = torch.zeros_like(codes)

@@ -88,7 +88,7 @@ CODE_MODES = ("auto", "top_lm", "uniform")
 FLAT, TOP_LM = 0, 1  # how a chunk's codes are coded: the low bit of its header varint
 ADAPTIVE = 1  # flags bit: the file models (`FileModels`) are in
 FILE_MODELS_V2 = 2  # flags bit: ... in their version 2 (without it, version 1: blobs written before CF2)
-FILE_MODELS_V3 = 4  # flags bit: ... in their version 3 (TC0: codes read between their segments)
+FILE_MODELS_V3 = 4  # flags bit: ... in their version 3 (TX0: codes read between their segments)
 FLAGS = {
     1: ADAPTIVE,
     2: ADAPTIVE | FILE_MODELS_V2,

@@ -15,7 +15,7 @@ and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what t
 prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
 predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
 Its token match models keep their hit rates by q[pred] in 16 bins instead of 4.
-Version 3 (TC0, TC1; the default) is version 2 plus `TextContexts`: the next code from the top level's tokens
+Version 3 (TX0, TX1; the default) is version 2 plus `TextContexts`: the next code from the top level's tokens
 before it (the bytes, for one level: what code followed each of the last 1 ... 32 tokens so far),
 each level's next token from the last 1 ... 24 tokens, and the top level's next token from its
 segment's code and offset with the last 0 ... 4 tokens, each mixed in with weights learnt as the
@@ -23,7 +23,7 @@ file goes (one set per match length bucket). Pricing a code with the text before
 text, so the codec reads a chunk's codes one at a time between its segments
 (`HierAEModel.decode(next_code=...)`) instead of all before the tokens; the blob's flags name it.
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
-TC0-TC1 in bench/experiments.md; TC on the code corpus's), with the top codes of the shipped codec
+TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
 recipes.
 
 `checkpoint()` / `restore(marks)` undo what was learnt since the marks (a chunk stored raw, which the
