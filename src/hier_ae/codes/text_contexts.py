@@ -54,7 +54,7 @@ class TextContexts:
         # per order n: the last n tokens -> {next code: count}
         self.counts: dict[int, dict[tuple, dict[int, int]]] = {n: {} for n in self.orders}
         self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders),)
-        self.pending: tuple | None = None  # (key, L (P, K), p (K,)) of the last mix
+        self.pending: tuple | None = None  # (key, L (P, K), p (K,), contexts) of the last mix
         self.journal: list[tuple[int, tuple, int]] | None = None
 
     def _contexts(self, tag: tuple) -> dict[int, tuple]:
@@ -82,29 +82,30 @@ class TextContexts:
             total = sum(seen.values())
             rows.append(np.log((counts + self.alpha * row) / (total + self.alpha)) - log_q)
         L = np.stack(rows)  # (P, K)
-        w = self.weights.get(key)
-        if w is None:
-            w = np.zeros(len(rows))
-            w[0] = 1.0
-        z = w @ L  # (K,)
+        z = self._weights(key) @ L  # (K,)
         p = np.exp(z - z.max())
         p /= p.sum()
-        self.pending = (key, L, p)
+        self.pending = (key, L, p, contexts)
         return p.reshape(q.shape)
+
+    def _weights(self, key: object) -> np.ndarray:
+        """The weights of set `key`: (1, 0, ..., 0), i.e. p = q, until its first update."""
+        w = self.weights.get(key)
+        if w is None:
+            w = np.zeros(2 + len(self.orders))
+            w[0] = 1.0
+        return w
 
     def update(self, code: int, tag: tuple = ()) -> None:
         """The symbol that came (`tag` as at its `mix`): a step for the last `mix`'s weights, a count
         under each context."""
         code = int(code)
-        if self.pending is not None:
-            key, L, p = self.pending
-            w = self.weights.get(key)
-            if w is None:
-                w = np.zeros(L.shape[0])
-                w[0] = 1.0
-            self.weights[key] = w + self.lr * (L[:, code] - L @ p)
+        contexts = None
+        if self.pending is not None:  # its contexts are this update's: the text has not moved since
+            key, L, p, contexts = self.pending
+            self.weights[key] = self._weights(key) + self.lr * (L[:, code] - L @ p)
             self.pending = None
-        for n, context in self._contexts(tag).items():
+        for n, context in (contexts if contexts is not None else self._contexts(tag)).items():
             seen = self.counts[n].setdefault(context, {})
             seen[code] = seen.get(code, 0) + 1
             if self.journal is not None:
