@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from hier_ae.codes.context_counts import ContextCounts
-from hier_ae.codes.file_models import FileModels, share_bucket
+from hier_ae.codes.file_models import MAX_CONTEXTS, FileModels, share_bucket
 from hier_ae.codes.match_model import MatchModel, length_bucket
-from hier_ae.codes.text_contexts import TextContexts
+from hier_ae.codes.text_contexts import SINGLE, TextContexts
 
 A, B, C = 0, 1, 2
 
@@ -145,10 +145,14 @@ def test_file_models_bad_arguments():
     with pytest.raises(ValueError, match="order"):
         ContextCounts(0)
     fm = FileModels(num_levels=2)
-    assert len(fm.token_models) == 2 and fm.version == 3 and fm.interleaved and fm.top == 1
+    assert len(fm.token_models) == 2 and fm.version == 4 and fm.interleaved and fm.top == 1
+    assert fm.text.max_contexts == MAX_CONTEXTS and FileModels(1, version=3).text.max_contexts is None
     assert not FileModels(num_levels=1, version=2).interleaved
     with pytest.raises(ValueError, match="version"):
-        FileModels(num_levels=1, version=4)
+        FileModels(num_levels=1, version=5)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_contexts"):
+            TextContexts((1,), max_contexts=bad)
     for bad in [
         dict(orders=()),
         dict(orders=(-1, 2)),
@@ -169,7 +173,7 @@ def test_context_counts_share_and_its_buckets():
     assert [share_bucket(x) for x in (None, 0.0, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 1, 2, 3, 3, 4, 4]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(version):
     """A random code stream, then the same again: the second time costs a small fraction of the first
     under a flat model with the file models in, and every blended row is a distribution."""
@@ -188,7 +192,7 @@ def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(versio
     assert second < 0.1 * first
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_token_match_models_price_a_repeat_cheaply(version):
     """The match models over tokens (one per level): a repeated random byte stream under a flat
     decoder costs a small fraction the second time; version 2 keeps its hit rates in 16 q-bins."""
@@ -266,9 +270,13 @@ def test_text_contexts_restore_undoes_everything():
     mark = a.checkpoint()
     feed(a, later)
     a.restore(mark)
-    assert a.text == b.text and a.counts == b.counts
-    assert all(
-        list(a.counts[n][k].items()) == list(b.counts[n][k].items()) for n in a.counts for k in a.counts[n]
+    assert a.text == b.text and a.counts == b.counts and a.size == b.size
+    assert any(isinstance(v, dict) for n in b.counts for v in b.counts[n].values())  # both storages
+    assert all(  # stored as before: one symbol packed in an int, several in a dict in the same order
+        type(a.counts[n][k]) is type(v)
+        and (isinstance(v, int) or list(a.counts[n][k].items()) == list(v.items()))
+        for n in b.counts
+        for k, v in b.counts[n].items()
     )
     assert a.weights.keys() == b.weights.keys() and all(
         np.array_equal(a.weights[k], b.weights[k]) for k in a.weights
@@ -279,6 +287,62 @@ def test_text_contexts_restore_undoes_everything():
     a.see(tail[0])
     b.see(tail[0])
     assert np.array_equal(a.mix(q, q, key=1), b.mix(q, q, key=1))  # bit for bit
+
+
+def test_text_contexts_bound_keeps_memory_and_the_contexts_it_has():
+    """With `max_contexts` = 20, a stream of new contexts: the contexts kept stop at 20, those kept go
+    on counting, and until the bound is reached p is the unbounded one's bit for bit; a restore gives
+    the contexts added since the mark back."""
+    rng = np.random.default_rng(7)
+    K = 8
+    q = np.full(K, 1.0 / K)
+    free, bound = TextContexts(orders=(1, 2)), TextContexts(orders=(1, 2), max_contexts=20)
+    stream = [(int(t), int(c)) for t, c in zip(rng.integers(0, 6, 200), rng.integers(0, K, 200))]
+    for t, c in stream:
+        for tc in (free, bound):
+            tc.see(t)
+        p_free, p_bound = free.mix(q, q), bound.mix(q, q)
+        if free.size <= 20:
+            assert np.array_equal(p_free, p_bound)
+        free.update(c)
+        bound.update(c)
+        assert bound.size == min(20, free.size) == sum(len(d) for d in bound.counts.values())
+    assert free.size > 20
+    kept = {(n, k) for n in bound.counts for k in bound.counts[n]}
+    assert kept <= {(n, k) for n in free.counts for k in free.counts[n]}
+    total = {
+        (n, k): (v % SINGLE if isinstance(v, int) else sum(v.values()))
+        for n in bound.counts
+        for k, v in bound.counts[n].items()
+    }
+    assert sum(total.values()) > 20 * 2  # the kept contexts counted on after the bound
+    small = TextContexts(orders=(1,), max_contexts=3)
+    small.see(1)
+    small.update(2)  # after the token 1 came symbol 2
+    mark = small.checkpoint()
+    for t in (3, 4, 5):
+        small.see(t)
+        small.update(t)
+    assert small.size == 3
+    small.restore(mark)
+    assert small.size == 1 and small.counts[1] == {hash((1,)): 2 * SINGLE + 1}
+
+
+def test_file_models_version_4_codes_as_version_3_below_its_bound():
+    """The same code and token stream under versions 3 and 4: the same probabilities to the bit
+    (the bound, 2**21 contexts, is far off)."""
+    rng = np.random.default_rng(8)
+    K, V = 16, 259
+    a, b = FileModels(num_levels=1, version=3), FileModels(num_levels=1, version=4)
+    for c in rng.integers(0, K, size=100).tolist():
+        assert np.array_equal(a.mix_code(np.full(K, 1.0 / K)), b.mix_code(np.full(K, 1.0 / K)))
+        a.update_code(c)
+        b.update_code(c)
+        for t in rng.integers(3, 12, size=3).tolist():
+            q = rng.dirichlet(np.ones(V))
+            assert np.array_equal(a.mix_token(0, q), b.mix_token(0, q))
+            a.update_token(0, t)
+            b.update_token(0, t)
 
 
 def test_file_models_version_3_read_the_top_levels_tokens():

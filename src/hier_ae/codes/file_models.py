@@ -8,20 +8,26 @@ chunks, on both sides of the codec alike:
   and on top of it a match model (the code that followed the last occurrence of the recent codes);
 - over each level's tokens, a match model (`MatchModel(min_len=5)`).
 
-Three versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
+Four versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
 was coded with: version 1 (CF0) looks matches up by the last 2 codes and keeps its hit rates by match
 length and q[pred] in 4 bins; version 2 (CF2) looks up the last 8, then 4, then 2 codes,
 and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what the cache says of the
 prediction (an unseen context, none, under half, under 0.9, or more of its sightings followed by the
 predicted code): the cache's opinion tells a near-repeat that is about to part from one that goes on.
 Its token match models keep their hit rates by q[pred] in 16 bins instead of 4.
-Version 3 (TX0, TX1; the default) is version 2 plus `TextContexts`: the next code from the top level's tokens
+Version 3 (TX0, TX1) is version 2 plus `TextContexts`: the next code from the top level's tokens
 before it (the bytes, for one level: what code followed each of the last 1 ... 32 tokens so far),
 each level's next token from the last 1 ... 24 tokens, and the top level's next token from its
 segment's code and offset with the last 0 ... 4 tokens, each mixed in with weights learnt as the
 file goes (one set per match length bucket). Pricing a code with the text before it needs that
 text, so the codec reads a chunk's codes one at a time between its segments
 (`HierAEModel.decode(next_code=...)`) instead of all before the tokens; the blob's flags name it.
+Version 4 (the default) is version 3 with each text contexts' memory bounded: at most
+`MAX_CONTEXTS` contexts each (about 125 bytes a context; a level's byte tokens make about 2.0
+contexts a byte of the code corpus, 4.2 of multilingual text: MX0 in bench/experiments.md), after
+which new contexts are not added, so a long file costs at most ~0.26 GB a text contexts instead of
+growing without end. Below the bound it codes exactly as version 3 does (every text in
+bench/codec*.md stays below it).
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
 TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
 recipes.
@@ -42,14 +48,15 @@ CODE_ORDER, CODE_K = 2, 32.0  # the cache over top codes: contexts of 2 codes, h
 CODE_MIN_LEN = 2  # the match model over top codes (about 2 bytes each)
 CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
-TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16}  # by version: the bins of q[pred] their hit rates are kept in
+TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16, 4: 16}  # by version: the bins of q[pred] their hit rates are kept in
 TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # version 3: the text contexts, in tokens
 TOKEN_TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # version 3: the tokens' text contexts
 TOKEN_CODE_ORDERS = (0, 1, 2, 4)  # ... and those keyed by the segment's code and offset, + 0-4 tokens
 TEXT_ALPHA, TEXT_LR = 0.5, 0.005
-VERSIONS = (1, 2, 3)
-LATEST = 3
-INTERLEAVED = (3,)  # the versions whose codes are read between their segments (they price with the text)
+MAX_CONTEXTS = 1 << 21  # version 4: contexts kept by each text contexts (~0.26 GB), see `TextContexts`
+VERSIONS = (1, 2, 3, 4)
+LATEST = 4
+INTERLEAVED = (3, 4)  # the versions whose codes are read between their segments (they price with the text)
 SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
 MATCH_MAX_BUCKET = 16  # version 2 on: the code match model's length buckets above it share its counts
 
@@ -84,11 +91,12 @@ class FileModels:
         # tokens contexts keyed by their segment's code and offset (the segment the last code opened)
         self.text = self.token_text = self.token_code = None
         if version >= 3:
-            self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR)
+            cap = MAX_CONTEXTS if version >= 4 else None
+            self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR, cap)
             self.token_text = [
-                TextContexts(TOKEN_TEXT_ORDERS, TEXT_ALPHA, TEXT_LR) for _ in range(num_levels)
+                TextContexts(TOKEN_TEXT_ORDERS, TEXT_ALPHA, TEXT_LR, cap) for _ in range(num_levels)
             ]
-            self.token_code = TextContexts(TOKEN_CODE_ORDERS, TEXT_ALPHA, TEXT_LR)
+            self.token_code = TextContexts(TOKEN_CODE_ORDERS, TEXT_ALPHA, TEXT_LR, cap)
         self.segment: tuple[int, int] | None = None  # (code, offset of the next top-level token)
 
     @property

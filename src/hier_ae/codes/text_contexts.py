@@ -24,7 +24,7 @@ Worked toy example (orders (2,), alpha = 1, K = 2 codes; the text is tokens):
     p_2 = ((0, 1) + 1 * q) / (1 + 1); with q = (0.5, 0.5): p_2 = (0.25, 0.75).
     With w = (1, 0, 1): log p ∝ log q + (log p_2 - log q) = log p_2, so p = (0.25, 0.75).
 
-The file models (`file_models`, version 3) predict tokens the same way: each level's next token from
+The file models (`file_models`, versions 3-4) predict tokens the same way: each level's next token from
 the last 1 ... 24 tokens, and the top level's also from its segment's code and its offset in the
 segment (`tag`) with the last 0 ... 4 tokens: what the code's segments were spelt like so far.
 
@@ -37,31 +37,45 @@ from __future__ import annotations
 
 import numpy as np
 
+SINGLE = 1 << 32  # a context followed by one symbol so far stores `symbol * SINGLE + count` (one int)
+
 
 class TextContexts:
     """`mix(q, raw, key) -> p` before each code, `update(code)` after it; `see(token)` for each token
     of the text (after the code of its segment). The file models also predict the tokens themselves
-    this way (the symbols are then tokens, and each token is seen after its update)."""
+    this way (the symbols are then tokens, and each token is seen after its update).
 
-    def __init__(self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005):
+    `max_contexts`: at most this many contexts are kept (all orders together); once they are, a context
+    not seen before is not added (those kept go on counting), so memory stays bounded on any file.
+    None: no bound (file models version 3)."""
+
+    def __init__(
+        self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005, max_contexts: int | None = None
+    ):
         if not orders or any(not isinstance(n, int) or n < 0 for n in orders) or alpha <= 0 or lr <= 0:
             raise ValueError(
                 f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 0 "
                 "tokens, alpha > 0 and lr > 0"
             )
+        if max_contexts is not None and (not isinstance(max_contexts, int) or max_contexts < 1):
+            raise ValueError(f"max_contexts={max_contexts!r} is invalid: None (no bound) or an int >= 1")
         self.orders, self.alpha, self.lr = tuple(sorted(set(orders))), float(alpha), float(lr)
+        self.max_contexts = max_contexts
         self.text: list[int] = []
-        # per order n: the last n tokens -> {next code: count}
-        self.counts: dict[int, dict[tuple, dict[int, int]]] = {n: {} for n in self.orders}
+        # per order n: hash(the last n tokens) -> `symbol * SINGLE + count` while one symbol followed
+        # it, else {symbol: count} (a 64-bit hash instead of the tuple: a quarter of the memory; two
+        # contexts that collide share their counts, on both sides of the codec alike)
+        self.counts: dict[int, dict[int, int | dict[int, int]]] = {n: {} for n in self.orders}
+        self.size = 0  # contexts kept, all orders together
         self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders),)
         self.pending: tuple | None = None  # (key, L (P, K), p (K,), contexts) of the last mix
-        self.journal: list[tuple[int, tuple, int]] | None = None
+        self.journal: list[tuple[int, int, int]] | None = None  # (order, context, symbol) counted
 
-    def _contexts(self, tag: tuple) -> dict[int, tuple]:
-        """Each order's context: `tag` + the last n tokens of the text (orders longer than the text
-        left out; order 0 is the tag alone)."""
+    def _contexts(self, tag: tuple) -> dict[int, int]:
+        """Each order's context (its hash): `tag` + the last n tokens of the text (orders longer than
+        the text left out; order 0 is the tag alone)."""
         n_text = len(self.text)
-        return {n: tag + tuple(self.text[n_text - n :]) for n in self.orders if n <= n_text}
+        return {n: hash(tag + tuple(self.text[n_text - n :])) for n in self.orders if n <= n_text}
 
     def mix(self, q: np.ndarray, raw: np.ndarray, key: object = 0, tag: tuple = ()) -> np.ndarray:
         """q, raw: (K,) or (1, K) float64 distributions of the next symbol (q: the file models' so far;
@@ -73,13 +87,17 @@ class TextContexts:
         contexts = self._contexts(tag)
         for n in self.orders:
             seen = self.counts[n].get(contexts[n]) if n in contexts else None
-            if not seen:
+            if seen is None:
                 rows.append(np.zeros_like(log_q))
                 continue
             counts = np.zeros_like(row)
-            for code, c in seen.items():
-                counts[code] = c
-            total = sum(seen.values())
+            if isinstance(seen, int):
+                symbol, total = divmod(seen, SINGLE)
+                counts[symbol] = total
+            else:
+                for symbol, c in seen.items():
+                    counts[symbol] = c
+                total = sum(seen.values())
             rows.append(np.log((counts + self.alpha * row) / (total + self.alpha)) - log_q)
         L = np.stack(rows)  # (P, K)
         z = self._weights(key) @ L  # (K,)
@@ -106,8 +124,20 @@ class TextContexts:
             self.weights[key] = self._weights(key) + self.lr * (L[:, code] - L @ p)
             self.pending = None
         for n, context in (contexts if contexts is not None else self._contexts(tag)).items():
-            seen = self.counts[n].setdefault(context, {})
-            seen[code] = seen.get(code, 0) + 1
+            table = self.counts[n]
+            seen = table.get(context)
+            if seen is None:
+                if self.max_contexts is not None and self.size >= self.max_contexts:
+                    continue  # full: no new contexts
+                table[context] = code * SINGLE + 1
+                self.size += 1
+            elif isinstance(seen, int):
+                if seen // SINGLE == code:
+                    table[context] = seen + 1
+                else:
+                    table[context] = {seen // SINGLE: seen % SINGLE, code: 1}
+            else:
+                seen[code] = seen.get(code, 0) + 1
             if self.journal is not None:
                 self.journal.append((n, context, code))
 
@@ -124,12 +154,22 @@ class TextContexts:
         """Back to the state at `mark` (the last `checkpoint`)."""
         n_text, weights = mark
         for n, context, code in reversed(self.journal or []):
-            seen = self.counts[n][context]
+            table = self.counts[n]
+            seen = table[context]
+            if isinstance(seen, int):
+                seen -= 1
+                if seen % SINGLE:
+                    table[context] = seen
+                else:
+                    del table[context]
+                    self.size -= 1
+                continue
             seen[code] -= 1
             if not seen[code]:
                 del seen[code]
-                if not seen:
-                    del self.counts[n][context]
+            if len(seen) == 1:  # back to one symbol: stored as at the mark
+                ((symbol, c),) = seen.items()
+                table[context] = symbol * SINGLE + c
         del self.text[n_text:]
         self.weights = {k: w.copy() for k, w in weights.items()}
         self.journal, self.pending = [], None
