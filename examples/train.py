@@ -54,7 +54,12 @@ from hier_ae.cli import run
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.data.sources import Documents, load_documents
-from hier_ae.evaluation.reports import bits_per_byte, predict_loglikelihoods, reconstruction_report
+from hier_ae.evaluation.reports import (
+    bits_per_byte,
+    codec_report,
+    predict_loglikelihoods,
+    reconstruction_report,
+)
 from hier_ae.training.batch_streams import BatchStreams
 from hier_ae.training.checkpointing import (
     check_finite_state,
@@ -490,6 +495,7 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     reloaded = AutoModel.from_pretrained(final, trust_remote_code=True).eval()
     AutoTokenizer.from_pretrained(final, trust_remote_code=True)
     report = reconstruction_report(reloaded, val_lines)
+    report.update(codec_report(reloaded, val_lines) or {})
     seq_len = int(cfg.get("data", {}).get("seq_len", 256))
     n_docs = int(cfg.get("evaluation", {}).get("predict_docs", 32))
     bpb = predict_bits_per_byte(reloaded, val_docs[:n_docs], seq_len)
@@ -527,6 +533,15 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     for lv, (tps, bpc) in enumerate(zip(report["tokens_per_segment"], report["bytes_per_code"])):
         print(f"  level {lv}: {tps:.2f} tokens per segment, {bpc:.2f} bytes per code")
     print(f"  code bits per byte (top level): {report['code_bits_per_byte']:.3f}")
+    if "codec_exact" in report:  # the lines through the lossless codec: codes + what they leave out
+        print(
+            f"  lossless codec (hier_ae.codes.codec), the {report['documents']} lines as one text of "
+            f"{report['codec_bytes']:,} bytes: {report['codec_bits_per_byte']:.3f} bits per byte as written "
+            f"(codes {report['codec_code_bits_per_byte']:.3f} + residual "
+            f"{report['codec_residual_bits_per_byte']:.3f}), "
+            f"{'exact' if report['codec_exact'] else 'NOT exact'} round trip; "
+            f"xz -9e {report['xz_bits_per_byte']:.3f}"
+        )
     print(
         f"predict mode (causal byte LM): {bpb:.3f} bits per byte of text on held-out crops (</s> not scored)"
     )

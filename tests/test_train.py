@@ -116,9 +116,13 @@ AE_STAGES = [
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     config = mini_config(tmp_path, AE_STAGES)
     ref = tmp_path / "ref"
-    run_train(config, ref)
+    done = run_train(config, ref)
     reference = final_losses(ref)
     assert len(reference) == 46
+    # the held-out lines through the lossless codec too: back exactly, whatever the codes alone decode to
+    metrics = json.loads((ref / "metrics.json").read_text())
+    assert metrics["codec_exact"] is True and metrics["codec_bytes"] > 0 < metrics["codec_bits_per_byte"]
+    assert "lossless codec" in done.stdout and "exact round trip" in done.stdout
 
     # the same run, killed with SIGKILL once a checkpoint inside the autoencoder stage exists
     out = tmp_path / "killed"
@@ -140,7 +144,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
     card = (out / "model" / "README.md").read_text()
-    assert "trust_remote_code=True" in card and "exact_match" in card
+    assert "trust_remote_code=True" in card and "exact_match" in card and "codec_bits_per_byte" in card
 
 
 @pytest.mark.slow  # end to end: a subprocess

@@ -81,6 +81,39 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     }
 
 
+def codec_report(model, docs: list[bytes]) -> dict | None:
+    """The lossless codec (`hier_ae.codes.codec`) on `docs` joined by newlines as one text: the top
+    codes priced by the top LM plus the bytes range-coded under the decoder's predictions, so the text
+    comes back exactly whatever the codes alone decode to; beside it xz -9e on the same text.
+    Reconstruction figures (the decoder reads the codes), not a language-model score.
+
+    Returns `codec_bytes` (the text), `codec_bits_per_byte` (the blob as written, header included),
+    its ideal parts `codec_code_bits_per_byte` / `codec_residual_bits_per_byte`, `codec_exact`
+    (decompress gave the text back), `xz_bits_per_byte`; None without the range coder (the `codec`
+    extra).
+    """
+    import importlib.util
+    import lzma
+
+    if importlib.util.find_spec("constriction") is None:
+        return None
+    from ..codes.codec import Codec
+
+    text = b"\n".join(docs)
+    codec = Codec(model)
+    packed = codec.compress(text)
+    n = max(len(text), 1)
+    xz = lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)
+    return {
+        "codec_bytes": len(text),
+        "codec_bits_per_byte": packed.bits_per_byte,
+        "codec_code_bits_per_byte": packed.code_bits / n,
+        "codec_residual_bits_per_byte": packed.residual_bits / n,
+        "codec_exact": codec.decompress(packed.blob) == text,
+        "xz_bits_per_byte": 8.0 * len(xz) / n,
+    }
+
+
 # ---- prediction (the causal LM) ----------------------------------------------------------------
 def rolling_windows(n: int, window: int, stride: int | None = None) -> list[tuple[int, int, int]]:
     """Windows that score every byte of a document once: `(lo, a, b)` triples.
