@@ -16,7 +16,17 @@ import pytest
 import torch
 
 from hier_ae import HierAEConfig, HierAEForCausalLM, HierAEModel
-from hier_ae.codes.codec import Codec, Compressed, compress, decompress, fingerprint
+from hier_ae.codes.codec import (
+    DIGIT,
+    Codec,
+    Compressed,
+    _code_alphabets,
+    _join_digits,
+    _split_code,
+    compress,
+    decompress,
+    fingerprint,
+)
 from hier_ae.data.batching import frame_document
 
 pytest.importorskip("constriction")
@@ -44,6 +54,16 @@ def test_round_trip_with_each_way_of_coding_the_codes(trained_2level, grammar_da
     packed = compress(model, text, chunk_bytes=100, codes=codes)
     assert packed.top_lm_chunks == (packed.chunks if codes == "top_lm" else 0)
     assert decompress(model, packed.blob) == text
+
+
+def test_codes_past_one_digit_are_written_in_two():
+    """Codebooks above 2**23 codes (residual VQ) write each code as a high and a low digit of 2**12:
+    the docstring's 5000 -> [1, 904], and back, for ints and tensors alike."""
+    assert _code_alphabets(512) == [512] and _code_alphabets(1 << 24) == [1 << 12, DIGIT]
+    assert _split_code(5000, [2048, 4096]) == [1, 904] and _join_digits([1, 904]) == 5000
+    assert _split_code(5000, [8192]) == [5000] and _join_digits([5000]) == 5000
+    codes = torch.tensor([0, 4095, 4096, (1 << 24) - 1])
+    assert torch.equal(_join_digits(_split_code(codes, _code_alphabets(1 << 24))), codes)
 
 
 def test_odd_inputs_round_trip(trained_1level):

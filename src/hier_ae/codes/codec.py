@@ -97,6 +97,7 @@ FLAGS = {
     3: ADAPTIVE | FILE_MODELS_V3,
     4: ADAPTIVE | FILE_MODELS_V3 | FILE_MODELS_BOUNDED,
 }  # file models version -> flags
+FLAG_VERSIONS = {f: v for v, f in FLAGS.items()}  # what `decompress` reads
 # the default chunk, `<s>` + 16,382 bytes + `</s>` = 16,384 tokens (capped at max_input_bytes - 2), for a
 # model whose top LM attends through a window (`top_lm.window`; the levels always do): a long chunk then
 # costs no more a byte to run, and each chunk start prices its first codes and tokens from an empty
@@ -211,6 +212,17 @@ def _code_alphabets(num_codes: int) -> list[int]:
     return [num_codes] if num_codes <= UNIFORM_MAX else [math.ceil(num_codes / DIGIT), DIGIT]
 
 
+def _split_code(code, alphabets: list[int]) -> list:
+    """A code (an int, or a tensor of them) as the digits it is written in (`_code_alphabets`):
+    _split_code(5000, [2048, 4096]) = [1, 904]; with one alphabet, [code]."""
+    return [code] if len(alphabets) == 1 else [code // DIGIT, code % DIGIT]
+
+
+def _join_digits(digits: list):
+    """`_split_code`'s inverse: _join_digits([1, 904]) = 5000."""
+    return digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]
+
+
 class _TopLMCodes:
     """The top LM's distribution of each next code of one chunk (batch 1), code by code.
 
@@ -296,10 +308,10 @@ class _CodeStream:
             alphabets = self.codec.alphabets
             if self.codes is None:
                 digits = [int(self.coder.decode(stream.model.Uniform(a), 1)[0]) for a in alphabets]
-                code = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]
+                code = _join_digits(digits)
             else:
                 code = self.codes[j]
-                digits = [code] if len(alphabets) == 1 else [code // DIGIT, code % DIGIT]
+                digits = _split_code(code, alphabets)
                 for a, d in zip(alphabets, digits):
                     self.coder.encode(np.array([d], dtype=np.int32), stream.model.Uniform(a))
                 self.bits += sum(math.log2(a) for a in alphabets)
@@ -467,7 +479,7 @@ class Codec:
                 seg_codes.cpu().numpy().astype(np.int32), stream.model.Categorical(perfect=False), probs
             )
         else:
-            digits = [seg_codes] if len(self.alphabets) == 1 else [seg_codes // DIGIT, seg_codes % DIGIT]
+            digits = _split_code(seg_codes, self.alphabets)
             for alphabet, d in zip(self.alphabets, digits):
                 coder.encode(d.cpu().numpy().astype(np.int32), stream.model.Uniform(alphabet))
         tokens = _TokenCoder(coder, targets, file)
@@ -511,10 +523,9 @@ class Codec:
         if version not in READS:
             raise ValueError(f"hier_ae codec blob of version {version}; this package reads versions {READS}")
         flags = r.take(1)[0] if version >= 3 else 0
-        versions = {f: v for v, f in FLAGS.items()}
-        if flags and flags not in versions:
+        if flags and flags not in FLAG_VERSIONS:
             raise ValueError(f"hier_ae codec blob with unknown flags {flags:#04x}: it is corrupt or newer")
-        file = FileModels(self.net.num_levels, versions[flags]) if flags else None
+        file = FileModels(self.net.num_levels, FLAG_VERSIONS[flags]) if flags else None
         stored = r.take(8)
         if stored != self.fingerprint:
             raise ValueError(
@@ -574,7 +585,7 @@ class Codec:
             torch.from_numpy(coder.decode(stream.model.Uniform(a), n_codes).astype(np.int64)).to(self.device)
             for a in self.alphabets
         ]
-        codes = digits[0] if len(digits) == 1 else digits[0] * DIGIT + digits[1]  # (S,)
+        codes = _join_digits(digits)  # (S,)
         for c in codes.tolist() if file is not None else []:
             file.update_code(c)
         return codes
