@@ -286,8 +286,9 @@ def test_blobs_of_earlier_file_models_still_decode(trained_1level, grammar_data,
 
 def test_a_bound_on_the_text_contexts_that_binds_still_round_trips(trained_1level, grammar_data, monkeypatch):
     """Version 4 with its bound shrunk to 40 contexts a text contexts, so that it binds within the
-    first chunk: both sides stop adding contexts at the same symbol, the text comes back exactly,
-    and the blob differs from the unbounded one (what the bound left out was worth bits)."""
+    first chunk and the contexts are trimmed before every later one: both sides stop adding contexts
+    at the same symbol and trim alike, the text comes back exactly, and the blob differs from the
+    unbounded one (what the bound left out was worth bits)."""
     from hier_ae.codes import file_models
 
     model, _ = trained_1level

@@ -328,6 +328,26 @@ def test_text_contexts_bound_keeps_memory_and_the_contexts_it_has():
     assert small.size == 1 and small.counts[1] == {hash((1,)): 2 * SINGLE + 1}
 
 
+def test_text_contexts_trim_drops_the_least_seen():
+    """trim's docstring example: max_contexts = 8 and 7 contexts seen 1, 1, 1, 1, 2, 3, 5 times (more
+    than 3/4 of 8): the four seen once go and 3 remain; at 7 of 10 (under 3/4) nothing goes."""
+    for cap, left in ((8, [2, 3, 5]), (10, [1, 1, 1, 1, 2, 3, 5])):
+        tc = TextContexts(orders=(1,), max_contexts=cap)
+        for token, times in zip(range(1, 8), (1, 1, 1, 1, 2, 3, 5)):
+            for _ in range(times):
+                tc.see(token)  # the context (token,) ...
+                tc.update(0)  # ... followed by symbol 0
+        tc.trim()
+        assert tc.size == len(left) and sorted(v % SINGLE for v in tc.counts[1].values()) == left
+    everything_twice = TextContexts(orders=(1,), max_contexts=3)
+    for token in (1, 2, 3, 1, 2, 3):
+        everything_twice.see(token)
+        everything_twice.update(token)
+    everything_twice.trim()  # none seen once: those seen at most twice go, all of them
+    assert everything_twice.size == 0 and everything_twice.counts[1] == {}
+    assert FileModels(1, version=3).text.max_contexts is None  # version 3 never trims
+
+
 def test_file_models_version_4_codes_as_version_3_below_its_bound():
     """The same code and token stream under versions 3 and 4: the same probabilities to the bit
     (the bound, 2**21 contexts, is far off)."""

@@ -418,6 +418,8 @@ class Codec:
         flat_per_code = sum(math.log2(a) for a in self.alphabets)
         file = FileModels(net.num_levels, fm_version) if self.adaptive else None
         for start in range(0, len(data), size):
+            if file is not None:
+                file.new_chunk()
             marks = file.checkpoint() if file else None  # a chunk stored raw is taken back
             piece = data[start : start + size]
             ids = frame_document(piece)[None].to(self.device)  # (1, N + 2)
@@ -537,6 +539,8 @@ class Codec:
         size = r.varint()
         out = bytearray()
         while len(out) < n_bytes:
+            if file is not None:  # as `compress` did before each chunk, stored raw or not
+                file.new_chunk()
             head = r.varint()
             if head == 0:
                 out += r.take(min(size, n_bytes - len(out)))

@@ -24,10 +24,11 @@ text, so the codec reads a chunk's codes one at a time between its segments
 (`HierAEModel.decode(next_code=...)`) instead of all before the tokens; the blob's flags name it.
 Version 4 (the default) is version 3 with each text contexts' memory bounded: at most
 `MAX_CONTEXTS` contexts each (about 125 bytes a context; a level's byte tokens make about 2.0
-contexts a byte of the code corpus, 4.2 of multilingual text: MX0 in bench/experiments.md), after
-which new contexts are not added, so a long file costs at most ~0.26 GB a text contexts instead of
-growing without end. Below the bound it codes exactly as version 3 does (every text in
-bench/codec*.md stays below it).
+contexts a byte of the code corpus, 4.2 of multilingual text: MX0 in bench/experiments.md): past
+three quarters of it, the contexts seen least are dropped between chunks (`new_chunk`), and past the
+bound itself new contexts are not added, so a long file costs at most ~0.26 GB a text contexts
+instead of growing without end. Below 3/4 of the bound it codes exactly as version 3 does (every text
+in bench/codec*.md stays below it).
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
 TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
 recipes.
@@ -159,6 +160,13 @@ class FileModels:
                 self.segment = (self.segment[0], self.segment[1] + 1)
             self.token_code.see(token)
             self.text.see(token)
+
+    def new_chunk(self) -> None:
+        """Before each chunk, on both sides of the codec: version 4's text contexts make room
+        (`TextContexts.trim`) once they near their bound."""
+        if self.version >= 4:
+            for tc in (self.text, *self.token_text, self.token_code):
+                tc.trim()
 
     def checkpoint(self) -> list:
         return [m.checkpoint() for m in (*self.code_models, *self.token_side)] + [self.segment]

@@ -46,8 +46,9 @@ class TextContexts:
     this way (the symbols are then tokens, and each token is seen after its update).
 
     `max_contexts`: at most this many contexts are kept (all orders together); once they are, a context
-    not seen before is not added (those kept go on counting), so memory stays bounded on any file.
-    None: no bound (file models version 3)."""
+    not seen before is not added (those kept go on counting), so memory stays bounded on any file, and
+    `trim()` (the file models call it between chunks) drops the least seen ones once they fill three
+    quarters of it. None: no bound (file models version 3)."""
 
     def __init__(
         self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005, max_contexts: int | None = None
@@ -141,6 +142,25 @@ class TextContexts:
             if self.journal is not None:
                 self.journal.append((n, context, code))
 
+    def trim(self) -> None:
+        """Room for new contexts: once the contexts kept fill more than 3/4 of `max_contexts`, drop
+        those seen once, then those seen at most 2, 4, ... times, until at most half remain (most long
+        contexts are seen once and never again). The same on both sides of the codec (between chunks);
+        not undone by `restore` (the journal starts again at the next `checkpoint`).
+
+        max_contexts = 8 with 7 contexts seen 1, 1, 1, 1, 2, 3, 5 times: the four seen once go, 3 remain.
+        """
+        if self.max_contexts is None or 4 * self.size <= 3 * self.max_contexts:
+            return
+        limit = 1
+        while 2 * self.size > self.max_contexts:
+            for table in self.counts.values():
+                for context in [c for c, v in table.items() if _sightings(v) <= limit]:
+                    del table[context]
+            self.size = sum(len(table) for table in self.counts.values())
+            limit *= 2
+        self.journal, self.pending = None, None
+
     def see(self, token: int) -> None:
         """One more token of the text."""
         self.text.append(int(token))
@@ -173,3 +193,8 @@ class TextContexts:
         del self.text[n_text:]
         self.weights = {k: w.copy() for k, w in weights.items()}
         self.journal, self.pending = [], None
+
+
+def _sightings(value: int | dict[int, int]) -> int:
+    """How often a context was seen: its stored counts (`SINGLE`-packed or a dict) summed."""
+    return value % SINGLE if isinstance(value, int) else sum(value.values())
