@@ -418,9 +418,10 @@ class Codec:
         flat_per_code = sum(math.log2(a) for a in self.alphabets)
         file = FileModels(net.num_levels, fm_version) if self.adaptive else None
         for start in range(0, len(data), size):
+            marks = None
             if file is not None:
                 file.new_chunk()
-            marks = file.checkpoint() if file else None  # a chunk stored raw is taken back
+                marks = file.checkpoint()  # a chunk stored raw is taken back
             piece = data[start : start + size]
             ids = frame_document(piece)[None].to(self.device)  # (1, N + 2)
             enc = net.encode(ids)

@@ -111,11 +111,15 @@ class FileModels:
         return [self.cache, self.match] + ([self.text] if self.text is not None else [])
 
     @property
+    def text_contexts(self) -> list:
+        """Version 3 on: the text contexts over the codes, each level's tokens and the top level's
+        tokens by their segment's code (none before version 3)."""
+        return [] if self.text is None else [self.text, *self.token_text, self.token_code]
+
+    @property
     def token_side(self) -> list:
         """The models over the tokens, checkpointed after the code models."""
-        if self.token_text is None:
-            return list(self.token_models)
-        return [*self.token_models, *self.token_text, self.token_code]
+        return [*self.token_models, *self.text_contexts[1:]]
 
     def mix_code(self, q: np.ndarray) -> np.ndarray:
         """q: the top LM's (K,) or (1, K) distribution of the next code -> the file's blended in."""
@@ -165,7 +169,7 @@ class FileModels:
         """Before each chunk, on both sides of the codec: version 4's text contexts make room
         (`TextContexts.trim`) once they near their bound."""
         if self.version >= 4:
-            for tc in (self.text, *self.token_text, self.token_code):
+            for tc in self.text_contexts:
                 tc.trim()
 
     def checkpoint(self) -> list:

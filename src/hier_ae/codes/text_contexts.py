@@ -93,12 +93,11 @@ class TextContexts:
                 continue
             counts = np.zeros_like(row)
             if isinstance(seen, int):
-                symbol, total = divmod(seen, SINGLE)
-                counts[symbol] = total
+                counts[seen // SINGLE] = seen % SINGLE
             else:
                 for symbol, c in seen.items():
                     counts[symbol] = c
-                total = sum(seen.values())
+            total = _sightings(seen)
             rows.append(np.log((counts + self.alpha * row) / (total + self.alpha)) - log_q)
         L = np.stack(rows)  # (P, K)
         z = self._weights(key) @ L  # (K,)
