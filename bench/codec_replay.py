@@ -5,14 +5,14 @@ each next code and token and the symbol that came. `record` compresses a text on
 (`Codec.compress`, file models of an interleaved version, 3 or 4) and saves that event stream;
 `replay` runs fresh `FileModels` over it, with module constants changed by `--set`, and prints the
 ideal bits per byte of the codes and of the residual: minutes of numpy instead of a model's decode
-per variant (TX0-TX1, MX0 in bench/experiments.md tuned this way). The distributions are stored as
+per variant (TX0-TX1, MX0, RP1, OS1 in bench/experiments.md tuned this way). The distributions are stored as
 float32, so a replay's figures match the codec's own to about 1e-4 bits/byte, not bit for bit;
 compare variants with the replay's baseline, not with bench/codec.md.
 
     python -m bench.codec_replay record --model runs/code-codec/model \
         --text '../shared/data/code/val.txt#1/2' --out /tmp/code_tune.npz
     python -m bench.codec_replay replay /tmp/code_tune.npz
-    python -m bench.codec_replay replay /tmp/code_tune.npz --set TEXT_LR=0.01 --set "TEXT_ORDERS=(1, 2, 4)"
+    python -m bench.codec_replay replay /tmp/code_tune.npz --set V5_CODE_LR=0.0025 --set "TEXT_ORDERS=(1, 4)"
 
 Events, in the order the codec committed them (a chunk tried under the top LM and then coded flat, or
 stored raw, keeps only what stayed): `new_chunk`, a code's distribution then the code (or the code

@@ -145,11 +145,11 @@ def test_file_models_bad_arguments():
     with pytest.raises(ValueError, match="order"):
         ContextCounts(0)
     fm = FileModels(num_levels=2)
-    assert len(fm.token_models) == 2 and fm.version == 4 and fm.interleaved and fm.top == 1
+    assert len(fm.token_models) == 2 and fm.version == 5 and fm.interleaved and fm.top == 1
     assert fm.text.max_contexts == MAX_CONTEXTS and FileModels(1, version=3).text.max_contexts is None
     assert not FileModels(num_levels=1, version=2).interleaved
     with pytest.raises(ValueError, match="version"):
-        FileModels(num_levels=1, version=5)
+        FileModels(num_levels=1, version=6)
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="max_contexts"):
             TextContexts((1,), max_contexts=bad)
@@ -157,6 +157,8 @@ def test_file_models_bad_arguments():
         dict(orders=()),
         dict(orders=(-1, 2)),
         dict(orders=(2,), alpha=0.0),
+        dict(orders=(2,), alpha=()),
+        dict(orders=(2,), alpha=(0.5, -1.0)),
         dict(orders=(2,), lr=-1.0),
     ]:
         with pytest.raises(ValueError, match="orders"):
@@ -173,7 +175,7 @@ def test_context_counts_share_and_its_buckets():
     assert [share_bucket(x) for x in (None, 0.0, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 1, 2, 3, 3, 4, 4]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(version):
     """A random code stream, then the same again: the second time costs a small fraction of the first
     under a flat model with the file models in, and every blended row is a distribution."""
@@ -192,7 +194,7 @@ def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(versio
     assert second < 0.1 * first
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_token_match_models_price_a_repeat_cheaply(version):
     """The match models over tokens (one per level): a repeated random byte stream under a flat
     decoder costs a small fraction the second time; version 2 keeps its hit rates in 16 q-bins."""
@@ -231,6 +233,31 @@ def test_text_contexts_docstring_example():
     assert tc.mix(q, q) == pytest.approx(q)
 
 
+def test_text_contexts_two_alphas_and_order_sets_docstring_example():
+    """Version 5's rows and weights (`TextContexts` docstring): orders (1, 2), alphas (1, 0.25); the
+    text 5 6 | code 0 | 7 6 | ?: order 1's context (6,) was followed by code 0 once, order 2's (7, 6)
+    never. Rows: log q, log r - log q, order 1 at alpha 1 and 0.25, order 2 (unseen) zeros twice;
+    the order key is (1, True): the longest order seen is the first, followed by one code alone."""
+    tc = TextContexts(orders=(1, 2), alpha=(1.0, 0.25), order_sets=True)
+    q = np.array([0.5, 0.5])
+    for t in (5, 6):
+        tc.see(t)
+    tc.mix(q, q)
+    tc.update(0)
+    for t in (7, 6):
+        tc.see(t)
+    p = tc.mix(q, q)
+    key, order_key, L, _, _ = tc.pending
+    assert order_key == (1, True) and L.shape == (6, 2)
+    assert np.exp(L[2] + np.log(q)) == pytest.approx([0.75, 0.25])  # (1 + 0.5) / 2, 0.5 / 2
+    assert np.exp(L[3] + np.log(q)) == pytest.approx([0.9, 0.1])  # (1 + 0.125) / 1.25, 0.125 / 1.25
+    assert not L[4:].any()
+    assert p == pytest.approx(q)  # the starting weights (1, 0, ...), the order set's 0 added
+    tc.update(0)  # both weight sets take the same step; the order set's starts from 0
+    step = tc.order_weights[(1, True)]
+    assert step[2] > 0 and np.array_equal(tc.weights[0], np.eye(6)[0] + step)
+
+
 def test_text_contexts_learn_to_trust_the_text():
     """Codes that the last two tokens determine, under a flat q: the text contexts' weights grow
     and the codes come to cost a small fraction of log2 K; every p is a distribution."""
@@ -251,10 +278,11 @@ def test_text_contexts_learn_to_trust_the_text():
     assert tc.weights[0][2:].sum() > 0.5  # the counts' rows gained weight
 
 
-def test_text_contexts_restore_undoes_everything():
+@pytest.mark.parametrize("alpha, order_sets", [(0.5, False), ((0.5, 0.0625), True)])
+def test_text_contexts_restore_undoes_everything(alpha, order_sets):
     rng = np.random.default_rng(5)
     K = 8
-    a, b = TextContexts(orders=(1, 3)), TextContexts(orders=(1, 3))
+    a, b = (TextContexts(orders=(1, 3), alpha=alpha, order_sets=order_sets) for _ in range(2))
     q = np.full(K, 1.0 / K)
 
     def feed(tc, items):
@@ -278,9 +306,10 @@ def test_text_contexts_restore_undoes_everything():
         for n in b.counts
         for k, v in b.counts[n].items()
     )
-    assert a.weights.keys() == b.weights.keys() and all(
-        np.array_equal(a.weights[k], b.weights[k]) for k in a.weights
-    )
+    for table in ("weights", "order_weights"):
+        wa, wb = getattr(a, table), getattr(b, table)
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert bool(b.order_weights) == order_sets
     feed(a, later)
     feed(b, later)
     tail = (9, 1)

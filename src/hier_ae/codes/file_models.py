@@ -8,7 +8,7 @@ chunks, on both sides of the codec alike:
   and on top of it a match model (the code that followed the last occurrence of the recent codes);
 - over each level's tokens, a match model (`MatchModel(min_len=5)`).
 
-Four versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
+Five versions, named by the codec's blob (its flags) so that a blob always decodes with the models it
 was coded with: version 1 (CF0) looks matches up by the last 2 codes and keeps its hit rates by match
 length and q[pred] in 4 bins; version 2 (CF2) looks up the last 8, then 4, then 2 codes,
 and keeps its hit rates by match length (up to 32), q[pred] in 8 bins and what the cache says of the
@@ -22,13 +22,19 @@ segment's code and offset with the last 0 ... 4 tokens, each mixed in with weigh
 file goes (one set per match length bucket). Pricing a code with the text before it needs that
 text, so the codec reads a chunk's codes one at a time between its segments
 (`HierAEModel.decode(next_code=...)`) instead of all before the tokens; the blob's flags name it.
-Version 4 (the default) is version 3 with each text contexts' memory bounded: at most
+Version 4 is version 3 with each text contexts' memory bounded: at most
 `MAX_CONTEXTS` contexts each (about 125 bytes a context; a level's byte tokens make about 2.0
 contexts a byte of the code corpus, 4.2 of multilingual text: MX0 in bench/experiments.md): past
 three quarters of it, the contexts seen least are dropped between chunks (`new_chunk`), and past the
 bound itself new contexts are not added, so a long file costs at most ~0.26 GB a text contexts
-instead of growing without end. Below 3/4 of the bound it codes exactly as version 3 does (every text
-in bench/codec*.md stays below it).
+instead of growing without end. Below 3/4 of the bound it codes exactly as version 3 does.
+Version 5 (the default; OS1) is version 4 with a second set of mixing weights in each text
+contexts, picked by the longest order whose context was seen and whether one symbol alone followed
+it (`TextContexts.order_sets`), added to the match-length bucket's; the tokens' contexts give the
+mixer each order's counts at two alphas, 0.5 and 0.0625 (a small alpha trusts a context's counts
+sooner: it pays on source code and loses on running English, RP1; the mixer weighs the two), and
+every text contexts learns at a quarter of version 4's rate (0.00125). On the held-out halves of the
+code corpus and of Tiny Shakespeare it spends 2.6% and 1.3% fewer bits than version 4.
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
 TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
 recipes.
@@ -49,15 +55,19 @@ CODE_ORDER, CODE_K = 2, 32.0  # the cache over top codes: contexts of 2 codes, h
 CODE_MIN_LEN = 2  # the match model over top codes (about 2 bytes each)
 CODE_LONGER = (4, 8)  # version 2: longer contexts looked up first
 TOKEN_MIN_LEN = 5  # the match models over tokens (bytes at level 0)
-TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16, 4: 16}  # by version: the bins of q[pred] their hit rates are kept in
+TOKEN_Q_BINS = {1: 4, 2: 16, 3: 16, 4: 16, 5: 16}  # by version: the q[pred] bins of their hit rates
 TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # version 3: the text contexts, in tokens
 TOKEN_TEXT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # version 3: the tokens' text contexts
 TOKEN_CODE_ORDERS = (0, 1, 2, 4)  # ... and those keyed by the segment's code and offset, + 0-4 tokens
 TEXT_ALPHA, TEXT_LR = 0.5, 0.005
 MAX_CONTEXTS = 1 << 21  # version 4: contexts kept by each text contexts (~0.26 GB), see `TextContexts`
-VERSIONS = (1, 2, 3, 4)
-LATEST = 4
-INTERLEAVED = (3, 4)  # the versions whose codes are read between their segments (they price with the text)
+V5_CODE_ALPHAS = (0.5,)  # version 5: the codes' text contexts' alphas (`TextContexts`)
+V5_TOKEN_ALPHAS = (0.5, 0.0625)  # version 5: the tokens' (each order's counts at both, the mixer weighs them)
+V5_CODE_LR = V5_TOKEN_LR = 0.00125  # version 5: their learning rates
+V5_ORDER_SETS = True  # version 5: weights also by the longest order seen (`TextContexts.order_sets`)
+VERSIONS = (1, 2, 3, 4, 5)
+LATEST = 5
+INTERLEAVED = (3, 4, 5)  # the versions whose codes are read between their segments (they price with the text)
 SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
 MATCH_MAX_BUCKET = 16  # version 2 on: the code match model's length buckets above it share its counts
 
@@ -93,11 +103,18 @@ class FileModels:
         self.text = self.token_text = self.token_code = None
         if version >= 3:
             cap = MAX_CONTEXTS if version >= 4 else None
-            self.text = TextContexts(TEXT_ORDERS, TEXT_ALPHA, TEXT_LR, cap)
+            v5 = version >= 5
+
+            def contexts(orders, alphas, lr):
+                if not v5:
+                    return TextContexts(orders, TEXT_ALPHA, TEXT_LR, cap)
+                return TextContexts(orders, alphas, lr, cap, order_sets=V5_ORDER_SETS)
+
+            self.text = contexts(TEXT_ORDERS, V5_CODE_ALPHAS, V5_CODE_LR)
             self.token_text = [
-                TextContexts(TOKEN_TEXT_ORDERS, TEXT_ALPHA, TEXT_LR, cap) for _ in range(num_levels)
+                contexts(TOKEN_TEXT_ORDERS, V5_TOKEN_ALPHAS, V5_TOKEN_LR) for _ in range(num_levels)
             ]
-            self.token_code = TextContexts(TOKEN_CODE_ORDERS, TEXT_ALPHA, TEXT_LR, cap)
+            self.token_code = contexts(TOKEN_CODE_ORDERS, V5_TOKEN_ALPHAS, V5_TOKEN_LR)
         self.segment: tuple[int, int] | None = None  # (code, offset of the next top-level token)
 
     @property

@@ -24,7 +24,17 @@ Worked toy example (orders (2,), alpha = 1, K = 2 codes; the text is tokens):
     p_2 = ((0, 1) + 1 * q) / (1 + 1); with q = (0.5, 0.5): p_2 = (0.25, 0.75).
     With w = (1, 0, 1): log p ∝ log q + (log p_2 - log q) = log p_2, so p = (0.25, 0.75).
 
-The file models (`file_models`, versions 3-4) predict tokens the same way: each level's next token from
+`alpha` may be a tuple: each order then gives a row at each alpha (version 5 of the file models
+gives the tokens' contexts (0.5, 0.0625): a small alpha trusts a context's counts sooner, which pays
+on source code that repeats itself exactly and loses on running English, RP1 and OS1 in
+bench/experiments.md). `order_sets` adds to the weights of `key` a second set picked by the longest
+order whose context was seen and whether one symbol alone followed it so far (they start at 0; both
+take each step). The toy above
+with alphas (1, 0.25): p_2 = ((0, 1) + 1 q) / 2 = (0.25, 0.75) and ((0, 1) + 0.25 q) / 1.25 =
+(0.1, 0.9), two rows; the order key is (1, True): the first order (1 + its index) was seen, and
+only code 1 followed it.
+
+The file models (`file_models`, versions 3-5) predict tokens the same way: each level's next token from
 the last 1 ... 24 tokens, and the top level's also from its segment's code and its offset in the
 segment (`tag`) with the last 0 ... 4 tokens: what the code's segments were spelt like so far.
 
@@ -51,25 +61,40 @@ class TextContexts:
     quarters of it. None: no bound (file models version 3)."""
 
     def __init__(
-        self, orders: tuple[int, ...], alpha: float = 0.5, lr: float = 0.005, max_contexts: int | None = None
+        self,
+        orders: tuple[int, ...],
+        alpha: float | tuple[float, ...] = 0.5,
+        lr: float = 0.005,
+        max_contexts: int | None = None,
+        order_sets: bool = False,
     ):
-        if not orders or any(not isinstance(n, int) or n < 0 for n in orders) or alpha <= 0 or lr <= 0:
+        alphas = tuple(alpha) if isinstance(alpha, (tuple, list)) else (alpha,)
+        if (
+            not orders
+            or any(not isinstance(n, int) or n < 0 for n in orders)
+            or not alphas
+            or any(a <= 0 for a in alphas)
+            or lr <= 0
+        ):
             raise ValueError(
                 f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 0 "
-                "tokens, alpha > 0 and lr > 0"
+                "tokens, alpha > 0 (or a tuple of them) and lr > 0"
             )
         if max_contexts is not None and (not isinstance(max_contexts, int) or max_contexts < 1):
             raise ValueError(f"max_contexts={max_contexts!r} is invalid: None (no bound) or an int >= 1")
-        self.orders, self.alpha, self.lr = tuple(sorted(set(orders))), float(alpha), float(lr)
-        self.max_contexts = max_contexts
+        self.orders, self.alphas, self.lr = tuple(sorted(set(orders))), tuple(map(float, alphas)), float(lr)
+        self.max_contexts, self.order_sets = max_contexts, bool(order_sets)
         self.text: list[int] = []
         # per order n: hash(the last n tokens) -> `symbol * SINGLE + count` while one symbol followed
         # it, else {symbol: count} (a 64-bit hash instead of the tuple: a quarter of the memory; two
         # contexts that collide share their counts, on both sides of the codec alike)
         self.counts: dict[int, dict[int, int | dict[int, int]]] = {n: {} for n in self.orders}
         self.size = 0  # contexts kept, all orders together
-        self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders),)
-        self.pending: tuple | None = None  # (key, L (P, K), p (K,), contexts) of the last mix
+        self.weights: dict[object, np.ndarray] = {}  # key -> (2 + len(orders) * len(alphas),)
+        # `order_sets`: weights added to those of `key`, by (the longest order whose context was seen,
+        # whether one symbol alone followed it so far); they start at 0
+        self.order_weights: dict[tuple[int, bool], np.ndarray] = {}
+        self.pending: tuple | None = None  # (key, order key, L (P, K), p (K,), contexts) of the last mix
         self.journal: list[tuple[int, int, int]] | None = None  # (order, context, symbol) counted
 
     def _contexts(self, tag: tuple) -> dict[int, int]:
@@ -86,10 +111,11 @@ class TextContexts:
         log_q = np.log(row)
         rows = [log_q, np.log(raw.reshape(-1)) - log_q]
         contexts = self._contexts(tag)
-        for n in self.orders:
+        longest = (0, False)  # (1 + the index of the longest order seen, whether one symbol followed it)
+        for i, n in enumerate(self.orders):
             seen = self.counts[n].get(contexts[n]) if n in contexts else None
             if seen is None:
-                rows.append(np.zeros_like(log_q))
+                rows.extend(np.zeros_like(log_q) for _ in self.alphas)
                 continue
             counts = np.zeros_like(row)
             if isinstance(seen, int):
@@ -98,20 +124,26 @@ class TextContexts:
                 for symbol, c in seen.items():
                     counts[symbol] = c
             total = _sightings(seen)
-            rows.append(np.log((counts + self.alpha * row) / (total + self.alpha)) - log_q)
+            for alpha in self.alphas:
+                rows.append(np.log((counts + alpha * row) / (total + alpha)) - log_q)
+            longest = (i + 1, isinstance(seen, int))
         L = np.stack(rows)  # (P, K)
-        z = self._weights(key) @ L  # (K,)
+        order_key = longest if self.order_sets else None
+        z = self._weights(key, order_key) @ L  # (K,)
         p = np.exp(z - z.max())
         p /= p.sum()
-        self.pending = (key, L, p, contexts)
+        self.pending = (key, order_key, L, p, contexts)
         return p.reshape(q.shape)
 
-    def _weights(self, key: object) -> np.ndarray:
-        """The weights of set `key`: (1, 0, ..., 0), i.e. p = q, until its first update."""
+    def _weights(self, key: object, order_key: tuple | None = None) -> np.ndarray:
+        """The weights of set `key`, (1, 0, ..., 0) (i.e. p = q) until its first update, plus those of
+        `order_key` (`order_sets`; 0 until its first update)."""
         w = self.weights.get(key)
         if w is None:
-            w = np.zeros(2 + len(self.orders))
+            w = np.zeros(2 + len(self.orders) * len(self.alphas))
             w[0] = 1.0
+        if order_key is not None and order_key in self.order_weights:
+            w = w + self.order_weights[order_key]
         return w
 
     def update(self, code: int, tag: tuple = ()) -> None:
@@ -120,8 +152,11 @@ class TextContexts:
         code = int(code)
         contexts = None
         if self.pending is not None:  # its contexts are this update's: the text has not moved since
-            key, L, p, contexts = self.pending
-            self.weights[key] = self._weights(key) + self.lr * (L[:, code] - L @ p)
+            key, order_key, L, p, contexts = self.pending
+            step = self.lr * (L[:, code] - L @ p)  # (P,) along the gradient of log p(code)
+            self.weights[key] = self._weights(key) + step
+            if order_key is not None:
+                self.order_weights[order_key] = self.order_weights.get(order_key, 0.0) + step
             self.pending = None
         for n, context in (contexts if contexts is not None else self._contexts(tag)).items():
             table = self.counts[n]
@@ -167,11 +202,11 @@ class TextContexts:
     def checkpoint(self) -> tuple:
         """A mark to `restore` to; counts are journaled from here on."""
         self.journal = []
-        return (len(self.text), {k: w.copy() for k, w in self.weights.items()})
+        return (len(self.text), _copy(self.weights), _copy(self.order_weights))
 
     def restore(self, mark: tuple) -> None:
         """Back to the state at `mark` (the last `checkpoint`)."""
-        n_text, weights = mark
+        n_text, weights, order_weights = mark
         for n, context, code in reversed(self.journal or []):
             table = self.counts[n]
             seen = table[context]
@@ -190,10 +225,15 @@ class TextContexts:
                 ((symbol, c),) = seen.items()
                 table[context] = symbol * SINGLE + c
         del self.text[n_text:]
-        self.weights = {k: w.copy() for k, w in weights.items()}
+        self.weights, self.order_weights = _copy(weights), _copy(order_weights)
         self.journal, self.pending = [], None
 
 
 def _sightings(value: int | dict[int, int]) -> int:
     """How often a context was seen: its stored counts (`SINGLE`-packed or a dict) summed."""
     return value % SINGLE if isinstance(value, int) else sum(value.values())
+
+
+def _copy(weights: dict) -> dict:
+    """A weights table with its arrays copied (a checkpoint's, or restored from one)."""
+    return {k: w.copy() for k, w in weights.items()}
