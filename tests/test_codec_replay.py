@@ -28,7 +28,7 @@ def test_a_replay_gives_the_codecs_bits_and_a_variant_other_bits(
     same = codec_replay.replay(path)
     assert same["code_bits_per_byte"] == pytest.approx(recorded["code_bits_per_byte"], abs=1e-3)
     assert same["residual_bits_per_byte"] == pytest.approx(recorded["residual_bits_per_byte"], abs=1e-3)
-    monkeypatch.setattr(file_models, "V5_TOKEN_LR", 0.05)
+    monkeypatch.setattr(file_models, "V5_LR_START", 0.05)
     other = codec_replay.replay(path)
     assert abs(other["total_bits_per_byte"] - same["total_bits_per_byte"]) > 1e-4
 

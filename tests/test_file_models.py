@@ -160,6 +160,8 @@ def test_file_models_bad_arguments():
         dict(orders=(2,), alpha=()),
         dict(orders=(2,), alpha=(0.5, -1.0)),
         dict(orders=(2,), lr=-1.0),
+        dict(orders=(2,), lr=0.01, lr_start=0.001),
+        dict(orders=(2,), lr_half=0),
     ]:
         with pytest.raises(ValueError, match="orders"):
             TextContexts(**bad)
@@ -258,6 +260,17 @@ def test_text_contexts_two_alphas_and_order_sets_docstring_example():
     assert step[2] > 0 and np.array_equal(tc.weights[0], np.eye(6)[0] + step)
 
 
+def test_text_contexts_learning_rate_falls_from_lr_start():
+    """`_lr` docstring: lr 1e-3, lr_start 5e-3, lr_half 256: 5e-3 at a set's first step, 3e-3 at its
+    257th; each weight set counts its own steps; without lr_start the rate stays lr."""
+    tc = TextContexts(orders=(1,), lr=1e-3, lr_start=5e-3, lr_half=256)
+    assert tc._lr((0, "a")) == pytest.approx(5e-3)
+    for _ in range(255):
+        tc._lr((0, "a"))
+    assert tc._lr((0, "a")) == pytest.approx(3e-3) and tc._lr((1, "b")) == pytest.approx(5e-3)
+    assert TextContexts(orders=(1,), lr=1e-3)._lr((0, "a")) == 1e-3
+
+
 def test_text_contexts_learn_to_trust_the_text():
     """Codes that the last two tokens determine, under a flat q: the text contexts' weights grow
     and the codes come to cost a small fraction of log2 K; every p is a distribution."""
@@ -278,11 +291,16 @@ def test_text_contexts_learn_to_trust_the_text():
     assert tc.weights[0][2:].sum() > 0.5  # the counts' rows gained weight
 
 
-@pytest.mark.parametrize("alpha, order_sets", [(0.5, False), ((0.5, 0.0625), True)])
-def test_text_contexts_restore_undoes_everything(alpha, order_sets):
+@pytest.mark.parametrize(
+    "alpha, order_sets, lr_start", [(0.5, False, None), ((0.5, 0.0625), True, None), (0.5, True, 0.02)]
+)
+def test_text_contexts_restore_undoes_everything(alpha, order_sets, lr_start):
     rng = np.random.default_rng(5)
     K = 8
-    a, b = (TextContexts(orders=(1, 3), alpha=alpha, order_sets=order_sets) for _ in range(2))
+    a, b = (
+        TextContexts(orders=(1, 3), alpha=alpha, order_sets=order_sets, lr_start=lr_start, lr_half=8)
+        for _ in range(2)
+    )
     q = np.full(K, 1.0 / K)
 
     def feed(tc, items):
@@ -309,7 +327,7 @@ def test_text_contexts_restore_undoes_everything(alpha, order_sets):
     for table in ("weights", "order_weights"):
         wa, wb = getattr(a, table), getattr(b, table)
         assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
-    assert bool(b.order_weights) == order_sets
+    assert bool(b.order_weights) == order_sets and a.steps == b.steps and bool(b.steps) == bool(lr_start)
     feed(a, later)
     feed(b, later)
     tail = (9, 1)

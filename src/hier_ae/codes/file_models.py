@@ -33,8 +33,10 @@ contexts, picked by the longest order whose context was seen and whether one sym
 it (`TextContexts.order_sets`), added to the match-length bucket's; the tokens' contexts give the
 mixer each order's counts at two alphas, 0.5 and 0.0625 (a small alpha trusts a context's counts
 sooner: it pays on source code and loses on running English, RP1; the mixer weighs the two), and
-every text contexts learns at a quarter of version 4's rate (0.00125). On the held-out halves of the
-code corpus and of Tiny Shakespeare it spends 2.6% and 1.3% fewer bits than version 4.
+each weight set's learning rate falls from version 4's 0.005 at its first step to a quarter of it
+(0.00125; halfway after 256 steps), so short texts adapt as fast and long ones settle. On the
+held-out halves of the code corpus and of Tiny Shakespeare it spends 2.8% and 1.2% fewer bits than
+version 4 (OS1 in bench/experiments.md).
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
 TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
 recipes.
@@ -63,7 +65,9 @@ TEXT_ALPHA, TEXT_LR = 0.5, 0.005
 MAX_CONTEXTS = 1 << 21  # version 4: contexts kept by each text contexts (~0.26 GB), see `TextContexts`
 V5_CODE_ALPHAS = (0.5,)  # version 5: the codes' text contexts' alphas (`TextContexts`)
 V5_TOKEN_ALPHAS = (0.5, 0.0625)  # version 5: the tokens' (each order's counts at both, the mixer weighs them)
-V5_CODE_LR = V5_TOKEN_LR = 0.00125  # version 5: their learning rates
+V5_CODE_LR = V5_TOKEN_LR = 0.00125  # version 5: their learning rates, after ...
+V5_LR_START = 0.005  # ... starting at version 4's (each weight set's first step) ...
+V5_LR_HALF = 256  # ... and halfway down after this many steps of the set
 V5_ORDER_SETS = True  # version 5: weights also by the longest order seen (`TextContexts.order_sets`)
 VERSIONS = (1, 2, 3, 4, 5)
 LATEST = 5
@@ -108,7 +112,9 @@ class FileModels:
             def contexts(orders, alphas, lr):
                 if not v5:
                     return TextContexts(orders, TEXT_ALPHA, TEXT_LR, cap)
-                return TextContexts(orders, alphas, lr, cap, order_sets=V5_ORDER_SETS)
+                return TextContexts(
+                    orders, alphas, lr, cap, V5_ORDER_SETS, lr_start=V5_LR_START, lr_half=V5_LR_HALF
+                )
 
             self.text = contexts(TEXT_ORDERS, V5_CODE_ALPHAS, V5_CODE_LR)
             self.token_text = [

@@ -67,6 +67,8 @@ class TextContexts:
         lr: float = 0.005,
         max_contexts: int | None = None,
         order_sets: bool = False,
+        lr_start: float | None = None,
+        lr_half: int = 256,
     ):
         alphas = tuple(alpha) if isinstance(alpha, (tuple, list)) else (alpha,)
         if (
@@ -75,15 +77,20 @@ class TextContexts:
             or not alphas
             or any(a <= 0 for a in alphas)
             or lr <= 0
+            or (lr_start is not None and lr_start < lr)
+            or lr_half < 1
         ):
             raise ValueError(
-                f"orders={orders}, alpha={alpha}, lr={lr} are invalid: one or more context lengths >= 0 "
-                "tokens, alpha > 0 (or a tuple of them) and lr > 0"
+                f"orders={orders}, alpha={alpha}, lr={lr}, lr_start={lr_start}, lr_half={lr_half} are "
+                "invalid: one or more context lengths >= 0 tokens, alpha > 0 (or a tuple of them), lr > 0, "
+                "lr_start None or >= lr, lr_half >= 1"
             )
         if max_contexts is not None and (not isinstance(max_contexts, int) or max_contexts < 1):
             raise ValueError(f"max_contexts={max_contexts!r} is invalid: None (no bound) or an int >= 1")
         self.orders, self.alphas, self.lr = tuple(sorted(set(orders))), tuple(map(float, alphas)), float(lr)
         self.max_contexts, self.order_sets = max_contexts, bool(order_sets)
+        self.lr_start, self.lr_half = lr_start, int(lr_half)
+        self.steps: dict[object, int] = {}  # `lr_start`: (0, key) / (1, order key) -> steps taken
         self.text: list[int] = []
         # per order n: hash(the last n tokens) -> `symbol * SINGLE + count` while one symbol followed
         # it, else {symbol: count} (a 64-bit hash instead of the tuple: a quarter of the memory; two
@@ -153,10 +160,12 @@ class TextContexts:
         contexts = None
         if self.pending is not None:  # its contexts are this update's: the text has not moved since
             key, order_key, L, p, contexts = self.pending
-            step = self.lr * (L[:, code] - L @ p)  # (P,) along the gradient of log p(code)
-            self.weights[key] = self._weights(key) + step
+            grad = L[:, code] - L @ p  # (P,) the gradient of log p(code)
+            self.weights[key] = self._weights(key) + self._lr((0, key)) * grad
             if order_key is not None:
-                self.order_weights[order_key] = self.order_weights.get(order_key, 0.0) + step
+                self.order_weights[order_key] = (
+                    self.order_weights.get(order_key, 0.0) + self._lr((1, order_key)) * grad
+                )
             self.pending = None
         for n, context in (contexts if contexts is not None else self._contexts(tag)).items():
             table = self.counts[n]
@@ -175,6 +184,16 @@ class TextContexts:
                 seen[code] = seen.get(code, 0) + 1
             if self.journal is not None:
                 self.journal.append((n, context, code))
+
+    def _lr(self, counter: tuple) -> float:
+        """The learning rate of a weight set's next step: `lr`, or with `lr_start` one that falls from
+        it towards `lr`, halfway after `lr_half` steps of the set. lr = 1e-3, lr_start = 5e-3,
+        lr_half = 256: 5e-3 at the first step, 3e-3 at the 257th."""
+        if self.lr_start is None:
+            return self.lr
+        n = self.steps.get(counter, 0)
+        self.steps[counter] = n + 1
+        return self.lr + (self.lr_start - self.lr) * self.lr_half / (self.lr_half + n)
 
     def trim(self) -> None:
         """Room for new contexts: once the contexts kept fill more than 3/4 of `max_contexts`, drop
@@ -202,11 +221,11 @@ class TextContexts:
     def checkpoint(self) -> tuple:
         """A mark to `restore` to; counts are journaled from here on."""
         self.journal = []
-        return (len(self.text), _copy(self.weights), _copy(self.order_weights))
+        return (len(self.text), _copy(self.weights), _copy(self.order_weights), dict(self.steps))
 
     def restore(self, mark: tuple) -> None:
         """Back to the state at `mark` (the last `checkpoint`)."""
-        n_text, weights, order_weights = mark
+        n_text, weights, order_weights, steps = mark
         for n, context, code in reversed(self.journal or []):
             table = self.counts[n]
             seen = table[context]
@@ -225,7 +244,7 @@ class TextContexts:
                 ((symbol, c),) = seen.items()
                 table[context] = symbol * SINGLE + c
         del self.text[n_text:]
-        self.weights, self.order_weights = _copy(weights), _copy(order_weights)
+        self.weights, self.order_weights, self.steps = _copy(weights), _copy(order_weights), dict(steps)
         self.journal, self.pending = [], None
 
 
