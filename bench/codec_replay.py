@@ -13,6 +13,7 @@ compare variants with the replay's baseline, not with bench/codec.md.
         --text '../shared/data/code/val.txt#1/2' --out /tmp/code_tune.npz
     python -m bench.codec_replay replay /tmp/code_tune.npz
     python -m bench.codec_replay replay /tmp/code_tune.npz --set V5_CODE_LR=0.0025 --set "TEXT_ORDERS=(1, 4)"
+    python -m bench.codec_replay replay /tmp/code_tune.npz --window 1024   # as if 1 KB texts
 
 Events, in the order the codec committed them (a chunk tried under the top LM and then coded flat, or
 stored raw, keeps only what stayed): `new_chunk`, a code's distribution then the code (or the code
@@ -124,22 +125,30 @@ def record(model, text: bytes, out: str | Path, chunk_bytes: int | None = None) 
     return figures
 
 
-def replay(path: str | Path, version: int | None = None) -> dict:
+def replay(path: str | Path, version: int | None = None, window: int | None = None) -> dict:
     """Fresh `FileModels` (the recorded version, or `version`) over the recorded events, with the
-    module's constants as they are now: the ideal bits per byte of the codes and of the residual."""
+    module's constants as they are now: the ideal bits per byte of the codes and of the residual.
+
+    `window`: the file models start afresh at the first code after every `window` top-level tokens
+    (bytes, for one level), a stand-in for short texts coded alone (the model's own distributions
+    still saw the whole chunk before them; OS2 in bench/experiments.md)."""
     from hier_ae.codes.file_models import FileModels
 
     d = np.load(path)
     figures = json.loads(str(d["figures"]))
-    fm = FileModels(figures["num_levels"], version or figures["version"])
+    version = version or figures["version"]
+    fm = FileModels(figures["num_levels"], version)
+    top = figures["num_levels"] - 1
     code_q, token_q = d["code_q"].astype(np.float64), d["token_q"].astype(np.float64)
-    ci = ti = 0
+    ci = ti = since = 0
     code_bits = residual_bits = 0.0
     p = None
     for kind, level, symbol in zip(d["kinds"].tolist(), d["levels"].tolist(), d["symbols"].tolist()):
         if kind == NEW_CHUNK:
             fm.new_chunk()
         elif kind == MIX_CODE:
+            if window is not None and since >= window:
+                fm, since = FileModels(figures["num_levels"], version), 0
             q = code_q[ci] / code_q[ci].sum()
             ci += 1
             p = fm.mix_code(q)
@@ -156,6 +165,7 @@ def replay(path: str | Path, version: int | None = None) -> dict:
         else:
             residual_bits -= math.log2(max(float(p[symbol]), 1e-300))
             fm.update_token(level, symbol)
+            since += level == top
             p = None
     n = figures["bytes"]
     return {
@@ -192,6 +202,9 @@ def main(argv=None) -> dict:
     rep.add_argument("recording")
     rep.add_argument("--version", type=int, default=None)
     rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    rep.add_argument(
+        "--window", type=int, default=None, help="fresh file models every WINDOW top-level tokens"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "record":
         from hier_ae import HierAEModel
@@ -202,7 +215,7 @@ def main(argv=None) -> dict:
         result = record(HierAEModel.from_pretrained(args.model).eval(), text, args.out, args.chunk_bytes)
     else:
         changed = _set_constants(args.set)
-        result = replay(args.recording, args.version) | {"set": changed}
+        result = replay(args.recording, args.version, args.window) | {"set": changed}
     json.dump(result, sys.stdout, indent=1)
     print()
     return result

@@ -20,7 +20,8 @@ def test_a_replay_gives_the_codecs_bits_and_a_variant_other_bits(
 ):
     """Record the codec on a text (small chunks, so there are several): replaying the recording with
     the same file models gives the codec's own code and residual bits (to float32's precision); a
-    variant (another learning rate for the text contexts' weights) gives other bits."""
+    variant (another learning rate for the text contexts' weights) gives other bits, and so does a
+    replay whose file models start afresh every 16 bytes (`window`)."""
     model, _ = trained_1level
     path = tmp_path / "events.npz"
     recorded = codec_replay.record(model, _text(grammar_data), path, chunk_bytes=64)
@@ -28,6 +29,11 @@ def test_a_replay_gives_the_codecs_bits_and_a_variant_other_bits(
     same = codec_replay.replay(path)
     assert same["code_bits_per_byte"] == pytest.approx(recorded["code_bits_per_byte"], abs=1e-3)
     assert same["residual_bits_per_byte"] == pytest.approx(recorded["residual_bits_per_byte"], abs=1e-3)
+    # `window`: longer than the text, the same replay; short, the file models forget what they learnt
+    whole = codec_replay.replay(path, window=10**9)
+    assert whole["total_bits_per_byte"] == same["total_bits_per_byte"]
+    pieces = codec_replay.replay(path, window=16)
+    assert pieces["total_bits_per_byte"] > same["total_bits_per_byte"] + 0.05, (pieces, same)
     monkeypatch.setattr(file_models, "V5_LR_START", 0.05)
     other = codec_replay.replay(path)
     assert abs(other["total_bits_per_byte"] - same["total_bits_per_byte"]) > 1e-4

@@ -29,8 +29,8 @@ gives the tokens' contexts (0.5, 0.0625): a small alpha trusts a context's count
 on source code that repeats itself exactly and loses on running English, RP1 and OS1 in
 bench/experiments.md). `order_sets` adds to the weights of `key` a second set picked by the longest
 order whose context was seen and whether one symbol alone followed it so far (they start at 0; both
-take each step). The toy above
-with alphas (1, 0.25): p_2 = ((0, 1) + 1 q) / 2 = (0.25, 0.75) and ((0, 1) + 0.25 q) / 1.25 =
+take each step). `lr_start`: each set's learning rate falls from it towards `lr` (`_lr`). The toy
+above with alphas (1, 0.25): p_2 = ((0, 1) + 1 q) / 2 = (0.25, 0.75) and ((0, 1) + 0.25 q) / 1.25 =
 (0.1, 0.9), two rows; the order key is (1, True): the first order (1 + its index) was seen, and
 only code 1 followed it.
 
