@@ -36,10 +36,10 @@ sooner: it pays on source code and loses on running English, RP1; the mixer weig
 each weight set's learning rate falls from version 4's 0.005 at its first step to a quarter of it
 (0.00125; halfway after 256 steps), so short texts adapt as fast and long ones settle. On the
 held-out halves of the code corpus and of Tiny Shakespeare it spends 2.8% and 1.2% fewer bits than
-version 4 (OS1 in bench/experiments.md).
+version 4 (OS1-OS2 in bench/experiments.md).
 The constants were chosen on the tuning halves of the three corpora's val.txt (#1/2; CF0, CF2 and
-TX0-TX1 in bench/experiments.md; TX on the code corpus's), with the top codes of the shipped codec
-recipes.
+TX0-TX1 in bench/experiments.md; TX on the code corpus's; OS1-OS2 on code's and Tiny Shakespeare's),
+with the top codes of the shipped codec recipes.
 
 `checkpoint()` / `restore(marks)` undo what was learnt since the marks (a chunk stored raw, which the
 decompressor never decodes; codes tried under the top LM and then coded flat).
