@@ -107,20 +107,16 @@ class FileModels:
         self.text = self.token_text = self.token_code = None
         if version >= 3:
             cap = MAX_CONTEXTS if version >= 4 else None
-            v5 = version >= 5
-
-            def contexts(orders, alphas, lr):
-                if not v5:
-                    return TextContexts(orders, TEXT_ALPHA, TEXT_LR, cap)
-                return TextContexts(
-                    orders, alphas, lr, cap, V5_ORDER_SETS, lr_start=V5_LR_START, lr_half=V5_LR_HALF
-                )
-
-            self.text = contexts(TEXT_ORDERS, V5_CODE_ALPHAS, V5_CODE_LR)
+            code = token = (TEXT_ALPHA, TEXT_LR)  # (alpha, lr) of the codes' and the tokens' contexts
+            extra = {}
+            if version >= 5:
+                code, token = (V5_CODE_ALPHAS, V5_CODE_LR), (V5_TOKEN_ALPHAS, V5_TOKEN_LR)
+                extra = dict(order_sets=V5_ORDER_SETS, lr_start=V5_LR_START, lr_half=V5_LR_HALF)
+            self.text = TextContexts(TEXT_ORDERS, *code, cap, **extra)
             self.token_text = [
-                contexts(TOKEN_TEXT_ORDERS, V5_TOKEN_ALPHAS, V5_TOKEN_LR) for _ in range(num_levels)
+                TextContexts(TOKEN_TEXT_ORDERS, *token, cap, **extra) for _ in range(num_levels)
             ]
-            self.token_code = contexts(TOKEN_CODE_ORDERS, V5_TOKEN_ALPHAS, V5_TOKEN_LR)
+            self.token_code = TextContexts(TOKEN_CODE_ORDERS, *token, cap, **extra)
         self.segment: tuple[int, int] | None = None  # (code, offset of the next top-level token)
 
     @property
