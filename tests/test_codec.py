@@ -246,7 +246,7 @@ def test_file_models_price_a_repeat_below_its_first_time(trained_1level, grammar
     text = once + once
     on, off = Codec(model), Codec(model, adaptive=False)
     with_mm, without = on.compress(text, chunk_bytes=64), off.compress(text, chunk_bytes=64)
-    assert with_mm.blob[5] == 29 and without.blob[5] == 0  # the flags byte: file models, version 5
+    assert with_mm.blob[5] == 61 and without.blob[5] == 0  # the flags byte: file models, version 6
     assert with_mm.code_bits < 0.6 * without.code_bits
     assert with_mm.residual_bits < without.residual_bits
     assert len(with_mm.blob) < 0.6 * len(without.blob)
@@ -261,11 +261,12 @@ def test_file_models_price_a_repeat_below_its_first_time(trained_1level, grammar
             on.decompress(with_mm.blob[:5] + bytes([flags]) + with_mm.blob[6:])
 
 
-@pytest.mark.parametrize("version, flags", [(1, 1), (2, 3), (3, 5), (4, 13)])
+@pytest.mark.parametrize("version, flags", [(1, 1), (2, 3), (3, 5), (4, 13), (5, 29)])
 def test_blobs_of_earlier_file_models_still_decode(trained_1level, grammar_data, monkeypatch, version, flags):
     """A blob written with earlier file models (flags 1: version 1, before CF2; flags 3: version 2,
     codes before tokens, before TC0; flags 5: version 3, memory unbounded, before MX0; flags 13:
-    version 4, one alpha and one set of weights, before OS1) decodes with them: the decompressor
+    version 4, one alpha and one set of weights, before OS1; flags 29: version 5, counts never
+    halved, before SS3) decodes with them: the decompressor
     takes the version from the flags, not from the package's latest."""
     from hier_ae.codes import file_models
 
@@ -277,7 +278,7 @@ def test_blobs_of_earlier_file_models_still_decode(trained_1level, grammar_data,
     monkeypatch.setattr(file_models, "LATEST", version)
     earlier = codec.compress(text, chunk_bytes=64)
     monkeypatch.undo()
-    assert earlier.blob[5] == flags and latest.blob[5] == 29
+    assert earlier.blob[5] == flags and latest.blob[5] == 61
     assert codec.decompress(earlier.blob) == text and codec.decompress(latest.blob) == text
     assert earlier.blob[6:] != latest.blob[6:]  # the versions price the text differently
 
@@ -296,7 +297,7 @@ def test_a_bound_on_the_text_contexts_that_binds_still_round_trips(trained_1leve
     unbounded = codec.compress(text, chunk_bytes=64)
     monkeypatch.setattr(file_models, "MAX_CONTEXTS", 40)
     bounded = codec.compress(text, chunk_bytes=64)
-    assert bounded.blob[5] == 29 and codec.decompress(bounded.blob) == text
+    assert bounded.blob[5] == 61 and codec.decompress(bounded.blob) == text
     assert bounded.blob != unbounded.blob
 
 
@@ -468,7 +469,7 @@ def test_example_script_round_trip(trained_1level, grammar_data, tmp_path):
     assert cli("decompress", blob, back).returncode == 0
     assert back.read_bytes() == src.read_bytes()
     plain = cli("compress", "--no-adaptive", src, tmp_path / "plain.hae")  # no file models: flags 0
-    assert plain.returncode == 0 and blob.read_bytes()[5] == 29  # file models, version 5
+    assert plain.returncode == 0 and blob.read_bytes()[5] == 61  # file models, version 6
     assert (tmp_path / "plain.hae").read_bytes()[5] == 0
     assert cli("decompress", tmp_path / "plain.hae", tmp_path / "plain.txt").returncode == 0
     assert (tmp_path / "plain.txt").read_bytes() == src.read_bytes()

@@ -145,14 +145,17 @@ def test_file_models_bad_arguments():
     with pytest.raises(ValueError, match="order"):
         ContextCounts(0)
     fm = FileModels(num_levels=2)
-    assert len(fm.token_models) == 2 and fm.version == 5 and fm.interleaved and fm.top == 1
+    assert len(fm.token_models) == 2 and fm.version == 6 and fm.interleaved and fm.top == 1
+    assert fm.text.count_limit == 30 and FileModels(1, version=5).text.count_limit is None
     assert fm.text.max_contexts == MAX_CONTEXTS and FileModels(1, version=3).text.max_contexts is None
     assert not FileModels(num_levels=1, version=2).interleaved
     with pytest.raises(ValueError, match="version"):
-        FileModels(num_levels=1, version=6)
+        FileModels(num_levels=1, version=7)
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="max_contexts"):
             TextContexts((1,), max_contexts=bad)
+        with pytest.raises(ValueError, match="count_limit"):
+            TextContexts((1,), count_limit=bad)
     for bad in [
         dict(orders=()),
         dict(orders=(-1, 2)),
@@ -177,7 +180,7 @@ def test_context_counts_share_and_its_buckets():
     assert [share_bucket(x) for x in (None, 0.0, 0.25, 0.5, 0.89, 0.9, 1.0)] == [0, 1, 2, 3, 3, 4, 4]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(version):
     """A random code stream, then the same again: the second time costs a small fraction of the first
     under a flat model with the file models in, and every blended row is a distribution."""
@@ -196,7 +199,7 @@ def test_file_models_make_a_repeated_stream_cheap_and_stay_a_distribution(versio
     assert second < 0.1 * first
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_token_match_models_price_a_repeat_cheaply(version):
     """The match models over tokens (one per level): a repeated random byte stream under a flat
     decoder costs a small fraction the second time; version 2 keeps its hit rates in 16 q-bins."""
@@ -292,13 +295,22 @@ def test_text_contexts_learn_to_trust_the_text():
 
 
 @pytest.mark.parametrize(
-    "alpha, order_sets, lr_start", [(0.5, False, None), ((0.5, 0.0625), True, None), (0.5, True, 0.02)]
+    "alpha, order_sets, lr_start, limit",
+    [
+        (0.5, False, None, None),
+        ((0.5, 0.0625), True, None, None),
+        (0.5, True, 0.02, None),
+        (0.5, True, 0.02, 3),
+    ],
 )
-def test_text_contexts_restore_undoes_everything(alpha, order_sets, lr_start):
+def test_text_contexts_restore_undoes_everything(alpha, order_sets, lr_start, limit):
+    """limit: `count_limit`, halvings inside the restored stretch are undone too."""
     rng = np.random.default_rng(5)
     K = 8
     a, b = (
-        TextContexts(orders=(1, 3), alpha=alpha, order_sets=order_sets, lr_start=lr_start, lr_half=8)
+        TextContexts(
+            orders=(1, 3), alpha=alpha, order_sets=order_sets, lr_start=lr_start, lr_half=8, count_limit=limit
+        )
         for _ in range(2)
     )
     q = np.full(K, 1.0 / K)
@@ -314,7 +326,10 @@ def test_text_contexts_restore_undoes_everything(alpha, order_sets, lr_start):
     feed(a, first)
     feed(b, first)
     mark = a.checkpoint()
+    halvings = len(a.journal)
     feed(a, later)
+    halvings = sum(code < 0 for _, _, code, *_ in a.journal[halvings:])
+    assert (halvings > 0) == (limit is not None)
     a.restore(mark)
     assert a.text == b.text and a.counts == b.counts and a.size == b.size
     assert any(isinstance(v, dict) for n in b.counts for v in b.counts[n].values())  # both storages
@@ -334,6 +349,25 @@ def test_text_contexts_restore_undoes_everything(alpha, order_sets, lr_start):
     a.see(tail[0])
     b.see(tail[0])
     assert np.array_equal(a.mix(q, q, key=1), b.mix(q, q, key=1))  # bit for bit
+
+
+def test_text_contexts_count_limit_docstring_example():
+    """count_limit = 4: (code 3: 3, code 5: 1) seeing code 3 again sums 5 and becomes (code 3: 2),
+    stored as one symbol; one symbol alone seen 5 times becomes 3; a context at the limit is kept."""
+    tc = TextContexts(orders=(1,), count_limit=4)
+    ctx = hash((7,))
+    for code in (3, 3, 3, 5):
+        tc.see(7)
+        tc.update(code)
+    assert tc.counts[1][ctx] == {3: 3, 5: 1}  # 4 sightings: at the limit, kept
+    tc.see(7)
+    tc.update(3)
+    assert tc.counts[1][ctx] == 3 * SINGLE + 2  # 5 > 4: halved, 5's 1 // 2 = 0 dropped
+    fresh = TextContexts(orders=(1,), count_limit=4)
+    for _ in range(5):
+        fresh.see(9)
+        fresh.update(2)
+    assert fresh.counts[1][hash((9,))] == 2 * SINGLE + 3  # 5 > 4: (5 + 1) // 2
 
 
 def test_text_contexts_bound_keeps_memory_and_the_contexts_it_has():

@@ -39,20 +39,22 @@ turns them off) carry what the file said so far: a cache of what followed each p
 match models over the codes and over each level's tokens. Where the recent codes (tokens) occurred
 before in the file, what followed them then gets raised probability, as far as the file so far
 earned it, so a block repeated across a file costs a fraction of a bit a code the second time.
-Their versions 3-5 (the default 5: 3 with bounded memory and better mixing) also price each code
-with the text before it (`text_contexts`: what code followed the last 1 ... 32 tokens so far): the
-chunk is then coded in one streamed decode, code j read just before its segment's first token
+Their versions 3-6 (the default 6: 3 with bounded memory, better mixing and counts that age) also
+price each code with the text before it (`text_contexts`: what code followed the last 1 ... 32
+tokens so far): the chunk is then coded in one streamed decode, code j read just before its segment's
+first token
 (`HierAEModel.decode(next_code=...)`), so both sides know that text. The chunks' codes are still
 the autoencoder's; `Compressed`'s bits are the rate with the file models in (with them off, the top
 LM's and the decoder's cross-entropies themselves).
 
 Container (integers little-endian, `varint` = LEB128):
     b"hAEc" | version (u8) | flags (u8, version 3 on; bit 0: file models, with bit 1 their version 2, bit 2
-    their version 3, bits 2 and 3 their version 4, bits 2-4 their version 5, none version 1; see
+    their version 3, bits 2 and 3 their version 4, bits 2-4 their version 5, bits 2-5 their version 6,
+    none version 1; see
     `file_models`) | weights fingerprint (8 bytes) | text bytes (varint) | CRC-32 (u32)
     | chunk bytes (varint) | per chunk: a varint h, then either the raw bytes (h = 0) or the range
     coder's stream of S = h // 2 codes, coded flat (h even) or under the top LM (h odd), followed by
-    the chunk's tokens (file models versions 3-5: each code followed by its segment's tokens): its length
+    the chunk's tokens (file models versions 3-6: each code followed by its segment's tokens): its length
     in bytes (varint; the last chunk's stream runs to the end of the blob and has none), then the
     bytes, cut to the fewest that decode (`range_bytes`: the sealed 32-bit words trimmed, the missing
     bytes read as zeros).
@@ -92,12 +94,14 @@ FILE_MODELS_V2 = 2  # flags bit: ... in their version 2 (without it, version 1: 
 FILE_MODELS_V3 = 4  # flags bit: ... in their version 3 (TX0: codes read between their segments)
 FILE_MODELS_BOUNDED = 8  # flags bit, with V3: ... in their version 4 (version 3, memory bounded)
 FILE_MODELS_V5 = 16  # flags bit, with V3 and BOUNDED: ... in their version 5 (two alphas, order sets)
+FILE_MODELS_V6 = 32  # flags bit, with V3, BOUNDED and V5: ... in their version 6 (counts halved past 30)
 FLAGS = {
     1: ADAPTIVE,
     2: ADAPTIVE | FILE_MODELS_V2,
     3: ADAPTIVE | FILE_MODELS_V3,
     4: ADAPTIVE | FILE_MODELS_V3 | FILE_MODELS_BOUNDED,
     5: ADAPTIVE | FILE_MODELS_V3 | FILE_MODELS_BOUNDED | FILE_MODELS_V5,
+    6: ADAPTIVE | FILE_MODELS_V3 | FILE_MODELS_BOUNDED | FILE_MODELS_V5 | FILE_MODELS_V6,
 }  # file models version -> flags
 FLAG_VERSIONS = {f: v for v, f in FLAGS.items()}  # what `decompress` reads
 # the default chunk, `<s>` + 16,382 bytes + `</s>` = 16,384 tokens (capped at max_input_bytes - 2), for a
@@ -397,7 +401,7 @@ class Codec:
         chunk + `</s>` = 16,384 tokens, for a top LM with an attention window, else 1,022); each is
         encoded as one document, its top codes coded under the top LM or at log2 K bits each (`codes`:
         "auto" takes the cheaper per chunk), and its tokens range-coded under the decoder's
-        predictions as `decode` regenerates them (with the file models, versions 3-5: each code just
+        predictions as `decode` regenerates them (with the file models, versions 3-6: each code just
         before its segment's tokens; else all codes first).
         """
         _constriction()  # the range coder's library, or a clear ImportError before any work

@@ -34,6 +34,12 @@ above with alphas (1, 0.25): p_2 = ((0, 1) + 1 q) / 2 = (0.25, 0.75) and ((0, 1)
 (0.1, 0.9), two rows; the order key is (1, True): the first order (1 + its index) was seen, and
 only code 1 followed it.
 
+`count_limit` (version 6 of the file models, SS3): once a context's counts sum past it, they are
+halved (those that fall to 0 dropped; if all do, the symbol just counted keeps 1), so each context
+weighs its recent sightings most: what followed a context long ago in a file counts for less than what
+followed it lately. With count_limit = 4, a context seen (code 3: 3, code 5: 1) that sees code 3 again
+sums 5 > 4 and becomes (code 3: 2); one symbol alone seen 5 times becomes 3 (rounded up).
+
 The file models (`file_models`, versions 3-5) predict tokens the same way: each level's next token from
 the last 1 ... 24 tokens, and the top level's also from its segment's code and its offset in the
 segment (`tag`) with the last 0 ... 4 tokens: what the code's segments were spelt like so far.
@@ -69,6 +75,7 @@ class TextContexts:
         order_sets: bool = False,
         lr_start: float | None = None,
         lr_half: int = 256,
+        count_limit: int | None = None,
     ):
         alphas = tuple(alpha) if isinstance(alpha, (tuple, list)) else (alpha,)
         if (
@@ -87,9 +94,11 @@ class TextContexts:
             )
         if max_contexts is not None and (not isinstance(max_contexts, int) or max_contexts < 1):
             raise ValueError(f"max_contexts={max_contexts!r} is invalid: None (no bound) or an int >= 1")
+        if count_limit is not None and (not isinstance(count_limit, int) or count_limit < 1):
+            raise ValueError(f"count_limit={count_limit!r} is invalid: None (no limit) or an int >= 1")
         self.orders, self.alphas, self.lr = tuple(sorted(set(orders))), tuple(map(float, alphas)), float(lr)
         self.max_contexts, self.order_sets = max_contexts, bool(order_sets)
-        self.lr_start, self.lr_half = lr_start, int(lr_half)
+        self.lr_start, self.lr_half, self.count_limit = lr_start, int(lr_half), count_limit
         self.steps: dict[object, int] = {}  # `lr_start`: (0, key) / (1, order key) -> steps taken
         self.text: list[int] = []
         # per order n: hash(the last n tokens) -> `symbol * SINGLE + count` while one symbol followed
@@ -102,7 +111,8 @@ class TextContexts:
         # whether one symbol alone followed it so far); they start at 0
         self.order_weights: dict[tuple[int, bool], np.ndarray] = {}
         self.pending: tuple | None = None  # (key, order key, L (P, K), p (K,), contexts) of the last mix
-        self.journal: list[tuple[int, int, int]] | None = None  # (order, context, symbol) counted
+        # (order, context, symbol) counted, or (order, context, -1, the stored value) before a halving
+        self.journal: list[tuple] | None = None
 
     def _contexts(self, tag: tuple) -> dict[int, int]:
         """Each order's context (its hash): `tag` + the last n tokens of the text (orders longer than
@@ -184,6 +194,27 @@ class TextContexts:
                 seen[code] = seen.get(code, 0) + 1
             if self.journal is not None:
                 self.journal.append((n, context, code))
+            if self.count_limit is not None:
+                self._halve_past_limit(n, context, code)
+
+    def _halve_past_limit(self, n: int, context: int, code: int) -> None:
+        """`count_limit`: halve the counts of order n's `context` once they sum past it (journaled as
+        the value before, which `restore` puts back)."""
+        table = self.counts[n]
+        seen = table.get(context)
+        if seen is None or _sightings(seen) <= self.count_limit:
+            return
+        if self.journal is not None:
+            self.journal.append((n, context, -1, seen if isinstance(seen, int) else dict(seen)))
+        if isinstance(seen, int):
+            table[context] = seen // SINGLE * SINGLE + (seen % SINGLE + 1) // 2
+            return
+        halved = {s: c // 2 for s, c in seen.items() if c // 2} or {code: 1}
+        if len(halved) == 1:
+            ((symbol, c),) = halved.items()
+            table[context] = symbol * SINGLE + c
+        else:
+            table[context] = halved
 
     def _lr(self, counter: tuple) -> float:
         """The learning rate of a weight set's next step: `lr`, or with `lr_start` one that falls from
@@ -226,8 +257,11 @@ class TextContexts:
     def restore(self, mark: tuple) -> None:
         """Back to the state at `mark` (the last `checkpoint`)."""
         n_text, weights, order_weights, steps = mark
-        for n, context, code in reversed(self.journal or []):
+        for n, context, code, *before in reversed(self.journal or []):
             table = self.counts[n]
+            if code < 0:  # a halving (`count_limit`): the value before it
+                table[context] = before[0]
+                continue
             seen = table[context]
             if isinstance(seen, int):
                 seen -= 1
