@@ -77,12 +77,8 @@ V5_ORDER_SETS = True  # version 5: weights also by the longest order seen (`Text
 V6_COUNT_LIMIT = 30  # version 6: each context's counts halved once they sum past it (`TextContexts`)
 VERSIONS = (1, 2, 3, 4, 5, 6)
 LATEST = 6
-INTERLEAVED = (
-    3,
-    4,
-    5,
-    6,
-)  # the versions whose codes are read between their segments (they price with the text)
+# the versions whose codes are read between their segments (they price with the text)
+INTERLEAVED = (3, 4, 5, 6)
 SHARE_BINS = 5  # version 2's buckets of the cache's share for the predicted code (`share_bucket`)
 MATCH_MAX_BUCKET = 16  # version 2 on: the code match model's length buckets above it share its counts
 

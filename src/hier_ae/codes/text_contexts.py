@@ -40,7 +40,7 @@ weighs its recent sightings most: what followed a context long ago in a file cou
 followed it lately. With count_limit = 4, a context seen (code 3: 3, code 5: 1) that sees code 3 again
 sums 5 > 4 and becomes (code 3: 2); one symbol alone seen 5 times becomes 3 (rounded up).
 
-The file models (`file_models`, versions 3-5) predict tokens the same way: each level's next token from
+The file models (`file_models`, versions 3-6) predict tokens the same way: each level's next token from
 the last 1 ... 24 tokens, and the top level's also from its segment's code and its offset in the
 segment (`tag`) with the last 0 ... 4 tokens: what the code's segments were spelt like so far.
 
