@@ -201,20 +201,15 @@ class TextContexts:
         """`count_limit`: halve the counts of order n's `context` once they sum past it (journaled as
         the value before, which `restore` puts back)."""
         table = self.counts[n]
-        seen = table.get(context)
-        if seen is None or _sightings(seen) <= self.count_limit:
+        seen = table[context]  # `update` just counted it
+        if _sightings(seen) <= self.count_limit:
             return
-        if self.journal is not None:
-            self.journal.append((n, context, -1, seen if isinstance(seen, int) else dict(seen)))
+        if self.journal is not None:  # `seen` itself: the table gets a new value below
+            self.journal.append((n, context, -1, seen))
         if isinstance(seen, int):
             table[context] = seen // SINGLE * SINGLE + (seen % SINGLE + 1) // 2
-            return
-        halved = {s: c // 2 for s, c in seen.items() if c // 2} or {code: 1}
-        if len(halved) == 1:
-            ((symbol, c),) = halved.items()
-            table[context] = symbol * SINGLE + c
         else:
-            table[context] = halved
+            _store(table, context, {s: c // 2 for s, c in seen.items() if c // 2} or {code: 1})
 
     def _lr(self, counter: tuple) -> float:
         """The learning rate of a weight set's next step: `lr`, or with `lr_start` one that falls from
@@ -274,12 +269,19 @@ class TextContexts:
             seen[code] -= 1
             if not seen[code]:
                 del seen[code]
-            if len(seen) == 1:  # back to one symbol: stored as at the mark
-                ((symbol, c),) = seen.items()
-                table[context] = symbol * SINGLE + c
+            _store(table, context, seen)  # back to one symbol: stored as at the mark
         del self.text[n_text:]
         self.weights, self.order_weights, self.steps = _copy(weights), _copy(order_weights), dict(steps)
         self.journal, self.pending = [], None
+
+
+def _store(table: dict, context: int, counts: dict[int, int]) -> None:
+    """`counts` under `context`: packed as `symbol * SINGLE + count` if one symbol alone, else the dict."""
+    if len(counts) == 1:
+        ((symbol, c),) = counts.items()
+        table[context] = symbol * SINGLE + c
+    else:
+        table[context] = counts
 
 
 def _sightings(value: int | dict[int, int]) -> int:
