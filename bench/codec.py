@@ -183,7 +183,7 @@ def report(results: list[dict], model: str, argv: list[str]) -> str:
             "and priced by the model from an empty context. "
             + (
                 "The codec's file models (`hier_ae.codes.file_models`: a cache of what followed each "
-                "pair of codes, match models over codes and tokens, and, versions 3-5, what code and "
+                "pair of codes, match models over codes and tokens, and, versions 3-6, what code and "
                 "token followed each recent stretch of text) carry what the text said so far, "
                 "inside a line or window and across the whole file's chunks. "
                 if all(r.get("adaptive", True) for r in results)
