@@ -34,7 +34,7 @@ def test_windowed_read_after_a_write():
     assert store.next_positions(rows).tolist() == [5]
     step(store, rows, 5.0, window=3)
     keys, values, mask = store.read(0)
-    assert keys[0, 0, :, 0].tolist() == [3.0, 4.0, 5.0] and mask.tolist() == [[True, True, True]]
+    assert keys[0, 0, :, 0].tolist() == [3.0, 4.0, 5.0] and mask is None  # one row, no padding: no mask
     store.advance(rows)
     assert store.length.tolist() == [6] and store.n_valid.tolist() == [6]
     assert store.capacity >= 6  # grew when the step opened
@@ -53,7 +53,7 @@ def test_left_padding_and_rows_of_different_lengths():
     # only row 1 steps now (row 0's segment below did not close): lengths diverge
     step(store, torch.tensor([1]), 7.0, window=2)
     keys, _, mask = store.read(0)
-    assert keys[0, 0, :, 0].tolist() == [9.0, 7.0] and mask.tolist() == [[True, True]]
+    assert keys[0, 0, :, 0].tolist() == [9.0, 7.0] and mask is None
     store.advance(torch.tensor([1]))
     assert store.length.tolist() == [4, 5]
 
@@ -67,3 +67,23 @@ def test_window_before_the_start_is_masked_and_reorder_selects_rows():
     store.advance(rows)
     store.reorder(torch.tensor([1, 1, 0]))  # beam search: rows selected and repeated
     assert store.length.tolist() == [2, 2, 2] and store.keys[0].shape[0] == 3
+
+
+def test_one_row_step_reads_what_a_batched_step_reads():
+    """A one-row step (views) and the same row stepped beside another (gathers) read the same keys;
+    the one-row read leaves out the slots before slot 0 and keeps padding masked."""
+    for window in (None, 2, 4):
+        alone, batched = toy_store([[0, 1, 1]]), toy_store([[0, 1, 1], [1, 1, 1]])
+        step(alone, torch.tensor([0]), 5.0, window)
+        step(batched, torch.tensor([0, 1]), 5.0, window)
+        keys, values, mask = alone.read(0)
+        b_keys, _, b_mask = batched.read(0)
+        kept = b_keys[0, 0, b_mask[0], 0].tolist()  # the batched row's valid slots
+        shown = keys[0, 0, :, 0] if mask is None else keys[0, 0, mask[0], 0]
+        assert shown.tolist() == kept and torch.equal(keys, values)
+        if window == 2:  # slots 2, 3: no padding among them
+            assert mask is None and keys[0, 0, :, 0].tolist() == [2.0, 5.0]
+        else:  # the padding slot 0 is read and masked
+            assert mask.tolist() == [[False, True, True, True]]
+        alone.advance(torch.tensor([0]))
+        assert alone.length.tolist() == [4] and alone.n_valid.tolist() == [3]

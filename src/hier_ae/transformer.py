@@ -166,9 +166,9 @@ class SelfAttention(nn.Module):
         Bp, _, D = x.shape
         q, k, v = self._qkv(x, rot)  # (B', H, 1, hd)
         cache.write(layer, k, v)
-        keys, values, mask = cache.read(layer)  # (B', H, W', hd), mask (B', W')
+        keys, values, mask = cache.read(layer)  # (B', H, W', hd), mask (B', W') or None (all valid)
         y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask[:, None, None, :]
+            q, keys, values, attn_mask=None if mask is None else mask[:, None, None, :]
         )  # (B', H, 1, hd)
         return self.out(y.transpose(1, 2).reshape(Bp, 1, D))  # (B', 1, D)
 
