@@ -125,14 +125,16 @@ class TextContexts:
         raw: the model's own) -> p, q's shape. `tag`: what else the contexts are keyed by (the file
         models' token contexts: the segment's code and the token's offset in it)."""
         row = q.reshape(-1)
-        log_q = np.log(row)
-        rows = [log_q, np.log(raw.reshape(-1)) - log_q]
+        A = len(self.alphas)
+        L = np.zeros((2 + len(self.orders) * A, row.shape[0]))  # (P, K); rows of unseen orders stay 0
+        log_q = L[0]
+        np.log(row, out=log_q)
+        np.subtract(np.log(raw.reshape(-1)), log_q, out=L[1])
         contexts = self._contexts(tag)
         longest = (0, False)  # (1 + the index of the longest order seen, whether one symbol followed it)
         for i, n in enumerate(self.orders):
             seen = self.counts[n].get(contexts[n]) if n in contexts else None
             if seen is None:
-                rows.extend(np.zeros_like(log_q) for _ in self.alphas)
                 continue
             counts = np.zeros_like(row)
             if isinstance(seen, int):
@@ -141,10 +143,9 @@ class TextContexts:
                 for symbol, c in seen.items():
                     counts[symbol] = c
             total = _sightings(seen)
-            for alpha in self.alphas:
-                rows.append(np.log((counts + alpha * row) / (total + alpha)) - log_q)
+            for j, alpha in enumerate(self.alphas):
+                np.subtract(np.log((counts + alpha * row) / (total + alpha)), log_q, out=L[2 + i * A + j])
             longest = (i + 1, isinstance(seen, int))
-        L = np.stack(rows)  # (P, K)
         order_key = longest if self.order_sets else None
         z = self._weights(key, order_key) @ L  # (K,)
         p = np.exp(z - z.max())
