@@ -270,7 +270,7 @@ class TextContexts:
             seen[code] -= 1
             if not seen[code]:
                 del seen[code]
-            _store(table, context, seen)  # back to one symbol: stored as at the mark
+            _store(table, context, seen)  # packed again if one symbol is left, as at the mark
         del self.text[n_text:]
         self.weights, self.order_weights, self.steps = _copy(weights), _copy(order_weights), dict(steps)
         self.journal, self.pending = [], None
