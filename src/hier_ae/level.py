@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .code_choice_stream import CodeChoiceStream, open_code_choice_stream
 from .configuration_hier_ae import LevelConfig, LevelVocab
 from .fsq import FiniteScalarQuantizer
 from .hash_ngrams import last_ids, shift_in
@@ -66,6 +67,11 @@ from .streaming import LevelStream, open_level_stream
 from .transformer import positions_from_mask
 
 LN2 = math.log(2.0)
+# `code_choice_candidates`: candidates whose segment CE is within this many nats of the lowest count
+# as tied, and ties go to the nearer code. Far above float32 rounding (a trained decoder's CE of a
+# segment is often ~1e-7 nats under several candidates, and the cached step and the whole row round
+# it differently), far below a difference that matters (1e-3 nats = 0.0014 bits a segment).
+CHOICE_TOLERANCE = 1e-3
 
 
 def fp32_region(device: torch.device):
@@ -73,6 +79,15 @@ def fp32_region(device: torch.device):
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return nullcontext()
+
+
+def pick_candidate(ce: torch.Tensor) -> torch.Tensor:
+    """The candidate each segment takes: the nearest (lowest index along dim 0) whose CE is within
+    `CHOICE_TOLERANCE` of the lowest. ce (k, ...) -> (...). Toy example, k = 3, one segment with
+    CEs [2.0, 1.0, 1.0005]: the lowest is 1.0, candidates 1 and 2 are within 1e-3, so candidate 1;
+    with [1e-7, 3e-8, 5e-7] every candidate is within it, so candidate 0 (the nearest code)."""
+    within = ce <= ce.min(dim=0, keepdim=True).values + CHOICE_TOLERANCE  # (k, ...)
+    return within.float().argmax(dim=0)  # the first True (argmax takes the first maximum)
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -223,15 +238,16 @@ class HierLevel(nn.Module):
                 pooled = pooled - self.code_predictor(before)
         return h, pooled
 
-    def encode_segments(self, p: LevelPass, kv_out=None):
+    def encode_segments(self, p: LevelPass, kv_out=None, choice_kv=None):
         """Encoder -> pooling -> quantiser: the quantiser output (codes, z, stats), the encoder
         states h (B, T, D) and the pooled vectors the codes were chosen from (B, S, D). With
-        `code_choice_candidates` the decoder chooses each code among the nearest (`choose_codes`)."""
+        `code_choice_candidates` the decoder chooses each code among the nearest (`choose_codes`;
+        `choice_kv`, a list, receives its passes' keys and values: a streaming prefill)."""
         h, pooled = self.pool_segments(p, kv_out=kv_out)
         with fp32_region(p.tokens.device):
             chosen = {}
             if self.cfg.code_choice_candidates:
-                chosen["codes"] = self.choose_codes(p, pooled)  # (B, S)
+                chosen["codes"] = self.choose_codes(p, pooled, kv_out=choice_kv)  # (B, S)
             was_training = self.quantizer.training
             self.quantizer.training = was_training and not self.codebook_frozen
             try:
@@ -240,15 +256,25 @@ class HierLevel(nn.Module):
                 self.quantizer.training = was_training
         return q, h, pooled
 
+    def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:
+        (..., D) -> (..., k)."""
+        cb = self.quantizer.codebook[0].float()  # (K, D)
+        dist = cb.pow(2).sum(-1) - 2.0 * pooled.float() @ cb.T  # (..., K): ||v - c||^2 - ||v||^2
+        return dist.topk(self.cfg.code_choice_candidates, dim=-1, largest=False, sorted=True).indices
+
     @torch.no_grad()
-    def choose_codes(self, p: LevelPass, pooled: torch.Tensor) -> torch.Tensor:
+    def choose_codes(self, p: LevelPass, pooled: torch.Tensor, kv_out=None) -> torch.Tensor:
         """Codes chosen by the decoder (`code_choice_candidates` = k): among each segment's k nearest
         codes, the one under which the decoder's teacher-forced CE of the segment's tokens is lowest.
 
         Pass i (of k) reads every segment's i-th nearest code at once, so in pass i a segment's CE
         also reads the i-th candidates of the segments before it, never their choice: the code of a
         closed segment depends only on its tokens and the ones before (prefix invariance, predict
-        mode and streaming hold). Ties go to the nearer code. pooled (B, S, D) -> codes (B, S).
+        mode and streaming hold). Ties, CEs within `CHOICE_TOLERANCE` of the lowest, go to the
+        nearer code (`pick_candidate`). pooled (B, S, D) -> codes (B, S).
+        `kv_out` (a list) receives the passes' decoder keys and values (k*B rows; a streaming prefill,
+        `code_choice_stream`).
 
         Toy example, k = 2, one row "ab|c" (seg_id 0 0 1), per-token CE in pass 0 [.1 .3 | .9] and in
         pass 1 [.2 .4 | .5]: segment CEs [.4 .9] and [.6 .5], so segment 0 keeps its nearest code
@@ -257,36 +283,53 @@ class HierLevel(nn.Module):
         k = self.cfg.code_choice_candidates
         B, S, _ = pooled.shape
         T = p.tokens.shape[1]
-        cb = self.quantizer.codebook[0].float()  # (K, D)
-        dist = cb.pow(2).sum(-1) - 2.0 * pooled.float() @ cb.T  # (B, S, K): ||v - c||^2 - ||v||^2
-        cand = dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, S, k), nearest first
+        cand = self.candidate_codes(pooled)  # (B, S, k), nearest first
         # the k passes run as one decoder call over k copies of the batch: rows i*B .. i*B + B - 1 read
         # every segment's i-th candidate
         c = cand.permute(2, 0, 1).reshape(k * B, S)  # (k*B, S)
         seg_id = p.layout.seg_id.repeat(k, 1)  # (k*B, T)
         ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), seg_id)  # (k*B, T+1, D)
-        logits = self._decode(p, ctx, copies=k)[0][:, :T]  # (k*B, T, V)
+        logits = self._decode(p, ctx, kv_out=kv_out, copies=k)[0][:, :T]  # (k*B, T, V)
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), p.tokens.repeat(k, 1), reduction="none"
         )  # (k*B, T)
         ce = ce * p.valid.repeat(k, 1)
         seg_ce = ce.new_zeros(k * B, S).scatter_add_(1, seg_id.clamp(min=0), ce).view(k, B, S)
-        best = seg_ce.argmin(dim=0)  # (B, S), first minimum on ties
+        best = pick_candidate(seg_ce)  # (B, S)
         return cand.gather(-1, best[..., None])[..., 0]  # (B, S)
 
     @torch.no_grad()
-    def choose_closing_codes(self, st: LevelStream, closing: torch.Tensor) -> torch.Tensor:
-        """Streaming with `code_choice_candidates`: the code of the segment each row in `closing`
-        (B'',) has just closed, by `choose_codes` over the row's whole history (`LevelStream.history`),
-        as the uncached pass computes it: O(T) per closed segment. -> (B'',)"""
-        n = int(st.history_len[closing].max())
-        tokens, valid = st.history[closing, :n], st.history_valid[closing, :n]  # (B'', n)
-        positions = positions_from_mask(valid)  # (B'', n)
-        ent_logits, H, layout, fires, ent_h = self.segment(tokens, valid, positions)
-        p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
-        codes = self.choose_codes(p, self.pool_segments(p)[1])  # (B'', S)
-        last = (layout.num_segments - 1).clamp(min=0)  # (B'',) the segment that just closed
-        return codes[torch.arange(codes.shape[0], device=codes.device), last]  # (B'',)
+    def choose_closing_codes(
+        self, ch: CodeChoiceStream, closing: torch.Tensor, pooled: torch.Tensor, seg_len: torch.Tensor
+    ) -> torch.Tensor:
+        """Streaming with `code_choice_candidates` = k: the code of the segment each row of `closing`
+        (B'',) has just closed, as `choose_codes` chooses it, from the k decoder caches of `ch`
+        (`code_choice_stream`): each pass steps the row's queued inputs (one per token of the
+        segment, `seg_len (B'',)`) with its candidate as their context, and the lowest summed CE
+        picks (`pick_candidate`). pooled (B'', D) -> codes (B''). O(seg_len x k) steps."""
+        k = ch.candidates
+        cand = self.candidate_codes(pooled)  # (B'', k)
+        c = cand.T.reshape(-1, 1)  # (k*B'', 1), pass-major as the cache rows
+        ctx = self.code_context(self.quantizer.lookup(c), c)[:, 0]  # (k*B'', D)
+        rows, cache_rows = closing.repeat(k), ch.cache_rows(closing)  # (k*B'',) each
+        n = seg_len.repeat(k)  # (k*B'',)
+        ce = torch.zeros(len(rows), device=pooled.device)  # (k*B'',) the segment's CE in each pass
+        for j in range(int(seg_len.max())):  # queued input j predicts the segment's token j
+            act = n > j  # (k*B'',) the copies whose segment has a token j
+            r = rows[act]  # (A,)
+            logits, _ = self.decoder.step(
+                ch.inputs[r, j],
+                ctx[act],
+                ch.cache,
+                cache_rows[act],
+                offsets=ch.offsets[r, j],
+                history=None if ch.history is None else ch.history[r, j],
+                entropy_h=None if ch.entropy_h is None else ch.entropy_h[r, j],
+            )  # (A, V)
+            ce[act] += F.cross_entropy(logits.float(), ch.targets[r, j], reduction="none")
+        ch.queued[closing] = 0
+        best = pick_candidate(ce.view(k, -1))  # (B'',)
+        return cand.gather(1, best[:, None])[:, 0]  # (B'',)
 
     def upper_stream(
         self, tokens, valid, layout: SegmentLayout, codes, closed=None, pooled=None
@@ -321,7 +364,8 @@ class HierLevel(nn.Module):
         p = LevelPass(tokens, valid, positions, ent_logits, H, layout, fires, entropy_h=ent_h)
         if not encode:
             return p
-        p.q, p.h, p.pooled = self.encode_segments(p, kv_out=kv_enc)
+        kv_choice = [] if keep_kv and self.cfg.code_choice_candidates else None
+        p.q, p.h, p.pooled = self.encode_segments(p, kv_out=kv_enc, choice_kv=kv_choice)
         closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
         vectors = p.pooled if self.frames_pooled else None
         p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed, pooled=vectors)
@@ -329,6 +373,8 @@ class HierLevel(nn.Module):
             p.stream = open_level_stream(
                 self, valid, layout, fires, H, p.h, kv_ent, kv_enc, tokens=tokens, entropy_logits=ent_logits
             )
+            if kv_choice is not None:  # the decoder caches its codes are chosen with
+                p.stream.choice = open_code_choice_stream(self, p, kv_choice)
         return p
 
     # ---- decode ----------------------------------------------------------------------------
@@ -461,8 +507,8 @@ class HierLevel(nn.Module):
             fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
         )  # (B',)
         st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
-        if st.history is not None:  # `code_choice_candidates`: the tokens its codes are chosen over
-            st.append_history(rows, toks)
+        if st.choice is not None:  # `code_choice_candidates`: the token is the open segment's last
+            st.choice.targets[rows, seg_len - 1] = toks
         if bool(fires.any()):
             closing = rows[fires]
             with fp32_region(toks.device):
@@ -471,8 +517,8 @@ class HierLevel(nn.Module):
                 if self.code_predictor is not None:
                     pooled = pooled - self.code_predictor(st.before[closing])[:, None]
                     st.before[closing] = h[fires]  # the state before the segment that opens next
-                if st.history is not None:
-                    codes = self.choose_closing_codes(st, closing)  # (B'',)
+                if st.choice is not None:  # (B'',)
+                    codes = self.choose_closing_codes(st.choice, closing, pooled[:, 0], seg_len[fires])
                 else:
                     codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
             g = upper(closing, codes, pooled[:, 0])
@@ -486,6 +532,8 @@ class HierLevel(nn.Module):
             history = st.recent[rows]  # (B', h) the decoder's inputs before this one
             st.recent[rows] = shift_in(history, toks)
         ent_h = ent_h if self.cfg.decoder_reads_entropy else None
+        if st.choice is not None:  # the input predicts the next token, of the open segment or a new one
+            st.choice.enqueue(rows, toks, offsets, history, ent_h)
         return self.decoder.step(
             toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history, entropy_h=ent_h
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .code_choice_stream import CodeChoiceStream
 from .kv_cache import KVStore
 from .pooling import states_before_segments
 from .segmentation import SegmentLayout, open_segment, surprisal_bits, utf8_owed
@@ -39,31 +40,15 @@ class LevelStream:
     # (B, D) the encoder state just before the open segment (zero before a row's first one), read by
     # `predictive_codes`; None without them
     before: torch.Tensor | None = None
-    # `code_choice_candidates`: every token the level has read, per row (B, n), its mask and the
-    # number of columns each row has filled (B,); None without the option
-    history: torch.Tensor | None = None
-    history_valid: torch.Tensor | None = None
-    history_len: torch.Tensor | None = None
+    # `code_choice_candidates`: the decoder caches its codes are chosen with (`code_choice_stream`;
+    # set by the prefill); None without the option
+    choice: CodeChoiceStream | None = None
     # `boundary_mode: budget`: the open segment's surprisal in bits (B,) and the entropy model's
     # log-probabilities for the next token (B, V); None in the other modes
     seg_bits: torch.Tensor | None = None
     prev_logp: torch.Tensor | None = None
     # `utf8_boundaries`: the bytes the UTF-8 character open after the row's last token still owes (B,)
     utf8_owed: torch.Tensor | None = None
-
-    def append_history(self, rows: torch.Tensor, toks: torch.Tensor) -> None:
-        """Write `toks (B',)` after the history of `rows (B',)`, doubling the buffer when it is full."""
-        at = self.history_len[rows]  # (B',)
-        cap = self.history.shape[1]
-        if int(at.max()) >= cap:
-            grow = max(cap, 16)
-            self.history = torch.cat([self.history, self.history.new_zeros(self.history.shape[0], grow)], 1)
-            self.history_valid = torch.cat(
-                [self.history_valid, self.history_valid.new_zeros(self.history.shape[0], grow)], 1
-            )
-        self.history[rows, at] = toks
-        self.history_valid[rows, at] = True
-        self.history_len[rows] = at + 1
 
 
 @dataclass
@@ -77,10 +62,12 @@ class StreamState:
             for store in (st.entropy, st.encoder, st.decoder):
                 store.reorder(index)
             names = ("open_states", "seg_len", "prev_H", "pending_new", "context", "recent", "before")
-            extra = ("history", "history_valid", "history_len", "seg_bits", "prev_logp", "utf8_owed")
+            extra = ("seg_bits", "prev_logp", "utf8_owed")
             for name in names + extra:
                 if getattr(st, name) is not None:
                     setattr(st, name, getattr(st, name).index_select(0, index))
+            if st.choice is not None:
+                st.choice.reorder(index)
         self.top.reorder(index)
 
 
@@ -107,8 +94,7 @@ def open_level_stream(
     from: h[1], h[2], h[4] and 0 in the four rows above (`before` of a closed segment is its last
     token's state; a row's first segment and an empty row get zeros).
 
-    With `code_choice_candidates`, `history` starts as the row's tokens `(B, T)` (padding as
-    `pad_id`, `history_len` = T for every row); `step` appends each token it reads.
+    With `code_choice_candidates`, the level's `bottom_up` adds `choice` (`open_code_choice_stream`).
 
     With `utf8_boundaries`, `utf8_owed (B,)` is what the UTF-8 character open after the row's last
     token still owes (`segmentation.utf8_owed`; 0 for an empty row); `step` carries it on.
@@ -133,10 +119,6 @@ def open_level_stream(
     if level.cfg.predictive_codes:  # the state before the open segment, or before the next one
         next_start = torch.where(pending, last + 1, start)  # (B,)
         before = states_before_segments(h.detach(), valid, next_start[:, None], has[:, None])[:, 0]  # (B, D)
-    history = history_len = None
-    if level.cfg.code_choice_candidates:  # the codes are chosen over the row's tokens (B, T)
-        history = tokens.masked_fill(~valid, level.vocab.pad_id)
-        history_len = torch.full((B,), T, dtype=torch.long, device=valid.device)
     owed = None
     if level.cfg.utf8_boundaries:  # what the character open after the row's last token owes
         owed = torch.where(has, utf8_owed(tokens)[rows, last], torch.zeros_like(last))  # (B,)
@@ -154,9 +136,6 @@ def open_level_stream(
         prev_H=prev_H.clone(),
         pending_new=pending.clone(),
         before=before,
-        history=history,
-        history_valid=None if history is None else valid.clone(),
-        history_len=history_len,
         seg_bits=seg_bits,
         prev_logp=prev_logp,
         utf8_owed=owed,
