@@ -14,6 +14,9 @@ import copy
 import pytest
 import torch
 from conftest import tiny_config
+from helpers.ties import chooser_logits, compare_greedy
+from test_causal_lm import as_lm
+from test_code_choice_stream import _with_choice
 
 from hier_ae import HierAEForCausalLM, HierAEModel
 from hier_ae.data.batching import DocumentCropper
@@ -98,3 +101,17 @@ def test_cuda_matches_cpu(trained, dtype):
         assert torch.equal(want, got.cpu())
     else:  # bf16 decoders may flip a near-tie of the byte distribution; the prompt part must match
         assert torch.equal(want[:, :12], got.cpu()[:, :12]) and got.shape == want.shape
+
+
+def test_cuda_streams_decoder_chosen_codes_as_whole_rows_do(trained):
+    """`code_choice_candidates` = 4 on CUDA: cached greedy generation (the k decoder caches of
+    `code_choice_stream`, several rows at once) equals uncached generation, near-ties aside."""
+    model, lines = trained
+    gpu = _with_choice(model).cuda()
+    lm = as_lm(gpu)
+    ids, mask = _batch(lines[:2])
+    prompt, prompt_mask = ids[:, :14].cuda(), mask[:, :14].cuda()
+    a = lm.generate(prompt, attention_mask=prompt_mask, max_new_tokens=30, do_sample=False, use_cache=True)
+    b = lm.generate(prompt, attention_mask=prompt_mask, max_new_tokens=30, do_sample=False, use_cache=False)
+    reports = compare_greedy(a, b, chooser_logits(lm, b, prompt_mask), start=prompt.shape[1])
+    assert not reports, reports
