@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers.ties import chooser_logits, compare_greedy
 from test_causal_lm import as_lm
+from test_level_options import _segment_ce
 
 from hier_ae.code_choice_stream import open_code_choice_stream
 from hier_ae.level import CHOICE_TOLERANCE, pick_candidate
@@ -25,7 +25,7 @@ CE_MARGIN = 1e-4  # segment CEs (sums of a few float32 CEs) the cached step and 
 def test_open_code_choice_stream_worked_example():
     """Five toy rows (T = 4, L = 4, ids a b c d = 10 11 12 13, decoder input [BEGIN, x]):
 
-    row 0  a b | c d        open "cd"      queue columns 2 3 4: b c d, targets c d
+    row 0  a b | c d        open "cd"      queue columns 2 3 4: b c d (targets c d, then the next)
     row 1  _ a b c |        closed "abc"   queue column 4: c; caches keep BEGIN a b
     row 2  (no token)                      queue column 0: BEGIN; caches empty
     row 3  a b c d          full (L): closed, queue column 4: d
@@ -52,8 +52,8 @@ def test_open_code_choice_stream_worked_example():
     assert queued == [[11, 12, 13], [12], [BEGIN], [13], [BEGIN, 10, 11, 12]]
     offsets = [ch.offsets[b, : n[b]].tolist() for b in range(B)]
     assert offsets == [[0, 1, 2], [0], [0], [0], [0, 1, 2, 3]]  # of the token each input predicts
-    # the open segment's tokens so far (the last queued input predicts the next one)
-    assert ch.targets[0, :2].tolist() == [12, 13] and ch.targets[4, :3].tolist() == [10, 11, 12]
+    # the open segment's tokens so far: the queue after its first input (the targets of a close)
+    assert ch.inputs[0, 1:3].tolist() == [12, 13] and ch.inputs[4, 1:4].tolist() == [10, 11, 12]
     # n-gram history: the 2 inputs before each queued one, -1 before the row and on padding
     assert ch.history[0, :3].tolist() == [[BEGIN, 10], [10, 11], [11, 12]]
     assert ch.history[1, 0].tolist() == [10, 11]
@@ -84,15 +84,11 @@ def _candidate_ces(level, p, pooled):
     """Every segment's CE under each of its k candidates, pass i reading every segment's i-th:
     (B, S, k) and the candidates (B, S, k) (what `choose_codes` compares, recomputed here)."""
     cand = level.candidate_codes(pooled)  # (B, S, k)
-    T = p.tokens.shape[1]
-    ces = []
-    for i in range(cand.shape[-1]):
-        c = cand[..., i]
-        ctx = level.decoder_context(level.code_context(level.quantizer.lookup(c), c), p.layout.seg_id)
-        logits = level._decode(p, ctx)[0][:, :T]  # (B, T, V)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), p.tokens, reduction="none") * p.valid
-        seg = torch.zeros(p.layout.seg_mask.shape).scatter_add_(1, p.layout.seg_id.clamp(min=0), ce)
-        ces.append(seg)
+    mask = p.layout.seg_mask
+    ces = [
+        _segment_ce(level, p, level.quantizer(pooled, mask, codes=cand[..., i]))
+        for i in range(cand.shape[-1])
+    ]
     return torch.stack(ces, -1), cand
 
 
@@ -109,8 +105,8 @@ def test_stepped_codes_equal_the_whole_row_choice(fixture, request, grammar_data
     originals = [level.choose_closing_codes for level in model.levels]
     for li, level in enumerate(model.levels):
 
-        def spy(ch, closing, pooled, seg_len, li=li):
-            codes = originals[li](ch, closing, pooled, seg_len)
+        def spy(ch, closing, *rest, li=li):
+            codes = originals[li](ch, closing, *rest)
             for r, c in zip(closing.tolist(), codes.tolist()):
                 streamed[li][r].append(c)
             return codes

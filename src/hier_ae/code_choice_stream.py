@@ -16,16 +16,16 @@ Worked example, one row, max_segment_len 4, decoder input [BEGIN, x0, x1, ...] (
 x[i]). After a prefill of "abc" with the rule fired at b ("ab|c", c's segment open):
 
     caches (each pass)  BEGIN a         predicting a, b with that pass's candidate for "ab"
-    queue               b c             predicting c and the next token; targets [c]
+    queue               b c             predicting c and the next token
 
-Step "d", the rule fires: targets [c d]; each pass steps b, c with its candidate for "cd", the
-lower CE picks the code, the queue empties; then d, which predicts the next segment's first token,
-is queued.
+Step "d", the rule fires: the segment's tokens are the queue after its first input, then d: [c d];
+each pass steps b, c with its candidate for "cd", the lower CE picks the code, the queue empties;
+then d, which predicts the next segment's first token, is queued.
 
 The choice rests on stepped floats where the uncached pass computes whole rows: the two agree to
-float rounding, so a code may differ only where two candidates' CEs are within rounding of a tie
-(DESIGN §6). Shape letters: B rows, k candidates, L slots per segment (max_segment_len), T tokens,
-D width, h n-gram history.
+float rounding, so a code may differ only where a candidate's CE is within rounding of the tie line
+(`level.pick_candidate`; DESIGN §6). Shape letters: B rows, k candidates, L slots per segment
+(max_segment_len), T tokens, D width, h n-gram history.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ from .segmentation import decoder_offsets, first_real, open_segment, shift_in_be
 @dataclass
 class CodeChoiceStream:
     cache: KVStore  # k*B rows (pass i of row b at i*B + b): the decoder inputs before the queue
-    inputs: torch.Tensor  # (B, L) queued decoder inputs (BEGIN = the decoder's begin_id)
+    # (B, L) queued decoder inputs (BEGIN = the decoder's begin_id); those after the first are the
+    # open segment's tokens
+    inputs: torch.Tensor
     offsets: torch.Tensor  # (B, L) offset in its segment of the token each queued input predicts
-    targets: torch.Tensor  # (B, L) the open segment's tokens: queued input j predicts targets[:, j]
     queued: torch.Tensor  # (B,) how many inputs are queued
     candidates: int  # k
     history: torch.Tensor | None = None  # (B, L, h) the inputs before each queued one, -1 = none
@@ -72,7 +73,7 @@ class CodeChoiceStream:
     def reorder(self, index: torch.Tensor) -> None:
         """Select / reorder rows (beam search): `index (B_new,)` into the B rows."""
         self.cache.reorder(self.cache_rows(index))
-        for name in ("inputs", "offsets", "targets", "queued", "history", "entropy_h"):
+        for name in ("inputs", "offsets", "queued", "history", "entropy_h"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).index_select(0, index))
 
@@ -87,7 +88,7 @@ def open_code_choice_stream(level, p, kv: list[tuple[torch.Tensor, torch.Tensor]
     one when the last segment is closed; BEGIN's column in a row without tokens) to the column
     after the row's last token. The caches keep the columns before it. With the example of the
     module docstring (T = 3, no padding): columns BEGIN a | b c, so the caches keep 2 and the queue
-    holds 2, targets [c]."""
+    holds 2 (its second input, c, is the open segment's first token)."""
     k, L = level.cfg.code_choice_candidates, level.cfg.max_segment_len
     decoder = level.decoder
     tokens, valid = p.tokens, p.valid
@@ -108,7 +109,6 @@ def open_code_choice_stream(level, p, kv: list[tuple[torch.Tensor, torch.Tensor]
         cache=cache,
         inputs=inp.gather(1, at),
         offsets=offsets.gather(1, at),
-        targets=tokens.gather(1, span.clamp(max=T - 1)) if T else tokens.new_zeros(B, L),
         queued=end - start + 1,
         candidates=k,
     )

@@ -300,18 +300,28 @@ class HierLevel(nn.Module):
 
     @torch.no_grad()
     def choose_closing_codes(
-        self, ch: CodeChoiceStream, closing: torch.Tensor, pooled: torch.Tensor, seg_len: torch.Tensor
+        self,
+        ch: CodeChoiceStream,
+        closing: torch.Tensor,
+        pooled: torch.Tensor,
+        seg_len: torch.Tensor,
+        last: torch.Tensor,
     ) -> torch.Tensor:
         """Streaming with `code_choice_candidates` = k: the code of the segment each row of `closing`
         (B'',) has just closed, as `choose_codes` chooses it, from the k decoder caches of `ch`
         (`code_choice_stream`): each pass steps the row's queued inputs (one per token of the
         segment, `seg_len (B'',)`) with its candidate as their context, and the lowest summed CE
-        picks (`pick_candidate`). pooled (B'', D) -> codes (B''). O(seg_len x k) steps."""
+        picks (`pick_candidate`). Input j predicts the segment's token j: queued input j + 1, or
+        `last (B'',)` (the token that closed it) for the last one. pooled (B'', D) -> codes (B'').
+        O(seg_len x k) steps."""
         k = ch.candidates
         cand = self.candidate_codes(pooled)  # (B'', k)
         c = cand.T.reshape(-1, 1)  # (k*B'', 1), pass-major as the cache rows
         ctx = self.code_context(self.quantizer.lookup(c), c)[:, 0]  # (k*B'', D)
+        targets = torch.cat([ch.inputs[closing, 1:], last[:, None]], dim=1)  # (B'', L)
+        targets[torch.arange(len(closing), device=last.device), seg_len - 1] = last
         rows, cache_rows = closing.repeat(k), ch.cache_rows(closing)  # (k*B'',) each
+        local = torch.arange(len(closing), device=last.device).repeat(k)  # (k*B'',) row of `targets`
         n = seg_len.repeat(k)  # (k*B'',)
         ce = torch.zeros(len(rows), device=pooled.device)  # (k*B'',) the segment's CE in each pass
         for j in range(int(seg_len.max())):  # queued input j predicts the segment's token j
@@ -326,7 +336,7 @@ class HierLevel(nn.Module):
                 history=None if ch.history is None else ch.history[r, j],
                 entropy_h=None if ch.entropy_h is None else ch.entropy_h[r, j],
             )  # (A, V)
-            ce[act] += F.cross_entropy(logits.float(), ch.targets[r, j], reduction="none")
+            ce[act] += F.cross_entropy(logits.float(), targets[local[act], j], reduction="none")
         ch.queued[closing] = 0
         best = pick_candidate(ce.view(k, -1))  # (B'',)
         return cand.gather(1, best[:, None])[:, 0]  # (B'',)
@@ -507,8 +517,6 @@ class HierLevel(nn.Module):
             fires, seg_len, L, self.cfg.min_segment_len, toks == self.vocab.eos_id
         )  # (B',)
         st.prev_H[rows], st.seg_len[rows], st.pending_new[rows] = H[:, 0], seg_len, fires
-        if st.choice is not None:  # `code_choice_candidates`: the token is the open segment's last
-            st.choice.targets[rows, seg_len - 1] = toks
         if bool(fires.any()):
             closing = rows[fires]
             with fp32_region(toks.device):
@@ -518,7 +526,9 @@ class HierLevel(nn.Module):
                     pooled = pooled - self.code_predictor(st.before[closing])[:, None]
                     st.before[closing] = h[fires]  # the state before the segment that opens next
                 if st.choice is not None:  # (B'',)
-                    codes = self.choose_closing_codes(st.choice, closing, pooled[:, 0], seg_len[fires])
+                    codes = self.choose_closing_codes(
+                        st.choice, closing, pooled[:, 0], seg_len[fires], toks[fires]
+                    )
                 else:
                     codes = self.quantizer(pooled, torch.ones_like(slots[:, :1])).codes[:, 0]  # (B'',)
             g = upper(closing, codes, pooled[:, 0])
