@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import zlib
 
@@ -140,6 +141,61 @@ def search_codes(model, ref: list[int], top: int = 0, criterion: str = "exact") 
     return {"codes": codes, "nearest": nearest, "unmatched_segments": unmatched}
 
 
+@torch.no_grad()
+def escape_decode(model, refs: list[list[int]]) -> dict:
+    """Variable rate (`escape_codebook_size`): a batch of framed lines through `encode` (which escapes
+    the segments the code alone does not give back) and `decode` with and without the escape codes."""
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask)
+    codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
+    with_esc = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
+    without = decoded_ids(model.decode(codes, seg_mask, level=0))
+    return {
+        "decoded": with_esc,
+        "decoded_no_escape": without,
+        "segments": int(seg_mask.sum()),
+        "escaped": int(((esc >= 0) & seg_mask).sum()),
+    }
+
+
+def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
+    """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
+    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
+
+    Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
+    4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
+    = 4.761."""
+    f = escaped / max(segments, 1)
+    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
+    base = segments * math.log2(K) / n_bytes
+    return {
+        "escaped_segments": f,
+        "code_bits_per_byte_no_escape": base,
+        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
+        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
+    }
+
+
+def escape_report(model, refs: list[list[int]], lines: list[bytes]) -> dict:
+    """The escape probe's figures: exact lines with and without the escape codes, the share of
+    segments escaped, and the code rate three ways: codes alone; codes + a 1-bit flag a segment +
+    log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment."""
+    level = model.levels[0]
+    K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
+    exact = exact0 = segs = escaped = 0
+    for i in range(0, len(refs), 32):
+        batch = refs[i : i + 32]
+        r = escape_decode(model, batch)
+        exact += sum(d == ref for d, ref in zip(r["decoded"], batch))
+        exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], batch))
+        segs, escaped = segs + r["segments"], escaped + r["escaped"]
+    return {
+        "exact_match": exact / len(refs),
+        "exact_match_no_escape": exact0 / len(refs),
+        **escape_rates(segs, escaped, sum(len(t) for t in lines), K, Ke),
+    }
+
+
 def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
     codes, mask = pad_rows(rows)
     return decoded_ids(model.decode(codes, mask, level=0))
@@ -147,6 +203,8 @@ def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
 
 def run(model, lines: list[bytes], args) -> dict:
     refs = [frame_document(t).tolist() for t in lines]
+    if args.probe == "escape":
+        return escape_report(model, refs, lines)
     if args.probe == "list":
         res = [list_decode(model, r, args.beam, args.check_bits, not args.no_code_check) for r in refs]
         exact = sum(r["decoded"] == ref for r, ref in zip(res, refs))
@@ -178,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a saved 1-level hier_ae folder")
     p.add_argument("--text", required=True, help="a val.txt (or 'default'), as bench.recon's --text")
-    p.add_argument("--probe", choices=["list", "search"], required=True)
+    p.add_argument("--probe", choices=["list", "search", "escape"], required=True)
     p.add_argument("--lines", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
@@ -205,6 +263,8 @@ def main(argv=None) -> dict:
         raise SystemExit(
             f"--model has {model.num_levels} levels; the probes read level 0 of a 1-level model."
         )
+    if args.probe == "escape" and not model.levels[0].cfg.escape_codebook_size:
+        raise SystemExit("--probe escape reads escape codes: --model's level 0 has escape_codebook_size 0.")
     _, docs = load_text(args.text)
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()

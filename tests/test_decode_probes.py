@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import _save, tiny_config
+from conftest import TINY_TOP, _save, tiny_config, tiny_level
 
 from bench import decode_probes as probes
 from bench import recon
-from hier_ae import HierAEModel
+from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document
 
 
@@ -88,3 +88,28 @@ def test_main_runs_both_probes_and_refuses_two_levels(tmp_path, capsys):
         probes.main(["--model", str(two), "--text", str(text), "--probe", "list"])
     with pytest.raises(SystemExit):
         probes.main([*base, "--probe", "list", "--beam", "0"])
+
+
+def test_escape_rates_worked_example():
+    r = probes.escape_rates(10, 2, 20, 256, 16)
+    assert r["escaped_segments"] == 0.2
+    assert r["code_bits_per_byte_no_escape"] == 4.0
+    assert r["code_bits_per_byte_flag_1bit"] == pytest.approx(4.9)
+    assert r["code_bits_per_byte_flag_ideal"] == pytest.approx(4.0 + (10 * 0.7219281 + 8) / 20)
+    assert probes.escape_rates(4, 0, 8, 16, 16)["code_bits_per_byte_flag_ideal"] == 2.0
+
+
+def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp_path, capsys):
+    torch.manual_seed(0)
+    plain, esc = tmp_path / "plain", tmp_path / "esc"
+    _save(HierAEModel(tiny_config(1)).eval(), plain)
+    cfg = HierAEConfig(levels=[tiny_level(escape_codebook_size=8)], top_lm=TINY_TOP)
+    _save(HierAEModel(cfg).eval(), esc)
+    text = tmp_path / "val.txt"
+    text.write_bytes(b"a held-out line that is long enough to count\nand another line of the text here\n")
+    res = probes.main(["--model", str(esc), "--text", str(text), "--lines", "2", "--probe", "escape"])
+    assert res["lines"] == 2 and 0.0 <= res["exact_match_no_escape"] <= res["exact_match"] <= 1.0
+    assert res["code_bits_per_byte_flag_ideal"] >= res["code_bits_per_byte_no_escape"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"] == "escape"
+    with pytest.raises(SystemExit, match="escape_codebook_size 0"):
+        probes.main(["--model", str(plain), "--text", str(text), "--probe", "escape"])

@@ -51,6 +51,9 @@ OPTIONS = {
     # the rule fires on every token (threshold 0) except inside a UTF-8 character; random bytes are
     # full of lead and continuation bytes
     "utf8": {"utf8_boundaries": True, "threshold": 0.0},
+    # a second codebook quantises what each code leaves of its pooled vector (escape codes; read by
+    # `decode(..., escape_codes=)` only, so the contracts hold as without)
+    "escape": {"escape_codebook_size": 16, "decoder_code_embedding": True},
 }
 
 
@@ -189,6 +192,7 @@ def test_streamed_decode_equals_recompute_with_option(option):
         "predictive",
         "code_choice",
         "utf8",
+        "escape",
     ],
 )
 def test_option_survives_save_and_reload(option, tmp_path):

@@ -215,6 +215,16 @@ class LevelConfig:
     # `encode` cost about k decoder forwards more. Streaming recomputes the level over the row's
     # history at each segment close (O(T) per segment): off by default.
     code_choice_candidates: int = 0
+    # variable rate, escape codes (0: off): a second VQ codebook of `escape_codebook_size` codes
+    # quantises what a segment's code leaves of its pooled vector; the decoder adds that escape code's
+    # vector (and, with `decoder_code_embedding`, its embedding) to the context of escaped segments
+    # only. Training escapes each segment with probability `escape_train_rate`; `encode` escapes the
+    # segments whose tokens the decoder does not give back from their code alone
+    # (`encode(...).escape_codes`, read by `decode(..., escape_codes=)`), so the rate follows what the
+    # segments carry (bench/experiments.md, E-series). Predict mode, the top LM and the levels above
+    # read the codes only.
+    escape_codebook_size: int = 0
+    escape_train_rate: float = 0.5
 
     @property
     def num_codes(self) -> int:
@@ -413,6 +423,26 @@ class LevelConfig:
             k,
             "0 unless quantizer='vq' with codebook_depth=1 (codes chosen by the decoder need one "
             f"codebook; got quantizer={self.quantizer!r}, codebook_depth={self.codebook_depth})",
+        )
+        K_e = self.escape_codebook_size
+        _check(
+            _is_count(K_e, 0) and K_e != 1 and K_e <= MAX_COMPOSITE_CODES,
+            f"{prefix}.escape_codebook_size",
+            K_e,
+            f"0 (no escape codes) or an integer in [2, {MAX_COMPOSITE_CODES}]",
+        )
+        _check(
+            K_e == 0 or self.quantizer == "vq",
+            f"{prefix}.escape_codebook_size",
+            K_e,
+            f"0 unless quantizer='vq' (got quantizer={self.quantizer!r})",
+        )
+        rate = self.escape_train_rate
+        _check(
+            isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 < rate <= 1.0,
+            f"{prefix}.escape_train_rate",
+            rate,
+            "a fraction in (0, 1]: the share of segments that read their escape code in training",
         )
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")

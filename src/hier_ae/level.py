@@ -133,6 +133,22 @@ class HierLevel(nn.Module):
                 new_code_dead_after_steps=cfg.new_code_dead_after_steps,
             )
         )
+        Ke = cfg.escape_codebook_size
+        self.escape_quantizer = (
+            VectorQuantizer(
+                dim=D,
+                codebook_size=Ke,
+                depth=1,
+                beta=cfg.beta,
+                ema_decay=cfg.ema_decay,
+                restart_dead_codes=cfg.restart_dead_codes,
+                dead_after_steps=cfg.dead_after_steps,
+                pool_size=cfg.restart_pool_size,
+                new_code_dead_after_steps=cfg.new_code_dead_after_steps,
+            )
+            if Ke
+            else None
+        )
         # `predictive_codes`: the pooled vector's prediction from the encoder state before the segment
         self.code_predictor = nn.Linear(D, D, bias=False) if cfg.predictive_codes else None
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
@@ -256,6 +272,79 @@ class HierLevel(nn.Module):
                 self.quantizer.training = was_training
         return q, h, pooled
 
+    # ---- escape codes (variable rate) ----------------------------------------------------------
+    def escape_segments(self, p: LevelPass) -> None:
+        """The escape codes of `escape_codebook_size` (`p.escape_q`): a second codebook quantises what
+        the segment's code leaves of its pooled vector, `pooled - codebook[code]`. `p.escape_mask
+        (B, S)` says which segments' contexts read them: in training each valid segment with
+        `escape_train_rate`; otherwise none (`choose_escapes` picks them for `encode`)."""
+        seg_mask = p.layout.seg_mask
+        with fp32_region(p.tokens.device):
+            residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
+            eq = self.escape_quantizer
+            was_training = eq.training
+            eq.training = was_training and not self.codebook_frozen
+            try:
+                p.escape_q = eq(residual, seg_mask)
+            finally:
+                eq.training = was_training
+        if self.training:
+            draw = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
+            p.escape_mask = (draw < self.cfg.escape_train_rate) & seg_mask
+        else:
+            p.escape_mask = torch.zeros_like(seg_mask)
+
+    def escape_vectors(self, escapes: torch.Tensor) -> torch.Tensor:
+        """What an escaped segment's decoder context adds: its escape code's vector (plus, with
+        `decoder_code_embedding`, the escape code's embedding). escapes (B, S), -1 = not escaped
+        -> (B, S, D), zeros where -1."""
+        e = escapes.clamp(min=0)  # (B, S)
+        vec = self.escape_quantizer.lookup(e)  # (B, S, D)
+        if self.decoder.escape_embed is not None:
+            vec = vec + self.decoder.escape_embed(e).to(vec.dtype)
+        return vec * (escapes >= 0)[..., None]
+
+    def escape_context(self, p: LevelPass, seg_ctx: torch.Tensor) -> torch.Tensor:
+        """seg_ctx (B, S, D) plus, on the segments of `p.escape_mask`, their escape code's
+        (straight-through) vector and embedding: what reconstruct mode reads."""
+        if p.escape_q is None:
+            return seg_ctx
+        e = p.escape_q.z  # (B, S, D)
+        if self.decoder.escape_embed is not None:
+            e = e + self.decoder.escape_embed(p.escape_q.codes).to(e.dtype)
+        return seg_ctx + e.to(seg_ctx.dtype) * p.escape_mask[..., None]
+
+    @torch.no_grad()
+    def choose_escapes(self, p: LevelPass) -> torch.Tensor:
+        """The segments `encode` escapes: those whose tokens the decoder does not give back from their
+        code alone, teacher-forced (some argmax != token), given the escapes before them.
+        An escape changes the contexts the later tokens attend to, so the set grows to a fixed point:
+        decode with the current escapes, add the segments still wrong, until none is added (at most
+        S + 1 decoder passes; usually 2-3). A segment still wrong with its escape stays escaped.
+        Returns (B, S) bool; also sets `p.escape_mask` to it.
+
+        Toy example, three segments: with no escape segment 1 is wrong -> escape {1}; with it,
+        segment 2 (which attends to segment 1's tokens) is now right and nothing is added: {1}.
+        """
+        seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
+        B, S = seg_mask.shape
+        T = p.tokens.shape[1]
+        base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
+        esc = torch.zeros_like(seg_mask)  # (B, S)
+        for _ in range(S + 1):
+            p.escape_mask = esc
+            ctx = self.decoder_context(self.escape_context(p, base), seg_id)  # (B, T+1, D)
+            logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
+            wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
+            wrong = torch.zeros(B, S, dtype=torch.long, device=seg_mask.device)
+            wrong = wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0  # (B, S)
+            grown = (esc | wrong) & seg_mask
+            if torch.equal(grown, esc):
+                break
+            esc = grown
+        p.escape_mask = esc
+        return esc
+
     def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
         """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:
         (..., D) -> (..., k)."""
@@ -376,6 +465,8 @@ class HierLevel(nn.Module):
             return p
         kv_choice = [] if keep_kv and self.cfg.code_choice_candidates else None
         p.q, p.h, p.pooled = self.encode_segments(p, kv_out=kv_enc, choice_kv=kv_choice)
+        if self.escape_quantizer is not None:
+            self.escape_segments(p)
         closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
         vectors = p.pooled if self.frames_pooled else None
         p.up = self.upper_stream(tokens, valid, layout, p.q.codes.detach(), closed=closed, pooled=vectors)
@@ -419,7 +510,8 @@ class HierLevel(nn.Module):
     def reconstruct_logits(self, p: LevelPass) -> torch.Tensor:
         """Reconstruct mode: the decoder reads each segment's own (straight-through) code.
         (B, T, V): output i predicts tokens[i]."""
-        ctx = self.decoder_context(self.code_context(p.q.z, p.q.codes), p.layout.seg_id)  # (B, T+1, D)
+        seg_ctx = self.escape_context(p, self.code_context(p.q.z, p.q.codes))  # (B, S, D)
+        ctx = self.decoder_context(seg_ctx, p.layout.seg_id)  # (B, T+1, D)
         return self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
 
     def code_context(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -443,7 +535,8 @@ class HierLevel(nn.Module):
             rec_logits = self.reconstruct_logits(p)  # (B, T, V)
             rec = p.next_token_loss(rec_logits)
         ppl, dead = p.q.usage_perplexity.float(), p.q.dead_codes.float()
-        return LevelTerms(ent, rec, p.q.commitment, tps, ppl, dead, rec_logits)
+        com = p.q.commitment if p.escape_q is None else p.q.commitment + p.escape_q.commitment
+        return LevelTerms(ent, rec, com, tps, ppl, dead, rec_logits)
 
     def predict_context(self, upper_h, upper_n, seg_pos, layout: SegmentLayout, valid):
         """Per-position predict-mode contexts for the decoder input [BEGIN, x] (T + 1 positions).
@@ -548,15 +641,21 @@ class HierLevel(nn.Module):
             toks, st.context[rows], st.decoder, rows, offsets=offsets, history=history, entropy_h=ent_h
         )
 
-    def decode_codes(self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None, next_code=None):
+    def decode_codes(
+        self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None, next_code=None, escapes=None
+    ):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
         vector as its segment's context): tokens, valid, seg_id (B, n).
 
         `next_code(j) -> int`, for one row (B = 1): the codes are read one at a time, code j just before
         the first token of segment j is generated (after every token of segments < j; the codec prices
-        a code with the text before it); `codes` then only gives S (its values are not read)."""
+        a code with the text before it); `codes` then only gives S (its values are not read).
+        `escapes (B, S)` (`escape_codebook_size`; with the whole codes only, `next_code` None): each
+        segment's escape code, -1 where it has none; an escaped segment's context adds `escape_vectors`."""
         if next_code is None:
             ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
+            if escapes is not None:  # `escape_codebook_size`: (B, S), -1 = not escaped
+                ctx = ctx + self.escape_vectors(escapes)
             return self.regenerate(ctx, seg_mask, pick=pick)
         if codes.shape[0] != 1:
             raise ValueError(f"next_code reads the codes of one row; got {codes.shape[0]} rows")

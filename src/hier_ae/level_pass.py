@@ -51,6 +51,8 @@ class LevelPass:
     stream: LevelStream | None = None
     entropy_h: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
+    escape_q: QuantizerOutput | None = None  # `escape_codebook_size`: the escape codes (B, S)
+    escape_mask: torch.Tensor | None = None  # (B, S) True where the decoder reads the escape code
 
     def entropy_loss(self) -> torch.Tensor:
         """Next-token CE (nats) of the entropy model over the pairs inside each row."""

@@ -47,6 +47,7 @@ from .segmentation import compact_codes
 from .streaming import StreamState
 from .validation import (
     check_codes,
+    check_escape_codes,
     check_forward_kwargs,
     check_generation_cache,
     check_input_ids,
@@ -164,9 +165,15 @@ class HierAEModel(HierAEPreTrainedModel):
 
     def apply_quantizer_updates(self) -> list[dict]:
         """Apply the EMA statistics gathered since the last call; call once per optimizer step."""
-        return [
-            level.quantizer.apply_ema_update() if not level.codebook_frozen else {} for level in self.levels
-        ]
+        out = []
+        for level in self.levels:
+            if level.codebook_frozen:
+                out.append({})
+                continue
+            out.append(level.quantizer.apply_ema_update())
+            if level.escape_quantizer is not None:
+                level.escape_quantizer.apply_ema_update()
+        return out
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(
@@ -339,9 +346,16 @@ class HierAEModel(HierAEPreTrainedModel):
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
         with self._inference():
             passes = self._bottom_up(ids, valid)
+            escapes = []
+            for level, p in zip(self.levels, passes):
+                esc = torch.full_like(p.q.codes, -1)  # (B, S)
+                if level.escape_quantizer is not None:
+                    esc = torch.where(level.choose_escapes(p), p.escape_q.codes, esc)
+                escapes.append(esc)
         return HierAEEncoderOutput(
             top_codes=passes[-1].q.codes,
             top_mask=passes[-1].layout.seg_mask,
+            escape_codes=tuple(escapes),
             **level_fields(passes),
         )
 
@@ -354,6 +368,7 @@ class HierAEModel(HierAEPreTrainedModel):
         level: int | None = None,
         pick=None,
         next_code=None,
+        escape_codes: torch.Tensor | None = None,
     ) -> HierAEDecoderOutput:
         """Codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
 
@@ -373,18 +388,28 @@ class HierAEModel(HierAEPreTrainedModel):
         under these logits with a range coder: lossless compression on top of the codes).
         `next_code(j) -> int`, for one row: `level`'s codes are read one at a time instead, code j just
         before its segment's first token (`HierLevel.decode_codes`; `top_codes` then gives only S).
+        `escape_codes (B, S)`, for a level with `escape_codebook_size` K_e: each segment's escape code
+        in [0, K_e), or -1 where it has none (`encode(...).escape_codes[level]`); the decoder then
+        reads an escaped segment's code and its escape code (variable rate).
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
             raise ValueError(f"level={level!r} is invalid: an int in [0, {self.num_levels}) or None (top).")
         codes, seg_mask = check_codes(top_codes, mask, self.levels[start].cfg.num_codes)
+        if escape_codes is not None:
+            escape_codes = check_escape_codes(
+                escape_codes, codes, seg_mask, self.levels[start].cfg, next_code
+            )
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
                 level_pick = None if pick is None else partial(pick, li)
                 reader = next_code if li == start else None
                 this = self.levels[li]
-                tokens, valid, _ = this.decode_codes(codes, seg_mask, pick=level_pick, next_code=reader)
+                esc = escape_codes if li == start else None
+                tokens, valid, _ = this.decode_codes(
+                    codes, seg_mask, pick=level_pick, next_code=reader, escapes=esc
+                )
                 streams.append(tokens)
                 if li > 0:
                     codes, seg_mask = compact_codes(tokens, valid, self.levels[li - 1].cfg.num_codes)

@@ -44,6 +44,8 @@ class HierAEEncoderOutput(ModelOutput):
     codes[l] (B, S_l) in [0, K_l^R_l); code_mask[l] (B, S_l); segment_ids[l] (B, T_l), -1 on padding;
     level_tokens[l] / level_mask[l]: the token stream level l read (bytes at level 0); entropy[l] in bits;
     pooled[l] (B, S_l, D_l): the pooled segment vectors the codes were chosen from.
+    escape_codes[l] (B, S_l): a level with `escape_codebook_size`'s escape code of each segment whose
+    tokens the decoder does not give back from its code alone, -1 elsewhere (all -1 without one).
     """
 
     top_codes: torch.Tensor | None = None
@@ -55,6 +57,7 @@ class HierAEEncoderOutput(ModelOutput):
     level_mask: tuple[torch.Tensor, ...] | None = None
     entropy: tuple[torch.Tensor, ...] | None = None
     pooled: tuple[torch.Tensor, ...] | None = None
+    escape_codes: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass

@@ -100,6 +100,35 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.where(mask, codes.long(), torch.zeros_like(codes, dtype=torch.long)), mask
 
 
+def check_escape_codes(
+    escapes, codes: torch.Tensor, mask: torch.Tensor, level_cfg, next_code
+) -> torch.Tensor:
+    """Validate `decode`'s `escape_codes (B, S)`: the codes' shape, ids in [-1, K_e) of a level with an
+    escape codebook (-1 = not escaped), read with the whole codes. Padded segments get -1."""
+    K_e = level_cfg.escape_codebook_size
+    if not K_e:
+        raise ValueError(
+            "escape_codes were given, but the level decoded has no escape codebook "
+            "(its escape_codebook_size is 0); leave escape_codes None."
+        )
+    if next_code is not None:
+        raise ValueError("escape_codes are read with the whole codes: give either escape_codes or next_code.")
+    if not isinstance(escapes, torch.Tensor) or escapes.shape != codes.shape:
+        shape = tuple(escapes.shape) if isinstance(escapes, torch.Tensor) else type(escapes).__name__
+        raise ValueError(
+            f"escape_codes must be a tensor of the codes' shape {tuple(codes.shape)}, got {shape}."
+        )
+    if escapes.dtype.is_floating_point or escapes.dtype.is_complex or escapes.dtype == torch.bool:
+        raise ValueError(f"escape_codes must hold integer ids, got dtype {escapes.dtype}.")
+    real = escapes[mask]
+    if real.numel() and (int(real.min()) < -1 or int(real.max()) >= K_e):
+        raise ValueError(
+            f"escape_codes must be in [0, {K_e}) (the escape codebook size) or -1 (no escape); "
+            f"got [{int(real.min())}, {int(real.max())}]."
+        )
+    return torch.where(mask, escapes.long(), torch.full_like(codes, -1))
+
+
 def did_you_mean(name, allowed) -> str | None:
     """The allowed name nearest a misspelt `name` (difflib), or None: `did_you_mean("lr_rate", ["lr"])`."""
     near = difflib.get_close_matches(str(name), list(allowed), n=1)

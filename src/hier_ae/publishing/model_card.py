@@ -46,6 +46,12 @@ def _architecture(config) -> str:
                 if lv.predictive_codes
                 else ""
             )
+            + (
+                f", escape codebook {lv.escape_codebook_size} (variable rate: segments the code alone "
+                "does not give back also carry an escape code)"
+                if lv.escape_codebook_size
+                else ""
+            )
         )
     top = config.top_lm_config
     lines.append(

@@ -1,0 +1,183 @@
+"""Escape codes, a variable code rate (`escape_codebook_size`, issue 21): a second codebook quantises
+what a segment's code leaves of its pooled vector, and the decoder reads it on escaped segments only.
+Training escapes a random share of segments; `encode` escapes the segments the code alone does not give
+back; `decode(..., escape_codes=)` reads them. Checked on random weights (the context arithmetic, the
+training share, the errors) and on a checkpoint trained on the grammar corpus (what `encode` escapes,
+and that decoding with the escapes gives back every line whose segments all come back teacher-forced)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_TOP, _trained_fixture, tiny_level
+
+from hier_ae import HierAEConfig, HierAEModel
+from hier_ae.data.batching import frame_document, pad_rows
+from hier_ae.training.stages import Stage, prepare_stage
+
+ESCAPE = {"escape_codebook_size": 16, "decoder_code_embedding": True}
+
+
+def _model(**level) -> HierAEModel:
+    torch.manual_seed(0)
+    opts = {"threshold": 1e9, "max_segment_len": 5, **ESCAPE, **level}
+    return HierAEModel(HierAEConfig(levels=[tiny_level(**opts)], top_lm=TINY_TOP))
+
+
+def _ids(seed: int, rows: int = 2, length: int = 30) -> torch.Tensor:
+    return torch.randint(3, 259, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- configuration --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "level, match",
+    [
+        (
+            {"escape_codebook_size": 1},
+            r"escape_codebook_size=1 is invalid: 0 \(no escape codes\) or an integer",
+        ),
+        ({"escape_codebook_size": 2.5}, r"escape_codebook_size=2.5 is invalid"),
+        ({"escape_codebook_size": True}, r"escape_codebook_size=True is invalid"),
+        ({"escape_codebook_size": 70000}, r"escape_codebook_size=70000 is invalid"),
+        (
+            {"escape_codebook_size": 8, "quantizer": "fsq", "fsq_levels": [8, 5]},
+            r"escape_codebook_size=8 is invalid: 0 unless quantizer='vq'",
+        ),
+        ({"escape_train_rate": 0.0}, r"escape_train_rate=0.0 is invalid: a fraction in \(0, 1\]"),
+        ({"escape_train_rate": 1.5}, r"escape_train_rate=1.5 is invalid"),
+        ({"escape_train_rate": True}, r"escape_train_rate=True is invalid"),
+    ],
+)
+def test_escape_settings_are_checked(level, match):
+    with pytest.raises(ValueError, match=r"levels\[0\]\." + match):
+        HierAEConfig(levels=[level])
+
+
+# ---- random weights: the arithmetic -----------------------------------------------------------
+def test_escape_vectors_worked_example():
+    """escapes [[2, -1]] -> [[codebook[2] + embed[2], 0]]: -1 adds nothing."""
+    level = _model().levels[0]
+    with torch.no_grad():
+        out = level.escape_vectors(torch.tensor([[2, -1]]))  # (1, 2, D)
+    want = level.escape_quantizer.codebook[0, 2] + level.decoder.escape_embed.weight[2]
+    torch.testing.assert_close(out[0, 0], want)
+    assert torch.equal(out[0, 1], torch.zeros_like(out[0, 1]))
+
+
+def test_training_escapes_a_share_of_segments_and_trains_the_escape_codebook():
+    """In training each segment reads its escape code with `escape_train_rate` (here 0.25 of 240
+    segments, binomial sd 0.028); in eval none does. The escape codes quantise pooled - code vector,
+    the EMA gathers them, and the autoencoder stage trains the escape embedding."""
+    model = _model(escape_train_rate=0.25, threshold=0.0, min_segment_len=1).train()
+    level = model.levels[0]
+    ids = _ids(3, rows=8)
+    p = level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+    seg = p.layout.seg_mask
+    assert int(seg.sum()) == 240
+    share = p.escape_mask[seg].float().mean().item()
+    assert 0.15 < share < 0.35
+    assert not p.escape_mask[~seg].any()
+    residual = p.pooled.detach().float() - level.quantizer.lookup(p.q.codes)
+    eq = level.escape_quantizer
+    dist = torch.cdist(residual[seg], eq.codebook[0].float())  # (N, K_e)
+    assert torch.equal(p.escape_q.codes[seg], dist.argmin(-1))
+    before = eq.ema_count.clone()
+    model.apply_quantizer_updates()
+    assert not torch.equal(eq.ema_count, before)
+    level.eval()
+    assert not level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool)).escape_mask.any()
+    model.requires_grad_(False)
+    prepare_stage(model, Stage("autoencoder", 0, 1, 1e-3))
+    assert level.decoder.escape_embed.weight.requires_grad
+
+
+@torch.no_grad()
+def test_reconstruct_mode_reads_an_escape_from_its_segment_on():
+    """Escaping segment j moves reconstruct mode's logits from segment j's first token on, never
+    before it (the decoder is causal); with no segment escaped they equal the model's without."""
+    model = _model().eval()
+    level = model.levels[0]
+    ids = _ids(4, rows=1)
+    p = level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+    plain = level.reconstruct_logits(p)
+    p.escape_mask[0, 2] = True
+    start = int((p.layout.seg_id[0] == 2).nonzero()[0])
+    moved = level.reconstruct_logits(p)
+    torch.testing.assert_close(moved[0, :start], plain[0, :start])
+    assert not torch.allclose(moved[0, start], plain[0, start])
+    p.escape_q = None
+    torch.testing.assert_close(level.reconstruct_logits(p), plain)
+
+
+def test_decode_checks_its_escape_codes():
+    model = _model().eval()
+    enc = model.encode(_ids(5))
+    codes, mask = enc.codes[0], enc.code_mask[0]
+    with pytest.raises(ValueError, match=r"escape_codes must be in \[0, 16\) .* or -1"):
+        model.decode(codes, mask, escape_codes=torch.full_like(codes, 16))
+    with pytest.raises(ValueError, match=r"escape_codes must be a tensor of the codes' shape"):
+        model.decode(codes, mask, escape_codes=torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="escape_codes must hold integer ids"):
+        model.decode(codes, mask, escape_codes=torch.zeros_like(codes, dtype=torch.float))
+    with pytest.raises(ValueError, match="give either escape_codes or next_code"):
+        model.decode(codes[:1], mask[:1], escape_codes=codes[:1] * 0, next_code=lambda j: 0)
+    plain = HierAEModel(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP)).eval()
+    with pytest.raises(ValueError, match="has no escape codebook"):
+        plain.decode(codes, mask, escape_codes=torch.full_like(codes, -1))
+    assert torch.equal(
+        plain.encode(_ids(5)).escape_codes[0], torch.full_like(plain.encode(_ids(5)).codes[0], -1)
+    )
+
+
+# ---- a trained checkpoint -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_escape(request, tmp_path_factory, grammar_data):
+    """A 1-level model with 16 codes (too few to name the grammar's segments) and 64 escape codes,
+    trained on grammar sentences: entropy 150 + autoencoder 500 steps (about a minute on 2 cores)."""
+    stages = [Stage("entropy", 0, 150, 3e-3), Stage("autoencoder", 0, 500, 3e-3)]
+    level = tiny_level(codebook_size=16, escape_codebook_size=64, decoder_code_embedding=True)
+    config = HierAEConfig(levels=[level], top_lm=TINY_TOP, max_position_embeddings=128)
+    model, _ = _trained_fixture(request, tmp_path_factory, "trained_escape", config, grammar_data[0], stages)
+    return model
+
+
+@torch.no_grad()
+def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_escape, grammar_data):
+    """On held-out sentences: with encode's escapes, teacher-forced reconstruction gets every
+    non-escaped segment right (the fixed point), and greedy decoding with the escape codes gives back
+    every sentence whose segments all come back teacher-forced, more than the codes alone do."""
+    model = trained_escape
+    level = model.levels[0]
+    refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:64]]
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask)
+    codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
+    escaped = (esc >= 0) & seg_mask
+    assert 0 < int(escaped.sum()) < int(seg_mask.sum())
+    assert not ((esc >= 0) & ~seg_mask).any()
+    # teacher forcing with encode's escapes, recomputed here from the public codes
+    p = level.bottom_up(ids, mask.bool())
+    ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
+    logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
+    wrong_tok = (logits.argmax(-1) != ids) & mask.bool()
+    wrong = torch.zeros_like(codes).scatter_add_(1, p.layout.seg_id.clamp(min=0), wrong_tok.long()) > 0
+    assert not (wrong & ~escaped).any(), "a segment left unescaped comes back wrong"
+    all_right = ~(wrong & seg_mask).any(dim=1)  # (B,)
+    assert all_right.any()
+    out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
+    plain = model.decode(codes, seg_mask, level=0)
+    exact, exact_plain = [], []
+    for r, ref in enumerate(refs):
+        exact.append(out.sequences[r][out.attention_mask[r].bool()].tolist()[: len(ref)] == ref)
+        exact_plain.append(plain.sequences[r][plain.attention_mask[r].bool()].tolist()[: len(ref)] == ref)
+        if all_right[r]:
+            assert exact[r], f"sentence {r} comes back teacher-forced but not from its codes"
+    assert sum(exact) > sum(exact_plain)
+
+
+def test_escape_codebook_is_on_the_model_card():
+    from hier_ae.publishing.model_card import _architecture
+
+    config = HierAEConfig(levels=[tiny_level(escape_codebook_size=64)], top_lm=TINY_TOP)
+    assert ", escape codebook 64 (variable rate" in _architecture(config)
+    assert "escape" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))
