@@ -4,8 +4,10 @@
         --probe list --beam 8 --check-bits 1
     python -m bench.decode_probes --model runs/ts/model --text ../shared/data/tinyshakespeare/val.txt \
         --probe search
+    python -m bench.decode_probes --model runs/ts-escape/model --text ../shared/data/tinyshakespeare/val.txt \
+        --probe escape
 
-Autoencoder figures (issue 21, item 3; bench/experiments.md, V-series). Two probes on a saved 1-level
+Autoencoder figures (issue 21, item 3; bench/experiments.md, V- and E-series). Three probes on a saved 1-level
 model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, seeded sample):
 
 - **list** (a better decoder): decode each line segment by segment; for segment j, a beam search
@@ -21,6 +23,9 @@ model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, s
   the codes chosen before it fixed: the decoder's states in segment j read codes 0..j); if none does,
   the code that makes the segment most likely (`--criterion likelihood`: always the most likely). The
   codes are then decoded by the unchanged greedy `model.decode`, beside the nearest-neighbour codes.
+- **escape** (a variable rate; a model with `escape_codebook_size`): `encode` escapes the segments the
+  code alone does not give back; exact lines decoded by `model.decode` with and without the escape
+  codes, the share of segments escaped, and the code bits per byte that costs (`escape_rates`).
 
 The functions recompute whole rows instead of streaming (slow, exact); they read the level's internals
 (`bottom_up`, `_decode`), like the benchmark's teacher forcing.
@@ -36,7 +41,7 @@ import zlib
 
 import torch
 
-from bench.recon import decoded_ids, held_out_lines, load_text, segment_starts
+from bench.recon import decoded_ids, document_windows, held_out_lines, load_text, segment_starts
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
@@ -176,18 +181,18 @@ def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) ->
     }
 
 
-def escape_report(model, refs: list[list[int]], lines: list[bytes]) -> dict:
+def escape_report(model, refs: list[list[int]], lines: list[bytes], batch: int = 32) -> dict:
     """The escape probe's figures: exact lines with and without the escape codes, the share of
     segments escaped, and the code rate three ways: codes alone; codes + a 1-bit flag a segment +
     log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment."""
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
     exact = exact0 = segs = escaped = 0
-    for i in range(0, len(refs), 32):
-        batch = refs[i : i + 32]
-        r = escape_decode(model, batch)
-        exact += sum(d == ref for d, ref in zip(r["decoded"], batch))
-        exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], batch))
+    for i in range(0, len(refs), batch):
+        rows = refs[i : i + batch]
+        r = escape_decode(model, rows)
+        exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
+        exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
         segs, escaped = segs + r["segments"], escaped + r["escaped"]
     return {
         "exact_match": exact / len(refs),
@@ -238,6 +243,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text", required=True, help="a val.txt (or 'default'), as bench.recon's --text")
     p.add_argument("--probe", choices=["list", "search", "escape"], required=True)
     p.add_argument("--lines", type=int, default=256)
+    p.add_argument("--docs", type=int, default=0, help="escape: also this many 1 KB windows (bench.recon's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
     p.add_argument("--check-bits", type=int, default=0, help="list: checksum bits stored per segment")
@@ -250,8 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="search: the nearest code that decodes the segment (else the most likely), or the most likely",
     )
     args = p.parse_args(argv)
-    if args.beam < 1 or args.check_bits < 0 or args.top < 0 or args.lines < 1:
-        p.error("--beam and --lines must be >= 1, --check-bits and --top >= 0")
+    if args.beam < 1 or args.check_bits < 0 or args.top < 0 or args.lines < 1 or args.docs < 0:
+        p.error("--beam and --lines must be >= 1, --check-bits, --top and --docs >= 0")
     return args
 
 
@@ -269,6 +275,10 @@ def main(argv=None) -> dict:
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()
     res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
+    if args.probe == "escape" and args.docs:
+        windows = document_windows(docs, args.docs, seed=args.seed)
+        refs = [frame_document(t).tolist() for t in windows]
+        res["windows"] = {"docs": len(windows), **escape_report(model, refs, windows, batch=8)}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     settings = {k: getattr(args, k) for k in ("beam", "check_bits", "no_code_check", "top", "criterion")}
     res["settings"] = settings

@@ -107,8 +107,11 @@ def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp
     _save(HierAEModel(cfg).eval(), esc)
     text = tmp_path / "val.txt"
     text.write_bytes(b"a held-out line that is long enough to count\nand another line of the text here\n")
-    res = probes.main(["--model", str(esc), "--text", str(text), "--lines", "2", "--probe", "escape"])
+    text.write_bytes(text.read_bytes() * 40)  # 3 KB: room for a 1 KB window
+    args = ["--model", str(esc), "--text", str(text), "--lines", "2", "--probe", "escape", "--docs", "1"]
+    res = probes.main(args)
     assert res["lines"] == 2 and 0.0 <= res["exact_match_no_escape"] <= res["exact_match"] <= 1.0
+    assert res["windows"]["docs"] == 1 and 0.0 <= res["windows"]["escaped_segments"] <= 1.0
     assert res["code_bits_per_byte_flag_ideal"] >= res["code_bits_per_byte_no_escape"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"] == "escape"
     with pytest.raises(SystemExit, match="escape_codebook_size 0"):

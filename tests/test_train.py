@@ -23,7 +23,7 @@ TRAIN = REPO / "examples" / "train.py"
 ENV = SUBPROCESS_ENV
 
 
-def mini_config(tmp_path: Path, stages: list[dict], **training) -> Path:
+def mini_config(tmp_path: Path, stages: list[dict], level_options: dict | None = None, **training) -> Path:
     level = {
         "hidden_size": 32,
         "num_heads": 2,
@@ -38,6 +38,7 @@ def mini_config(tmp_path: Path, stages: list[dict], **training) -> Path:
         "dead_after_steps": 5,
         "pooling_heads": 2,
         "target_tokens_per_segment": 3.0,
+        **(level_options or {}),
     }
     cfg = {
         "model": {
@@ -114,7 +115,8 @@ AE_STAGES = [
 
 @pytest.mark.slow  # end to end: a subprocess
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    config = mini_config(tmp_path, AE_STAGES)
+    # with escape codes: their training draws (which segments read them) and their EMA codebook resume too
+    config = mini_config(tmp_path, AE_STAGES, level_options={"escape_codebook_size": 16})
     ref = tmp_path / "ref"
     done = run_train(config, ref)
     reference = final_losses(ref)
