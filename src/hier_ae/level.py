@@ -96,6 +96,21 @@ def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
 
 
+def _ema_quantizer(cfg: LevelConfig, codebook_size: int, depth: int) -> VectorQuantizer:
+    """An EMA VQ codebook of the level's width with the level's EMA and restart settings."""
+    return VectorQuantizer(
+        dim=cfg.hidden_size,
+        codebook_size=codebook_size,
+        depth=depth,
+        beta=cfg.beta,
+        ema_decay=cfg.ema_decay,
+        restart_dead_codes=cfg.restart_dead_codes,
+        dead_after_steps=cfg.dead_after_steps,
+        pool_size=cfg.restart_pool_size,
+        new_code_dead_after_steps=cfg.new_code_dead_after_steps,
+    )
+
+
 class HierLevel(nn.Module):
     """All modules of one level, plus its boundary state (a persistent buffer)."""
 
@@ -121,34 +136,11 @@ class HierLevel(nn.Module):
         self.quantizer = (
             FiniteScalarQuantizer(D, cfg.fsq_levels)
             if cfg.quantizer == "fsq"
-            else VectorQuantizer(
-                dim=D,
-                codebook_size=cfg.codebook_size,
-                depth=cfg.codebook_depth,
-                beta=cfg.beta,
-                ema_decay=cfg.ema_decay,
-                restart_dead_codes=cfg.restart_dead_codes,
-                dead_after_steps=cfg.dead_after_steps,
-                pool_size=cfg.restart_pool_size,
-                new_code_dead_after_steps=cfg.new_code_dead_after_steps,
-            )
+            else _ema_quantizer(cfg, cfg.codebook_size, cfg.codebook_depth)
         )
+        # `escape_codebook_size`: the escape codes' codebook (one depth), with the level's EMA settings
         Ke = cfg.escape_codebook_size
-        self.escape_quantizer = (
-            VectorQuantizer(
-                dim=D,
-                codebook_size=Ke,
-                depth=1,
-                beta=cfg.beta,
-                ema_decay=cfg.ema_decay,
-                restart_dead_codes=cfg.restart_dead_codes,
-                dead_after_steps=cfg.dead_after_steps,
-                pool_size=cfg.restart_pool_size,
-                new_code_dead_after_steps=cfg.new_code_dead_after_steps,
-            )
-            if Ke
-            else None
-        )
+        self.escape_quantizer = _ema_quantizer(cfg, Ke, 1) if Ke else None
         # `predictive_codes`: the pooled vector's prediction from the encoder state before the segment
         self.code_predictor = nn.Linear(D, D, bias=False) if cfg.predictive_codes else None
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
