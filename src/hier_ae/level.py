@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -256,13 +256,20 @@ class HierLevel(nn.Module):
             chosen = {}
             if self.cfg.code_choice_candidates:
                 chosen["codes"] = self.choose_codes(p, pooled, kv_out=choice_kv)  # (B, S)
-            was_training = self.quantizer.training
-            self.quantizer.training = was_training and not self.codebook_frozen
-            try:
+            with self._codebook_updates(self.quantizer):
                 q = self.quantizer(pooled, p.layout.seg_mask, **chosen)
-            finally:
-                self.quantizer.training = was_training
         return q, h, pooled
+
+    @contextmanager
+    def _codebook_updates(self, quantizer: nn.Module):
+        """Runs a quantiser of this level in training mode (gathering EMA statistics) only while the
+        level trains and its codebooks are not frozen (`codebook_frozen`)."""
+        was_training = quantizer.training
+        quantizer.training = was_training and not self.codebook_frozen
+        try:
+            yield
+        finally:
+            quantizer.training = was_training
 
     # ---- escape codes (variable rate) ----------------------------------------------------------
     def escape_segments(self, p: LevelPass) -> None:
@@ -273,13 +280,8 @@ class HierLevel(nn.Module):
         seg_mask = p.layout.seg_mask
         with fp32_region(p.tokens.device):
             residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
-            eq = self.escape_quantizer
-            was_training = eq.training
-            eq.training = was_training and not self.codebook_frozen
-            try:
-                p.escape_q = eq(residual, seg_mask)
-            finally:
-                eq.training = was_training
+            with self._codebook_updates(self.escape_quantizer):
+                p.escape_q = self.escape_quantizer(residual, seg_mask)
         if self.training:
             draw = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
             p.escape_mask = (draw < self.cfg.escape_train_rate) & seg_mask
@@ -291,20 +293,21 @@ class HierLevel(nn.Module):
         `decoder_code_embedding`, the escape code's embedding). escapes (B, S), -1 = not escaped
         -> (B, S, D), zeros where -1."""
         e = escapes.clamp(min=0)  # (B, S)
-        vec = self.escape_quantizer.lookup(e)  # (B, S, D)
-        if self.decoder.escape_embed is not None:
-            vec = vec + self.decoder.escape_embed(e).to(vec.dtype)
-        return vec * (escapes >= 0)[..., None]
+        return self._escape_term(self.escape_quantizer.lookup(e), e, escapes >= 0)
 
     def escape_context(self, p: LevelPass, seg_ctx: torch.Tensor) -> torch.Tensor:
         """seg_ctx (B, S, D) plus, on the segments of `p.escape_mask`, their escape code's
         (straight-through) vector and embedding: what reconstruct mode reads."""
         if p.escape_q is None:
             return seg_ctx
-        e = p.escape_q.z  # (B, S, D)
+        return seg_ctx + self._escape_term(p.escape_q.z, p.escape_q.codes, p.escape_mask).to(seg_ctx.dtype)
+
+    def _escape_term(self, vec: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The escape codes' vectors `vec (B, S, D)` plus their embedding (`decoder_code_embedding`),
+        where `mask (B, S)`, zeros elsewhere."""
         if self.decoder.escape_embed is not None:
-            e = e + self.decoder.escape_embed(p.escape_q.codes).to(e.dtype)
-        return seg_ctx + e.to(seg_ctx.dtype) * p.escape_mask[..., None]
+            vec = vec + self.decoder.escape_embed(codes).to(vec.dtype)
+        return vec * mask[..., None]
 
     @torch.no_grad()
     def choose_escapes(self, p: LevelPass) -> torch.Tensor:
@@ -457,7 +460,7 @@ class HierLevel(nn.Module):
             return p
         kv_choice = [] if keep_kv and self.cfg.code_choice_candidates else None
         p.q, p.h, p.pooled = self.encode_segments(p, kv_out=kv_enc, choice_kv=kv_choice)
-        if self.escape_quantizer is not None:
+        if self.escape_quantizer is not None and not closed_only:  # predict mode never reads them
             self.escape_segments(p)
         closed = closed_segments(layout, fires, valid, self.cfg.max_segment_len) if closed_only else None
         vectors = p.pooled if self.frames_pooled else None
