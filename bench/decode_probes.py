@@ -35,13 +35,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import zlib
 
 import torch
 
-from bench.recon import decoded_ids, document_windows, held_out_lines, load_text, segment_starts
+from bench.recon import (
+    decoded_ids,
+    document_windows,
+    escape_rates,
+    held_out_lines,
+    load_text,
+    segment_starts,
+)
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
@@ -160,24 +166,6 @@ def escape_decode(model, refs: list[list[int]]) -> dict:
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
         "escaped": int(((esc >= 0) & seg_mask).sum()),
-    }
-
-
-def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
-    """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
-    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
-
-    Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
-    4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
-    = 4.761."""
-    f = escaped / max(segments, 1)
-    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
-    base = segments * math.log2(K) / n_bytes
-    return {
-        "escaped_segments": f,
-        "code_bits_per_byte_no_escape": base,
-        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
-        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
     }
 
 

@@ -25,7 +25,9 @@ levels l..0 (what a lossless coder built on level l's codes would spend: the cod
 tokens given its codes). Per text: the top code LM's next-code top-1 accuracy and bits per code on the
 framed top stream, as `forward` computes its `top_lm_loss`, and total bits per byte with the codes coded
 by the top LM instead of at fixed length; predict-mode (causal LM) bits per byte on the docs; codebook
-usage (`hier_ae.evaluation.reports.codebook_usage`); gzip -9 / bzip2 -9 / xz -9e / zstd -19 on the
+usage (`hier_ae.evaluation.reports.codebook_usage`); for a level with escape codes
+(`escape_codebook_size`), the exact lines and docs decoded with the escape codes `encode` chose, the share
+of segments escaped and the code bits per byte with them (`escape_rates`); gzip -9 / bzip2 -9 / xz -9e / zstd -19 on the
 sampled text (the lines joined by newlines; the docs concatenated) and on the whole text.
 
 Bits per byte go through the shipped `evaluate` metric `hier_ae/metrics/bits_per_byte`. The
@@ -318,6 +320,36 @@ def follows_teacher_forcing(refs: list[list[int]], decoded: list[list[int]], fir
 
 # ---- one sample, all levels -----------------------------------------------------------------------
 @torch.no_grad()
+def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
+    """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
+    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
+
+    Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
+    4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
+    = 4.761."""
+    f = escaped / max(segments, 1)
+    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
+    base = segments * math.log2(K) / n_bytes
+    return {
+        "escaped_segments": f,
+        "code_bits_per_byte_no_escape": base,
+        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
+        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
+    }
+
+
+@torch.no_grad()
+def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
+    """A level with escape codes (`escape_codebook_size`): the rows decoded exactly from its codes and
+    the escape codes `encode` chose, and how many of its segments took one."""
+    esc, mask = enc.escape_codes[level], enc.code_mask[level]
+    out = model.decode(enc.codes[level], mask, level=level, escape_codes=esc)
+    return {
+        "exact": sum(d == r for d, r in zip(decoded_ids(out), refs)),
+        "escaped": int(((esc >= 0) & mask.bool()).sum()),
+    }
+
+
 def evaluate_sample(
     model, texts: list[bytes], batch_size: int = 32, recon_metric=None, bpb_metric=None
 ) -> dict:
@@ -341,6 +373,8 @@ def evaluate_sample(
     streams_exact = [dict() for _ in range(L)]  # per start level: {level: exact rows}
     ref_starts = []
     ref_codes = [[] for _ in range(L)]  # per level: each row's codes
+    escaping = [lv for lv, level in enumerate(model.levels) if level.escape_quantizer is not None]
+    esc = {lv: {"exact": 0, "escaped": 0} for lv in escaping}  # decoded with the escape codes
     for i in range(0, len(texts), batch_size):
         ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch_size]])
         ids, mask = ids.to(device), mask.to(device)
@@ -361,6 +395,9 @@ def evaluate_sample(
             ref_codes[lv] += row_codes(enc, lv)
         for row in range(ids.shape[0]):
             ref_starts.append(segment_starts(enc.segment_ids[0][row].cpu(), enc.level_mask[0][row].cpu()))
+        for lv in escaping:
+            for k, v in escape_batch(model, enc, lv, refs[i : i + batch_size]).items():
+                esc[lv][k] += v
         for lv in range(L):
             dec = decode_batch(model, enc, lv)
             decoded[lv] += dec["sequences"]
@@ -402,6 +439,12 @@ def evaluate_sample(
                     follows_teacher_forcing(refs, decoded[0], tf[0]["first_miss"]) if lv == 0 else None
                 ),
                 "upper_streams_exact": {str(k): v / len(texts) for k, v in sorted(streams_exact[lv].items())},
+                "escape": None
+                if not (Ke := level.cfg.escape_codebook_size)
+                else {
+                    "exact_match": esc[lv]["exact"] / len(texts),
+                    **escape_rates(codes[lv], esc[lv]["escaped"], n_bytes, level.cfg.num_codes, Ke),
+                },
             }
         )
     top_bpb = bpb_metric.compute(nll=top["nats"], num_bytes=row_bytes)["bits_per_byte"]
@@ -471,6 +514,7 @@ def markdown(results: dict) -> str:
                 "",
                 *reconstruction_table(results["texts"], results["levels"]),
                 "",
+                *escape_table(results["texts"], results["levels"]),
                 *compression_table(results["texts"]),
             ]
         )
@@ -523,6 +567,37 @@ def reconstruction_table(texts: dict, levels: int) -> list[str]:
                 + " |"
             )
     return L
+
+
+def escape_table(texts: dict, levels: int) -> list[str]:
+    """Levels with escape codes: exact lines and docs decoded with them, the escaped share and the rate
+    they cost (a blank line after); nothing for a model without escape codes."""
+    rows = []
+    for name, r in texts.items():
+        for lv in range(levels):
+            a, b = (r[k]["levels"][lv].get("escape") if r.get(k) else None for k in ("lines", "docs"))
+            if a is None and b is None:
+                continue
+            rows.append(
+                f"| {name} | {lv} | {_pct(a and a['exact_match'])} | {_pct(b and b['exact_match'])} "
+                f"| {_pct(a and a['escaped_segments'])} "
+                f"| {_num(a and a['code_bits_per_byte_flag_ideal'])} "
+                f"({_num(a and a['code_bits_per_byte_flag_1bit'])}) "
+                f"| {_num(b and b['code_bits_per_byte_flag_ideal'])} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Escape codes (`escape_codebook_size`): decoded from level l's codes and the escape codes `encode` "
+        "chose for the segments the codes alone do not give back. Rate: codes + a flag a segment, "
+        "entropy-coded at the escaped share's H(f) (1 bit in brackets) + log2 K_e an escape.",
+        "",
+        "| text | level | exact lines with escapes | exact docs with escapes | escaped segments (lines) "
+        "| code bits/B lines, H(f) (1 bit) | code bits/B docs, H(f) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def compression_table(texts: dict, predict: bool = True) -> list[str]:

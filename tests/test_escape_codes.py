@@ -43,9 +43,10 @@ def _ids(seed: int, rows: int = 2, length: int = 30) -> torch.Tensor:
             {"escape_codebook_size": 8, "quantizer": "fsq", "fsq_levels": [8, 5]},
             r"escape_codebook_size=8 is invalid: 0 unless quantizer='vq'",
         ),
-        ({"escape_train_rate": 0.0}, r"escape_train_rate=0.0 is invalid: a fraction in \(0, 1\]"),
-        ({"escape_train_rate": 1.5}, r"escape_train_rate=1.5 is invalid"),
+        ({"escape_train_rate": 0.0}, r"escape_train_rate=0.0 is invalid: > 0 unless escape_train_failed"),
+        ({"escape_train_rate": 1.5}, r"escape_train_rate=1.5 is invalid: a fraction in \[0, 1\]"),
         ({"escape_train_rate": True}, r"escape_train_rate=True is invalid"),
+        ({"escape_train_failed": 1}, r"escape_train_failed=1 is invalid: a bool"),
     ],
 )
 def test_escape_settings_are_checked(level, match):
@@ -173,6 +174,55 @@ def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_e
         if all_right[r]:
             assert exact[r], f"sentence {r} comes back teacher-forced but not from its codes"
     assert sum(exact) > sum(exact_plain)
+
+
+def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape, grammar_data):
+    """`escape_train_failed` with rate 0: training escapes exactly `wrong_segments` (the segments with a
+    token whose teacher-forced argmax from the codes alone is not the token: on the trained checkpoint
+    some, not all); with rate 1 every segment."""
+    level = trained_escape.levels[0]
+    ids, mask = pad_rows([frame_document(s.encode()) for s in grammar_data[1][:32]])
+    saved = (level.cfg.escape_train_rate, level.cfg.escape_train_failed)
+    level.cfg.escape_train_rate, level.cfg.escape_train_failed = 0.0, True
+    level.train()
+    level.codebook_frozen = True  # leave the fixture's EMA statistics alone
+    try:
+        with torch.no_grad():
+            p = level.bottom_up(ids, mask.bool())
+            got = p.escape_mask.clone()
+            p.escape_mask = torch.zeros_like(got)
+            want = level.wrong_segments(p)  # no dropout in the tiny config: the same pass
+            assert torch.equal(got, want)
+            assert 0 < int(want.sum()) < int(p.layout.seg_mask.sum())
+            level.cfg.escape_train_rate = 1.0
+            q = level.bottom_up(ids, mask.bool())
+            assert torch.equal(q.escape_mask, q.layout.seg_mask)
+    finally:
+        level.cfg.escape_train_rate, level.cfg.escape_train_failed = saved
+        level.codebook_frozen = False
+        level.eval()
+
+
+def test_recon_bench_reports_the_escape_codes(trained_escape, grammar_data):
+    """bench.recon on the trained checkpoint: the escape figures of a level with escape codes equal the
+    escape probe's (the same encode and decode), exact with escapes >= codes alone, and its page has the
+    escape table; a model without escape codes gets neither."""
+    recon = pytest.importorskip("bench.recon")
+    from bench import decode_probes
+
+    texts = [s.encode() for s in grammar_data[1][:48]]
+    res = recon.evaluate_sample(trained_escape, texts, batch_size=16)["levels"][0]
+    refs = [frame_document(t).tolist() for t in texts]
+    probe = decode_probes.escape_report(trained_escape, refs, texts, batch=16)
+    esc = res["escape"]
+    assert esc["exact_match"] == probe["exact_match"] > res["exact_match"]
+    assert esc["escaped_segments"] == probe["escaped_segments"] > 0
+    assert esc["code_bits_per_byte_no_escape"] == pytest.approx(res["code_bits_per_byte"])
+    texts_res = {"grammar": {"lines": {"levels": [res]}}}
+    table = "\n".join(recon.escape_table(texts_res, 1))
+    assert f"| grammar | 0 | {100 * esc['exact_match']:.1f}% | - |" in table
+    res["escape"] = None
+    assert recon.escape_table(texts_res, 1) == []
 
 
 def test_escape_codebook_is_on_the_model_card():

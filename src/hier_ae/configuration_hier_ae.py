@@ -225,6 +225,9 @@ class LevelConfig:
     # read the codes only.
     escape_codebook_size: int = 0
     escape_train_rate: float = 0.5
+    # training also escapes the segments the decoder gets wrong from their codes alone (one decoder
+    # pass without grad a step), the segments `encode` escapes; `escape_train_rate` may then be 0.
+    escape_train_failed: bool = False
 
     @property
     def num_codes(self) -> int:
@@ -439,10 +442,22 @@ class LevelConfig:
         )
         rate = self.escape_train_rate
         _check(
-            isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 < rate <= 1.0,
+            isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate <= 1.0,
             f"{prefix}.escape_train_rate",
             rate,
-            "a fraction in (0, 1]: the share of segments that read their escape code in training",
+            "a fraction in [0, 1]: the share of segments that read their escape code in training",
+        )
+        _check(
+            isinstance(self.escape_train_failed, bool),
+            f"{prefix}.escape_train_failed",
+            self.escape_train_failed,
+            "a bool",
+        )
+        _check(
+            rate > 0 or self.escape_train_failed,
+            f"{prefix}.escape_train_rate",
+            rate,
+            "> 0 unless escape_train_failed=True (training must escape some segments)",
         )
         _check(0.0 < self.ema_decay < 1.0, f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1)")
         _check(self.rope_theta > 0, f"{prefix}.rope_theta", self.rope_theta, "must be > 0")

@@ -282,11 +282,13 @@ class HierLevel(nn.Module):
             residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
             with self._codebook_updates(self.escape_quantizer):
                 p.escape_q = self.escape_quantizer(residual, seg_mask)
+        p.escape_mask = torch.zeros_like(seg_mask)
         if self.training:
             draw = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
-            p.escape_mask = (draw < self.cfg.escape_train_rate) & seg_mask
-        else:
-            p.escape_mask = torch.zeros_like(seg_mask)
+            escaped = (draw < self.cfg.escape_train_rate) & seg_mask
+            if self.cfg.escape_train_failed:  # and those the codes alone get wrong, as `encode` would
+                escaped |= self.wrong_segments(p)
+            p.escape_mask = escaped
 
     def escape_vectors(self, escapes: torch.Tensor) -> torch.Tensor:
         """What an escaped segment's decoder context adds: its escape code's vector (plus, with
@@ -310,6 +312,20 @@ class HierLevel(nn.Module):
         return vec * mask[..., None]
 
     @torch.no_grad()
+    def wrong_segments(self, p: LevelPass, base: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) bool: the valid segments with some token whose teacher-forced argmax is not the
+        token, the decoder reading `base (B, S, D)` (default: the codes' vectors and embeddings) plus
+        the escapes of `p.escape_mask`. One decoder pass without grad."""
+        seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
+        if base is None:
+            base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
+        ctx = self.decoder_context(self.escape_context(p, base), seg_id)  # (B, T+1, D)
+        logits = self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
+        wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
+        wrong = torch.zeros(seg_mask.shape, dtype=torch.long, device=seg_mask.device)  # (B, S)
+        return (wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0) & seg_mask
+
+    @torch.no_grad()
     def choose_escapes(self, p: LevelPass) -> torch.Tensor:
         """The segments `encode` escapes: those whose tokens the decoder does not give back from their
         code alone, teacher-forced (some argmax != token), given the escapes before them.
@@ -321,19 +337,12 @@ class HierLevel(nn.Module):
         Toy example, three segments: with no escape segment 1 is wrong -> escape {1}; with it,
         segment 2 (which attends to segment 1's tokens) is now right and nothing is added: {1}.
         """
-        seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
-        B, S = seg_mask.shape
-        T = p.tokens.shape[1]
+        seg_mask = p.layout.seg_mask
         base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
         esc = torch.zeros_like(seg_mask)  # (B, S)
-        for _ in range(S + 1):
+        for _ in range(seg_mask.shape[1] + 1):
             p.escape_mask = esc
-            ctx = self.decoder_context(self.escape_context(p, base), seg_id)  # (B, T+1, D)
-            logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
-            wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
-            wrong = torch.zeros(B, S, dtype=torch.long, device=seg_mask.device)
-            wrong = wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0  # (B, S)
-            grown = (esc | wrong) & seg_mask
+            grown = esc | self.wrong_segments(p, base)
             if torch.equal(grown, esc):
                 break
             esc = grown
