@@ -4,8 +4,9 @@
         --probe list --beam 8 --check-bits 1
     python -m bench.decode_probes --model runs/ts/model --text ../shared/data/tinyshakespeare/val.txt \
         --probe search
-    python -m bench.decode_probes --model runs/ts-escape/model --text ../shared/data/tinyshakespeare/val.txt \
-        --probe escape
+    python -m bench.decode_probes --model runs/ts-escape/model --probe escape \
+        --text ../shared/data/tinyshakespeare/val.txt#2/2 \
+        --flag-fit ../shared/data/tinyshakespeare/val.txt#1/2
 
 Autoencoder figures (issue 21, item 3; bench/experiments.md, V- and E-series). Three probes on a saved 1-level
 model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, seeded sample):
@@ -25,7 +26,10 @@ model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, s
   codes are then decoded by the unchanged greedy `model.decode`, beside the nearest-neighbour codes.
 - **escape** (a variable rate; a model with `escape_codebook_size`): `encode` escapes the segments the
   code alone does not give back; exact lines decoded by `model.decode` with and without the escape
-  codes, the share of segments escaped, and the code bits per byte that costs (`escape_rates`).
+  codes, the share of segments escaped, and the code bits per byte that costs (`escape_rates`). With
+  `--flag-fit TEXT`, the flag priced from context: a logistic regression of the flag on what the decoder
+  knows of the segment before it reads the flag (`flag_features`), fitted on TEXT's lines, scored on
+  `--text`'s (`flag_context_report`).
 
 The functions recompute whole rows instead of streaming (slow, exact); they read the level's internals
 (`bottom_up`, `_decode`), like the benchmark's teacher forcing.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import zlib
 
@@ -189,6 +194,93 @@ def escape_report(model, refs: list[list[int]], lines: list[bytes], batch: int =
     }
 
 
+FLAG_FEATURES = ("summed entropy", "largest entropy", "log least top-1 probability")
+
+
+@torch.no_grad()
+def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a decoder knows of each segment before it reads the segment's escape flag, and the flag.
+
+    For segment j: the decoder's predictions over the segment's tokens reading code j (no escape) and
+    the escapes `encode` chose for segments 0..j-1: their summed entropy (bits), the largest entropy,
+    and the log of the least top-1 probability (`FLAG_FEATURES`). Teacher-forced: exact for a segment the
+    decoder gives back (its greedy bytes are the segment's), an estimate for an escaped one (a decoder
+    computes it on its own greedy bytes). One decoder pass per segment index j over each batch.
+    Returns features (N, 3) and flags (N,) bool over the valid segments, row by row.
+    """
+    level = model.levels[0]
+    feats, flags = [], []
+    for i in range(0, len(refs), batch):
+        ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch]])
+        valid = mask.bool()
+        enc = model.encode(ids, mask)
+        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0].bool(), enc.escape_codes[0]  # (B, S)
+        p = level.bottom_up(ids, valid, encode=False)
+        seg_id = p.layout.seg_id  # (B, T)
+        base = level.code_context(level.quantizer.lookup(codes), codes)  # (B, S, D)
+        B, S = codes.shape
+        out = torch.zeros(B, S, 3)
+        for j in range(S):
+            before = torch.where(torch.arange(S)[None] < j, esc, torch.full_like(esc, -1))  # (B, S)
+            ctx = level.decoder_context(base + level.escape_vectors(before), seg_id)  # (B, T+1, D)
+            logp = level._decode(p, ctx)[0][:, : ids.shape[1]].float().log_softmax(-1)  # (B, T, V)
+            ent = -(logp.exp() * logp).sum(-1) / math.log(2)  # (B, T) bits
+            top = logp.max(-1).values  # (B, T)
+            inseg = (seg_id == j) & valid  # (B, T)
+            out[:, j, 0] = (ent * inseg).sum(1)
+            out[:, j, 1] = ent.masked_fill(~inseg, 0.0).max(1).values
+            out[:, j, 2] = top.masked_fill(~inseg, 0.0).min(1).values
+        feats.append(out[seg_mask])
+        flags.append((esc >= 0)[seg_mask])
+    return torch.cat(feats), torch.cat(flags)
+
+
+def fit_flag_model(x: torch.Tensor, y: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    """Logistic regression of the flag y (N,) on the features x (N, F) (and a bias) by Newton's method:
+    weights (F + 1,). Features are used as they are (their scales are small)."""
+    X = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)  # (N, F+1)
+    t = y.double()
+    w = torch.zeros(X.shape[1], dtype=torch.float64)
+    for _ in range(steps):
+        pr = torch.sigmoid(X @ w)
+        grad = X.T @ (pr - t) / len(t)
+        ridge = 1e-6 * torch.eye(X.shape[1], dtype=torch.float64)
+        hess = (X * (pr * (1 - pr))[:, None]).T @ X / len(t) + ridge
+        w = w - torch.linalg.solve(hess, grad)
+        if float(grad.abs().max()) < 1e-10:
+            break
+    return w
+
+
+def flag_bits(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy (bits a segment) of the flags y under the fitted model w: what an entropy coder
+    that prices each flag from the decoder's features spends. A model that ignores the features (w = [0,
+    ..., logit f]) gives H(f) at the share f it was fitted to."""
+    X = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    z = X @ w
+    nats = torch.nn.functional.binary_cross_entropy_with_logits(z, y.double(), reduction="mean")
+    return float(nats) / math.log(2)
+
+
+def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 32) -> dict:
+    """The flag priced from context: fit `fit_flag_model` on `fit_refs`' segments, price `refs`' flags
+    with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape)."""
+    w = fit_flag_model(*flag_features(model, fit_refs, batch))
+    x, y = flag_features(model, refs, batch)
+    level = model.levels[0]
+    n_bytes = sum(len(t) for t in lines)
+    bits = flag_bits(w, x, y)
+    K, K_e = level.cfg.num_codes, level.cfg.escape_codebook_size
+    return {
+        "flag_bits_per_segment_context": bits,
+        "flag_features": list(FLAG_FEATURES),
+        "code_bits_per_byte_flag_context": (
+            len(y) * math.log2(K) + len(y) * bits + int(y.sum()) * math.log2(K_e)
+        )
+        / n_bytes,
+    }
+
+
 def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
     codes, mask = pad_rows(rows)
     return decoded_ids(model.decode(codes, mask, level=0))
@@ -232,6 +324,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe", choices=["list", "search", "escape"], required=True)
     p.add_argument("--lines", type=int, default=256)
     p.add_argument("--docs", type=int, default=0, help="escape: also this many 1 KB windows (bench.recon's)")
+    p.add_argument(
+        "--flag-fit",
+        default=None,
+        help="escape: price each escape flag from the decoder's predictions (`flag_features`), fitted on "
+        "this text's held-out lines (e.g. the other half of val.txt)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
     p.add_argument("--check-bits", type=int, default=0, help="list: checksum bits stored per segment")
@@ -263,6 +361,11 @@ def main(argv=None) -> dict:
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()
     res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
+    if args.probe == "escape" and args.flag_fit:
+        fit_lines = held_out_lines(load_text(args.flag_fit)[1], args.lines, seed=args.seed)
+        fit_refs = [frame_document(t).tolist() for t in fit_lines]
+        refs = [frame_document(t).tolist() for t in lines]
+        res.update(flag_context_report(model, fit_refs, refs, lines))
     if args.probe == "escape" and args.docs:
         windows = document_windows(docs, args.docs, seed=args.seed)
         refs = [frame_document(t).tolist() for t in windows]

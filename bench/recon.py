@@ -27,8 +27,8 @@ framed top stream, as `forward` computes its `top_lm_loss`, and total bits per b
 by the top LM instead of at fixed length; predict-mode (causal LM) bits per byte on the docs; codebook
 usage (`hier_ae.evaluation.reports.codebook_usage`); for a level with escape codes
 (`escape_codebook_size`), the exact lines and docs decoded with the escape codes `encode` chose, the share
-of segments escaped and the code bits per byte with them (`escape_rates`); gzip -9 / bzip2 -9 / xz -9e / zstd -19 on the
-sampled text (the lines joined by newlines; the docs concatenated) and on the whole text.
+of segments escaped and the code bits per byte with them (`escape_rates`); gzip -9 / bzip2 -9 / xz -9e /
+zstd -19 on the sampled text (the lines joined by newlines; the docs concatenated) and on the whole text.
 
 Bits per byte go through the shipped `evaluate` metric `hier_ae/metrics/bits_per_byte`. The
 functions below take a model and byte strings and return plain dicts (tests/test_recon_bench.py).

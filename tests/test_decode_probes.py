@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -99,6 +100,46 @@ def test_escape_rates_worked_example():
     assert probes.escape_rates(4, 0, 8, 16, 16)["code_bits_per_byte_flag_ideal"] == 2.0
 
 
+def test_flag_model_prices_the_flags_from_the_features():
+    """A feature that says nothing leaves the flag at H(f) (f = 0.25: 0.811 bits); one that tells the
+    escaped segments apart prices them near 0 bits; the fitted weights reproduce on the same data."""
+    y = torch.tensor([True, False, False, False] * 50)
+    noise = torch.zeros(200, 1)
+    w = probes.fit_flag_model(noise, y)
+    assert probes.flag_bits(w, noise, y) == pytest.approx(0.8112781, abs=1e-6)
+    jitter = torch.randn(200, 1, generator=torch.Generator().manual_seed(0))
+    signal = y[:, None].float() * 4.0 - 2.0 + jitter  # overlapping, mostly apart
+    w = probes.fit_flag_model(signal, y)
+    assert 0.0 < probes.flag_bits(w, signal, y) < 0.2
+    assert torch.equal(probes.fit_flag_model(signal, y), w)
+
+
+@torch.no_grad()
+def test_flag_features_read_each_segment_before_its_flag():
+    """One row of features per valid segment, the flags encode's escapes, in row order; segment 0's
+    summed entropy equals the decoder's over its tokens reading code 0 alone."""
+    torch.manual_seed(0)
+    level = tiny_level(escape_codebook_size=8, threshold=1e9, max_segment_len=4)
+    cfg = HierAEConfig(levels=[level], top_lm=TINY_TOP)
+    model = HierAEModel(cfg).eval()
+    refs = [frame_document(t).tolist() for t in (b"a line of text to cut", b"another one")]
+    x, y = probes.flag_features(model, refs, batch=2)
+    ids, mask = recon.pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask)
+    seg = enc.code_mask[0].bool()
+    assert x.shape == (int(seg.sum()), 3)
+    assert torch.equal(y, (enc.escape_codes[0] >= 0)[seg])
+    level = model.levels[0]
+    p = level.bottom_up(ids[:1], mask[:1].bool(), encode=False)
+    codes = enc.codes[0][:1]
+    ctx = level.decoder_context(level.code_context(level.quantizer.lookup(codes), codes), p.layout.seg_id)
+    logp = level._decode(p, ctx)[0][0, : ids.shape[1]].float().log_softmax(-1)
+    first = p.layout.seg_id[0] == 0
+    want = float(-(logp.exp() * logp).sum(-1)[first].sum()) / math.log(2)
+    assert float(x[0, 0]) == pytest.approx(want, rel=1e-5)
+    assert (x[:, 1] <= x[:, 0] + 1e-6).all() and (x[:, 2] <= 0).all()
+
+
 def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp_path, capsys):
     torch.manual_seed(0)
     plain, esc = tmp_path / "plain", tmp_path / "esc"
@@ -113,6 +154,10 @@ def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp
     assert res["lines"] == 2 and 0.0 <= res["exact_match_no_escape"] <= res["exact_match"] <= 1.0
     assert res["windows"]["docs"] == 1 and 0.0 <= res["windows"]["escaped_segments"] <= 1.0
     assert res["code_bits_per_byte_flag_ideal"] >= res["code_bits_per_byte_no_escape"]
+    assert "flag_bits_per_segment_context" not in res
+    res = probes.main([*args[:6], "--probe", "escape", "--flag-fit", str(text)])
+    assert res["flag_bits_per_segment_context"] >= 0.0
+    assert res["code_bits_per_byte_flag_context"] >= res["code_bits_per_byte_no_escape"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"] == "escape"
     with pytest.raises(SystemExit, match="escape_codebook_size 0"):
         probes.main(["--model", str(plain), "--text", str(text), "--probe", "escape"])
