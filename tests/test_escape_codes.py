@@ -177,9 +177,9 @@ def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_e
 
 
 def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape, grammar_data):
-    """`escape_train_failed` with rate 0: training escapes exactly `wrong_segments` (the segments with a
-    token whose teacher-forced argmax from the codes alone is not the token: on the trained checkpoint
-    some, not all); with rate 1 every segment."""
+    """`escape_train_failed` with rate 0: in training the reconstruct term first runs the codes alone
+    (its CE counts), then escapes exactly the segments that pass gets wrong (on the trained checkpoint
+    some, not all) and adds the escape pass's CE; with rate 1 every segment is escaped."""
     level = trained_escape.levels[0]
     ids, mask = pad_rows([frame_document(s.encode()) for s in grammar_data[1][:32]])
     saved = (level.cfg.escape_train_rate, level.cfg.escape_train_failed)
@@ -189,11 +189,15 @@ def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape,
     try:
         with torch.no_grad():
             p = level.bottom_up(ids, mask.bool())
-            got = p.escape_mask.clone()
-            p.escape_mask = torch.zeros_like(got)
+            assert not p.escape_mask.any()
             want = level.wrong_segments(p)  # no dropout in the tiny config: the same pass
-            assert torch.equal(got, want)
+            alone = p.next_token_loss(level.reconstruct_logits(p))
+            terms = level.autoencode_terms(p, reconstruct=True)
+            assert torch.equal(p.escape_mask, want)
             assert 0 < int(want.sum()) < int(p.layout.seg_mask.sum())
+            escaped = p.next_token_loss(level.reconstruct_logits(p))
+            torch.testing.assert_close(terms.reconstruct, alone + escaped)
+            assert escaped < alone  # the escapes give back what the codes alone lose
             level.cfg.escape_train_rate = 1.0
             q = level.bottom_up(ids, mask.bool())
             assert torch.equal(q.escape_mask, q.layout.seg_mask)

@@ -96,6 +96,16 @@ def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
 
 
+def wrong_in(p: LevelPass, logits: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: the valid segments with some token whose argmax in `logits (B, T, V)` (output i
+    predicts tokens[i]) is not the token. Toy example: tokens a b c, segments [a b] [c], argmax a x c
+    -> [True, False]."""
+    seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
+    wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
+    wrong = torch.zeros(seg_mask.shape, dtype=torch.long, device=seg_mask.device)  # (B, S)
+    return (wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0) & seg_mask
+
+
 def _ema_quantizer(cfg: LevelConfig, codebook_size: int, depth: int) -> VectorQuantizer:
     """An EMA VQ codebook of the level's width with the level's EMA and restart settings."""
     return VectorQuantizer(
@@ -283,12 +293,9 @@ class HierLevel(nn.Module):
             with self._codebook_updates(self.escape_quantizer):
                 p.escape_q = self.escape_quantizer(residual, seg_mask)
         p.escape_mask = torch.zeros_like(seg_mask)
-        if self.training:
+        if self.training:  # (`escape_train_failed` adds the failed ones in `autoencode_terms`)
             draw = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
-            escaped = (draw < self.cfg.escape_train_rate) & seg_mask
-            if self.cfg.escape_train_failed:  # and those the codes alone get wrong, as `encode` would
-                escaped |= self.wrong_segments(p)
-            p.escape_mask = escaped
+            p.escape_mask = (draw < self.cfg.escape_train_rate) & seg_mask
 
     def escape_vectors(self, escapes: torch.Tensor) -> torch.Tensor:
         """What an escaped segment's decoder context adds: its escape code's vector (plus, with
@@ -316,14 +323,10 @@ class HierLevel(nn.Module):
         """(B, S) bool: the valid segments with some token whose teacher-forced argmax is not the
         token, the decoder reading `base (B, S, D)` (default: the codes' vectors and embeddings) plus
         the escapes of `p.escape_mask`. One decoder pass without grad."""
-        seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
         if base is None:
             base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
-        ctx = self.decoder_context(self.escape_context(p, base), seg_id)  # (B, T+1, D)
-        logits = self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
-        wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
-        wrong = torch.zeros(seg_mask.shape, dtype=torch.long, device=seg_mask.device)  # (B, S)
-        return (wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0) & seg_mask
+        ctx = self.decoder_context(self.escape_context(p, base), p.layout.seg_id)  # (B, T+1, D)
+        return wrong_in(p, self._decode(p, ctx)[0][:, : p.tokens.shape[1]])
 
     @torch.no_grad()
     def choose_escapes(self, p: LevelPass) -> torch.Tensor:
@@ -518,6 +521,17 @@ class HierLevel(nn.Module):
         ctx = self.decoder_context(seg_ctx, p.layout.seg_id)  # (B, T+1, D)
         return self._decode(p, ctx)[0][:, : p.tokens.shape[1]]  # (B, T, V)
 
+    def codes_alone_term(self, p: LevelPass) -> torch.Tensor:
+        """`escape_train_failed`: the reconstruct CE of a pass that reads the codes alone (no escape),
+        and the segments it gets wrong (some argmax != token) join `p.escape_mask`, so the escape
+        pass after it trains on the segments `encode` would escape, while the codes alone still train
+        on every segment (bench/experiments.md, E2-series)."""
+        chosen = p.escape_mask
+        p.escape_mask = torch.zeros_like(chosen)
+        logits = self.reconstruct_logits(p)  # (B, T, V)
+        p.escape_mask = chosen | wrong_in(p, logits.detach())
+        return p.next_token_loss(logits)
+
     def code_context(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """What the decoder reads for a segment in reconstruct mode: its code's vector `z (B, S, D)`,
         plus the learned embedding of its id `codes (B, S)` with `decoder_code_embedding`."""
@@ -536,8 +550,10 @@ class HierLevel(nn.Module):
             )
         rec, rec_logits = p.H.new_zeros(()), None
         if reconstruct:
+            if self.training and p.escape_q is not None and self.cfg.escape_train_failed:
+                rec = self.codes_alone_term(p)  # and p.escape_mask gains the segments it gets wrong
             rec_logits = self.reconstruct_logits(p)  # (B, T, V)
-            rec = p.next_token_loss(rec_logits)
+            rec = rec + p.next_token_loss(rec_logits)
         ppl, dead = p.q.usage_perplexity.float(), p.q.dead_codes.float()
         com = p.q.commitment if p.escape_q is None else p.q.commitment + p.escape_q.commitment
         return LevelTerms(ent, rec, com, tps, ppl, dead, rec_logits)

@@ -87,7 +87,8 @@ class LevelTerms:
 
     Each a scalar, 0 where the level did not compute it: entropy CE, reconstruct CE, commitment (nats),
     tokens per segment, codebook usage perplexity, dead codes; `reconstruct_logits (B, T, V)` when the
-    level was reconstructed.
+    level was reconstructed. With `escape_train_failed`, in training, the reconstruct CE is the sum of
+    the codes-alone pass's and the escape pass's (`HierLevel.codes_alone_term`).
     """
 
     entropy: torch.Tensor
