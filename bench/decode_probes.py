@@ -325,6 +325,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lines", type=int, default=256)
     p.add_argument("--docs", type=int, default=0, help="escape: also this many 1 KB windows (bench.recon's)")
     p.add_argument(
+        "--escape-choice",
+        type=int,
+        default=None,
+        help="escape: set the model's escape_choice_candidates (encode-only: k nearest escape codes tried)",
+    )
+    p.add_argument(
         "--flag-fit",
         default=None,
         help="escape: price each escape flag from the decoder's predictions (`flag_features`), fitted on "
@@ -357,6 +363,10 @@ def main(argv=None) -> dict:
         )
     if args.probe == "escape" and not model.levels[0].cfg.escape_codebook_size:
         raise SystemExit("--probe escape reads escape codes: --model's level 0 has escape_codebook_size 0.")
+    if args.escape_choice is not None:  # validated like a config value
+        cfg = model.levels[0].cfg
+        cfg.escape_choice_candidates = args.escape_choice
+        cfg.validate("levels[0]", model.config.max_input_bytes)
     _, docs = load_text(args.text)
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()
@@ -371,7 +381,8 @@ def main(argv=None) -> dict:
         refs = [frame_document(t).tolist() for t in windows]
         res["windows"] = {"docs": len(windows), **escape_report(model, refs, windows, batch=8)}
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    settings = {k: getattr(args, k) for k in ("beam", "check_bits", "no_code_check", "top", "criterion")}
+    keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice")
+    settings = {k: getattr(args, k) for k in keys}
     res["settings"] = settings
     if args.probe == "list":
         res["extra_code_bits_per_segment"] = args.check_bits

@@ -47,6 +47,15 @@ def _ids(seed: int, rows: int = 2, length: int = 30) -> torch.Tensor:
         ({"escape_train_rate": 1.5}, r"escape_train_rate=1.5 is invalid: a fraction in \[0, 1\]"),
         ({"escape_train_rate": True}, r"escape_train_rate=True is invalid"),
         ({"escape_train_failed": 1}, r"escape_train_failed=1 is invalid: a bool"),
+        (
+            {"escape_codebook_size": 16, "escape_choice_candidates": 1},
+            r"escape_choice_candidates=1 is invalid: 0 \(the nearest",
+        ),
+        (
+            {"escape_codebook_size": 16, "escape_choice_candidates": 17},
+            r"escape_choice_candidates=17 is invalid: .*escape_codebook_size=16",
+        ),
+        ({"escape_choice_candidates": 4}, r"escape_choice_candidates=4 is invalid: .*escape_codebook_size=0"),
     ],
 )
 def test_escape_settings_are_checked(level, match):
@@ -142,16 +151,30 @@ def trained_escape(request, tmp_path_factory, grammar_data):
     return model
 
 
+@pytest.mark.parametrize("choice", [0, 8])
 @torch.no_grad()
-def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_escape, grammar_data):
+def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_escape, grammar_data, choice):
     """On held-out sentences: with encode's escapes, teacher-forced reconstruction gets every
     non-escaped segment right (the fixed point), and greedy decoding with the escape codes gives back
-    every sentence whose segments all come back teacher-forced, more than the codes alone do."""
+    every sentence whose segments all come back teacher-forced, more than the codes alone do. With
+    `escape_choice_candidates` = 8 the same holds, each escape code is one of its segment's 8 nearest
+    and some are not the nearest."""
     model = trained_escape
     level = model.levels[0]
     refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:64]]
     ids, mask = pad_rows([torch.tensor(r) for r in refs])
-    enc = model.encode(ids, mask)
+    level.cfg.escape_choice_candidates = choice
+    try:
+        enc = model.encode(ids, mask)
+    finally:
+        level.cfg.escape_choice_candidates = 0
+    if choice:
+        p = level.bottom_up(ids, mask.bool())
+        near = level.nearest_escape_codes(p, choice)  # (B, S, 8)
+        esc = enc.escape_codes[0]
+        taken = esc >= 0
+        assert ((near == esc[..., None]).any(-1) | ~taken).all()
+        assert (esc[taken] != near[..., 0][taken]).any(), "the choice never moved off the nearest code"
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
     escaped = (esc >= 0) & seg_mask
     assert 0 < int(escaped.sum()) < int(seg_mask.sum())

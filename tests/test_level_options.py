@@ -53,7 +53,13 @@ OPTIONS = {
     "utf8": {"utf8_boundaries": True, "threshold": 0.0},
     # a second codebook quantises what each code leaves of its pooled vector (escape codes; read by
     # `decode(..., escape_codes=)` only, so the contracts hold as without)
-    "escape": {"escape_codebook_size": 16, "decoder_code_embedding": True},
+    "escape": {
+        "escape_codebook_size": 16,
+        "decoder_code_embedding": True,
+        "escape_train_rate": 0.25,
+        "escape_train_failed": True,
+        "escape_choice_candidates": 4,
+    },
 }
 
 

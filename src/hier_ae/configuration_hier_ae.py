@@ -231,6 +231,12 @@ class LevelConfig:
     # Shakespeare: 70.3% of held-out lines at 4.38 code bits/byte against 69.1% at 4.46 with random
     # escapes (bench/experiments.md, E2-series).
     escape_train_failed: bool = False
+    # `encode` chooses each escaped segment's escape code among its k nearest (0: the nearest) as the
+    # one under which the decoder's teacher-forced CE of the segment is lowest (k decoder passes
+    # without grad); training and `decode` are unchanged, so it applies to a trained model as is. On
+    # Tiny Shakespeare's F1d model k = 4 gives back 5 more points of held-out lines at the same rate
+    # (bench/experiments.md, E3).
+    escape_choice_candidates: int = 0
 
     @property
     def num_codes(self) -> int:
@@ -442,6 +448,13 @@ class LevelConfig:
             f"{prefix}.escape_codebook_size",
             K_e,
             f"0 unless quantizer='vq' (got quantizer={self.quantizer!r})",
+        )
+        k_e = self.escape_choice_candidates
+        _check(
+            _is_count(k_e, 0) and (k_e == 0 or 2 <= k_e <= K_e),
+            f"{prefix}.escape_choice_candidates",
+            k_e,
+            f"0 (the nearest escape code) or an integer in [2, escape_codebook_size={K_e}]",
         )
         rate = self.escape_train_rate
         _check(

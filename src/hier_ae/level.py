@@ -335,22 +335,60 @@ class HierLevel(nn.Module):
         An escape changes the contexts the later tokens attend to, so the set grows to a fixed point:
         decode with the current escapes, add the segments still wrong, until none is added (at most
         S + 1 decoder passes; usually 2-3). A segment still wrong with its escape stays escaped.
-        Returns (B, S) bool; also sets `p.escape_mask` to it.
+        With `escape_choice_candidates` = k, each escaped segment's escape code is then chosen among
+        the k nearest to its residual (`choose_escape_codes`, rewriting `p.escape_q`), and the set
+        grows again from there (a changed escape may change what later segments read) until a choice
+        adds no segment. Returns (B, S) bool; also sets `p.escape_mask` to it.
 
         Toy example, three segments: with no escape segment 1 is wrong -> escape {1}; with it,
         segment 2 (which attends to segment 1's tokens) is now right and nothing is added: {1}.
         """
         seg_mask = p.layout.seg_mask
         base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
+        k = self.cfg.escape_choice_candidates
+        cand = self.nearest_escape_codes(p, k) if k else None  # (B, S, k)
         esc = torch.zeros_like(seg_mask)  # (B, S)
-        for _ in range(seg_mask.shape[1] + 1):
+        chosen_for = None
+        for _ in range(2 * seg_mask.shape[1] + 2):  # each round adds a segment or ends
             p.escape_mask = esc
             grown = esc | self.wrong_segments(p, base)
             if torch.equal(grown, esc):
-                break
+                if cand is None or (chosen_for is not None and torch.equal(esc, chosen_for)):
+                    break
+                self.choose_escape_codes(p, base, cand)
+                chosen_for = esc
             esc = grown
         p.escape_mask = esc
         return esc
+
+    def nearest_escape_codes(self, p: LevelPass, k: int) -> torch.Tensor:
+        """The k nearest escape codes to each segment's residual `pooled - codebook[code]`, nearest
+        first: (B, S, k)."""
+        cb = self.escape_quantizer.codebook[0].float()  # (K_e, D)
+        residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
+        dist = cb.pow(2).sum(-1) - 2.0 * residual @ cb.T  # (B, S, K_e): ||r - c||^2 - ||r||^2
+        return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+
+    @torch.no_grad()
+    def choose_escape_codes(self, p: LevelPass, base: torch.Tensor, cand: torch.Tensor) -> None:
+        """Each segment of `p.escape_mask` takes, among its candidates `cand (B, S, k)`, the escape code
+        under which the decoder's teacher-forced CE of the segment's tokens is lowest: k decoder passes,
+        every escaped segment at its i-th candidate in pass i (the nearest wins ties). Rewrites
+        `p.escape_q`'s codes and vectors. base (B, S, D): the codes' context without escapes."""
+        seg_id, esc = p.layout.seg_id, p.escape_mask
+        best = cand[..., 0].clone()  # (B, S)
+        best_ce = torch.full(best.shape, float("inf"), device=best.device)  # (B, S)
+        for i in range(cand.shape[-1]):
+            trial = torch.where(esc, cand[..., i], torch.full_like(best, -1))  # (B, S)
+            ctx = self.decoder_context(base + self.escape_vectors(trial), seg_id)  # (B, T+1, D)
+            logits = self._decode(p, ctx)[0][:, : p.tokens.shape[1]].float()  # (B, T, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), p.tokens, reduction="none") * p.valid  # (B, T)
+            ce = torch.zeros_like(best_ce).scatter_add_(1, seg_id.clamp(min=0), nll)  # (B, S)
+            better = ce < best_ce
+            best_ce, best = torch.where(better, ce, best_ce), torch.where(better, cand[..., i], best)
+        codes = torch.where(esc, best, p.escape_q.codes)  # (B, S)
+        p.escape_q.codes, p.escape_q.digits = codes, codes[..., None]
+        p.escape_q.z = self.escape_quantizer.lookup(codes)
 
     def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
         """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:
