@@ -257,4 +257,8 @@ def test_escape_codebook_is_on_the_model_card():
 
     config = HierAEConfig(levels=[tiny_level(escape_codebook_size=64)], top_lm=TINY_TOP)
     assert ", escape codebook 64 (variable rate" in _architecture(config)
+    assert "chosen by the decoder" not in _architecture(config)
+    chosen = tiny_level(escape_codebook_size=64, escape_choice_candidates=8)
+    config = HierAEConfig(levels=[chosen], top_lm=TINY_TOP)
+    assert "escape code, chosen by the decoder among the 8 nearest)" in _architecture(config)
     assert "escape" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))

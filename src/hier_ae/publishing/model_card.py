@@ -48,7 +48,13 @@ def _architecture(config) -> str:
             )
             + (
                 f", escape codebook {lv.escape_codebook_size} (variable rate: segments the code alone "
-                "does not give back also carry an escape code)"
+                "does not give back also carry an escape code"
+                + (
+                    f", chosen by the decoder among the {lv.escape_choice_candidates} nearest"
+                    if lv.escape_choice_candidates
+                    else ""
+                )
+                + ")"
                 if lv.escape_codebook_size
                 else ""
             )
