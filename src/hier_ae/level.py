@@ -96,6 +96,20 @@ def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1) / LN2  # (B, T)
 
 
+def nearest_codes(codebook: torch.Tensor, vec: torch.Tensor, k: int) -> torch.Tensor:
+    """The k nearest rows of `codebook (K, D)` to each vector `vec (..., D)`, nearest first: (..., k)."""
+    cb = codebook.float()  # (K, D)
+    dist = cb.pow(2).sum(-1) - 2.0 * vec.float() @ cb.T  # (..., K): ||v - c||^2 - ||v||^2
+    return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def segment_ce(logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, seg_id: torch.Tensor, S: int):
+    """Summed CE (nats) of each segment's tokens: logits (N, T, V) (output i predicts tokens[i]), tokens,
+    valid, seg_id (N, T) -> (N, S). Toy example: seg_id [0 0 1], per-token CE [.1 .3 .9] -> [.4 .9]."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none") * valid  # (N, T)
+    return ce.new_zeros(ce.shape[0], S).scatter_add_(1, seg_id.clamp(min=0), ce)
+
+
 def wrong_in(p: LevelPass, logits: torch.Tensor) -> torch.Tensor:
     """(B, S) bool: the valid segments with some token whose argmax in `logits (B, T, V)` (output i
     predicts tokens[i]) is not the token. Toy example: tokens a b c, segments [a b] [c], argmax a x c
@@ -364,28 +378,24 @@ class HierLevel(nn.Module):
     def nearest_escape_codes(self, p: LevelPass, k: int) -> torch.Tensor:
         """The k nearest escape codes to each segment's residual `pooled - codebook[code]`, nearest
         first: (B, S, k)."""
-        cb = self.escape_quantizer.codebook[0].float()  # (K_e, D)
         residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
-        dist = cb.pow(2).sum(-1) - 2.0 * residual @ cb.T  # (B, S, K_e): ||r - c||^2 - ||r||^2
-        return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+        return nearest_codes(self.escape_quantizer.codebook[0], residual, k)
 
     @torch.no_grad()
     def choose_escape_codes(self, p: LevelPass, base: torch.Tensor, cand: torch.Tensor) -> None:
         """Each segment of `p.escape_mask` takes, among its candidates `cand (B, S, k)`, the escape code
-        under which the decoder's teacher-forced CE of the segment's tokens is lowest: k decoder passes,
-        every escaped segment at its i-th candidate in pass i (the nearest wins ties). Rewrites
+        under which the decoder's teacher-forced CE of the segment's tokens is lowest: k decoder passes
+        (one at a time: k may be the whole escape codebook), every escaped segment at its i-th candidate
+        in pass i; ties go to the nearer code (`pick_candidate`, as `choose_codes`). Rewrites
         `p.escape_q`'s codes and vectors. base (B, S, D): the codes' context without escapes."""
         seg_id, esc = p.layout.seg_id, p.escape_mask
-        best = cand[..., 0].clone()  # (B, S)
-        best_ce = torch.full(best.shape, float("inf"), device=best.device)  # (B, S)
+        T, S = p.tokens.shape[1], esc.shape[1]
+        ces = []
         for i in range(cand.shape[-1]):
-            trial = torch.where(esc, cand[..., i], torch.full_like(best, -1))  # (B, S)
+            trial = torch.where(esc, cand[..., i], torch.full_like(esc, -1, dtype=torch.long))  # (B, S)
             ctx = self.decoder_context(base + self.escape_vectors(trial), seg_id)  # (B, T+1, D)
-            logits = self._decode(p, ctx)[0][:, : p.tokens.shape[1]].float()  # (B, T, V)
-            nll = F.cross_entropy(logits.transpose(1, 2), p.tokens, reduction="none") * p.valid  # (B, T)
-            ce = torch.zeros_like(best_ce).scatter_add_(1, seg_id.clamp(min=0), nll)  # (B, S)
-            better = ce < best_ce
-            best_ce, best = torch.where(better, ce, best_ce), torch.where(better, cand[..., i], best)
+            ces.append(segment_ce(self._decode(p, ctx)[0][:, :T], p.tokens, p.valid, seg_id, S))  # (B, S)
+        best = cand.gather(-1, pick_candidate(torch.stack(ces))[..., None])[..., 0]  # (B, S)
         codes = torch.where(esc, best, p.escape_q.codes)  # (B, S)
         p.escape_q.codes, p.escape_q.digits = codes, codes[..., None]
         p.escape_q.z = self.escape_quantizer.lookup(codes)
@@ -393,9 +403,7 @@ class HierLevel(nn.Module):
     def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
         """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:
         (..., D) -> (..., k)."""
-        cb = self.quantizer.codebook[0].float()  # (K, D)
-        dist = cb.pow(2).sum(-1) - 2.0 * pooled.float() @ cb.T  # (..., K): ||v - c||^2 - ||v||^2
-        return dist.topk(self.cfg.code_choice_candidates, dim=-1, largest=False, sorted=True).indices
+        return nearest_codes(self.quantizer.codebook[0], pooled, self.cfg.code_choice_candidates)
 
     @torch.no_grad()
     def choose_codes(self, p: LevelPass, pooled: torch.Tensor, kv_out=None) -> torch.Tensor:
@@ -424,11 +432,7 @@ class HierLevel(nn.Module):
         seg_id = p.layout.seg_id.repeat(k, 1)  # (k*B, T)
         ctx = self.decoder_context(self.code_context(self.quantizer.lookup(c), c), seg_id)  # (k*B, T+1, D)
         logits = self._decode(p, ctx, kv_out=kv_out, copies=k)[0][:, :T]  # (k*B, T, V)
-        ce = F.cross_entropy(
-            logits.float().transpose(1, 2), p.tokens.repeat(k, 1), reduction="none"
-        )  # (k*B, T)
-        ce = ce * p.valid.repeat(k, 1)
-        seg_ce = ce.new_zeros(k * B, S).scatter_add_(1, seg_id.clamp(min=0), ce).view(k, B, S)
+        seg_ce = segment_ce(logits, p.tokens.repeat(k, 1), p.valid.repeat(k, 1), seg_id, S).view(k, B, S)
         best = pick_candidate(seg_ce)  # (B, S)
         return cand.gather(-1, best[..., None])[..., 0]  # (B, S)
 
