@@ -56,7 +56,7 @@ from hier_ae import metrics
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
-from hier_ae.evaluation.reports import codebook_usage, predict_loglikelihoods
+from hier_ae.evaluation.reports import codebook_usage, escape_rates, predict_loglikelihoods
 from hier_ae.segmentation import frame_upper_stream
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
@@ -320,24 +320,6 @@ def follows_teacher_forcing(refs: list[list[int]], decoded: list[list[int]], fir
 
 # ---- one sample, all levels -----------------------------------------------------------------------
 @torch.no_grad()
-def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
-    """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
-    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
-
-    Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
-    4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
-    = 4.761."""
-    f = escaped / max(segments, 1)
-    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
-    base = segments * math.log2(K) / n_bytes
-    return {
-        "escaped_segments": f,
-        "code_bits_per_byte_no_escape": base,
-        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
-        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
-    }
-
-
 @torch.no_grad()
 def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     """A level with escape codes (`escape_codebook_size`): the rows decoded exactly from its codes and

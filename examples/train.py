@@ -533,6 +533,14 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     for lv, (tps, bpc) in enumerate(zip(report["tokens_per_segment"], report["bytes_per_code"])):
         print(f"  level {lv}: {tps:.2f} tokens per segment, {bpc:.2f} bytes per code")
     print(f"  code bits per byte (top level): {report['code_bits_per_byte']:.3f}")
+    if "escape_exact_match" in report:  # a top level with escape codes: the variable-rate figures
+        print(
+            f"  with escape codes (variable rate; {report['escaped_segments']:.1%} of segments read a "
+            f"second code): exact-match {report['escape_exact_match']:.1%}, free-decode byte accuracy "
+            f"{report['escape_byte_accuracy']:.1%}, {report['escape_code_bits_per_byte']:.3f} code bits "
+            f"per byte (flag at its entropy; {report['escape_code_bits_per_byte_flag_1bit']:.3f} with a "
+            "1-bit flag)"
+        )
     if "codec_exact" in report:  # the lines through the lossless codec: codes + what they leave out
         print(
             f"  lossless codec (hier_ae.codes.codec), the {report['documents']} lines as one text of "

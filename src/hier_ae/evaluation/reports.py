@@ -15,6 +15,30 @@ from ..data.batching import frame_document, pad_rows
 from ..tokenization_hier_ae import HierAEByteTokenizer
 
 
+def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
+    """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
+    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
+
+    Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
+    4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
+    = 4.761."""
+    f = escaped / max(segments, 1)
+    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
+    base = segments * math.log2(K) / n_bytes
+    return {
+        "escaped_segments": f,
+        "code_bits_per_byte_no_escape": base,
+        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
+        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
+    }
+
+
+def _cut(row: torch.Tensor) -> list[int]:
+    """A decoded row's ids up to and including its first EOS."""
+    got = row.tolist()
+    return got[: got.index(EOS_ID) + 1] if EOS_ID in got else got
+
+
 @torch.no_grad()
 def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dict:
     """Encode each document as `<s>` + bytes + `</s>`, decode from the top-level codes only.
@@ -26,6 +50,11 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     Returns the exact-match rate, the edit-distance byte accuracy and where the first error falls
     (the `reconstruction` evaluate metric, `hier_ae.metrics`), tokens per segment per level, and code
     bits per byte: top-level codes x log2(K_top^R) / bytes, the fixed-length size of what `decode` needs.
+    A top level with escape codes (`escape_codebook_size`) adds the variable-rate figures: the lines
+    decoded from the codes plus the escape codes `encode` chose (`escape_exact_match`,
+    `escape_byte_accuracy`), the share of segments escaped, and what the flags and escapes cost
+    (`escape_code_bits_per_byte` with each segment's flag at its entropy, `..._flag_1bit` with one bit;
+    `escape_rates`); the figures above stay those of the codes alone.
     """
     from ..metrics import load
 
@@ -37,6 +66,9 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     n_bytes = 0
     segs = [0] * model.num_levels
     toks = [0] * model.num_levels
+    top_level = model.levels[-1]
+    escaping = top_level.escape_quantizer is not None
+    esc_predictions, escaped = [], 0
     for i in range(0, len(docs), batch_size):
         framed = [frame_document(d) for d in docs[i : i + batch_size]]
         ids, mask = (t.to(device) for t in pad_rows(framed))  # (B, T) each
@@ -50,18 +82,21 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
             segs[lv] += int(enc.code_mask[lv].sum())
             toks[lv] += int(enc.level_mask[lv].sum())
         top_codes, top_mask = enc.top_codes, enc.top_mask
-        del enc  # decode must work from the top-level codes alone
+        esc = enc.escape_codes[-1] if escaping else None  # (B, S): escape code or -1
+        del enc  # decode must work from the top-level codes (and escape codes) alone
         out = model.decode(top_codes, top_mask)
         for row, ref in enumerate(framed):
-            got = out.sequences[row][out.attention_mask[row].bool()].cpu()
-            if EOS_ID in got.tolist():
-                got = got[: got.tolist().index(EOS_ID) + 1]
-            predictions.append(got.tolist())
+            predictions.append(_cut(out.sequences[row][out.attention_mask[row].bool()].cpu()))
             references.append(ref.tolist())
+        if escaping:
+            out = model.decode(top_codes, top_mask, escape_codes=esc)
+            esc_predictions += [_cut(s[m.bool()].cpu()) for s, m in zip(out.sequences, out.attention_mask)]
+            escaped += int(((esc >= 0) & top_mask.bool()).sum())
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
-    scores = load("reconstruction").compute(predictions=predictions, references=references) if docs else {}
-    return {
+    metric = load("reconstruction")
+    scores = metric.compute(predictions=predictions, references=references) if docs else {}
+    report = {
         "documents": len(docs),
         "exact_match": scores.get("exact_match", 0.0),
         "teacher_forced_accuracy": tf_right / max(tf_total, 1),
@@ -79,6 +114,19 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         "code_bits_per_byte": segs[-1] * code_bits[-1] / max(n_bytes, 1),
         "code_bits_per_byte_per_level": [s * b / max(n_bytes, 1) for s, b in zip(segs, code_bits)],
     }
+    if escaping and docs:
+        esc_scores = metric.compute(predictions=esc_predictions, references=references)
+        rates = escape_rates(
+            segs[-1], escaped, n_bytes, top_level.cfg.num_codes, top_level.cfg.escape_codebook_size
+        )
+        report.update(
+            escape_exact_match=esc_scores["exact_match"],
+            escape_byte_accuracy=esc_scores["byte_accuracy"],
+            escaped_segments=rates["escaped_segments"],
+            escape_code_bits_per_byte=rates["code_bits_per_byte_flag_ideal"],
+            escape_code_bits_per_byte_flag_1bit=rates["code_bits_per_byte_flag_1bit"],
+        )
+    return report
 
 
 def codec_report(model, docs: list[bytes]) -> dict | None:
