@@ -28,8 +28,9 @@ model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, s
   code alone does not give back; exact lines decoded by `model.decode` with and without the escape
   codes, the share of segments escaped, and the code bits per byte that costs (`escape_rates`). With
   `--flag-fit TEXT`, the flag priced from context: a logistic regression of the flag on what the decoder
-  knows of the segment before it reads the flag (`flag_features`), fitted on TEXT's lines, scored on
-  `--text`'s (`flag_context_report`).
+  knows of the segment before it reads the flag (`flag_features`: the decoder's predictions on its own
+  greedy bytes of the segment, reading its code alone), fitted on TEXT's lines, scored on `--text`'s
+  (`flag_context_report`): a rate both sides of an entropy coder can compute.
 
 The functions recompute whole rows instead of streaming (slow, exact); they read the level's internals
 (`bottom_up`, `_decode`), like the benchmark's teacher forcing.
@@ -197,24 +198,68 @@ def escape_report(model, refs: list[list[int]], lines: list[bytes], batch: int =
 FLAG_FEATURES = ("summed entropy", "largest entropy", "log least top-1 probability")
 
 
+def segment_features(logp: torch.Tensor, inseg: torch.Tensor) -> torch.Tensor:
+    """`FLAG_FEATURES` of each row's segment: logp (B, T, V) the decoder's log-probabilities at each
+    position, inseg (B, T) the segment's positions -> (B, 3): summed entropy (bits), largest entropy, log
+    least top-1 probability. Worked example: one position, p = (0.5, 0.5): (1.0, 1.0, log 0.5)."""
+    ent = -(logp.exp() * logp).sum(-1) / math.log(2)  # (B, T) bits
+    top = logp.max(-1).values  # (B, T)
+    return torch.stack(
+        [
+            (ent * inseg).sum(1),
+            ent.masked_fill(~inseg, 0.0).max(1).values,
+            top.masked_fill(~inseg, 0.0).min(1).values,
+        ],
+        dim=1,
+    )
+
+
 @torch.no_grad()
-def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_segment_features(level, codes, seg_mask, esc, j: int, rows: torch.Tensor) -> torch.Tensor:
+    """`FLAG_FEATURES` of segment j as a decoder computes them before it reads j's flag: `decode_codes`
+    runs segments 0..j (the escapes before j as encode chose them, segment j from its code alone, greedy,
+    ending where the boundary rule closes it) and records its predictions at segment j's steps.
+    codes, seg_mask, esc (B, S); rows (n,) the rows with a segment j -> (n, 3)."""
+    c, m = codes[rows, : j + 1], seg_mask[rows, : j + 1]  # (n, j + 1)
+    e = esc[rows, : j + 1].clone()
+    e[:, j] = -1  # segment j before its flag: its code alone
+    V = level.vocab.vocab_size
+    logp = torch.zeros(len(rows), (j + 1) * level.cfg.max_segment_len, V)  # (n, cap, V)
+
+    def pick(n: int, logits: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        logp[live, n] = logits.float().log_softmax(-1)
+        return logits.argmax(-1)  # greedy, as `decode`
+
+    tokens, valid, seg_id = level.decode_codes(c, m, pick=pick, escapes=e)
+    T = tokens.shape[1]
+    return segment_features(logp[:, :T], (seg_id == j) & valid)
+
+
+@torch.no_grad()
+def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, int]:
     """What a decoder knows of each segment before it reads the segment's escape flag, and the flag.
 
     For segment j: the decoder's predictions over the segment's tokens reading code j (no escape) and
-    the escapes `encode` chose for segments 0..j-1: their summed entropy (bits), the largest entropy,
-    and the log of the least top-1 probability (`FLAG_FEATURES`). Teacher-forced: exact for a segment the
-    decoder gives back (its greedy bytes are the segment's), an estimate for an escaped one (a decoder
-    computes it on its own greedy bytes). One decoder pass per segment index j over each batch.
-    Returns features (N, 3) and flags (N,) bool over the valid segments, row by row.
+    the escapes `encode` chose for segments 0..j-1, on the decoder's own greedy tokens: their summed
+    entropy (bits), the largest entropy, and the log of the least top-1 probability (`FLAG_FEATURES`),
+    what an entropy coder on both sides can price the flag with. Computed teacher-forced (one decoder
+    pass per segment index j) where that is what the decoder sees: a segment not escaped in a line that
+    comes back exactly (every earlier segment decodes to its bytes, and this one's greedy bytes are its
+    own); elsewhere by running the decoder (`greedy_segment_features`: escaped segments, whose greedy
+    bytes differ, and every segment of a line that does not come back).
+    Returns features (N, 3) and flags (N,) bool over the valid segments, row by row, and the number of
+    segments whose features came from running the decoder.
     """
     level = model.levels[0]
-    feats, flags = [], []
+    feats, flags, ran = [], [], 0
     for i in range(0, len(refs), batch):
-        ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch]])
+        rows = refs[i : i + batch]
+        ids, mask = pad_rows([torch.tensor(r) for r in rows])
         valid = mask.bool()
         enc = model.encode(ids, mask)
         codes, seg_mask, esc = enc.codes[0], enc.code_mask[0].bool(), enc.escape_codes[0]  # (B, S)
+        decoded = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
+        exact = torch.tensor([d == r for d, r in zip(decoded, rows)])  # (B,)
         p = level.bottom_up(ids, valid, encode=False)
         seg_id = p.layout.seg_id  # (B, T)
         base = level.code_context(level.quantizer.lookup(codes), codes)  # (B, S, D)
@@ -224,15 +269,14 @@ def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.
             before = torch.where(torch.arange(S)[None] < j, esc, torch.full_like(esc, -1))  # (B, S)
             ctx = level.decoder_context(base + level.escape_vectors(before), seg_id)  # (B, T+1, D)
             logp = level._decode(p, ctx)[0][:, : ids.shape[1]].float().log_softmax(-1)  # (B, T, V)
-            ent = -(logp.exp() * logp).sum(-1) / math.log(2)  # (B, T) bits
-            top = logp.max(-1).values  # (B, T)
-            inseg = (seg_id == j) & valid  # (B, T)
-            out[:, j, 0] = (ent * inseg).sum(1)
-            out[:, j, 1] = ent.masked_fill(~inseg, 0.0).max(1).values
-            out[:, j, 2] = top.masked_fill(~inseg, 0.0).min(1).values
+            out[:, j] = segment_features(logp, (seg_id == j) & valid)
+            run_rows = (seg_mask[:, j] & ((esc[:, j] >= 0) | ~exact)).nonzero()[:, 0]  # (n,)
+            if len(run_rows):
+                out[run_rows, j] = greedy_segment_features(level, codes, seg_mask, esc, j, run_rows)
+                ran += len(run_rows)
         feats.append(out[seg_mask])
         flags.append((esc >= 0)[seg_mask])
-    return torch.cat(feats), torch.cat(flags)
+    return torch.cat(feats), torch.cat(flags), ran
 
 
 def fit_flag_model(x: torch.Tensor, y: torch.Tensor, steps: int = 50) -> torch.Tensor:
@@ -265,8 +309,9 @@ def flag_bits(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
 def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 32) -> dict:
     """The flag priced from context: fit `fit_flag_model` on `fit_refs`' segments, price `refs`' flags
     with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape)."""
-    w = fit_flag_model(*flag_features(model, fit_refs, batch))
-    x, y = flag_features(model, refs, batch)
+    x_fit, y_fit, _ = flag_features(model, fit_refs, batch)
+    w = fit_flag_model(x_fit, y_fit)
+    x, y, ran = flag_features(model, refs, batch)
     level = model.levels[0]
     n_bytes = sum(len(t) for t in lines)
     bits = flag_bits(w, x, y)
@@ -274,6 +319,7 @@ def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 
     return {
         "flag_bits_per_segment_context": bits,
         "flag_features": list(FLAG_FEATURES),
+        "flag_segments_decoded": ran / max(len(y), 1),  # features from running the decoder
         "code_bits_per_byte_flag_context": (
             len(y) * math.log2(K) + len(y) * bits + int(y.sum()) * math.log2(K_e)
         )
@@ -331,6 +377,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="escape: set the model's escape_choice_candidates (encode-only: k nearest escape codes tried)",
     )
     p.add_argument(
+        "--escape-joint",
+        type=int,
+        default=None,
+        help="escape: set the model's escape_joint_candidates (encode-only: codes chosen again with the "
+        "escape code for escaped segments no escape code gives back)",
+    )
+    p.add_argument(
         "--flag-fit",
         default=None,
         help="escape: price each escape flag from the decoder's predictions (`flag_features`), fitted on "
@@ -363,10 +416,12 @@ def main(argv=None) -> dict:
         )
     if args.probe == "escape" and not model.levels[0].cfg.escape_codebook_size:
         raise SystemExit("--probe escape reads escape codes: --model's level 0 has escape_codebook_size 0.")
-    if args.escape_choice is not None:  # validated like a config value
-        cfg = model.levels[0].cfg
+    cfg = model.levels[0].cfg
+    if args.escape_choice is not None:
         cfg.escape_choice_candidates = args.escape_choice
-        cfg.validate("levels[0]", model.config.max_input_bytes)
+    if args.escape_joint is not None:
+        cfg.escape_joint_candidates = args.escape_joint
+    cfg.validate("levels[0]", model.config.max_input_bytes)  # the settings, checked like a config
     _, docs = load_text(args.text)
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()
@@ -381,7 +436,7 @@ def main(argv=None) -> dict:
         refs = [frame_document(t).tolist() for t in windows]
         res["windows"] = {"docs": len(windows), **escape_report(model, refs, windows, batch=8)}
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice")
+    keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice", "escape_joint")
     settings = {k: getattr(args, k) for k in keys}
     res["settings"] = settings
     if args.probe == "list":

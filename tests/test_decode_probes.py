@@ -116,28 +116,42 @@ def test_flag_model_prices_the_flags_from_the_features():
 
 @torch.no_grad()
 def test_flag_features_read_each_segment_before_its_flag():
-    """One row of features per valid segment, the flags encode's escapes, in row order; segment 0's
-    summed entropy equals the decoder's over its tokens reading code 0 alone."""
+    """One row of features per valid segment, the flags encode's escapes, in row order. On random
+    weights no line comes back, so every segment's features come from running the decoder: segment 0's
+    equal the decoder's predictions over its own greedy tokens reading code 0 alone (recomputed here
+    teacher-forced on the bytes `decode` gives for that code)."""
     torch.manual_seed(0)
     level = tiny_level(escape_codebook_size=8, threshold=1e9, max_segment_len=4)
     cfg = HierAEConfig(levels=[level], top_lm=TINY_TOP)
     model = HierAEModel(cfg).eval()
     refs = [frame_document(t).tolist() for t in (b"a line of text to cut", b"another one")]
-    x, y = probes.flag_features(model, refs, batch=2)
+    x, y, ran = probes.flag_features(model, refs, batch=2)
     ids, mask = recon.pad_rows([torch.tensor(r) for r in refs])
     enc = model.encode(ids, mask)
     seg = enc.code_mask[0].bool()
-    assert x.shape == (int(seg.sum()), 3)
+    assert x.shape == (int(seg.sum()), 3) and ran == len(y)
     assert torch.equal(y, (enc.escape_codes[0] >= 0)[seg])
     level = model.levels[0]
-    p = level.bottom_up(ids[:1], mask[:1].bool(), encode=False)
-    codes = enc.codes[0][:1]
+    codes = enc.codes[0][:1, :1]  # row 0, segment 0: (1, 1)
+    out = model.decode(codes, torch.ones_like(codes), level=0)
+    greedy = out.sequences[:, out.attention_mask[0].bool()]  # (1, n): segment 0's greedy tokens
+    p = level.bottom_up(greedy, torch.ones_like(greedy, dtype=torch.bool), encode=False)
+    assert (p.layout.seg_id == 0).all()
     ctx = level.decoder_context(level.code_context(level.quantizer.lookup(codes), codes), p.layout.seg_id)
-    logp = level._decode(p, ctx)[0][0, : ids.shape[1]].float().log_softmax(-1)
-    first = p.layout.seg_id[0] == 0
-    want = float(-(logp.exp() * logp).sum(-1)[first].sum()) / math.log(2)
-    assert float(x[0, 0]) == pytest.approx(want, rel=1e-5)
+    logp = level._decode(p, ctx)[0][:, : greedy.shape[1]].float().log_softmax(-1)  # (1, n, V)
+    assert torch.equal(logp.argmax(-1), greedy)  # greedy: each token is the argmax
+    want = probes.segment_features(logp, p.layout.seg_id == 0)[0]
+    torch.testing.assert_close(x[0], want, rtol=1e-4, atol=1e-4)
     assert (x[:, 1] <= x[:, 0] + 1e-6).all() and (x[:, 2] <= 0).all()
+
+
+def test_segment_features_worked_example():
+    logp = torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]).log()  # (1, 2, 2)
+    f = probes.segment_features(logp, torch.tensor([[True, False]]))[0]
+    torch.testing.assert_close(f, torch.tensor([1.0, 1.0, math.log(0.5)]))
+    f = probes.segment_features(logp, torch.tensor([[True, True]]))[0]
+    h = -(0.9 * math.log2(0.9) + 0.1 * math.log2(0.1))
+    torch.testing.assert_close(f, torch.tensor([1.0 + h, 1.0, math.log(0.5)]))
 
 
 def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp_path, capsys):

@@ -7,12 +7,16 @@ and that decoding with the escapes gives back every line whose segments all come
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import TINY_TOP, _trained_fixture, tiny_level
 
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
+from hier_ae.evaluation.reports import reconstruction_report
+from hier_ae.level import pick_fewest_misses, segment_misses, wrong_in
 from hier_ae.training.stages import Stage, prepare_stage
 
 ESCAPE = {"escape_codebook_size": 16, "decoder_code_embedding": True}
@@ -56,6 +60,14 @@ def _ids(seed: int, rows: int = 2, length: int = 30) -> torch.Tensor:
             r"escape_choice_candidates=17 is invalid: .*escape_codebook_size=16",
         ),
         ({"escape_choice_candidates": 4}, r"escape_choice_candidates=4 is invalid: .*escape_codebook_size=0"),
+        (
+            {"escape_codebook_size": 16, "escape_choice_candidates": 4, "escape_joint_candidates": 1},
+            r"escape_joint_candidates=1 is invalid: 0 \(off\) or an integer in \[2, codebook_size=",
+        ),
+        (
+            {"escape_codebook_size": 16, "escape_joint_candidates": 4},
+            r"escape_joint_candidates=4 is invalid: 0 unless escape_choice_candidates > 0",
+        ),
     ],
 )
 def test_escape_settings_are_checked(level, match):
@@ -64,6 +76,14 @@ def test_escape_settings_are_checked(level, match):
 
 
 # ---- random weights: the arithmetic -----------------------------------------------------------
+def test_joint_choice_only_on_the_top_level():
+    low = tiny_level(escape_codebook_size=16, escape_choice_candidates=4, escape_joint_candidates=4)
+    match = r"levels\[0\]\.escape_joint_candidates=4 is invalid: 0 below the top"
+    with pytest.raises(ValueError, match=match):
+        HierAEConfig(levels=[low, tiny_level()], top_lm=TINY_TOP)
+    HierAEConfig(levels=[tiny_level(), low], top_lm=TINY_TOP)  # on the top level it is allowed
+
+
 def test_escape_vectors_worked_example():
     """escapes [[2, -1]] -> [[codebook[2] + embed[2], 0]]: -1 adds nothing."""
     level = _model().levels[0]
@@ -139,6 +159,18 @@ def test_decode_checks_its_escape_codes():
     )
 
 
+def test_segment_misses_and_the_escape_choice_rule_worked_examples():
+    """`segment_misses`' and `pick_fewest_misses`' docstrings: misses per segment; the candidate with
+    the fewest misses wins over a lower CE, and CE decides among the fewest."""
+    logits = torch.nn.functional.one_hot(torch.tensor([[0, 5, 5]]), 8).float()  # argmax a x x, a = 0
+    tokens = torch.tensor([[0, 1, 2]])  # a b c
+    got = segment_misses(logits, tokens, torch.ones(1, 3, dtype=torch.bool), torch.tensor([[0, 0, 1]]), 2)
+    assert got.tolist() == [[1, 1]]
+    misses = torch.tensor([[1], [0], [0]])  # (k = 3, 1 segment)
+    assert pick_fewest_misses(misses, torch.tensor([[0.2], [0.9], [0.5]])).tolist() == [2]
+    assert pick_fewest_misses(torch.zeros(3, 1), torch.tensor([[0.2], [0.9], [0.5]])).tolist() == [0]
+
+
 # ---- a trained checkpoint -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_escape(request, tmp_path_factory, grammar_data):
@@ -199,6 +231,44 @@ def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_e
     assert sum(exact) > sum(exact_plain)
 
 
+@torch.no_grad()
+def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, grammar_data):
+    """`escape_joint_candidates` on the trained checkpoint (16 codes, 64 escape codes, the escape chosen
+    among 8): codes change only on escaped segments, the escaped set still reaches its fixed point (every
+    segment left unescaped comes back teacher-forced), fewer escaped segments stay wrong than with the
+    escape choice alone, and more lines decode exactly from the codes (the same rate: one code and one
+    escape code a segment)."""
+    model, level = trained_escape, trained_escape.levels[0]
+    refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:64]]
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    res = {}
+    for joint in (0, 8):
+        level.cfg.escape_choice_candidates, level.cfg.escape_joint_candidates = 8, joint
+        try:
+            enc = model.encode(ids, mask)
+        finally:
+            level.cfg.escape_choice_candidates = level.cfg.escape_joint_candidates = 0
+        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
+        p = level.bottom_up(ids, mask.bool())
+        ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
+        logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
+        wrong = wrong_in(p, logits)  # (B, S)
+        assert not (wrong & (esc < 0)).any(), "a segment left unescaped comes back wrong"
+        out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
+        got = [s[m.bool()].tolist()[: len(r)] for s, m, r in zip(out.sequences, out.attention_mask, refs)]
+        res[joint] = {
+            "codes": codes,
+            "escaped": esc >= 0,
+            "wrong": int(wrong.sum()),
+            "exact": sum(g == r for g, r in zip(got, refs)),
+        }
+    moved = res[8]["codes"] != res[0]["codes"]
+    assert moved.any(), "the joint choice never moved a code"
+    assert not (moved & ~res[8]["escaped"]).any()
+    assert res[8]["wrong"] < res[0]["wrong"]
+    assert res[8]["exact"] > res[0]["exact"]
+
+
 def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape, grammar_data):
     """`escape_train_failed` with rate 0: in training the reconstruct term first runs the codes alone
     (its CE counts), then escapes exactly the segments that pass gets wrong (on the trained checkpoint
@@ -250,6 +320,54 @@ def test_recon_bench_reports_the_escape_codes(trained_escape, grammar_data):
     assert f"| grammar | 0 | {100 * esc['exact_match']:.1f}% | - |" in table
     res["escape"] = None
     assert recon.escape_table(texts_res, 1) == []
+
+
+def test_reconstruction_report_gives_the_variable_rate_figures(trained_escape, grammar_data):
+    """The package's report (what `make demo` prints) on the trained checkpoint: with escape codes the
+    exact-match rate is the escape probe's and above the codes alone's, and the rate adds each flag at
+    its entropy plus log2 K_e an escape (`escape_rates`); a model without escape codes has no such keys."""
+    decode_probes = pytest.importorskip("bench.decode_probes")
+
+    texts = [s.encode() for s in grammar_data[1][:48]]
+    rep = reconstruction_report(trained_escape, texts, batch_size=16)
+    probe = decode_probes.escape_report(
+        trained_escape, [frame_document(t).tolist() for t in texts], texts, 16
+    )
+    assert rep["escape_exact_match"] == probe["exact_match"] > rep["exact_match"]
+    assert rep["escaped_segments"] == probe["escaped_segments"] > 0
+    assert rep["escape_code_bits_per_byte"] == pytest.approx(probe["code_bits_per_byte_flag_ideal"])
+    segs_per_byte = rep["code_bits_per_byte"] / 4  # log2 16 bits a code
+    f = rep["escaped_segments"]
+    flag = -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
+    want = rep["code_bits_per_byte"] + segs_per_byte * (flag + f * 6)  # log2 64 bits an escape
+    assert rep["escape_code_bits_per_byte"] == pytest.approx(want)
+    assert rep["escape_code_bits_per_byte_flag_1bit"] == pytest.approx(
+        rep["code_bits_per_byte"] + segs_per_byte * (1 + f * 6)
+    )
+    plain = reconstruction_report(_model(escape_codebook_size=0), texts[:4])
+    assert not any(k.startswith("escape") for k in plain)
+
+
+@torch.no_grad()
+def test_flag_features_are_what_the_decoder_computes(trained_escape, grammar_data):
+    """The escape probe's flag features (`--flag-fit`) on the trained checkpoint: for every segment they
+    equal the decoder's own, from running it (segments 0..j decoded, j from its code alone, greedy),
+    although only escaped segments and lines that do not come back are run (the others are taken
+    teacher-forced, where the decoder sees the true bytes)."""
+    probes = pytest.importorskip("bench.decode_probes")
+    model, level = trained_escape, trained_escape.levels[0]
+    refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:16]]
+    x, y, ran = probes.flag_features(model, refs, batch=16)
+    assert 0 < ran < len(y) and y.any()
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask)
+    codes, seg_mask, esc = enc.codes[0], enc.code_mask[0].bool(), enc.escape_codes[0]
+    got = torch.zeros(*codes.shape, 3)
+    got[seg_mask] = x
+    for j in range(codes.shape[1]):
+        rows = seg_mask[:, j].nonzero()[:, 0]
+        run = probes.greedy_segment_features(level, codes, seg_mask, esc, j, rows)
+        torch.testing.assert_close(got[rows, j], run, rtol=1e-4, atol=1e-4)
 
 
 def test_escape_codebook_is_on_the_model_card():

@@ -232,11 +232,16 @@ class LevelConfig:
     # escapes (bench/experiments.md, E2-series).
     escape_train_failed: bool = False
     # `encode` chooses each escaped segment's escape code among its k nearest (0: the nearest) as the
-    # one under which the decoder's teacher-forced CE of the segment is lowest (k decoder passes
-    # without grad); training and `decode` are unchanged, so it applies to a trained model as is. On
-    # Tiny Shakespeare's F1d model k = 4 gives back 5 more points of held-out lines at the same rate
-    # (bench/experiments.md, E3).
+    # one under which the decoder, teacher-forced, misses the fewest of the segment's tokens, then the
+    # lowest CE of the segment (k decoder passes without grad); training and `decode` are unchanged, so
+    # it applies to a trained model as is. On Tiny Shakespeare's F1k model k = 64 gives back 11 more
+    # points of held-out lines at the same rate (bench/experiments.md, E3).
     escape_choice_candidates: int = 0
+    # `encode` (with `escape_choice_candidates` k_e): an escaped segment that no escape code gives back
+    # takes its code again, among its k nearest, jointly with its escape code (k x k_e decoder passes
+    # for the rows that have one); the rate is unchanged (still one code and one escape code).
+    # bench/experiments.md, E4.
+    escape_joint_candidates: int = 0
 
     @property
     def num_codes(self) -> int:
@@ -456,6 +461,20 @@ class LevelConfig:
             k_e,
             f"0 (the nearest escape code) or an integer in [2, escape_codebook_size={K_e}]",
         )
+        k_j = self.escape_joint_candidates
+        _check(
+            _is_count(k_j, 0) and (k_j == 0 or 2 <= k_j <= self.codebook_size),
+            f"{prefix}.escape_joint_candidates",
+            k_j,
+            f"0 (off) or an integer in [2, codebook_size={self.codebook_size}]",
+        )
+        _check(
+            k_j == 0 or (k_e > 0 and self.codebook_depth == 1),
+            f"{prefix}.escape_joint_candidates",
+            k_j,
+            "0 unless escape_choice_candidates > 0 (the escape code is chosen with the code) and "
+            f"codebook_depth=1 (got escape_choice_candidates={k_e}, codebook_depth={self.codebook_depth})",
+        )
         rate = self.escape_train_rate
         _check(
             isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate <= 1.0,
@@ -651,6 +670,12 @@ class HierAEConfig(PretrainedConfig):
                 f"levels[{i}].utf8_boundaries",
                 lv.utf8_boundaries,
                 "only the bottom level reads bytes: must be false above levels[0]",
+            )
+            _check(
+                i == len(self.level_configs) - 1 or not lv.escape_joint_candidates,
+                f"levels[{i}].escape_joint_candidates",
+                lv.escape_joint_candidates,
+                "0 below the top level (encode rewrites the level's codes after the levels above read them)",
             )
         self.top_lm_config.validate()
         for name in (

@@ -90,6 +90,13 @@ def pick_candidate(ce: torch.Tensor) -> torch.Tensor:
     return within.float().argmax(dim=0)  # the first True (argmax takes the first maximum)
 
 
+def pick_fewest_misses(misses: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """The candidate each segment takes: of those with the fewest argmax misses, `pick_candidate` by CE.
+    misses, ce (k, ...) -> (...). Toy example, k = 3: misses [1, 0, 0], CEs [0.2, 0.9, 0.5] -> 2."""
+    fewest = misses == misses.min(dim=0, keepdim=True).values  # (k, ...)
+    return pick_candidate(ce.masked_fill(~fewest, float("inf")))
+
+
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last axis, in bits. (B, T, V) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
@@ -110,14 +117,22 @@ def segment_ce(logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, 
     return ce.new_zeros(ce.shape[0], S).scatter_add_(1, seg_id.clamp(min=0), ce)
 
 
+def segment_misses(
+    logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, seg_id: torch.Tensor, S: int
+) -> torch.Tensor:
+    """How many of each segment's tokens the argmax of `logits (N, T, V)` misses (output i predicts
+    tokens[i]): tokens, valid, seg_id (N, T) -> (N, S) long. Toy example: seg_id [0 0 1], tokens a b c,
+    argmax a x x -> [1, 1]."""
+    miss = ((logits.argmax(-1) != tokens) & valid).long()  # (N, T)
+    return miss.new_zeros(miss.shape[0], S).scatter_add_(1, seg_id.clamp(min=0), miss)
+
+
 def wrong_in(p: LevelPass, logits: torch.Tensor) -> torch.Tensor:
     """(B, S) bool: the valid segments with some token whose argmax in `logits (B, T, V)` (output i
     predicts tokens[i]) is not the token. Toy example: tokens a b c, segments [a b] [c], argmax a x c
     -> [True, False]."""
-    seg_mask, seg_id = p.layout.seg_mask, p.layout.seg_id
-    wrong_tok = (logits.argmax(-1) != p.tokens) & p.valid  # (B, T)
-    wrong = torch.zeros(seg_mask.shape, dtype=torch.long, device=seg_mask.device)  # (B, S)
-    return (wrong.scatter_add_(1, seg_id.clamp(min=0), wrong_tok.long()) > 0) & seg_mask
+    seg_mask = p.layout.seg_mask
+    return (segment_misses(logits, p.tokens, p.valid, p.layout.seg_id, seg_mask.shape[1]) > 0) & seg_mask
 
 
 def _ema_quantizer(cfg: LevelConfig, codebook_size: int, depth: int) -> VectorQuantizer:
@@ -352,7 +367,9 @@ class HierLevel(nn.Module):
         With `escape_choice_candidates` = k, each escaped segment's escape code is then chosen among
         the k nearest to its residual (`choose_escape_codes`, rewriting `p.escape_q`), and the set
         grows again from there (a changed escape may change what later segments read) until a choice
-        adds no segment. Returns (B, S) bool; also sets `p.escape_mask` to it.
+        adds no segment. With `escape_joint_candidates`, escaped segments still wrong after that choice
+        then take their code and escape code jointly (`choose_joint_codes`, rewriting `p.q` too), and
+        the set grows again. Returns (B, S) bool; also sets `p.escape_mask` to it.
 
         Toy example, three segments: with no escape segment 1 is wrong -> escape {1}; with it,
         segment 2 (which attends to segment 1's tokens) is now right and nothing is added: {1}.
@@ -362,15 +379,27 @@ class HierLevel(nn.Module):
         k = self.cfg.escape_choice_candidates
         cand = self.nearest_escape_codes(p, k) if k else None  # (B, S, k)
         esc = torch.zeros_like(seg_mask)  # (B, S)
-        chosen_for = None
-        for _ in range(2 * seg_mask.shape[1] + 2):  # each round adds a segment or ends
+        chosen_for = joint_for = None
+        # each round grows the set, or chooses once per distinct set (escape codes, then jointly)
+        for _ in range(4 * seg_mask.shape[1] + 4):
             p.escape_mask = esc
-            grown = esc | self.wrong_segments(p, base)
+            wrong = self.wrong_segments(p, base)  # (B, S)
+            grown = esc | wrong
             if torch.equal(grown, esc):
-                if cand is None or (chosen_for is not None and torch.equal(esc, chosen_for)):
+                if cand is not None and not (chosen_for is not None and torch.equal(esc, chosen_for)):
+                    self.choose_escape_codes(p, base, cand)
+                    chosen_for = esc
+                elif (
+                    self.cfg.escape_joint_candidates
+                    and bool((wrong & esc).any())
+                    and not (joint_for is not None and torch.equal(esc, joint_for))
+                ):
+                    self.choose_joint_codes(p, wrong & esc)
+                    base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)
+                    cand = self.nearest_escape_codes(p, k)  # the residuals of the new codes
+                    joint_for = esc
+                else:
                     break
-                self.choose_escape_codes(p, base, cand)
-                chosen_for = esc
             esc = grown
         p.escape_mask = esc
         return esc
@@ -384,21 +413,80 @@ class HierLevel(nn.Module):
     @torch.no_grad()
     def choose_escape_codes(self, p: LevelPass, base: torch.Tensor, cand: torch.Tensor) -> None:
         """Each segment of `p.escape_mask` takes, among its candidates `cand (B, S, k)`, the escape code
-        under which the decoder's teacher-forced CE of the segment's tokens is lowest: k decoder passes
-        (one at a time: k may be the whole escape codebook), every escaped segment at its i-th candidate
-        in pass i; ties go to the nearer code (`pick_candidate`, as `choose_codes`). Rewrites
-        `p.escape_q`'s codes and vectors. base (B, S, D): the codes' context without escapes."""
+        under which the decoder, teacher-forced, misses the fewest of the segment's tokens (argmax !=
+        token: none, where some candidate gives the segment back), and of those the one with the lowest
+        CE of the segment; ties within `CHOICE_TOLERANCE` go to the nearer code (`pick_candidate`, as
+        `choose_codes`). k decoder passes (one at a time: k may be the whole escape codebook), every
+        escaped segment at its i-th candidate in pass i. Rewrites `p.escape_q`'s codes and vectors.
+        base (B, S, D): the codes' context without escapes.
+
+        Toy example, one segment, 3 candidates with (misses, CE) (1, 0.2), (0, 0.9), (0, 0.5): the
+        fewest misses is 0, of candidates 1 and 2 the lower CE is candidate 2's, so candidate 2 (by CE
+        alone it would be candidate 0, which leaves a byte wrong)."""
         seg_id, esc = p.layout.seg_id, p.escape_mask
         T, S = p.tokens.shape[1], esc.shape[1]
-        ces = []
+        ces, misses = [], []
         for i in range(cand.shape[-1]):
             trial = torch.where(esc, cand[..., i], torch.full_like(esc, -1, dtype=torch.long))  # (B, S)
             ctx = self.decoder_context(base + self.escape_vectors(trial), seg_id)  # (B, T+1, D)
-            ces.append(segment_ce(self._decode(p, ctx)[0][:, :T], p.tokens, p.valid, seg_id, S))  # (B, S)
-        best = cand.gather(-1, pick_candidate(torch.stack(ces))[..., None])[..., 0]  # (B, S)
+            logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
+            ces.append(segment_ce(logits, p.tokens, p.valid, seg_id, S))  # (B, S)
+            misses.append(segment_misses(logits, p.tokens, p.valid, seg_id, S))  # (B, S)
+        best = cand.gather(-1, pick_fewest_misses(torch.stack(misses), torch.stack(ces))[..., None])[..., 0]
         codes = torch.where(esc, best, p.escape_q.codes)  # (B, S)
         p.escape_q.codes, p.escape_q.digits = codes, codes[..., None]
         p.escape_q.z = self.escape_quantizer.lookup(codes)
+
+    @torch.no_grad()
+    def choose_joint_codes(self, p: LevelPass, target: torch.Tensor) -> None:
+        """The segments of `target (B, S)` (escaped, and wrong with every escape candidate) take their
+        code and escape code jointly: for each of the `escape_joint_candidates` = k nearest codes to
+        the pooled vector, each of the `escape_choice_candidates` = k_e escape codes nearest to what
+        that code leaves of it; the pair under which the decoder, teacher-forced, misses the fewest of
+        the segment's tokens, then the lowest CE (`pick_fewest_misses`; the current pair is among the
+        candidates, its code in the k-th place if not among the k nearest, so a segment never ends
+        with more misses in this pass). k x k_e decoder passes over the rows with a target; in pass
+        (i, j) every target segment reads its i-th code and that code's j-th escape code, the other
+        segments what they had. Rewrites `p.q`'s and `p.escape_q`'s codes.
+
+        Toy example, k = 2, k_e = 2, one target segment whose nearest code a leaves it 1 byte wrong with
+        either escape code, while its second nearest code b with b's 2nd escape code misses none: the
+        segment takes (b, that escape code), at the same rate (one code, one escape code)."""
+        rows = target.any(dim=1).nonzero()[:, 0]  # (n,) the rows with a target segment
+        tgt = target[rows]  # (n, S)
+        tokens, valid = p.tokens[rows], p.valid[rows]  # (n, T)
+        seg_id = p.layout.seg_id[rows]  # (n, T)
+        T, S = tokens.shape[1], tgt.shape[1]
+        k_e = self.cfg.escape_choice_candidates
+        pooled = p.pooled[rows].float()  # (n, S, D)
+        cur_main = p.q.codes[rows]  # (n, S)
+        cur_esc = torch.where(p.escape_mask[rows], p.escape_q.codes[rows], torch.full_like(cur_main, -1))
+        mains = nearest_codes(self.quantizer.codebook[0], pooled, self.cfg.escape_joint_candidates)
+        kept = (mains == cur_main[..., None]).any(-1)  # (n, S): the current code is among the k
+        mains[..., -1] = torch.where(kept, mains[..., -1], cur_main)  # else it takes the k-th place
+        tried_main, tried_esc, misses, ces = [], [], [], []
+        for i in range(mains.shape[-1]):
+            m = torch.where(tgt, mains[..., i], cur_main)  # (n, S)
+            residual = pooled - self.quantizer.lookup(m)  # (n, S, D)
+            e_cand = nearest_codes(self.escape_quantizer.codebook[0], residual, k_e)  # (n, S, k_e)
+            base = self.code_context(self.quantizer.lookup(m), m)  # (n, S, D)
+            for j in range(e_cand.shape[-1]):
+                e = torch.where(tgt, e_cand[..., j], cur_esc)  # (n, S)
+                ctx = self.decoder_context(base + self.escape_vectors(e), seg_id)  # (n, T+1, D)
+                logits = self._decode(p, ctx, rows=rows)[0][:, :T]  # (n, T, V)
+                ces.append(segment_ce(logits, tokens, valid, seg_id, S))  # (n, S)
+                misses.append(segment_misses(logits, tokens, valid, seg_id, S))  # (n, S)
+                tried_main.append(m)
+                tried_esc.append(e)
+        best = pick_fewest_misses(torch.stack(misses), torch.stack(ces))[None]  # (1, n, S)
+        main = torch.stack(tried_main).gather(0, best)[0]  # (n, S)
+        esc = torch.stack(tried_esc).gather(0, best)[0]  # (n, S)
+        codes, esc_codes = p.q.codes.clone(), p.escape_q.codes.clone()
+        codes[rows] = torch.where(tgt, main, cur_main)
+        esc_codes[rows] = torch.where(tgt, esc, esc_codes[rows])
+        p.q.codes, p.q.digits, p.q.z = codes, codes[..., None], self.quantizer.lookup(codes)
+        p.escape_q.codes, p.escape_q.digits = esc_codes, esc_codes[..., None]
+        p.escape_q.z = self.escape_quantizer.lookup(esc_codes)
 
     def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
         """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:
@@ -541,13 +629,17 @@ class HierLevel(nn.Module):
         ctx = seg_ctx.gather(1, idx) * (seg_id >= 0)[..., None]  # (B, T, D)
         return torch.cat([ctx, ctx.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
 
-    def _decode(self, p: LevelPass, ctx, kv_out=None, copies: int = 1):
+    def _decode(self, p: LevelPass, ctx, kv_out=None, copies: int = 1, rows: torch.Tensor | None = None):
         """The decoder over [BEGIN, x] with contexts `ctx (B, T+1, D)`: logits (B, T+1, V), h, and its
         input (B, T+1) with its mask. With `copies` = k, the pass's rows are read k times over
-        (ctx (k*B, T+1, D): rows i*B .. i*B + B - 1 are copy i) and every output has k*B rows."""
+        (ctx (k*B, T+1, D): rows i*B .. i*B + B - 1 are copy i) and every output has k*B rows.
+        With `rows (n,)`, only those rows of the pass (ctx (n, T+1, D), outputs of n rows)."""
         inp, inp_valid = shift_in_begin(p.tokens, p.valid, self.decoder.begin_id, self.vocab.pad_id)
         offsets = decoder_offsets(p.layout, p.fires, p.valid, self.cfg.max_segment_len)  # (B, T+1)
         ent = entropy_at_inputs(p.entropy_h, p.valid) if self.cfg.decoder_reads_entropy else None
+        if rows is not None:
+            inp, inp_valid, offsets = inp[rows], inp_valid[rows], offsets[rows]
+            ent = None if ent is None else ent[rows]
         if copies > 1:
             inp, inp_valid, offsets = (t.repeat(copies, 1) for t in (inp, inp_valid, offsets))
             ent = None if ent is None else ent.repeat(copies, 1, 1)
