@@ -379,4 +379,10 @@ def test_escape_codebook_is_on_the_model_card():
     chosen = tiny_level(escape_codebook_size=64, escape_choice_candidates=8)
     config = HierAEConfig(levels=[chosen], top_lm=TINY_TOP)
     assert "escape code, chosen by the decoder among the 8 nearest)" in _architecture(config)
+    joint = tiny_level(escape_codebook_size=64, escape_choice_candidates=8, escape_joint_candidates=4)
+    config = HierAEConfig(levels=[joint], top_lm=TINY_TOP)
+    assert (
+        "8 nearest; where none gives the segment back, code and escape code are chosen together, the code "
+        "among its 4 nearest)" in _architecture(config)
+    )
     assert "escape" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))

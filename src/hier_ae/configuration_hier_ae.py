@@ -239,7 +239,9 @@ class LevelConfig:
     escape_choice_candidates: int = 0
     # `encode` (with `escape_choice_candidates` k_e): an escaped segment that no escape code gives back
     # takes its code again, among its k nearest, jointly with its escape code (k x k_e decoder passes
-    # for the rows that have one); the rate is unchanged (still one code and one escape code).
+    # for the rows that have one); the rate is unchanged (still one code and one escape code). Those
+    # segments' codes in `encode(...).codes` then differ from the ones predict mode and streaming compute
+    # (they never escape): they are for `decode(..., escape_codes=)`; top level only.
     # bench/experiments.md, E4.
     escape_joint_candidates: int = 0
 

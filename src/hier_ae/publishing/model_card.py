@@ -54,6 +54,12 @@ def _architecture(config) -> str:
                     if lv.escape_choice_candidates
                     else ""
                 )
+                + (
+                    f"; where none gives the segment back, code and escape code are chosen together, "
+                    f"the code among its {lv.escape_joint_candidates} nearest"
+                    if lv.escape_joint_candidates
+                    else ""
+                )
                 + ")"
                 if lv.escape_codebook_size
                 else ""
