@@ -236,10 +236,10 @@ def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, g
     """`escape_joint_candidates` on the trained checkpoint (16 codes, 64 escape codes, the escape chosen
     among its 2 nearest, the code among all 16), on held-out sentences and case-swapped ones (so that
     escaped segments stay wrong; the margins here were 528 -> 505 wrong segments, 193 -> 200 exact lines
-    of 232): codes change
-    only on escaped segments, the escaped set still reaches its fixed point (every segment left unescaped
-    comes back teacher-forced), fewer escaped segments stay wrong than with the escape choice alone, and
-    no fewer lines decode exactly from the codes (the same rate: one code and one escape code a segment)."""
+    of 232): codes change only on escaped segments, the escaped set still reaches its fixed point (every
+    segment left unescaped comes back teacher-forced), fewer escaped segments stay wrong than with the
+    escape choice alone, and no fewer lines decode exactly from the codes (the same rate: one code and
+    one escape code a segment)."""
     model, level = trained_escape, trained_escape.levels[0]
     # every held-out sentence, and 32 with their case swapped (text the codes were not trained on)
     lines = grammar_data[1] + [s.swapcase() for s in grammar_data[1][:32]]
