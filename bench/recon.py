@@ -56,7 +56,13 @@ from hier_ae import metrics
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
-from hier_ae.evaluation.reports import codebook_usage, escape_rates, predict_loglikelihoods
+from hier_ae.evaluation.reports import (  # noqa: F401 (cut_at_eos: bench.recon's public name)
+    codebook_usage,
+    cut_at_eos,
+    decoded_ids,
+    escape_rates,
+    predict_loglikelihoods,
+)
 from hier_ae.segmentation import frame_upper_stream
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
@@ -134,16 +140,6 @@ def document_windows(docs: list[bytes], n: int, size: int = DOC_BYTES, seed: int
 
 
 # ---- per-batch pieces ----------------------------------------------------------------------------
-def cut_at_eos(ids: list[int]) -> list[int]:
-    """A decoded row up to and including its first `</s>`: [2, 9, 1, 5] -> [2, 9, 1]."""
-    return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
-
-
-def decoded_ids(out) -> list[list[int]]:
-    """`model.decode`'s output as ids per row, each cut at its first `</s>`."""
-    return [cut_at_eos(seq[keep.bool()].tolist()) for seq, keep in zip(out.sequences, out.attention_mask)]
-
-
 def segment_starts(seg_id: torch.Tensor, valid: torch.Tensor) -> list[int]:
     """Positions where a segment begins. seg_id = [0, 0, 1, 1, 1, 2], all valid -> [0, 2, 5]."""
     s = seg_id[valid.bool()].tolist()

@@ -482,8 +482,8 @@ class HierLevel(nn.Module):
         main = torch.stack(tried_main).gather(0, best)[0]  # (n, S)
         esc = torch.stack(tried_esc).gather(0, best)[0]  # (n, S)
         codes, esc_codes = p.q.codes.clone(), p.escape_q.codes.clone()
-        codes[rows] = torch.where(tgt, main, cur_main)
-        esc_codes[rows] = torch.where(tgt, esc, esc_codes[rows])
+        codes[rows] = main  # every tried code is the current one off the targets
+        esc_codes[rows] = torch.where(tgt, esc, esc_codes[rows])  # off them -1 was tried: keep the code
         p.q.codes, p.q.digits, p.q.z = codes, codes[..., None], self.quantizer.lookup(codes)
         p.escape_q.codes, p.escape_q.digits = esc_codes, esc_codes[..., None]
         p.escape_q.z = self.escape_quantizer.lookup(esc_codes)

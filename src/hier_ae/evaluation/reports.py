@@ -33,10 +33,14 @@ def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) ->
     }
 
 
-def _cut(row: torch.Tensor) -> list[int]:
-    """A decoded row's ids up to and including its first EOS."""
-    got = row.tolist()
-    return got[: got.index(EOS_ID) + 1] if EOS_ID in got else got
+def cut_at_eos(ids: list[int]) -> list[int]:
+    """A decoded row up to and including its first `</s>`: [2, 9, 1, 5] -> [2, 9, 1]."""
+    return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
+
+
+def decoded_ids(out) -> list[list[int]]:
+    """`model.decode`'s output as ids per row, each cut at its first `</s>`."""
+    return [cut_at_eos(seq[keep.bool()].tolist()) for seq, keep in zip(out.sequences, out.attention_mask)]
 
 
 @torch.no_grad()
@@ -84,13 +88,10 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         top_codes, top_mask = enc.top_codes, enc.top_mask
         esc = enc.escape_codes[-1] if escaping else None  # (B, S): escape code or -1
         del enc  # decode must work from the top-level codes (and escape codes) alone
-        out = model.decode(top_codes, top_mask)
-        for row, ref in enumerate(framed):
-            predictions.append(_cut(out.sequences[row][out.attention_mask[row].bool()].cpu()))
-            references.append(ref.tolist())
+        predictions += decoded_ids(model.decode(top_codes, top_mask))
+        references += [ref.tolist() for ref in framed]
         if escaping:
-            out = model.decode(top_codes, top_mask, escape_codes=esc)
-            esc_predictions += [_cut(s[m.bool()].cpu()) for s, m in zip(out.sequences, out.attention_mask)]
+            esc_predictions += decoded_ids(model.decode(top_codes, top_mask, escape_codes=esc))
             escaped += int(((esc >= 0) & top_mask.bool()).sum())
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
