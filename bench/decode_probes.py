@@ -172,6 +172,7 @@ def escape_decode(model, refs: list[list[int]]) -> dict:
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
         "escaped": int(((esc >= 0) & seg_mask).sum()),
+        "deep": int(((esc >= model.levels[0].cfg.escape_codebook_size) & seg_mask).sum()),
     }
 
 
@@ -181,17 +182,17 @@ def escape_report(model, refs: list[list[int]], lines: list[bytes], batch: int =
     log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment."""
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
-    exact = exact0 = segs = escaped = 0
+    exact = exact0 = segs = escaped = deep = 0
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
         r = escape_decode(model, rows)
         exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
         exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
-        segs, escaped = segs + r["segments"], escaped + r["escaped"]
+        segs, escaped, deep = segs + r["segments"], escaped + r["escaped"], deep + r["deep"]
     return {
         "exact_match": exact / len(refs),
         "exact_match_no_escape": exact0 / len(refs),
-        **escape_rates(segs, escaped, sum(len(t) for t in lines), K, Ke),
+        **escape_rates(segs, escaped, sum(len(t) for t in lines), K, Ke, deep, level.cfg.escape_depth),
     }
 
 
@@ -236,7 +237,9 @@ def greedy_segment_features(level, codes, seg_mask, esc, j: int, rows: torch.Ten
 
 
 @torch.no_grad()
-def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, int]:
+def flag_features(
+    model, refs: list[list[int]], batch: int = 32, deep: list | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """What a decoder knows of each segment before it reads the segment's escape flag, and the flag.
 
     For segment j: the decoder's predictions over the segment's tokens reading code j (no escape) and
@@ -248,7 +251,8 @@ def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.
     own); elsewhere by running the decoder (`greedy_segment_features`: escaped segments, whose greedy
     bytes differ, and every segment of a line that does not come back).
     Returns features (N, 3) and flags (N,) bool over the valid segments, row by row, and the number of
-    segments whose features came from running the decoder.
+    segments whose features came from running the decoder. `deep`, when given (`escape_depth` 2),
+    gains each batch's flags (N_b,) of the segments with a second escape digit.
     """
     level = model.levels[0]
     feats, flags, ran = [], [], 0
@@ -276,6 +280,8 @@ def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.
                 ran += len(run_rows)
         feats.append(out[seg_mask])
         flags.append((esc >= 0)[seg_mask])
+        if deep is not None:
+            deep.append((esc >= level.cfg.escape_codebook_size)[seg_mask])
     return torch.cat(feats), torch.cat(flags), ran
 
 
@@ -308,20 +314,30 @@ def flag_bits(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 32) -> dict:
     """The flag priced from context: fit `fit_flag_model` on `fit_refs`' segments, price `refs`' flags
-    with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape)."""
+    with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape). With
+    `escape_depth` 2, each escaped segment's second flag (one digit or two) is priced at its entropy
+    among the escaped segments, and each second digit adds log2 K_e."""
     x_fit, y_fit, _ = flag_features(model, fit_refs, batch)
     w = fit_flag_model(x_fit, y_fit)
-    x, y, ran = flag_features(model, refs, batch)
+    deep_flags: list = []
+    x, y, ran = flag_features(model, refs, batch, deep=deep_flags)
     level = model.levels[0]
     n_bytes = sum(len(t) for t in lines)
     bits = flag_bits(w, x, y)
     K, K_e = level.cfg.num_codes, level.cfg.escape_codebook_size
+    escaped, deep = int(y.sum()), int(torch.cat(deep_flags).sum())
+    g = deep / max(escaped, 1)  # the second flag's share among the escaped
+    second = (
+        0.0
+        if g in (0.0, 1.0) or level.cfg.escape_depth == 1
+        else -(g * math.log2(g) + (1 - g) * math.log2(1 - g))
+    )
     return {
         "flag_bits_per_segment_context": bits,
         "flag_features": list(FLAG_FEATURES),
         "flag_segments_decoded": ran / max(len(y), 1),  # features from running the decoder
         "code_bits_per_byte_flag_context": (
-            len(y) * math.log2(K) + len(y) * bits + int(y.sum()) * math.log2(K_e)
+            len(y) * math.log2(K) + len(y) * bits + escaped * second + (escaped + deep) * math.log2(K_e)
         )
         / n_bytes,
     }

@@ -98,6 +98,15 @@ def test_escape_rates_worked_example():
     assert r["code_bits_per_byte_flag_1bit"] == pytest.approx(4.9)
     assert r["code_bits_per_byte_flag_ideal"] == pytest.approx(4.0 + (10 * 0.7219281 + 8) / 20)
     assert probes.escape_rates(4, 0, 8, 16, 16)["code_bits_per_byte_flag_ideal"] == 2.0
+    # two-digit escapes (`escape_depth` 2): 1 of the 2 escaped has a second digit
+    r = probes.escape_rates(10, 2, 20, 256, 16, deep=1, depth=2)
+    assert r["deep_escaped_segments"] == 0.1
+    assert r["code_bits_per_byte_flag_1bit"] == pytest.approx(4.0 + (10 + 2 + 3 * 4) / 20)  # 5.2
+    h3 = -(0.8 * math.log2(0.8) + 2 * 0.1 * math.log2(0.1))  # 0.922
+    assert r["code_bits_per_byte_flag_ideal"] == pytest.approx(4.0 + (10 * h3 + 12) / 20)  # 5.061
+    none_deep = probes.escape_rates(10, 2, 20, 256, 16, depth=2)  # as depth 1, but a second bit per escape
+    assert none_deep["code_bits_per_byte_flag_ideal"] == pytest.approx(4.0 + (10 * 0.7219281 + 8) / 20)
+    assert none_deep["code_bits_per_byte_flag_1bit"] == pytest.approx(4.9 + 2 / 20)
 
 
 def test_flag_model_prices_the_flags_from_the_features():

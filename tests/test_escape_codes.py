@@ -68,6 +68,13 @@ def _ids(seed: int, rows: int = 2, length: int = 30) -> torch.Tensor:
             {"escape_codebook_size": 16, "escape_joint_candidates": 4},
             r"escape_joint_candidates=4 is invalid: 0 unless escape_choice_candidates > 0",
         ),
+        ({"escape_codebook_size": 16, "escape_depth": 3}, r"escape_depth=3 is invalid: 1 or 2"),
+        ({"escape_depth": 2}, r"escape_depth=2 is invalid: 1 or 2 \(2 needs escape codes"),
+        (
+            {"escape_codebook_size": 512, "escape_depth": 2},
+            r"escape_depth=2 is invalid: 1 with escape_codebook_size=512 \(two depths need K_e\*\*2 <= 65536",
+        ),
+        ({"escape_deep_train_rate": 1.5}, r"escape_deep_train_rate=1.5 is invalid: a fraction in \[0, 1\]"),
     ],
 )
 def test_escape_settings_are_checked(level, match):
@@ -92,6 +99,47 @@ def test_escape_vectors_worked_example():
     want = level.escape_quantizer.codebook[0, 2] + level.decoder.escape_embed.weight[2]
     torch.testing.assert_close(out[0, 0], want)
     assert torch.equal(out[0, 1], torch.zeros_like(out[0, 1]))
+
+
+def test_two_digit_escape_ids_worked_example():
+    """`escape_depth` 2, K_e = 16 (16 + 16**2 ids): ids [[3, 16 + 5 + 16 * 2, -1]] -> digits d0
+    [[3, 5, 0]], d1 [[-1, 2, -1]]; the two-digit id's vector is codebook[0, 5] + codebook[1, 2] +
+    embed[5] + embed[16 + 2]."""
+    level = _model(escape_depth=2).levels[0]
+    assert level.cfg.num_escape_ids == 16 + 256 and _model().levels[0].cfg.num_escape_ids == 16
+    ids = torch.tensor([[3, 16 + 5 + 16 * 2, -1]])
+    d0, d1 = level.escape_digits(ids)
+    assert d0.tolist() == [[3, 5, 0]] and d1.tolist() == [[-1, 2, -1]]
+    with torch.no_grad():
+        out = level.escape_vectors(ids)  # (1, 3, D)
+    cb, emb = level.escape_quantizer.codebook, level.decoder.escape_embed.weight
+    torch.testing.assert_close(out[0, 0], cb[0, 3] + emb[3])
+    torch.testing.assert_close(out[0, 1], cb[0, 5] + cb[1, 2] + emb[5] + emb[16 + 2])
+    assert torch.equal(out[0, 2], torch.zeros_like(out[0, 2]))
+
+
+def test_training_reads_a_second_escape_digit_on_a_share_of_escaped_segments():
+    """`escape_depth` 2: in training `escape_deep_train_rate` (0.5) of the escaped segments read both
+    digits (the straight-through vector of the two-digit code), the others the first digit's vector
+    alone; the two-digit vector carries the gradient to the pooled vector either way."""
+    model = _model(escape_depth=2, escape_train_rate=1.0, threshold=0.0, min_segment_len=1).train()
+    level = model.levels[0]
+    ids = _ids(3, rows=8)
+    p = level.bottom_up(ids, torch.ones_like(ids, dtype=torch.bool))
+    seg = p.layout.seg_mask
+    assert torch.equal(p.escape_mask, seg)
+    share = p.escape_deep[seg].float().mean().item()  # 240 segments, binomial sd 0.032
+    assert 0.38 < share < 0.62 and not (p.escape_deep & ~p.escape_mask).any()
+    ctx = level.escape_context(p, torch.zeros_like(p.escape_q.z))  # (B, S, D)
+    digits, cb = p.escape_q.digits, level.escape_quantizer.codebook
+    emb = level.decoder.escape_embed.weight
+    b, s = p.escape_deep.nonzero()[0].tolist()
+    want = cb[0, digits[b, s, 0]] + cb[1, digits[b, s, 1]] + emb[digits[b, s, 0]] + emb[16 + digits[b, s, 1]]
+    torch.testing.assert_close(ctx[b, s], want, atol=1e-5, rtol=1e-5)
+    b, s = (seg & ~p.escape_deep).nonzero()[0].tolist()
+    torch.testing.assert_close(ctx[b, s], cb[0, digits[b, s, 0]] + emb[digits[b, s, 0]], atol=1e-5, rtol=1e-5)
+    ctx.sum().backward()
+    assert p.pooled.requires_grad and level.pooling.parameters().__next__().grad is not None
 
 
 def test_training_escapes_a_share_of_segments_and_trains_the_escape_codebook():
@@ -145,6 +193,10 @@ def test_decode_checks_its_escape_codes():
     codes, mask = enc.codes[0], enc.code_mask[0]
     with pytest.raises(ValueError, match=r"escape_codes must be in \[0, 16\) .* or -1"):
         model.decode(codes, mask, escape_codes=torch.full_like(codes, 16))
+    deep = _model(escape_depth=2).eval()
+    deep.decode(codes, mask, escape_codes=torch.full_like(codes, 16 + 255))  # the last two-digit id
+    with pytest.raises(ValueError, match=r"escape_codes must be in \[0, 272\) \(K_e \+ K_e\*\*2 two-digit"):
+        deep.decode(codes, mask, escape_codes=torch.full_like(codes, 272))
     with pytest.raises(ValueError, match=r"escape_codes must be a tensor of the codes' shape"):
         model.decode(codes, mask, escape_codes=torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="escape_codes must hold integer ids"):
@@ -274,6 +326,53 @@ def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, g
     assert res[16]["exact"] >= res[0]["exact"]
 
 
+@pytest.fixture(scope="module")
+def trained_deep_escape(request, tmp_path_factory, grammar_data):
+    """As `trained_escape` with 16 escape codes of two digits (`escape_depth` 2): 16 + 256 escape ids."""
+    stages = [Stage("entropy", 0, 150, 3e-3), Stage("autoencoder", 0, 500, 3e-3)]
+    level = tiny_level(codebook_size=16, escape_codebook_size=16, escape_depth=2, decoder_code_embedding=True)
+    config = HierAEConfig(levels=[level], top_lm=TINY_TOP, max_position_embeddings=128)
+    name = "trained_deep_escape"
+    model, _ = _trained_fixture(request, tmp_path_factory, name, config, grammar_data[0], stages)
+    return model
+
+
+@torch.no_grad()
+def test_second_escape_digits_mend_segments_one_digit_does_not(trained_deep_escape, grammar_data):
+    """`escape_depth` 2 on a trained checkpoint, held-out and case-swapped sentences, the escape code
+    chosen among 4: `encode` gives a second digit to some escaped segments, each of which then comes
+    back teacher-forced (`choose_deep_codes` keeps a second digit only where it gives the segment back),
+    the fixed point holds (no unescaped segment is wrong), fewer segments stay wrong and no fewer lines
+    decode exactly than with one digit (the same model encoding with `escape_depth` 1), and the rate
+    counts the second digits."""
+    model, level = trained_deep_escape, trained_deep_escape.levels[0]
+    lines = grammar_data[1] + [s.swapcase() for s in grammar_data[1][:32]]
+    refs = [frame_document(s.encode()).tolist() for s in lines]
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    res = {}
+    for depth in (1, 2):
+        level.cfg.escape_choice_candidates, level.cfg.escape_depth = 4, depth
+        try:
+            enc = model.encode(ids, mask)
+        finally:
+            level.cfg.escape_choice_candidates, level.cfg.escape_depth = 0, 2
+        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
+        p = level.bottom_up(ids, mask.bool())
+        ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
+        logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
+        wrong = wrong_in(p, logits)  # (B, S)
+        assert not (wrong & (esc < 0)).any(), "a segment left unescaped comes back wrong"
+        out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
+        got = [s[m.bool()].tolist()[: len(r)] for s, m, r in zip(out.sequences, out.attention_mask, refs)]
+        res[depth] = {"deep": esc >= 16, "wrong": wrong, "exact": sum(g == r for g, r in zip(got, refs))}
+    assert not res[1]["deep"].any()
+    deep = res[2]["deep"]
+    assert deep.any(), "no segment took a second digit"
+    assert not (deep & res[2]["wrong"]).any(), "a segment with a second digit comes back wrong"
+    assert int(res[2]["wrong"].sum()) < int(res[1]["wrong"].sum())
+    assert res[2]["exact"] >= res[1]["exact"]
+
+
 def test_training_escapes_the_segments_the_codes_alone_get_wrong(trained_escape, grammar_data):
     """`escape_train_failed` with rate 0: in training the reconstruct term first runs the codes alone
     (its CE counts), then escapes exactly the segments that pass gets wrong (on the trained checkpoint
@@ -390,4 +489,8 @@ def test_escape_codebook_is_on_the_model_card():
         "8 nearest; where none gives the segment back, code and escape code are chosen together, the code "
         "among its 4 nearest)" in _architecture(config)
     )
+    deep = tiny_level(escape_codebook_size=64, escape_choice_candidates=8, escape_depth=2)
+    config = HierAEConfig(levels=[deep], top_lm=TINY_TOP)
+    assert "8 nearest; where still none does, a second escape code (two depths)" in _architecture(config)
+    assert "second escape code" not in _architecture(HierAEConfig(levels=[joint], top_lm=TINY_TOP))
     assert "escape" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))

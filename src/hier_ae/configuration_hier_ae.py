@@ -244,6 +244,21 @@ class LevelConfig:
     # (they never escape): they are for `decode(..., escape_codes=)`; top level only.
     # bench/experiments.md, E4.
     escape_joint_candidates: int = 0
+    # escape codes of up to two digits (1: one escape code a segment; 2: the escape codebook is a
+    # residual VQ of two depths, and an escaped segment may read a second escape code, quantising what
+    # the first leaves). Training lets `escape_deep_train_rate` of the escaped segments read both;
+    # `encode` gives a second one only to the escaped segments that no first escape code gives back and
+    # that some second one (chosen among `escape_choice_candidates`, else the nearest) gives back
+    # (`HierLevel.choose_deep_codes`). Ids: `escape_ids` (one digit d0 -> d0; two -> K_e + d0 + K_e * d1).
+    escape_depth: int = 1
+    escape_deep_train_rate: float = 0.5
+
+    @property
+    def num_escape_ids(self) -> int:
+        """How many escape ids `encode` / `decode` use: K_e with `escape_depth` 1, K_e + K_e**2 with 2
+        (a one-digit id d0 is itself; a two-digit one is K_e + d0 + K_e * d1). K_e = 4: 4 or 20."""
+        K_e = self.escape_codebook_size
+        return K_e if self.escape_depth == 1 else K_e + K_e * K_e
 
     @property
     def num_codes(self) -> int:
@@ -476,6 +491,26 @@ class LevelConfig:
             k_j,
             "0 unless escape_choice_candidates > 0 (the escape code is chosen with the code) and "
             f"codebook_depth=1 (got escape_choice_candidates={k_e}, codebook_depth={self.codebook_depth})",
+        )
+        depth_e = self.escape_depth
+        _check(
+            _is_count(depth_e, 1) and depth_e <= 2 and (depth_e == 1 or K_e > 0),
+            f"{prefix}.escape_depth",
+            depth_e,
+            f"1 or 2 (2 needs escape codes: got escape_codebook_size={K_e})",
+        )
+        _check(
+            depth_e == 1 or K_e * K_e <= MAX_COMPOSITE_CODES,
+            f"{prefix}.escape_depth",
+            depth_e,
+            f"1 with escape_codebook_size={K_e} (two depths need K_e**2 <= {MAX_COMPOSITE_CODES})",
+        )
+        deep = self.escape_deep_train_rate
+        _check(
+            isinstance(deep, (int, float)) and not isinstance(deep, bool) and 0.0 <= deep <= 1.0,
+            f"{prefix}.escape_deep_train_rate",
+            deep,
+            "a fraction in [0, 1]: the share of escaped segments that read a second escape code in training",
         )
         rate = self.escape_train_rate
         _check(

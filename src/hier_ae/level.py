@@ -177,9 +177,10 @@ class HierLevel(nn.Module):
             if cfg.quantizer == "fsq"
             else _ema_quantizer(cfg, cfg.codebook_size, cfg.codebook_depth)
         )
-        # `escape_codebook_size`: the escape codes' codebook (one depth), with the level's EMA settings
+        # `escape_codebook_size`: the escape codes' codebook (`escape_depth` depths), with the level's
+        # EMA settings
         Ke = cfg.escape_codebook_size
-        self.escape_quantizer = _ema_quantizer(cfg, Ke, 1) if Ke else None
+        self.escape_quantizer = _ema_quantizer(cfg, Ke, cfg.escape_depth) if Ke else None
         # `predictive_codes`: the pooled vector's prediction from the encoder state before the segment
         self.code_predictor = nn.Linear(D, D, bias=False) if cfg.predictive_codes else None
         self.decoder = SegmentDecoder(vocab.vocab_size, cfg, context_dim=D)
@@ -315,36 +316,75 @@ class HierLevel(nn.Module):
         """The escape codes of `escape_codebook_size` (`p.escape_q`): a second codebook quantises what
         the segment's code leaves of its pooled vector, `pooled - codebook[code]`. `p.escape_mask
         (B, S)` says which segments' contexts read them: in training each valid segment with
-        `escape_train_rate`; otherwise none (`choose_escapes` picks them for `encode`)."""
+        `escape_train_rate`; otherwise none (`choose_escapes` picks them for `encode`). `p.escape_id`
+        starts at each segment's nearest first digit. With `escape_depth` 2, `p.escape_deep (B, S)`
+        says which escaped segments read the second digit too: in training each with
+        `escape_deep_train_rate` (the ones `escape_train_failed` adds read one digit); otherwise none."""
         seg_mask = p.layout.seg_mask
         with fp32_region(p.tokens.device):
             residual = p.pooled.float() - self.quantizer.lookup(p.q.codes)  # (B, S, D)
             with self._codebook_updates(self.escape_quantizer):
                 p.escape_q = self.escape_quantizer(residual, seg_mask)
+        p.escape_id = p.escape_q.digits[..., 0]  # (B, S): one-digit ids
         p.escape_mask = torch.zeros_like(seg_mask)
+        p.escape_deep = torch.zeros_like(seg_mask)
         if self.training:  # (`escape_train_failed` adds the failed ones in `autoencode_terms`)
             draw = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
             p.escape_mask = (draw < self.cfg.escape_train_rate) & seg_mask
+            if self.cfg.escape_depth == 2:
+                deep = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
+                p.escape_deep = (deep < self.cfg.escape_deep_train_rate) & p.escape_mask
+
+    def escape_digits(self, escapes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Escape ids (B, S) (-1 = none) -> first digit d0 (B, S) and second digit d1 (B, S), -1 where an
+        id has one digit (or none). K_e = 4: ids 3 -> (3, -1); 4 + 1 + 4 * 2 = 13 -> (1, 2); -1 -> (0, -1)."""
+        K_e = self.cfg.escape_codebook_size
+        e = escapes.clamp(min=0)  # (B, S)
+        two = e >= K_e  # (B, S)
+        c = torch.where(two, e - K_e, e)  # (B, S): d0 + K_e * d1 on two-digit ids
+        return c % K_e, torch.where(two, c // K_e, torch.full_like(c, -1))
+
+    def current_escapes(self, p: LevelPass) -> torch.Tensor:
+        """The escape ids the decoder reads now: `p.escape_id` where `p.escape_mask`, -1 elsewhere (B, S)."""
+        return torch.where(p.escape_mask, p.escape_id, torch.full_like(p.escape_id, -1))
 
     def escape_vectors(self, escapes: torch.Tensor) -> torch.Tensor:
-        """What an escaped segment's decoder context adds: its escape code's vector (plus, with
-        `decoder_code_embedding`, the escape code's embedding). escapes (B, S), -1 = not escaped
-        -> (B, S, D), zeros where -1."""
-        e = escapes.clamp(min=0)  # (B, S)
-        return self._escape_term(self.escape_quantizer.lookup(e), e, escapes >= 0)
+        """What an escaped segment's decoder context adds: its escape digits' vectors (plus, with
+        `decoder_code_embedding`, their embeddings). escapes (B, S) escape ids (`escape_digits`), -1 =
+        not escaped -> (B, S, D), zeros where -1."""
+        d0, d1 = self.escape_digits(escapes)  # (B, S) each
+        cb = self.escape_quantizer.codebook.float()  # (R_e, K_e, D)
+        vec = cb[0][d0]  # (B, S, D)
+        if cb.shape[0] > 1:
+            vec = vec + cb[1][d1.clamp(min=0)] * (d1 >= 0)[..., None]
+        return self._escape_term(vec, d0, d1, escapes >= 0)
 
     def escape_context(self, p: LevelPass, seg_ctx: torch.Tensor) -> torch.Tensor:
-        """seg_ctx (B, S, D) plus, on the segments of `p.escape_mask`, their escape code's
-        (straight-through) vector and embedding: what reconstruct mode reads."""
+        """seg_ctx (B, S, D) plus, on the segments of `p.escape_mask`, their escape code's vector and
+        embedding: what reconstruct mode reads. In training the vector is the straight-through one
+        (its first digit's alone where `p.escape_deep` is False); otherwise that of `p.escape_id`."""
         if p.escape_q is None:
             return seg_ctx
-        return seg_ctx + self._escape_term(p.escape_q.z, p.escape_q.codes, p.escape_mask).to(seg_ctx.dtype)
+        if not self.training:
+            return seg_ctx + self.escape_vectors(self.current_escapes(p)).to(seg_ctx.dtype)
+        z, digits = p.escape_q.z, p.escape_q.digits  # (B, S, D), (B, S, R_e)
+        d1 = torch.full_like(digits[..., 0], -1)  # (B, S)
+        if digits.shape[-1] > 1:  # one digit: take the second digit's vector off z (a buffer: no grad)
+            second = self.escape_quantizer.codebook[1].float()[digits[..., 1]]  # (B, S, D)
+            z = torch.where(p.escape_deep[..., None], z, z - second)
+            d1 = torch.where(p.escape_deep, digits[..., 1], d1)
+        return seg_ctx + self._escape_term(z, digits[..., 0], d1, p.escape_mask).to(seg_ctx.dtype)
 
-    def _escape_term(self, vec: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The escape codes' vectors `vec (B, S, D)` plus their embedding (`decoder_code_embedding`),
-        where `mask (B, S)`, zeros elsewhere."""
+    def _escape_term(
+        self, vec: torch.Tensor, d0: torch.Tensor, d1: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The escape codes' vectors `vec (B, S, D)` plus their digits' embeddings (`decoder_code_embedding`:
+        row d0, and row K_e + d1 where d1 >= 0), where `mask (B, S)`, zeros elsewhere."""
         if self.decoder.escape_embed is not None:
-            vec = vec + self.decoder.escape_embed(codes).to(vec.dtype)
+            vec = vec + self.decoder.escape_embed(d0).to(vec.dtype)
+            if self.cfg.escape_depth > 1:
+                second = self.decoder.escape_embed(self.cfg.escape_codebook_size + d1.clamp(min=0))
+                vec = vec + second.to(vec.dtype) * (d1 >= 0)[..., None]
         return vec * mask[..., None]
 
     @torch.no_grad()
@@ -354,7 +394,7 @@ class HierLevel(nn.Module):
         the escapes of `p.escape_mask`. One decoder pass without grad."""
         if base is None:
             base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)  # (B, S, D)
-        ctx = self.decoder_context(self.escape_context(p, base), p.layout.seg_id)  # (B, T+1, D)
+        ctx = self.decoder_context(base + self.escape_vectors(self.current_escapes(p)), p.layout.seg_id)
         return wrong_in(p, self._decode(p, ctx)[0][:, : p.tokens.shape[1]])
 
     @torch.no_grad()
@@ -369,7 +409,9 @@ class HierLevel(nn.Module):
         grows again from there (a changed escape may change what later segments read) until a choice
         adds no segment. With `escape_joint_candidates`, escaped segments still wrong after that choice
         then take their code and escape code jointly (`choose_joint_codes`, rewriting `p.q` too), and
-        the set grows again. Returns (B, S) bool; also sets `p.escape_mask` to it.
+        the set grows again. With `escape_depth` 2, escaped segments still wrong then take a second
+        escape digit where one gives them back (`choose_deep_codes`), and the set grows again. Returns
+        (B, S) bool; also sets `p.escape_mask` to it (the ids: `p.escape_id`).
 
         Toy example, three segments: with no escape segment 1 is wrong -> escape {1}; with it,
         segment 2 (which attends to segment 1's tokens) is now right and nothing is added: {1}.
@@ -379,25 +421,34 @@ class HierLevel(nn.Module):
         k = self.cfg.escape_choice_candidates
         cand = self.nearest_escape_codes(p, k) if k else None  # (B, S, k)
         esc = torch.zeros_like(seg_mask)  # (B, S)
-        chosen_for = joint_for = None
-        # each round grows the set, or chooses once per distinct set (escape codes, then jointly)
-        for _ in range(4 * seg_mask.shape[1] + 4):
+        chosen_for = joint_for = deep_for = None
+        # each round grows the set, or chooses once per distinct set (escape codes, then jointly, then
+        # second digits); segments with two digits keep them
+        for _ in range(6 * seg_mask.shape[1] + 6):
             p.escape_mask = esc
             wrong = self.wrong_segments(p, base)  # (B, S)
             grown = esc | wrong
             if torch.equal(grown, esc):
+                lost = wrong & esc & (p.escape_id < self.cfg.escape_codebook_size)  # one digit, still wrong
                 if cand is not None and not (chosen_for is not None and torch.equal(esc, chosen_for)):
                     self.choose_escape_codes(p, base, cand)
                     chosen_for = esc
                 elif (
                     self.cfg.escape_joint_candidates
-                    and bool((wrong & esc).any())
+                    and bool(lost.any())
                     and not (joint_for is not None and torch.equal(esc, joint_for))
                 ):
-                    self.choose_joint_codes(p, wrong & esc)
+                    self.choose_joint_codes(p, lost)
                     base = self.code_context(self.quantizer.lookup(p.q.codes), p.q.codes)
                     cand = self.nearest_escape_codes(p, k)  # the residuals of the new codes
                     joint_for = esc
+                elif (
+                    self.cfg.escape_depth == 2
+                    and bool((wrong & esc).any())
+                    and not (deep_for is not None and torch.equal(esc, deep_for))
+                ):
+                    self.choose_deep_codes(p, wrong & esc)  # two-digit ones too: an earlier choice moved them
+                    deep_for = esc
                 else:
                     break
             esc = grown
@@ -424,18 +475,18 @@ class HierLevel(nn.Module):
         fewest misses is 0, of candidates 1 and 2 the lower CE is candidate 2's, so candidate 2 (by CE
         alone it would be candidate 0, which leaves a byte wrong)."""
         seg_id, esc = p.layout.seg_id, p.escape_mask
+        one = esc & (p.escape_id < self.cfg.escape_codebook_size)  # (B, S): two-digit ids stay
+        cur = self.current_escapes(p)  # (B, S)
         T, S = p.tokens.shape[1], esc.shape[1]
         ces, misses = [], []
         for i in range(cand.shape[-1]):
-            trial = torch.where(esc, cand[..., i], torch.full_like(esc, -1, dtype=torch.long))  # (B, S)
+            trial = torch.where(one, cand[..., i], cur)  # (B, S)
             ctx = self.decoder_context(base + self.escape_vectors(trial), seg_id)  # (B, T+1, D)
             logits = self._decode(p, ctx)[0][:, :T]  # (B, T, V)
             ces.append(segment_ce(logits, p.tokens, p.valid, seg_id, S))  # (B, S)
             misses.append(segment_misses(logits, p.tokens, p.valid, seg_id, S))  # (B, S)
         best = cand.gather(-1, pick_fewest_misses(torch.stack(misses), torch.stack(ces))[..., None])[..., 0]
-        codes = torch.where(esc, best, p.escape_q.codes)  # (B, S)
-        p.escape_q.codes, p.escape_q.digits = codes, codes[..., None]
-        p.escape_q.z = self.escape_quantizer.lookup(codes)
+        p.escape_id = torch.where(one, best, p.escape_id)  # (B, S)
 
     @torch.no_grad()
     def choose_joint_codes(self, p: LevelPass, target: torch.Tensor) -> None:
@@ -460,7 +511,7 @@ class HierLevel(nn.Module):
         k_e = self.cfg.escape_choice_candidates
         pooled = p.pooled[rows].float()  # (n, S, D)
         cur_main = p.q.codes[rows]  # (n, S)
-        cur_esc = torch.where(p.escape_mask[rows], p.escape_q.codes[rows], torch.full_like(cur_main, -1))
+        cur_esc = self.current_escapes(p)[rows]  # (n, S)
         mains = nearest_codes(self.quantizer.codebook[0], pooled, self.cfg.escape_joint_candidates)
         kept = (mains == cur_main[..., None]).any(-1)  # (n, S): the current code is among the k
         mains[..., -1] = torch.where(kept, mains[..., -1], cur_main)  # else it takes the k-th place
@@ -481,12 +532,57 @@ class HierLevel(nn.Module):
         best = pick_fewest_misses(torch.stack(misses), torch.stack(ces))[None]  # (1, n, S)
         main = torch.stack(tried_main).gather(0, best)[0]  # (n, S)
         esc = torch.stack(tried_esc).gather(0, best)[0]  # (n, S)
-        codes, esc_codes = p.q.codes.clone(), p.escape_q.codes.clone()
+        codes, esc_ids = p.q.codes.clone(), p.escape_id.clone()
         codes[rows] = main  # every tried code is the current one off the targets
-        esc_codes[rows] = torch.where(tgt, esc, esc_codes[rows])  # off them -1 was tried: keep the code
+        esc_ids[rows] = torch.where(tgt, esc, esc_ids[rows])  # off them -1 was tried: keep the id
         p.q.codes, p.q.digits, p.q.z = codes, codes[..., None], self.quantizer.lookup(codes)
-        p.escape_q.codes, p.escape_q.digits = esc_codes, esc_codes[..., None]
-        p.escape_q.z = self.escape_quantizer.lookup(esc_codes)
+        p.escape_id = esc_ids
+
+    @torch.no_grad()
+    def choose_deep_codes(self, p: LevelPass, target: torch.Tensor) -> None:
+        """`escape_depth` 2: the segments of `target (B, S)` (escaped, and wrong) try a second digit d1
+        after their first digit d0, among the `escape_choice_candidates` nearest (the nearest, without
+        the choice) to what the code and d0 leave of the pooled vector, `pooled - codebook[code] -
+        escape_codebook[0, d0]`; a segment takes the d1 under which the decoder, teacher-forced, misses
+        the fewest of its tokens, then the lowest CE (`pick_fewest_misses`), only if that d1 misses none
+        (else it keeps what it had: a second digit that gives nothing back would only cost bits).
+        Segment index by segment index, left to right, so each segment is tried with the final ids of
+        the segments before it (which its tokens attend to): k decoder passes for each index with a
+        target, over the rows with a target there. Rewrites `p.escape_id` (K_e + d0 + K_e * d1).
+
+        Toy example, K_e = 4, a target with d0 = 1 and candidates d1 = 3, 0 with misses 1 and 0: d1 = 0,
+        id 4 + 1 + 4 * 0 = 5; were both at 1 miss, the id would stay 1."""
+        K_e = self.cfg.escape_codebook_size
+        ecb = self.escape_quantizer.codebook.float()  # (2, K_e, D)
+        k = max(self.cfg.escape_choice_candidates, 1)
+        for j in target.any(dim=0).nonzero()[:, 0].tolist():  # segment indices with a target
+            rows = target[:, j].nonzero()[:, 0]  # (n,)
+            tokens, valid = p.tokens[rows], p.valid[rows]  # (n, T)
+            seg_id = p.layout.seg_id[rows]  # (n, T)
+            T, S = tokens.shape[1], target.shape[1]
+            codes = p.q.codes[rows]  # (n, S)
+            d0 = self.escape_digits(p.escape_id[rows, j])[0]  # (n,)
+            residual = (
+                p.pooled[rows, j].float() - self.quantizer.lookup(codes[:, j : j + 1])[:, 0] - ecb[0][d0]
+            )
+            cand = nearest_codes(ecb[1], residual, k)  # (n, k)
+            base = self.code_context(self.quantizer.lookup(codes), codes)  # (n, S, D)
+            cur = self.current_escapes(p)[rows]  # (n, S)
+            ces, misses = [], []
+            for i in range(k):
+                trial = cur.clone()
+                trial[:, j] = K_e + d0 + K_e * cand[:, i]
+                ctx = self.decoder_context(base + self.escape_vectors(trial), seg_id)  # (n, T+1, D)
+                logits = self._decode(p, ctx, rows=rows)[0][:, :T]  # (n, T, V)
+                ces.append(segment_ce(logits, tokens, valid, seg_id, S)[:, j])  # (n,)
+                misses.append(segment_misses(logits, tokens, valid, seg_id, S)[:, j])  # (n,)
+            miss = torch.stack(misses)  # (k, n)
+            best = pick_fewest_misses(miss, torch.stack(ces))  # (n,)
+            back = miss.gather(0, best[None])[0] == 0  # (n,): a second digit gives it back
+            chosen = K_e + d0 + K_e * cand.gather(-1, best[:, None])[:, 0]  # (n,)
+            ids = p.escape_id.clone()
+            ids[rows, j] = torch.where(back, chosen, ids[rows, j])
+            p.escape_id = ids
 
     def candidate_codes(self, pooled: torch.Tensor) -> torch.Tensor:
         """The `code_choice_candidates` = k nearest codes of each pooled vector, nearest first:

@@ -99,7 +99,8 @@ class SegmentDecoder(nn.Module):
         # `decoder_code_embedding`: a learned vector per code id, which the level adds to the code's
         # codebook vector where the decoder reads a code (`HierLevel.code_context`)
         self.code_embed = nn.Embedding(cfg.num_codes, context_dim) if cfg.decoder_code_embedding else None
-        Ke = cfg.escape_codebook_size
+        # and one per escape code digit: row r * K_e + d for digit d at depth r (`escape_depth` depths)
+        Ke = cfg.escape_codebook_size * cfg.escape_depth
         self.escape_embed = nn.Embedding(Ke, context_dim) if Ke and cfg.decoder_code_embedding else None
         self.body = CausalTransformer(
             cfg.hidden_size,

@@ -53,6 +53,10 @@ class LevelPass:
     pooled: torch.Tensor | None = None
     escape_q: QuantizerOutput | None = None  # `escape_codebook_size`: the escape codes (B, S)
     escape_mask: torch.Tensor | None = None  # (B, S) True where the decoder reads the escape code
+    # (B, S) each segment's escape id as `encode` would give it (`LevelConfig.num_escape_ids`: one digit
+    # d0, or K_e + d0 + K_e * d1 with two), read where `escape_mask`; the encode-side choices rewrite it
+    escape_id: torch.Tensor | None = None
+    escape_deep: torch.Tensor | None = None  # (B, S) training, `escape_depth` 2: reads both digits
 
     def entropy_loss(self) -> torch.Tensor:
         """Next-token CE (nats) of the entropy model over the pairs inside each row."""

@@ -350,7 +350,7 @@ class HierAEModel(HierAEPreTrainedModel):
             for level, p in zip(self.levels, passes):
                 esc = torch.full_like(p.q.codes, -1)  # (B, S)
                 if level.escape_quantizer is not None:
-                    esc = torch.where(level.choose_escapes(p), p.escape_q.codes, esc)
+                    esc = torch.where(level.choose_escapes(p), p.escape_id, esc)
                 escapes.append(esc)
         return HierAEEncoderOutput(
             top_codes=passes[-1].q.codes,

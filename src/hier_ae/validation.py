@@ -103,8 +103,9 @@ def check_codes(codes, mask, num_codes: int) -> tuple[torch.Tensor, torch.Tensor
 def check_escape_codes(
     escapes, codes: torch.Tensor, mask: torch.Tensor, level_cfg, next_code
 ) -> torch.Tensor:
-    """Validate `decode`'s `escape_codes (B, S)`: the codes' shape, ids in [-1, K_e) of a level with an
-    escape codebook (-1 = not escaped), read with the whole codes. Padded segments get -1."""
+    """Validate `decode`'s `escape_codes (B, S)`: the codes' shape, ids in [-1, n) of a level with an
+    escape codebook (-1 = not escaped; n = `num_escape_ids`: K_e, or K_e + K_e**2 with two-digit ids),
+    read with the whole codes. Padded segments get -1."""
     K_e = level_cfg.escape_codebook_size
     if not K_e:
         raise ValueError(
@@ -121,9 +122,11 @@ def check_escape_codes(
     if escapes.dtype.is_floating_point or escapes.dtype.is_complex or escapes.dtype == torch.bool:
         raise ValueError(f"escape_codes must hold integer ids, got dtype {escapes.dtype}.")
     real = escapes[mask]
-    if real.numel() and (int(real.min()) < -1 or int(real.max()) >= K_e):
+    n = level_cfg.num_escape_ids
+    if real.numel() and (int(real.min()) < -1 or int(real.max()) >= n):
+        what = "the escape codebook size" if n == K_e else f"K_e + K_e**2 two-digit ids, K_e = {K_e}"
         raise ValueError(
-            f"escape_codes must be in [0, {K_e}) (the escape codebook size) or -1 (no escape); "
+            f"escape_codes must be in [0, {n}) ({what}) or -1 (no escape); "
             f"got [{int(real.min())}, {int(real.max())}]."
         )
     return torch.where(mask, escapes.long(), torch.full_like(codes, -1))

@@ -15,21 +15,34 @@ from ..data.batching import frame_document, pad_rows
 from ..tokenization_hier_ae import HierAEByteTokenizer
 
 
-def escape_rates(segments: int, escaped: int, n_bytes: int, K: int, K_e: int) -> dict:
+def escape_rates(
+    segments: int, escaped: int, n_bytes: int, K: int, K_e: int, deep: int = 0, depth: int = 1
+) -> dict:
     """Code bits per byte of a variable-rate code: log2 K a segment, a flag a segment (1 bit, or its
-    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape.
+    entropy H(f) at the escaped share f, what an entropy coder spends), log2 K_e an escape. With
+    `escape_depth` 2 (`depth`), `deep` of the escaped segments read a second escape digit: log2 K_e
+    more each, and the flag has three values (none / one digit / two: H of the three shares, or one
+    bit a segment plus one bit an escaped segment).
 
     Worked example: 10 segments over 20 bytes, 2 escaped, K = 256, K_e = 16: codes alone 10 x 8 / 20 =
     4.0; 1-bit flags 4.0 + (10 + 2 x 4) / 20 = 4.9; f = 0.2, H(f) = 0.722, ideal 4.0 + (7.22 + 8) / 20
-    = 4.761."""
-    f = escaped / max(segments, 1)
-    h = 0.0 if f in (0.0, 1.0) else -(f * math.log2(f) + (1 - f) * math.log2(1 - f))
+    = 4.761. The same with depth 2 and 1 of the 2 deep: 1-bit flags 4.0 + (10 + 2 + 3 x 4) / 20 = 5.2;
+    shares (0.8, 0.1, 0.1), H = 0.922, ideal 4.0 + (9.22 + 12) / 20 = 5.061."""
+    shares = [
+        (segments - escaped) / max(segments, 1),
+        (escaped - deep) / max(segments, 1),
+        deep / max(segments, 1),
+    ]
+    h = -sum(q * math.log2(q) for q in shares if 0.0 < q < 1.0)
     base = segments * math.log2(K) / n_bytes
+    flags_1bit = segments + (escaped if depth > 1 else 0)
+    escapes = (escaped + deep) * math.log2(K_e)
     return {
-        "escaped_segments": f,
+        "escaped_segments": escaped / max(segments, 1),
+        "deep_escaped_segments": deep / max(segments, 1),
         "code_bits_per_byte_no_escape": base,
-        "code_bits_per_byte_flag_1bit": base + (segments + escaped * math.log2(K_e)) / n_bytes,
-        "code_bits_per_byte_flag_ideal": base + (segments * h + escaped * math.log2(K_e)) / n_bytes,
+        "code_bits_per_byte_flag_1bit": base + (flags_1bit + escapes) / n_bytes,
+        "code_bits_per_byte_flag_ideal": base + (segments * h + escapes) / n_bytes,
     }
 
 
@@ -72,7 +85,7 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     toks = [0] * model.num_levels
     top_level = model.levels[-1]
     escaping = top_level.escape_quantizer is not None
-    esc_predictions, escaped = [], 0
+    esc_predictions, escaped, deep = [], 0, 0
     for i in range(0, len(docs), batch_size):
         framed = [frame_document(d) for d in docs[i : i + batch_size]]
         ids, mask = (t.to(device) for t in pad_rows(framed))  # (B, T) each
@@ -93,6 +106,7 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         if escaping:
             esc_predictions += decoded_ids(model.decode(top_codes, top_mask, escape_codes=esc))
             escaped += int(((esc >= 0) & top_mask.bool()).sum())
+            deep += int(((esc >= top_level.cfg.escape_codebook_size) & top_mask.bool()).sum())
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
     metric = load("reconstruction")
@@ -117,13 +131,15 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     }
     if escaping and docs:
         esc_scores = metric.compute(predictions=esc_predictions, references=references)
+        cfg = top_level.cfg
         rates = escape_rates(
-            segs[-1], escaped, n_bytes, top_level.cfg.num_codes, top_level.cfg.escape_codebook_size
+            segs[-1], escaped, n_bytes, cfg.num_codes, cfg.escape_codebook_size, deep, cfg.escape_depth
         )
         report.update(
             escape_exact_match=esc_scores["exact_match"],
             escape_byte_accuracy=esc_scores["byte_accuracy"],
             escaped_segments=rates["escaped_segments"],
+            deep_escaped_segments=rates["deep_escaped_segments"],
             escape_code_bits_per_byte=rates["code_bits_per_byte_flag_ideal"],
             escape_code_bits_per_byte_flag_1bit=rates["code_bits_per_byte_flag_1bit"],
         )

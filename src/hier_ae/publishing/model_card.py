@@ -60,6 +60,11 @@ def _architecture(config) -> str:
                     if lv.escape_joint_candidates
                     else ""
                 )
+                + (
+                    "; where still none does, a second escape code (two depths) that gives it back"
+                    if lv.escape_depth == 2
+                    else ""
+                )
                 + ")"
                 if lv.escape_codebook_size
                 else ""
