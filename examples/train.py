@@ -536,7 +536,13 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     if "escape_exact_match" in report:  # a top level with escape codes: the variable-rate figures
         print(
             f"  with escape codes (variable rate; {report['escaped_segments']:.1%} of segments read a "
-            f"second code): exact-match {report['escape_exact_match']:.1%}, free-decode byte accuracy "
+            "second code"
+            + (
+                f", {report['deep_escaped_segments']:.1%} a third (a second escape digit)"
+                if report.get("deep_escaped_segments")
+                else ""
+            )
+            + f"): exact-match {report['escape_exact_match']:.1%}, free-decode byte accuracy "
             f"{report['escape_byte_accuracy']:.1%}, {report['escape_code_bits_per_byte']:.3f} code bits "
             f"per byte (flag at its entropy; {report['escape_code_bits_per_byte_flag_1bit']:.3f} with a "
             "1-bit flag)"
