@@ -316,7 +316,6 @@ def follows_teacher_forcing(refs: list[list[int]], decoded: list[list[int]], fir
 
 # ---- one sample, all levels -----------------------------------------------------------------------
 @torch.no_grad()
-@torch.no_grad()
 def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     """A level with escape codes (`escape_codebook_size`): the rows decoded exactly from its codes and
     the escape codes `encode` chose, and how many of its segments took one."""
@@ -325,6 +324,7 @@ def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     return {
         "exact": sum(d == r for d, r in zip(decoded_ids(out), refs)),
         "escaped": int(((esc >= 0) & mask.bool()).sum()),
+        "deep": int(((esc >= model.levels[level].cfg.escape_codebook_size) & mask.bool()).sum()),
     }
 
 
@@ -352,7 +352,7 @@ def evaluate_sample(
     ref_starts = []
     ref_codes = [[] for _ in range(L)]  # per level: each row's codes
     escaping = [lv for lv, level in enumerate(model.levels) if level.escape_quantizer is not None]
-    esc = {lv: {"exact": 0, "escaped": 0} for lv in escaping}  # decoded with the escape codes
+    esc = {lv: {"exact": 0, "escaped": 0, "deep": 0} for lv in escaping}  # decoded with the escape codes
     for i in range(0, len(texts), batch_size):
         ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch_size]])
         ids, mask = ids.to(device), mask.to(device)
@@ -421,7 +421,15 @@ def evaluate_sample(
                 if not (Ke := level.cfg.escape_codebook_size)
                 else {
                     "exact_match": esc[lv]["exact"] / len(texts),
-                    **escape_rates(codes[lv], esc[lv]["escaped"], n_bytes, level.cfg.num_codes, Ke),
+                    **escape_rates(
+                        codes[lv],
+                        esc[lv]["escaped"],
+                        n_bytes,
+                        level.cfg.num_codes,
+                        Ke,
+                        esc[lv]["deep"],
+                        level.cfg.escape_depth,
+                    ),
                 },
             }
         )
