@@ -283,6 +283,24 @@ def test_encode_escapes_the_segments_the_code_alone_does_not_give_back(trained_e
     assert sum(exact) > sum(exact_plain)
 
 
+def _encode_and_score(model, refs: list[list[int]]) -> dict:
+    """`encode` the framed rows `refs` with the level's current settings, then: each segment's
+    teacher-forced wrongness under encode's codes and escapes (recomputed from the public ids), checking
+    the fixed point (no unescaped segment is wrong), and the rows `decode` gives back exactly."""
+    level = model.levels[0]
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask)
+    codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
+    p = level.bottom_up(ids, mask.bool())
+    ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
+    logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
+    wrong = wrong_in(p, logits)  # (B, S)
+    assert not (wrong & (esc < 0)).any(), "a segment left unescaped comes back wrong"
+    out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
+    got = [s[m.bool()].tolist()[: len(r)] for s, m, r in zip(out.sequences, out.attention_mask, refs)]
+    return {"codes": codes, "esc": esc, "wrong": wrong, "exact": sum(g == r for g, r in zip(got, refs))}
+
+
 @torch.no_grad()
 def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, grammar_data):
     """`escape_joint_candidates` on the trained checkpoint (16 codes, 64 escape codes, the escape chosen
@@ -296,28 +314,14 @@ def test_joint_choice_mends_segments_no_escape_code_gives_back(trained_escape, g
     # every held-out sentence, and 32 with their case swapped (text the codes were not trained on)
     lines = grammar_data[1] + [s.swapcase() for s in grammar_data[1][:32]]
     refs = [frame_document(s.encode()).tolist() for s in lines]
-    ids, mask = pad_rows([torch.tensor(r) for r in refs])
     res = {}
     for joint in (0, 16):
         level.cfg.escape_choice_candidates, level.cfg.escape_joint_candidates = 2, joint
         try:
-            enc = model.encode(ids, mask)
+            r = _encode_and_score(model, refs)
         finally:
             level.cfg.escape_choice_candidates = level.cfg.escape_joint_candidates = 0
-        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
-        p = level.bottom_up(ids, mask.bool())
-        ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
-        logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
-        wrong = wrong_in(p, logits)  # (B, S)
-        assert not (wrong & (esc < 0)).any(), "a segment left unescaped comes back wrong"
-        out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
-        got = [s[m.bool()].tolist()[: len(r)] for s, m, r in zip(out.sequences, out.attention_mask, refs)]
-        res[joint] = {
-            "codes": codes,
-            "escaped": esc >= 0,
-            "wrong": int(wrong.sum()),
-            "exact": sum(g == r for g, r in zip(got, refs)),
-        }
+        res[joint] = {**r, "escaped": r["esc"] >= 0, "wrong": int(r["wrong"].sum())}
     assert res[0]["wrong"] > 0, "the fixture leaves no escaped segment wrong: nothing for the joint choice"
     moved = res[16]["codes"] != res[0]["codes"]
     assert moved.any(), "the joint choice never moved a code"
@@ -349,23 +353,14 @@ def test_second_escape_digits_mend_segments_one_digit_does_not(trained_deep_esca
     model, level = trained_deep_escape, trained_deep_escape.levels[0]
     lines = grammar_data[1] + [s.swapcase() for s in grammar_data[1][:64]]
     refs = [frame_document(s.encode()).tolist() for s in lines]
-    ids, mask = pad_rows([torch.tensor(r) for r in refs])
     res = {}
     for depth in (1, 2):
         level.cfg.escape_choice_candidates, level.cfg.escape_depth = 16, depth
         try:
-            enc = model.encode(ids, mask)
+            r = _encode_and_score(model, refs)
         finally:
             level.cfg.escape_choice_candidates, level.cfg.escape_depth = 0, 2
-        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
-        p = level.bottom_up(ids, mask.bool())
-        ctx = level.code_context(level.quantizer.lookup(codes), codes) + level.escape_vectors(esc)
-        logits = level._decode(p, level.decoder_context(ctx, p.layout.seg_id))[0][:, : ids.shape[1]]
-        wrong = wrong_in(p, logits)  # (B, S)
-        assert not (wrong & (esc < 0)).any(), "a segment left unescaped comes back wrong"
-        out = model.decode(codes, seg_mask, level=0, escape_codes=esc)
-        got = [s[m.bool()].tolist()[: len(r)] for s, m, r in zip(out.sequences, out.attention_mask, refs)]
-        res[depth] = {"deep": esc >= 16, "wrong": wrong, "exact": sum(g == r for g, r in zip(got, refs))}
+        res[depth] = {**r, "deep": r["esc"] >= 16}
     assert not res[1]["deep"].any()
     deep = res[2]["deep"]
     assert deep.any(), "no segment took a second digit"
