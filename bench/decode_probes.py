@@ -57,6 +57,7 @@ from bench.recon import (
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
+from hier_ae.evaluation.reports import shares_entropy
 
 FILLER = BYTE_OFFSET + ord(" ")  # a token after the hypothesis: its segment id says if the rule closed
 
@@ -327,11 +328,7 @@ def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 
     K, K_e = level.cfg.num_codes, level.cfg.escape_codebook_size
     escaped, deep = int(y.sum()), int(torch.cat(deep_flags).sum())
     g = deep / max(escaped, 1)  # the second flag's share among the escaped
-    second = (
-        0.0
-        if g in (0.0, 1.0) or level.cfg.escape_depth == 1
-        else -(g * math.log2(g) + (1 - g) * math.log2(1 - g))
-    )
+    second = shares_entropy([g, 1 - g])  # 0 at depth 1 (no second digits)
     return {
         "flag_bits_per_segment_context": bits,
         "flag_features": list(FLAG_FEATURES),

@@ -15,6 +15,11 @@ from ..data.batching import frame_document, pad_rows
 from ..tokenization_hier_ae import HierAEByteTokenizer
 
 
+def shares_entropy(shares: list[float]) -> float:
+    """Entropy in bits of a distribution given by its shares: [0.5, 0.5] -> 1.0; [0.8, 0.1, 0.1] -> 0.922."""
+    return -sum(q * math.log2(q) for q in shares if 0.0 < q < 1.0)
+
+
 def escape_rates(
     segments: int, escaped: int, n_bytes: int, K: int, K_e: int, deep: int = 0, depth: int = 1
 ) -> dict:
@@ -33,7 +38,7 @@ def escape_rates(
         (escaped - deep) / max(segments, 1),
         deep / max(segments, 1),
     ]
-    h = -sum(q * math.log2(q) for q in shares if 0.0 < q < 1.0)
+    h = shares_entropy(shares)
     base = segments * math.log2(K) / n_bytes
     flags_1bit = segments + (escaped if depth > 1 else 0)
     escapes = (escaped + deep) * math.log2(K_e)
