@@ -173,7 +173,7 @@ def escape_decode(model, refs: list[list[int]]) -> dict:
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
         "escaped": int(((esc >= 0) & seg_mask).sum()),
-        "deep": int(((esc >= model.levels[0].cfg.escape_codebook_size) & seg_mask).sum()),
+        "deep": int((model.levels[0].two_digit(esc) & seg_mask).sum()),
     }
 
 
@@ -238,10 +238,8 @@ def greedy_segment_features(level, codes, seg_mask, esc, j: int, rows: torch.Ten
 
 
 @torch.no_grad()
-def flag_features(
-    model, refs: list[list[int]], batch: int = 32, deep: list | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """What a decoder knows of each segment before it reads the segment's escape flag, and the flag.
+def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """What a decoder knows of each segment before it reads the segment's escape flag, and the escape.
 
     For segment j: the decoder's predictions over the segment's tokens reading code j (no escape) and
     the escapes `encode` chose for segments 0..j-1, on the decoder's own greedy tokens: their summed
@@ -251,12 +249,12 @@ def flag_features(
     comes back exactly (every earlier segment decodes to its bytes, and this one's greedy bytes are its
     own); elsewhere by running the decoder (`greedy_segment_features`: escaped segments, whose greedy
     bytes differ, and every segment of a line that does not come back).
-    Returns features (N, 3) and flags (N,) bool over the valid segments, row by row, and the number of
-    segments whose features came from running the decoder. `deep`, when given (`escape_depth` 2),
-    gains each batch's flags (N_b,) of the segments with a second escape digit.
+    Returns features (N, 3) and the escape ids `encode` chose (N,) (-1 = none; the flag is id >= 0, a
+    second digit `HierLevel.two_digit`) over the valid segments, row by row, and the number of segments
+    whose features came from running the decoder.
     """
     level = model.levels[0]
-    feats, flags, ran = [], [], 0
+    feats, escapes, ran = [], [], 0
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
         ids, mask = pad_rows([torch.tensor(r) for r in rows])
@@ -280,10 +278,8 @@ def flag_features(
                 out[run_rows, j] = greedy_segment_features(level, codes, seg_mask, esc, j, run_rows)
                 ran += len(run_rows)
         feats.append(out[seg_mask])
-        flags.append((esc >= 0)[seg_mask])
-        if deep is not None:
-            deep.append((esc >= level.cfg.escape_codebook_size)[seg_mask])
-    return torch.cat(feats), torch.cat(flags), ran
+        escapes.append(esc[seg_mask])
+    return torch.cat(feats), torch.cat(escapes), ran
 
 
 def fit_flag_model(x: torch.Tensor, y: torch.Tensor, steps: int = 50) -> torch.Tensor:
@@ -318,15 +314,15 @@ def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 
     with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape). With
     `escape_depth` 2, each escaped segment's second flag (one digit or two) is priced at its entropy
     among the escaped segments, and each second digit adds log2 K_e."""
-    x_fit, y_fit, _ = flag_features(model, fit_refs, batch)
-    w = fit_flag_model(x_fit, y_fit)
-    deep_flags: list = []
-    x, y, ran = flag_features(model, refs, batch, deep=deep_flags)
+    x_fit, esc_fit, _ = flag_features(model, fit_refs, batch)
+    w = fit_flag_model(x_fit, esc_fit >= 0)
+    x, esc, ran = flag_features(model, refs, batch)
+    y = esc >= 0  # (N,): the flags
     level = model.levels[0]
     n_bytes = sum(len(t) for t in lines)
     bits = flag_bits(w, x, y)
     K, K_e = level.cfg.num_codes, level.cfg.escape_codebook_size
-    escaped, deep = int(y.sum()), int(torch.cat(deep_flags).sum())
+    escaped, deep = int(y.sum()), int(level.two_digit(esc).sum())
     g = deep / max(escaped, 1)  # the second flag's share among the escaped
     second = shares_entropy([g, 1 - g])  # 0 at depth 1 (no second digits)
     return {

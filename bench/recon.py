@@ -324,7 +324,7 @@ def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     return {
         "exact": sum(d == r for d, r in zip(decoded_ids(out), refs)),
         "escaped": int(((esc >= 0) & mask.bool()).sum()),
-        "deep": int(((esc >= model.levels[level].cfg.escape_codebook_size) & mask.bool()).sum()),
+        "deep": int((model.levels[level].two_digit(esc) & mask.bool()).sum()),
     }
 
 

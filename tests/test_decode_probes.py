@@ -125,7 +125,7 @@ def test_flag_model_prices_the_flags_from_the_features():
 
 @torch.no_grad()
 def test_flag_features_read_each_segment_before_its_flag():
-    """One row of features per valid segment, the flags encode's escapes, in row order. On random
+    """One row of features per valid segment, the escape ids encode's, in row order. On random
     weights no line comes back, so every segment's features come from running the decoder: segment 0's
     equal the decoder's predictions over its own greedy tokens reading code 0 alone (recomputed here
     teacher-forced on the bytes `decode` gives for that code)."""
@@ -134,12 +134,12 @@ def test_flag_features_read_each_segment_before_its_flag():
     cfg = HierAEConfig(levels=[level], top_lm=TINY_TOP)
     model = HierAEModel(cfg).eval()
     refs = [frame_document(t).tolist() for t in (b"a line of text to cut", b"another one")]
-    x, y, ran = probes.flag_features(model, refs, batch=2)
+    x, esc, ran = probes.flag_features(model, refs, batch=2)
     ids, mask = recon.pad_rows([torch.tensor(r) for r in refs])
     enc = model.encode(ids, mask)
     seg = enc.code_mask[0].bool()
-    assert x.shape == (int(seg.sum()), 3) and ran == len(y)
-    assert torch.equal(y, (enc.escape_codes[0] >= 0)[seg])
+    assert x.shape == (int(seg.sum()), 3) and ran == len(esc)
+    assert torch.equal(esc, enc.escape_codes[0][seg])
     level = model.levels[0]
     codes = enc.codes[0][:1, :1]  # row 0, segment 0: (1, 1)
     out = model.decode(codes, torch.ones_like(codes), level=0)

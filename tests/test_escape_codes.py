@@ -103,13 +103,14 @@ def test_escape_vectors_worked_example():
 
 def test_two_digit_escape_ids_worked_example():
     """`escape_depth` 2, K_e = 16 (16 + 16**2 ids): ids [[3, 16 + 5 + 16 * 2, -1]] -> digits d0
-    [[3, 5, 0]], d1 [[-1, 2, -1]]; the two-digit id's vector is codebook[0, 5] + codebook[1, 2] +
-    embed[5] + embed[16 + 2]."""
+    [[3, 5, 0]], d1 [[-1, 2, -1]] (`two_digit`: the middle one); the two-digit id's vector is
+    codebook[0, 5] + codebook[1, 2] + embed[5] + embed[16 + 2]."""
     level = _model(escape_depth=2).levels[0]
     assert level.cfg.num_escape_ids == 16 + 256 and _model().levels[0].cfg.num_escape_ids == 16
     ids = torch.tensor([[3, 16 + 5 + 16 * 2, -1]])
     d0, d1 = level.escape_digits(ids)
     assert d0.tolist() == [[3, 5, 0]] and d1.tolist() == [[-1, 2, -1]]
+    assert level.two_digit(ids).tolist() == [[False, True, False]]
     with torch.no_grad():
         out = level.escape_vectors(ids)  # (1, 3, D)
     cb, emb = level.escape_quantizer.codebook, level.decoder.escape_embed.weight
@@ -457,8 +458,8 @@ def test_flag_features_are_what_the_decoder_computes(trained_escape, grammar_dat
     probes = pytest.importorskip("bench.decode_probes")
     model, level = trained_escape, trained_escape.levels[0]
     refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:16]]
-    x, y, ran = probes.flag_features(model, refs, batch=16)
-    assert 0 < ran < len(y) and y.any()
+    x, esc_ids, ran = probes.flag_features(model, refs, batch=16)
+    assert 0 < ran < len(esc_ids) and (esc_ids >= 0).any()
     ids, mask = pad_rows([torch.tensor(r) for r in refs])
     enc = model.encode(ids, mask)
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0].bool(), enc.escape_codes[0]

@@ -335,12 +335,17 @@ class HierLevel(nn.Module):
                 deep = torch.rand(seg_mask.shape, device=seg_mask.device)  # (B, S)
                 p.escape_deep = (deep < self.cfg.escape_deep_train_rate) & p.escape_mask
 
+    def two_digit(self, escapes: torch.Tensor) -> torch.Tensor:
+        """Escape ids (B, S) (-1 = none) -> (B, S) bool: the ids with a second digit (`escape_depth` 2),
+        those >= K_e. K_e = 4: ids [-1, 3, 4, 13] -> [False, False, True, True]."""
+        return escapes >= self.cfg.escape_codebook_size
+
     def escape_digits(self, escapes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Escape ids (B, S) (-1 = none) -> first digit d0 (B, S) and second digit d1 (B, S), -1 where an
         id has one digit (or none). K_e = 4: ids 3 -> (3, -1); 4 + 1 + 4 * 2 = 13 -> (1, 2); -1 -> (0, -1)."""
         K_e = self.cfg.escape_codebook_size
         e = escapes.clamp(min=0)  # (B, S)
-        two = e >= K_e  # (B, S)
+        two = self.two_digit(e)  # (B, S)
         c = torch.where(two, e - K_e, e)  # (B, S): d0 + K_e * d1 on two-digit ids
         return c % K_e, torch.where(two, c // K_e, torch.full_like(c, -1))
 
@@ -429,7 +434,7 @@ class HierLevel(nn.Module):
             wrong = self.wrong_segments(p, base)  # (B, S)
             grown = esc | wrong
             if torch.equal(grown, esc):
-                lost = wrong & esc & (p.escape_id < self.cfg.escape_codebook_size)  # one digit, still wrong
+                lost = wrong & esc & ~self.two_digit(p.escape_id)  # one digit, still wrong
                 if cand is not None and not (chosen_for is not None and torch.equal(esc, chosen_for)):
                     self.choose_escape_codes(p, base, cand)
                     chosen_for = esc
@@ -475,7 +480,7 @@ class HierLevel(nn.Module):
         fewest misses is 0, of candidates 1 and 2 the lower CE is candidate 2's, so candidate 2 (by CE
         alone it would be candidate 0, which leaves a byte wrong)."""
         seg_id, esc = p.layout.seg_id, p.escape_mask
-        one = esc & (p.escape_id < self.cfg.escape_codebook_size)  # (B, S): two-digit ids stay
+        one = esc & ~self.two_digit(p.escape_id)  # (B, S): two-digit ids stay
         cur = self.current_escapes(p)  # (B, S)
         T, S = p.tokens.shape[1], esc.shape[1]
         ces, misses = [], []

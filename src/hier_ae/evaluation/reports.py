@@ -111,7 +111,7 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         if escaping:
             esc_predictions += decoded_ids(model.decode(top_codes, top_mask, escape_codes=esc))
             escaped += int(((esc >= 0) & top_mask.bool()).sum())
-            deep += int(((esc >= top_level.cfg.escape_codebook_size) & top_mask.bool()).sum())
+            deep += int((top_level.two_digit(esc) & top_mask.bool()).sum())
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
     metric = load("reconstruction")
