@@ -56,6 +56,7 @@ from bench.recon import (
 )
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
+from hier_ae.corrections import correction_bits, correction_token_bits, count_shares
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
 from hier_ae.evaluation.reports import shares_entropy
 
@@ -160,41 +161,79 @@ def search_codes(model, ref: list[int], top: int = 0, criterion: str = "exact") 
 
 
 @torch.no_grad()
-def escape_decode(model, refs: list[list[int]]) -> dict:
+def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> dict:
     """Variable rate (`escape_codebook_size`): a batch of framed lines through `encode` (which escapes
-    the segments the code alone does not give back) and `decode` with and without the escape codes."""
+    the segments the code alone does not give back) and `decode` with and without the escape codes;
+    with `corrections`, also with the token corrections `encode` chose (`hier_ae.corrections`), and
+    their number in each valid segment (`correction_counts`, (N,))."""
     ids, mask = pad_rows([torch.tensor(r) for r in refs])
-    enc = model.encode(ids, mask)
+    enc = model.encode(ids, mask, corrections=corrections)
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
     with_esc = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
     without = decoded_ids(model.decode(codes, seg_mask, level=0))
-    return {
+    out = {
         "decoded": with_esc,
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
         "escaped": int(((esc >= 0) & seg_mask).sum()),
         "deep": int((model.levels[0].two_digit(esc) & seg_mask).sum()),
     }
+    if corrections:
+        fix = enc.corrections[0]  # (B, S, L)
+        out["decoded_corrected"] = decoded_ids(
+            model.decode(codes, seg_mask, level=0, escape_codes=esc, corrections=fix)
+        )
+        m = seg_mask.bool()
+        bits = correction_token_bits(model.levels[0], codes, seg_mask, esc, fix)  # (B, S, L)
+        out["correction_counts"] = (fix >= 0).sum(-1)[m]  # (N,)
+        out["correction_escaped"] = (esc >= 0)[m]  # (N,)
+        out["correction_token_bits"] = bits.sum(-1)[m]  # (N,)
+    return out
 
 
-def escape_report(model, refs: list[list[int]], lines: list[bytes], batch: int = 32) -> dict:
+def escape_report(
+    model, refs: list[list[int]], lines: list[bytes], batch: int = 32, corrections: bool = False, shares=None
+) -> dict:
     """The escape probe's figures: exact lines with and without the escape codes, the share of
     segments escaped, and the code rate three ways: codes alone; codes + a 1-bit flag a segment +
-    log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment."""
+    log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment.
+    With `corrections`: exact lines with the token corrections too, and the ideal rate plus their bits
+    (`correction_bits`: each segment's count at this text's count shares, or at `shares` when given)."""
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
-    exact = exact0 = segs = escaped = deep = 0
+    exact = exact0 = exact_c = segs = escaped = deep = 0
+    counts, esc_flags, tok_bits = [], [], []
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
-        r = escape_decode(model, rows)
+        r = escape_decode(model, rows, corrections)
         exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
         exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
         segs, escaped, deep = segs + r["segments"], escaped + r["escaped"], deep + r["deep"]
-    return {
+        if corrections:
+            exact_c += sum(d == ref for d, ref in zip(r["decoded_corrected"], rows))
+            counts.append(r["correction_counts"])
+            esc_flags.append(r["correction_escaped"])
+            tok_bits.append(r["correction_token_bits"])
+    n_bytes = sum(len(t) for t in lines)
+    res = {
         "exact_match": exact / len(refs),
         "exact_match_no_escape": exact0 / len(refs),
-        **escape_rates(segs, escaped, sum(len(t) for t in lines), K, Ke, deep, level.cfg.escape_depth),
+        **escape_rates(segs, escaped, n_bytes, K, Ke, deep, level.cfg.escape_depth),
     }
+    if corrections:
+        stats = (torch.cat(counts), torch.cat(esc_flags), torch.cat(tok_bits))
+        c = correction_bits(*stats, level.cfg.max_segment_len, shares)
+        res.update(
+            exact_match_corrected=exact_c / len(refs),
+            corrections_per_line=c["corrections"] / len(refs),
+            corrected_segments=c["corrected_segments"] / max(segs, 1),
+            correction_bits_per_byte=c["correction_bits"] / n_bytes,
+            correction_count_offset_token_bits=[c["count_bits"], c["offset_bits"], c["token_bits"]],
+            code_bits_per_byte_corrected_ideal=res["code_bits_per_byte_flag_ideal"]
+            + c["correction_bits"] / n_bytes,
+            correction_stats=stats,
+        )
+    return res
 
 
 FLAG_FEATURES = ("summed entropy", "largest entropy", "log least top-1 probability")
@@ -344,7 +383,7 @@ def _decode_rows(model, rows: list[torch.Tensor]) -> list[list[int]]:
 def run(model, lines: list[bytes], args) -> dict:
     refs = [frame_document(t).tolist() for t in lines]
     if args.probe == "escape":
-        return escape_report(model, refs, lines)
+        return escape_report(model, refs, lines, corrections=args.corrections)
     if args.probe == "list":
         res = [list_decode(model, r, args.beam, args.check_bits, not args.no_code_check) for r in refs]
         exact = sum(r["decoded"] == ref for r, ref in zip(res, refs))
@@ -398,6 +437,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="escape: price each escape flag from the decoder's predictions (`flag_features`), fitted on "
         "this text's held-out lines (e.g. the other half of val.txt)",
     )
+    p.add_argument(
+        "--boundary-value",
+        type=float,
+        default=None,
+        help="level 0's boundary threshold (budget) for encode and decode, instead of the saved one",
+    )
+    p.add_argument(
+        "--corrections",
+        action="store_true",
+        help="escape: also encode token corrections (hier_ae.corrections) and price them in the rate",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
     p.add_argument("--check-bits", type=int, default=0, help="list: checksum bits stored per segment")
@@ -431,21 +481,41 @@ def main(argv=None) -> dict:
     if args.escape_joint is not None:
         cfg.escape_joint_candidates = args.escape_joint
     cfg.validate("levels[0]", model.config.max_input_bytes)  # the settings, checked like a config
+    if args.boundary_value is not None:
+        if not args.boundary_value >= 0:
+            raise SystemExit(f"--boundary-value {args.boundary_value} is invalid: a number >= 0.")
+        model.levels[0].boundary_value.fill_(args.boundary_value)
     _, docs = load_text(args.text)
     lines = held_out_lines(docs, args.lines, seed=args.seed)
     t0 = time.perf_counter()
     res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
+    stats = res.pop("correction_stats", None)  # counts, escaped, token bits (N,) with --corrections
     if args.probe == "escape" and args.flag_fit:
         fit_lines = held_out_lines(load_text(args.flag_fit)[1], args.lines, seed=args.seed)
         fit_refs = [frame_document(t).tolist() for t in fit_lines]
         refs = [frame_document(t).tolist() for t in lines]
         res.update(flag_context_report(model, fit_refs, refs, lines))
+        if stats is not None:  # the counts priced at the fit text's shares, as the flags
+            fit = [escape_decode(model, fit_refs[i : i + 32], True) for i in range(0, len(fit_refs), 32)]
+            fit_counts = torch.cat([r["correction_counts"] for r in fit])
+            fit_esc = torch.cat([r["correction_escaped"] for r in fit])
+            size = max(int(stats[0].max()), int(fit_counts.max())) + 2
+            shares = [count_shares(fit_counts[g], size) for g in (~fit_esc, fit_esc)]
+            c = correction_bits(*stats, model.levels[0].cfg.max_segment_len, shares)
+            n_bytes = sum(len(t) for t in lines)
+            res["correction_bits_per_byte_fit"] = c["correction_bits"] / n_bytes
+            res["code_bits_per_byte_corrected_context"] = (
+                res["code_bits_per_byte_flag_context"] + c["correction_bits"] / n_bytes
+            )
     if args.probe == "escape" and args.docs:
         windows = document_windows(docs, args.docs, seed=args.seed)
         refs = [frame_document(t).tolist() for t in windows]
-        res["windows"] = {"docs": len(windows), **escape_report(model, refs, windows, batch=8)}
+        w = escape_report(model, refs, windows, batch=8, corrections=args.corrections)
+        w.pop("correction_stats", None)
+        res["windows"] = {"docs": len(windows), **w}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice", "escape_joint")
+    keys = (*keys, "corrections", "boundary_value")
     settings = {k: getattr(args, k) for k in keys}
     res["settings"] = settings
     if args.probe == "list":

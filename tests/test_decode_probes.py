@@ -179,8 +179,24 @@ def test_main_runs_the_escape_probe_and_refuses_a_model_without_escape_codes(tmp
     assert res["code_bits_per_byte_flag_ideal"] >= res["code_bits_per_byte_no_escape"]
     assert "flag_bits_per_segment_context" not in res
     res = probes.main([*args[:6], "--probe", "escape", "--flag-fit", str(text)])
+    rates = res
     assert res["flag_bits_per_segment_context"] >= 0.0
     assert res["code_bits_per_byte_flag_context"] >= res["code_bits_per_byte_no_escape"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"] == "escape"
+    # token corrections: every line back, each correction priced (ideal and at the fit text's shares)
+    res = probes.main([*args[:6], "--probe", "escape", "--corrections", "--flag-fit", str(text)])
+    assert res["exact_match_corrected"] == 1.0 and res["corrections_per_line"] > 0
+    count, offset, token = res["correction_count_offset_token_bits"]
+    L = tiny_level()["max_segment_len"]
+    assert offset == pytest.approx(res["corrections_per_line"] * 2 * math.log2(L)) and token > 0
+    assert res["code_bits_per_byte_corrected_ideal"] > res["code_bits_per_byte_flag_ideal"]
+    assert res["code_bits_per_byte_corrected_context"] > res["code_bits_per_byte_flag_context"]
+    assert res["settings"]["corrections"] is True
+    # a boundary threshold for encode and decode instead of the saved one: never firing, segments of L
+    res = probes.main([*args[:6], "--probe", "escape", "--boundary-value", "1e9"])
+    assert res["settings"]["boundary_value"] == 1e9
+    assert res["code_bits_per_byte_no_escape"] < rates["code_bits_per_byte_no_escape"]
+    with pytest.raises(SystemExit, match="--boundary-value -1.0 is invalid: a number >= 0"):
+        probes.main([*args[:6], "--probe", "escape", "--boundary-value", "-1"])
     with pytest.raises(SystemExit, match="escape_codebook_size 0"):
         probes.main(["--model", str(plain), "--text", str(text), "--probe", "escape"])

@@ -897,7 +897,13 @@ class HierLevel(nn.Module):
         )
 
     def decode_codes(
-        self, codes: torch.Tensor, seg_mask: torch.Tensor, pick=None, next_code=None, escapes=None
+        self,
+        codes: torch.Tensor,
+        seg_mask: torch.Tensor,
+        pick=None,
+        next_code=None,
+        escapes=None,
+        corrections=None,
     ):
         """Regenerate the level's tokens from its codes `(B, S)` (`regenerate` reading each code's
         vector as its segment's context): tokens, valid, seg_id (B, n).
@@ -906,12 +912,18 @@ class HierLevel(nn.Module):
         the first token of segment j is generated (after every token of segments < j; the codec prices
         a code with the text before it); `codes` then only gives S (its values are not read).
         `escapes (B, S)` (`escape_codebook_size`; with the whole codes only, `next_code` None): each
-        segment's escape code, -1 where it has none; an escaped segment's context adds `escape_vectors`."""
+        segment's escape code, -1 where it has none; an escaped segment's context adds `escape_vectors`.
+        `corrections (B, S, max_segment_len)` (with the whole codes only): the token at each offset of
+        each segment where the decoder's own choice is wrong, -1 elsewhere (`hier_ae.corrections`)."""
         if next_code is None:
             ctx = self.code_context(self.quantizer.lookup(codes), codes)  # (B, S, D)
             if escapes is not None:  # `escape_codebook_size`: (B, S), -1 = not escaped
                 ctx = ctx + self.escape_vectors(escapes)
-            return self.regenerate(ctx, seg_mask, pick=pick)
+            return self.regenerate(ctx, seg_mask, pick=pick, forced=corrections)
+        if corrections is not None:
+            raise ValueError(
+                "corrections are read with the whole codes: give either corrections or next_code."
+            )
         if codes.shape[0] != 1:
             raise ValueError(f"next_code reads the codes of one row; got {codes.shape[0]} rows")
 
@@ -926,7 +938,9 @@ class HierLevel(nn.Module):
         ctx = self.code_context(self.quantizer.lookup(unread), unread)  # (1, S, D), refilled one by one
         return self.regenerate(ctx, seg_mask, pick=pick, segment_context=segment_context)
 
-    def regenerate(self, ctx: torch.Tensor, seg_mask: torch.Tensor, pick=None, segment_context=None):
+    def regenerate(
+        self, ctx: torch.Tensor, seg_mask: torch.Tensor, pick=None, segment_context=None, forced=None
+    ):
         """Greedy reconstruct-mode generation of one level from one context per segment, streamed.
 
         ctx (B, S, D), seg_mask (B, S) -> tokens (B, n), valid (B, n), seg_id (B, n) (the segment of
@@ -946,6 +960,9 @@ class HierLevel(nn.Module):
         n for the live rows instead of the argmax (`hier_ae.codes.codec` reads it from a range coder).
         `segment_context(j) -> (D,)`, when given (one row), replaces ctx[0, j] just before segment j's
         first token is generated (`decode_codes`' `next_code`).
+        `forced (B, S, L)`, when given: the token at offset o of segment j where `forced[:, j, o] >= 0`,
+        in place of the decoder's choice (token corrections, `hier_ae.corrections`); the boundary rule
+        then reads the forced token, as encode read it.
         """
         B, S, _ = ctx.shape
         dev = ctx.device
@@ -1011,6 +1028,9 @@ class HierLevel(nn.Module):
                     entropy_h=None if ent_h is None else ent_h[rows],
                 )[0]
             nxt = logits.argmax(dim=-1) if pick is None else pick(n, logits, rows)  # (B',)
+            if forced is not None:  # a correction at the open segment's next offset replaces the choice
+                fix = forced[rows, seg[rows].clamp(max=S - 1), seg_len[rows]]  # (B',)
+                nxt = torch.where(fix >= 0, fix, nxt)
             nxt = torch.where(done[rows], torch.full_like(nxt, pad), nxt)
             tokens[rows, n] = nxt
             valid[rows, n] = ~done[rows]

@@ -30,6 +30,7 @@ from transformers import initialization as init
 from .cache import HierAECache
 from .code_lm import CodeLM
 from .configuration_hier_ae import HierAEConfig
+from .corrections import choose_corrections
 from .kv_cache import KVStore
 from .level import HierLevel
 from .level_pass import LevelPass, LevelTerms, level_fields
@@ -47,6 +48,7 @@ from .segmentation import compact_codes
 from .streaming import StreamState
 from .validation import (
     check_codes,
+    check_corrections,
     check_escape_codes,
     check_forward_kwargs,
     check_generation_cache,
@@ -340,10 +342,21 @@ class HierAEModel(HierAEPreTrainedModel):
     # ---- encode ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        corrections: bool = False,
     ) -> HierAEEncoderOutput:
-        """Bytes -> the codes of every level. `top_codes`/`top_mask` are all that `decode` needs."""
+        """Bytes -> the codes of every level. `top_codes`/`top_mask` are all that `decode` needs.
+
+        With `corrections=True`, each level also gets the token corrections under which its codes (and
+        escape codes) decode back to its tokens exactly (`hier_ae.corrections`; one greedy decode of
+        the level a round, a round for each wrong token of a row): `decode(codes[l], level=l,
+        escape_codes=escape_codes[l], corrections=corrections[l])` gives level l's tokens back."""
+        if not isinstance(corrections, bool):
+            raise ValueError(f"corrections={corrections!r} is invalid: a bool.")
         ids, valid = check_input_ids(input_ids, attention_mask, self.config.max_input_bytes)
+        fixes = []
         with self._inference():
             passes = self._bottom_up(ids, valid)
             escapes = []
@@ -352,10 +365,17 @@ class HierAEModel(HierAEPreTrainedModel):
                 if level.escape_quantizer is not None:
                     esc = torch.where(level.choose_escapes(p), p.escape_id, esc)
                 escapes.append(esc)
+                if corrections:
+                    read = esc if level.escape_quantizer is not None else None
+                    mask = p.layout.seg_mask
+                    fixes.append(
+                        choose_corrections(level, p.q.codes, mask, read, p.tokens, p.valid, p.layout.seg_id)
+                    )
         return HierAEEncoderOutput(
             top_codes=passes[-1].q.codes,
             top_mask=passes[-1].layout.seg_mask,
             escape_codes=tuple(escapes),
+            corrections=tuple(fixes) if corrections else None,
             **level_fields(passes),
         )
 
@@ -369,6 +389,7 @@ class HierAEModel(HierAEPreTrainedModel):
         pick=None,
         next_code=None,
         escape_codes: torch.Tensor | None = None,
+        corrections: torch.Tensor | None = None,
     ) -> HierAEDecoderOutput:
         """Codes -> bytes, level by level, in reconstruct mode (DESIGN §7).
 
@@ -391,6 +412,9 @@ class HierAEModel(HierAEPreTrainedModel):
         `escape_codes (B, S)`, for a level with `escape_codebook_size` K_e: each segment's escape code
         in [0, K_e), or -1 where it has none (`encode(...).escape_codes[level]`); the decoder then
         reads an escaped segment's code and its escape code (variable rate).
+        `corrections (B, S, max_segment_len)` of `level` (`encode(..., corrections=True).corrections[level]`):
+        the token at each offset of each segment where the greedy choice is wrong, -1 elsewhere;
+        decode emits it there instead (`hier_ae.corrections`).
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
@@ -400,6 +424,10 @@ class HierAEModel(HierAEPreTrainedModel):
             escape_codes = check_escape_codes(
                 escape_codes, codes, seg_mask, self.levels[start].cfg, next_code
             )
+        if corrections is not None:
+            corrections = check_corrections(
+                corrections, codes, seg_mask, self.levels[start], next_code is not None or pick is not None
+            )
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
@@ -407,8 +435,9 @@ class HierAEModel(HierAEPreTrainedModel):
                 reader = next_code if li == start else None
                 this = self.levels[li]
                 esc = escape_codes if li == start else None
+                fix = corrections if li == start else None
                 tokens, valid, _ = this.decode_codes(
-                    codes, seg_mask, pick=level_pick, next_code=reader, escapes=esc
+                    codes, seg_mask, pick=level_pick, next_code=reader, escapes=esc, corrections=fix
                 )
                 streams.append(tokens)
                 if li > 0:

@@ -46,6 +46,8 @@ class HierAEEncoderOutput(ModelOutput):
     pooled[l] (B, S_l, D_l): the pooled segment vectors the codes were chosen from.
     escape_codes[l] (B, S_l): a level with `escape_codebook_size`'s escape code of each segment whose
     tokens the decoder does not give back from its code alone, -1 elsewhere (all -1 without one).
+    corrections[l] (B, S_l, max_segment_len), with `encode(..., corrections=True)`: the tokens level l's
+    decode gets wrong, at their segment and offset, -1 elsewhere (`hier_ae.corrections`).
     """
 
     top_codes: torch.Tensor | None = None
@@ -58,6 +60,7 @@ class HierAEEncoderOutput(ModelOutput):
     entropy: tuple[torch.Tensor, ...] | None = None
     pooled: tuple[torch.Tensor, ...] | None = None
     escape_codes: tuple[torch.Tensor, ...] | None = None
+    corrections: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass

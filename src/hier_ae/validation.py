@@ -132,6 +132,37 @@ def check_escape_codes(
     return torch.where(mask, escapes.long(), torch.full_like(codes, -1))
 
 
+def check_corrections(
+    corrections, codes: torch.Tensor, mask: torch.Tensor, level, streamed: bool
+) -> torch.Tensor:
+    """Validate `decode`'s `corrections (B, S, max_segment_len)`: token ids of the level decoded in
+    [0, vocab_size) or -1 (no correction), read with the whole codes and greedy choices (no
+    `next_code`, no `pick`). Padded segments get -1."""
+    if streamed:
+        raise ValueError(
+            "corrections replace decode's greedy choices with the whole codes: "
+            "give either corrections or next_code / pick."
+        )
+    L, V = level.cfg.max_segment_len, level.vocab.vocab_size
+    want = (*codes.shape, L)
+    if not isinstance(corrections, torch.Tensor) or tuple(corrections.shape) != want:
+        shape = (
+            tuple(corrections.shape) if isinstance(corrections, torch.Tensor) else type(corrections).__name__
+        )
+        raise ValueError(
+            f"corrections must be a tensor of shape (B, S, max_segment_len) = {want}, got {shape}."
+        )
+    if corrections.dtype.is_floating_point or corrections.dtype.is_complex or corrections.dtype == torch.bool:
+        raise ValueError(f"corrections must hold integer token ids, got dtype {corrections.dtype}.")
+    real = corrections[mask]
+    if real.numel() and (int(real.min()) < -1 or int(real.max()) >= V):
+        raise ValueError(
+            f"corrections must be token ids in [0, {V}) (the level's vocab_size) or -1 (none); "
+            f"got [{int(real.min())}, {int(real.max())}]."
+        )
+    return torch.where(mask[..., None], corrections.long(), torch.full_like(corrections.long(), -1))
+
+
 def did_you_mean(name, allowed) -> str | None:
     """The allowed name nearest a misspelt `name` (difflib), or None: `did_you_mean("lr_rate", ["lr"])`."""
     near = difflib.get_close_matches(str(name), list(allowed), n=1)
