@@ -58,7 +58,7 @@ from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.corrections import correction_bits, correction_token_bits, count_shares
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
-from hier_ae.evaluation.reports import shares_entropy
+from hier_ae.evaluation.reports import escape_counts, shares_entropy
 
 FILLER = BYTE_OFFSET + ord(" ")  # a token after the hypothesis: its segment id says if the rule closed
 
@@ -171,12 +171,13 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
     with_esc = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
     without = decoded_ids(model.decode(codes, seg_mask, level=0))
+    escaped, deep = escape_counts(model.levels[0], esc, seg_mask)
     out = {
         "decoded": with_esc,
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
-        "escaped": int(((esc >= 0) & seg_mask).sum()),
-        "deep": int((model.levels[0].two_digit(esc) & seg_mask).sum()),
+        "escaped": escaped,
+        "deep": deep,
     }
     if corrections:
         fix = enc.corrections[0]  # (B, S, L)

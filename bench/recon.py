@@ -60,6 +60,7 @@ from hier_ae.evaluation.reports import (  # noqa: F401 (cut_at_eos: bench.recon'
     codebook_usage,
     cut_at_eos,
     decoded_ids,
+    escape_counts,
     escape_rates,
     predict_loglikelihoods,
 )
@@ -321,11 +322,8 @@ def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     the escape codes `encode` chose, and how many of its segments took one."""
     esc, mask = enc.escape_codes[level], enc.code_mask[level]
     out = model.decode(enc.codes[level], mask, level=level, escape_codes=esc)
-    return {
-        "exact": sum(d == r for d, r in zip(decoded_ids(out), refs)),
-        "escaped": int(((esc >= 0) & mask.bool()).sum()),
-        "deep": int((model.levels[level].two_digit(esc) & mask.bool()).sum()),
-    }
+    escaped, deep = escape_counts(model.levels[level], esc, mask)
+    return {"exact": sum(d == r for d, r in zip(decoded_ids(out), refs)), "escaped": escaped, "deep": deep}
 
 
 def evaluate_sample(

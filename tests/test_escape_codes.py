@@ -15,7 +15,7 @@ from conftest import TINY_TOP, _trained_fixture, tiny_level
 
 from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
-from hier_ae.evaluation.reports import reconstruction_report
+from hier_ae.evaluation.reports import escape_counts, reconstruction_report
 from hier_ae.level import pick_fewest_misses, segment_misses, wrong_in
 from hier_ae.training.stages import Stage, prepare_stage
 
@@ -111,6 +111,9 @@ def test_two_digit_escape_ids_worked_example():
     d0, d1 = level.escape_digits(ids)
     assert d0.tolist() == [[3, 5, 0]] and d1.tolist() == [[-1, 2, -1]]
     assert level.two_digit(ids).tolist() == [[False, True, False]]
+    # escaped and two-digit segments counted over the mask (`escape_counts`)
+    assert escape_counts(level, ids, torch.tensor([[1, 1, 1]])) == (2, 1)
+    assert escape_counts(level, ids, torch.tensor([[1, 0, 1]])) == (1, 0)
     with torch.no_grad():
         out = level.escape_vectors(ids)  # (1, 3, D)
     cb, emb = level.escape_quantizer.codebook, level.decoder.escape_embed.weight

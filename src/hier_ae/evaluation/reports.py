@@ -20,6 +20,14 @@ def shares_entropy(shares: list[float]) -> float:
     return -sum(q * math.log2(q) for q in shares if 0.0 < q < 1.0)
 
 
+def escape_counts(level, escapes: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """The valid segments `encode` escaped and, of those, the ones with a second digit
+    (`HierLevel.two_digit`): escapes (B, S) escape ids (-1 = none), mask (B, S). Example: escapes
+    [[-1, 3, 20]] with K_e = 16, all valid -> (2, 1)."""
+    m = mask.bool()
+    return int(((escapes >= 0) & m).sum()), int((level.two_digit(escapes) & m).sum())
+
+
 def escape_rates(
     segments: int, escaped: int, n_bytes: int, K: int, K_e: int, deep: int = 0, depth: int = 1
 ) -> dict:
@@ -110,8 +118,8 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
         references += [ref.tolist() for ref in framed]
         if escaping:
             esc_predictions += decoded_ids(model.decode(top_codes, top_mask, escape_codes=esc))
-            escaped += int(((esc >= 0) & top_mask.bool()).sum())
-            deep += int((top_level.two_digit(esc) & top_mask.bool()).sum())
+            n_esc, n_deep = escape_counts(top_level, esc, top_mask)
+            escaped, deep = escaped + n_esc, deep + n_deep
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
     metric = load("reconstruction")
