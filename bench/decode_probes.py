@@ -193,13 +193,14 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
 
 
 def escape_report(
-    model, refs: list[list[int]], lines: list[bytes], batch: int = 32, corrections: bool = False, shares=None
+    model, refs: list[list[int]], lines: list[bytes], batch: int = 32, corrections: bool = False
 ) -> dict:
     """The escape probe's figures: exact lines with and without the escape codes, the share of
     segments escaped, and the code rate three ways: codes alone; codes + a 1-bit flag a segment +
     log2 K_e bits an escape; codes + the flag entropy-coded at its ideal cost H(f) a segment.
     With `corrections`: exact lines with the token corrections too, and the ideal rate plus their bits
-    (`correction_bits`: each segment's count at this text's count shares, or at `shares` when given)."""
+    (`correction_bits`, each segment's count at this text's count shares; `main` prices them again at
+    the `--flag-fit` text's shares from `correction_stats`)."""
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
     exact = exact0 = exact_c = segs = escaped = deep = 0
@@ -223,7 +224,7 @@ def escape_report(
     }
     if corrections:
         stats = (torch.cat(counts), torch.cat(esc_flags), torch.cat(tok_bits))
-        c = correction_bits(*stats, level.cfg.max_segment_len, shares)
+        c = correction_bits(*stats, level.cfg.max_segment_len)
         res.update(
             exact_match_corrected=exact_c / len(refs),
             corrections_per_line=c["corrections"] / len(refs),
