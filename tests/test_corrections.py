@@ -112,6 +112,33 @@ def test_decode_with_the_corrections_gives_every_level_back(num_levels):
     assert torch.equal(a.sequences, b.sequences)
 
 
+@pytest.mark.parametrize("escape", [False, True])
+@torch.no_grad()
+def test_two_levels_decode_from_the_top_with_every_levels_corrections(escape):
+    """encode's tuples of escape codes and corrections, one per level, given to decode from the top
+    codes: level 1 gives back level 0's codes, level 0 reads its own escapes and corrections on them,
+    and every byte comes back; the top level's corrections alone do not."""
+    model = _model(2, **({"escape_codebook_size": 8, "decoder_code_embedding": True} if escape else {}))
+    ids, mask = _ids()
+    enc = model.encode(ids, mask, corrections=True)
+    out = model.decode(
+        enc.top_codes, enc.top_mask, escape_codes=enc.escape_codes, corrections=enc.corrections
+    )
+    assert _rows(out.sequences, out.attention_mask) == _rows(ids, mask)
+    assert _rows(out.level_tokens[1], out.level_tokens[1] != model.levels[1].vocab.pad_id) == _rows(
+        enc.level_tokens[1], enc.level_mask[1]
+    )
+    top_only = model.decode(enc.top_codes, enc.top_mask, corrections=enc.corrections[1])
+    assert _rows(top_only.sequences, top_only.attention_mask) != _rows(ids, mask)
+    # a list works as the tuple; level 1's entry alone as a tuple (None below) is the top-only decode
+    listed = model.decode(
+        enc.top_codes, enc.top_mask, escape_codes=list(enc.escape_codes), corrections=list(enc.corrections)
+    )
+    assert torch.equal(listed.sequences, out.sequences)
+    upper = model.decode(enc.top_codes, enc.top_mask, corrections=(None, enc.corrections[1]))
+    assert torch.equal(upper.sequences, top_only.sequences)
+
+
 @torch.no_grad()
 def test_bytes_come_back_exactly_and_each_correction_is_priced():
     model = _model(escape_codebook_size=8, decoder_code_embedding=True)
@@ -142,6 +169,30 @@ def test_lines_that_decode_exactly_get_no_corrections(trained_1level, grammar_da
     assert any(exact)
 
 
+@torch.no_grad()
+def test_a_trained_two_level_model_gives_every_line_back_from_the_top(trained_2level, grammar_data):
+    """On a trained 2-level checkpoint, the top codes with every level's corrections decode to each
+    held-out line; where the top codes alone give a line back, it needs no correction at level 1."""
+    model, _ = trained_2level
+    refs = [frame_document(s.encode()).tolist() for s in grammar_data[1][:16]]
+    ids, mask = pad_rows([torch.tensor(r) for r in refs])
+    enc = model.encode(ids, mask, corrections=True)
+    out = model.decode(
+        enc.top_codes, enc.top_mask, escape_codes=enc.escape_codes, corrections=enc.corrections
+    )
+    assert _rows(out.sequences, out.attention_mask) == refs
+    plain = model.decode(enc.top_codes, enc.top_mask)
+    upper_exact = [  # level 1 gives back level 0's codes exactly
+        a == b
+        for a, b in zip(
+            _rows(plain.level_tokens[1], plain.level_tokens[1] != model.levels[1].vocab.pad_id),
+            _rows(enc.level_tokens[1], enc.level_mask[1]),
+        )
+    ]
+    per_row = (enc.corrections[1] >= 0).flatten(1).sum(1)  # (B,)
+    assert all((n == 0) == e for n, e in zip(per_row.tolist(), upper_exact))
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def test_corrections_are_checked():
     model = _model()
@@ -160,6 +211,36 @@ def test_corrections_are_checked():
         model.decode(codes, seg_mask, level=0, corrections=bad)
     with pytest.raises(ValueError, match="give either corrections or next_code / pick"):
         model.decode(codes[:1], seg_mask[:1], level=0, corrections=good[:1], next_code=lambda j: 0)
+    with pytest.raises(ValueError, match=r"corrections as a tuple needs one entry per level \(1, as encode"):
+        model.decode(codes, seg_mask, level=0, corrections=(good, good))
+    with pytest.raises(
+        ValueError, match="corrections must be a tensor .* or a tuple with one per level, got str"
+    ):
+        model.decode(codes, seg_mask, level=0, corrections="all")
     with pytest.raises(ValueError, match="corrections='yes' is invalid: a bool"):
         model.encode(ids, mask, corrections="yes")
     assert model.encode(ids, mask).corrections is None
+
+
+@torch.no_grad()
+def test_lower_levels_corrections_are_checked_against_the_codes_decoded_above():
+    """Level 0's corrections must fit the codes level 1 decodes: without level 1's own corrections (a
+    random level 1 gets them wrong) their shape differs, and the error names the level and the cause."""
+    model = _model(2)
+    ids, mask = _ids()
+    enc = model.encode(ids, mask, corrections=True)
+    wrong = enc.corrections[0][:, :1]  # (B, 1, L): not the shape of the codes level 1 gives
+    with pytest.raises(ValueError, match=r"level 0 \(decoded from level 1's tokens\): corrections must be"):
+        model.decode(enc.top_codes, enc.top_mask, corrections=(wrong, enc.corrections[1]))
+    with pytest.raises(ValueError, match="level 0 .* give either corrections or next_code / pick"):
+        model.decode(
+            enc.top_codes,
+            enc.top_mask,
+            corrections=(enc.corrections[0], None),
+            pick=lambda li, n, x, r: x.argmax(-1),
+        )
+    bad = torch.zeros_like(enc.escape_codes[0])  # escape ids at a level without an escape codebook
+    with pytest.raises(ValueError, match="level 0 .* has no escape codebook"):
+        model.decode(
+            enc.top_codes, enc.top_mask, escape_codes=(bad, enc.escape_codes[1]), corrections=enc.corrections
+        )

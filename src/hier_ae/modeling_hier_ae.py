@@ -60,6 +60,7 @@ from .validation import (
     check_run_levels,
     check_stream_input,
     corrupt_weights_error,
+    per_level,
 )
 
 
@@ -415,27 +416,32 @@ class HierAEModel(HierAEPreTrainedModel):
         `corrections (B, S, max_segment_len)` of `level` (`encode(..., corrections=True).corrections[level]`):
         the token at each offset of each segment where the greedy choice is wrong, -1 elsewhere;
         decode emits it there instead (`hier_ae.corrections`).
+        `escape_codes` and `corrections` may also be tuples with one entry per level, as `encode`
+        gives them: each level below `level` then reads its own once the level above has decoded its
+        codes, so `decode(enc.top_codes, enc.top_mask, escape_codes=enc.escape_codes,
+        corrections=enc.corrections)` gives every byte back (`enc = encode(ids, corrections=True)`).
         """
         start = self.num_levels - 1 if level is None else level
         if not isinstance(start, int) or not 0 <= start < self.num_levels:
             raise ValueError(f"level={level!r} is invalid: an int in [0, {self.num_levels}) or None (top).")
         codes, seg_mask = check_codes(top_codes, mask, self.levels[start].cfg.num_codes)
-        if escape_codes is not None:
-            escape_codes = check_escape_codes(
-                escape_codes, codes, seg_mask, self.levels[start].cfg, next_code
-            )
-        if corrections is not None:
-            corrections = check_corrections(
-                corrections, codes, seg_mask, self.levels[start], next_code is not None or pick is not None
-            )
+        escs = per_level(escape_codes, "escape_codes", start, self.num_levels)  # levels 0..start
+        if isinstance(escape_codes, (tuple, list)):  # encode's: all -1 at a level without escape codes
+            escs = [self._no_escapes(li, e) for li, e in enumerate(escs)]
+        fixes = per_level(corrections, "corrections", start, self.num_levels)
+        side = self._level_side_inputs  # checks level li's escapes and corrections against its codes
+        escs[start], fixes[start] = side(
+            start, start, escs[start], fixes[start], codes, seg_mask, pick, next_code
+        )
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
                 level_pick = None if pick is None else partial(pick, li)
                 reader = next_code if li == start else None
                 this = self.levels[li]
-                esc = escape_codes if li == start else None
-                fix = corrections if li == start else None
+                esc, fix = escs[li], fixes[li]
+                if li < start:
+                    esc, fix = side(li, start, esc, fix, codes, seg_mask, pick, None)
                 tokens, valid, _ = this.decode_codes(
                     codes, seg_mask, pick=level_pick, next_code=reader, escapes=esc, corrections=fix
                 )
@@ -445,6 +451,31 @@ class HierAEModel(HierAEPreTrainedModel):
         return HierAEDecoderOutput(
             sequences=tokens, attention_mask=valid.long(), level_tokens=tuple(reversed(streams))
         )
+
+    def _level_side_inputs(self, li: int, start: int, esc, fix, codes, seg_mask, pick, next_code):
+        """`decode`'s escape codes and corrections of level li, checked against the codes it decodes
+        (B, S): for li below the level decoded, the codes the level above gave, so a shape that differs
+        names the level and the likely cause."""
+        try:
+            if esc is not None:
+                esc = check_escape_codes(esc, codes, seg_mask, self.levels[li].cfg, next_code)
+            if fix is not None:
+                streamed = next_code is not None or pick is not None
+                fix = check_corrections(fix, codes, seg_mask, self.levels[li], streamed)
+        except ValueError as e:
+            if li == start:
+                raise
+            raise ValueError(
+                f"level {li} (decoded from level {li + 1}'s tokens): {e} Level {li}'s codes are those level "
+                f"{li + 1} decodes; give every level above its corrections (encode(..., "
+                "corrections=True).corrections) so that they are the codes encode gave."
+            ) from None
+        return esc, fix
+
+    def _no_escapes(self, li: int, esc):
+        """None for the all -1 tensor `encode` gives a level without an escape codebook; else esc."""
+        none = isinstance(esc, torch.Tensor) and bool((esc < 0).all())
+        return None if none and not self.levels[li].cfg.escape_codebook_size else esc
 
 
 class HierAEForCausalLM(HierAEPreTrainedModel, GenerationMixin):

@@ -163,6 +163,28 @@ def check_corrections(
     return torch.where(mask[..., None], corrections.long(), torch.full_like(corrections.long(), -1))
 
 
+def per_level(value, name: str, start: int, num_levels: int) -> list:
+    """`decode`'s `escape_codes` / `corrections` as a list over levels 0..start: a tensor is the level
+    decoded (`start`); a tuple or list has one entry per level, as `encode` gives them (None where a
+    level has none), and the levels below `start` read theirs once the level above has decoded their
+    codes. Example: start 1 of 2 levels, a tensor t -> [None, t]; (a, b) -> [a, b]; None -> [None, None]."""
+    if value is None:
+        return [None] * (start + 1)
+    if isinstance(value, torch.Tensor):
+        return [None] * start + [value]
+    if isinstance(value, (tuple, list)):
+        if len(value) != num_levels:
+            raise ValueError(
+                f"{name} as a tuple needs one entry per level ({num_levels}, as encode gives them), "
+                f"got {len(value)}."
+            )
+        return list(value[: start + 1])
+    raise ValueError(
+        f"{name} must be a tensor (of the level decoded) or a tuple with one per level, "
+        f"got {type(value).__name__}."
+    )
+
+
 def did_you_mean(name, allowed) -> str | None:
     """The allowed name nearest a misspelt `name` (difflib), or None: `did_you_mean("lr_rate", ["lr"])`."""
     near = difflib.get_close_matches(str(name), list(allowed), n=1)
