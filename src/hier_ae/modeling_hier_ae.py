@@ -429,19 +429,16 @@ class HierAEModel(HierAEPreTrainedModel):
         if isinstance(escape_codes, (tuple, list)):  # encode's: all -1 at a level without escape codes
             escs = [self._no_escapes(li, e) for li, e in enumerate(escs)]
         fixes = per_level(corrections, "corrections", start, self.num_levels)
-        side = self._level_side_inputs  # checks level li's escapes and corrections against its codes
-        escs[start], fixes[start] = side(
-            start, start, escs[start], fixes[start], codes, seg_mask, pick, next_code
-        )
         streams = []
         with self._inference():
             for li in reversed(range(start + 1)):
                 level_pick = None if pick is None else partial(pick, li)
                 reader = next_code if li == start else None
                 this = self.levels[li]
-                esc, fix = escs[li], fixes[li]
-                if li < start:
-                    esc, fix = side(li, start, esc, fix, codes, seg_mask, pick, None)
+                # checked against the codes level li decodes (the first pass: before any decoding)
+                esc, fix = self._level_side_inputs(
+                    li, start, escs[li], fixes[li], codes, seg_mask, pick, reader
+                )
                 tokens, valid, _ = this.decode_codes(
                     codes, seg_mask, pick=level_pick, next_code=reader, escapes=esc, corrections=fix
                 )
