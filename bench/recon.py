@@ -29,6 +29,11 @@ usage (`hier_ae.evaluation.reports.codebook_usage`); for a level with escape cod
 (`escape_codebook_size`), the exact lines and docs decoded with the escape codes `encode` chose, the share
 of segments escaped and the code bits per byte with them (`escape_rates`); gzip -9 / bzip2 -9 / xz -9e /
 zstd -19 on the sampled text (the lines joined by newlines; the docs concatenated) and on the whole text.
+With `--corrections` (opt-in: `encode` then decodes each batch again for every wrong token of its worst
+row), the lines are also encoded with token corrections (`hier_ae.corrections`), and per start level l:
+the lines decoded exactly from level l's codes with the escape codes and corrections of levels l..0 (the
+tuples `encode` gives), corrections a line, and the code rate with everything that decode reads (level
+l's codes + escape flags and codes + corrections of levels l..0, at ideal lengths).
 
 Bits per byte go through the shipped `evaluate` metric `hier_ae/metrics/bits_per_byte`. The
 functions below take a model and byte strings and return plain dicts (tests/test_recon_bench.py).
@@ -54,6 +59,7 @@ import torch.nn.functional as F
 from bench.compressors import compressor_table
 from hier_ae import metrics
 from hier_ae.configuration_hier_ae import EOS_ID
+from hier_ae.corrections import correction_bits, correction_token_bits
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
 from hier_ae.evaluation.reports import (  # noqa: F401 (cut_at_eos: bench.recon's public name)
@@ -326,12 +332,93 @@ def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     return {"exact": sum(d == r for d, r in zip(decoded_ids(out), refs)), "escaped": escaped, "deep": deep}
 
 
+def correction_batch(model, enc, refs: list[list[int]]) -> dict:
+    """With `encode(..., corrections=True)`'s output: per level k, each valid segment's number of token
+    corrections, whether it is escaped and its corrections' token bits (`correction_token_bits`), as
+    `correction_bits` reads them; per start level l, the rows `decode` gives back exactly from level l's
+    codes with every level's escape codes and corrections (the tuples, as `encode` gives them).
+    Returns {"stats": [per level {"counts", "escaped", "token_bits"} (N_k,) each], "exact": [per l]}."""
+    stats = []
+    for k, level in enumerate(model.levels):
+        mask, fix = enc.code_mask[k], enc.corrections[k]  # (B, S), (B, S, max_segment_len)
+        esc = enc.escape_codes[k] if level.escape_quantizer is not None else None  # (B, S) or None
+        bits = correction_token_bits(level, enc.codes[k], mask, esc, fix)  # (B, S, max_segment_len)
+        m = mask.bool()
+        escaped = (esc >= 0)[m] if esc is not None else torch.zeros(int(m.sum()), dtype=torch.bool)
+        stats.append(
+            {
+                "counts": (fix >= 0).sum(-1)[m].cpu(),
+                "escaped": escaped.cpu(),
+                "token_bits": bits.sum(-1)[m].cpu(),
+            }
+        )
+    exact = []
+    for lv in range(model.num_levels):
+        out = model.decode(
+            enc.codes[lv],
+            enc.code_mask[lv],
+            level=lv,
+            escape_codes=enc.escape_codes,
+            corrections=enc.corrections,
+        )
+        exact.append(sum(d == r for d, r in zip(decoded_ids(out), refs)))
+    return {"stats": stats, "exact": exact}
+
+
+def correction_figures(
+    model,
+    start: int,
+    code_bits: float,
+    rates: list,
+    stats: list[dict],
+    exact: int,
+    n_texts: int,
+    n_bytes: int,
+) -> dict:
+    """Decoding from level `start` with every level's escape codes and corrections: the exact share, the
+    corrections a text (levels 0..start), and the code rate with everything `decode` reads: level
+    `start`'s codes (`code_bits` a byte), the escape flags and codes of levels 0..start (`rates[k]`,
+    `escape_rates` of level k, None without escape codes) and the corrections of levels 0..start
+    (`correction_bits`, each level's counts at this sample's own shares: the ideal cost). stats: per
+    level, as `correction_batch` gathers them over the sample (concatenated).
+
+    Worked example, one level without escape codes, 100 bytes, codes 3.0 bits/byte, 4 corrections
+    costing 40 bits in all: code_bits_per_byte = 3.0 + 0 + 40 / 100 = 3.4."""
+    side = sum(
+        r["code_bits_per_byte_flag_ideal"] - r["code_bits_per_byte_no_escape"]
+        for r in rates[: start + 1]
+        if r
+    )
+    priced = [
+        correction_bits(s["counts"], s["escaped"], s["token_bits"], model.levels[k].cfg.max_segment_len)
+        for k, s in enumerate(stats[: start + 1])
+    ]
+    corr_bits = sum(c["correction_bits"] for c in priced) / n_bytes
+    return {
+        "exact_match": exact / n_texts,
+        "corrections_per_text": sum(c["corrections"] for c in priced) / n_texts,
+        "corrected_segments": [
+            c["corrected_segments"] / max(len(s["counts"]), 1) for c, s in zip(priced, stats)
+        ],
+        "escape_bits_per_byte": side,
+        "correction_bits_per_byte": corr_bits,
+        "code_bits_per_byte": code_bits + side + corr_bits,
+    }
+
+
 def evaluate_sample(
-    model, texts: list[bytes], batch_size: int = 32, recon_metric=None, bpb_metric=None
+    model,
+    texts: list[bytes],
+    batch_size: int = 32,
+    recon_metric=None,
+    bpb_metric=None,
+    corrections: bool = False,
 ) -> dict:
     """Every reconstruction figure of `texts` (each framed `<s>` + text + `</s>`), per level and top LM.
 
     Returns {"texts", "bytes", "levels": [per level], "top_lm": {...}}; see the module docstring.
+    With `corrections`, `encode` also chooses each level's token corrections and each level gets
+    "corrections": the figures of `correction_figures` (else None).
     """
     if not texts:
         raise ValueError("evaluate_sample needs at least one text.")
@@ -351,6 +438,8 @@ def evaluate_sample(
     ref_codes = [[] for _ in range(L)]  # per level: each row's codes
     escaping = [lv for lv, level in enumerate(model.levels) if level.escape_quantizer is not None]
     esc = {lv: {"exact": 0, "escaped": 0, "deep": 0} for lv in escaping}  # decoded with the escape codes
+    corr_exact = [0] * L  # per start level: rows exact with every level's escapes and corrections
+    corr_stats = [{"counts": [], "escaped": [], "token_bits": []} for _ in range(L)]  # per level, per batch
     for i in range(0, len(texts), batch_size):
         ids, mask = pad_rows([torch.tensor(r) for r in refs[i : i + batch_size]])
         ids, mask = ids.to(device), mask.to(device)
@@ -359,7 +448,13 @@ def evaluate_sample(
             tf[lv]["hits"] += r["hits"]
             tf[lv]["tokens"] += r["tokens"]
             tf[lv]["first_miss"] += r["first_miss"]
-        enc = model.encode(ids, mask)
+        enc = model.encode(ids, mask, corrections=corrections)
+        if corrections:
+            cb = correction_batch(model, enc, refs[i : i + batch_size])
+            for lv in range(L):
+                corr_exact[lv] += cb["exact"][lv]
+                for key, v in cb["stats"][lv].items():
+                    corr_stats[lv][key].append(v)
         t = top_lm_batch(model, enc)
         top["nats"] += t["nats_per_row"]
         for k in ("hits", "tokens", "code_hits", "codes"):
@@ -384,6 +479,21 @@ def evaluate_sample(
                 hits = sum(a == b for a, b in zip(rows, want))
                 streams_exact[lv][up] = streams_exact[lv].get(up, 0) + hits
     n_bytes = sum(row_bytes)
+    rates = [  # per level: `escape_rates` (codes alone, and with the escape flags and codes), or None
+        None
+        if not level.cfg.escape_codebook_size
+        else escape_rates(
+            codes[lv],
+            esc[lv]["escaped"],
+            n_bytes,
+            level.cfg.num_codes,
+            level.cfg.escape_codebook_size,
+            esc[lv]["deep"],
+            level.cfg.escape_depth,
+        )
+        for lv, level in enumerate(model.levels)
+    ]
+    stats = [{k: torch.cat(v) for k, v in s.items()} for s in corr_stats] if corrections else None
     levels, recon_bpb_so_far = [], 0.0
     for lv, level in enumerate(model.levels):
         code_bits = math.log2(level.cfg.num_codes)
@@ -416,19 +526,11 @@ def evaluate_sample(
                 ),
                 "upper_streams_exact": {str(k): v / len(texts) for k, v in sorted(streams_exact[lv].items())},
                 "escape": None
-                if not (Ke := level.cfg.escape_codebook_size)
-                else {
-                    "exact_match": esc[lv]["exact"] / len(texts),
-                    **escape_rates(
-                        codes[lv],
-                        esc[lv]["escaped"],
-                        n_bytes,
-                        level.cfg.num_codes,
-                        Ke,
-                        esc[lv]["deep"],
-                        level.cfg.escape_depth,
-                    ),
-                },
+                if rates[lv] is None
+                else {"exact_match": esc[lv]["exact"] / len(texts), **rates[lv]},
+                "corrections": None
+                if not corrections
+                else correction_figures(model, lv, cbpb, rates, stats, corr_exact[lv], len(texts), n_bytes),
             }
         )
     top_bpb = bpb_metric.compute(nll=top["nats"], num_bytes=row_bytes)["bits_per_byte"]
@@ -448,9 +550,17 @@ def evaluate_sample(
 
 
 def evaluate_text(
-    model, name: str, docs: list[bytes], samples: Samples, recon_metric=None, bpb_metric=None
+    model,
+    name: str,
+    docs: list[bytes],
+    samples: Samples,
+    recon_metric=None,
+    bpb_metric=None,
+    corrections: bool = False,
 ) -> dict:
-    """Lines and 1 KB docs of one text, with codebook usage, predict bits per byte and the compressors."""
+    """Lines and 1 KB docs of one text, with codebook usage, predict bits per byte and the compressors.
+    `corrections`: the lines also with each level's token corrections (`evaluate_sample`); not the docs,
+    where every wrong token of a 1 KB window costs `encode` another decode of its batch."""
     recon_metric = recon_metric or metrics.load("reconstruction", keep_in_memory=True)
     bpb_metric = bpb_metric or metrics.load("bits_per_byte", keep_in_memory=True)
     t0 = time.perf_counter()
@@ -458,7 +568,9 @@ def evaluate_text(
     windows = document_windows(docs, samples.docs, seed=samples.seed)
     out = {"documents": len(docs), "bytes": sum(len(d) for d in docs)}
     if lines:
-        out["lines"] = evaluate_sample(model, lines, samples.batch_size, recon_metric, bpb_metric)
+        out["lines"] = evaluate_sample(
+            model, lines, samples.batch_size, recon_metric, bpb_metric, corrections=corrections
+        )
     if windows:
         out["docs"] = evaluate_sample(model, windows, samples.doc_batch_size, recon_metric, bpb_metric)
         ll = predict_loglikelihoods(model, windows)
@@ -499,6 +611,7 @@ def markdown(results: dict) -> str:
                 *reconstruction_table(results["texts"], results["levels"]),
                 "",
                 *escape_table(results["texts"], results["levels"]),
+                *corrections_table(results["texts"], results["levels"]),
                 *compression_table(results["texts"]),
             ]
         )
@@ -584,6 +697,37 @@ def escape_table(texts: dict, levels: int) -> list[str]:
     ]
 
 
+def corrections_table(texts: dict, levels: int) -> list[str]:
+    """With `--corrections`: per text and start level, the lines decoded with every level's escape codes
+    and token corrections, and what those cost (a blank line after); nothing without them."""
+    rows = []
+    for name, r in texts.items():
+        for lv in range(levels):
+            c = r["lines"]["levels"][lv].get("corrections") if r.get("lines") else None
+            if c is None:
+                continue
+            rows.append(
+                f"| {name} | {lv} | {_pct(c['exact_match'])} | {_num(c['corrections_per_text'])} "
+                f"| {' / '.join(_pct(x) for x in c['corrected_segments'][: lv + 1])} "
+                f"| {_num(c['escape_bits_per_byte'], 3)} | {_num(c['correction_bits_per_byte'], 3)} "
+                f"| {_num(c['code_bits_per_byte'], 3)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Token corrections (`--corrections`, lines): decoded from level l's codes with the escape codes and "
+        "the token corrections `encode` chose at levels l..0 (`hier_ae.corrections`). Rate: level l's codes "
+        "+ the escape flags and codes + the corrections (each segment's count at this sample's own shares, "
+        "log2 max_segment_len for its offset, its token under the decoder), levels l..0, in code bits/byte.",
+        "",
+        "| text | level | exact lines | corrections a line | corrected segments (level 0 / 1 / ...) "
+        "| escape bits/B | correction bits/B | code bits/B with both |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def compression_table(texts: dict, predict: bool = True) -> list[str]:
     """Per text, on the docs: total bits per byte (fixed codes, top LM) beside the compressors; top LM.
 
@@ -653,6 +797,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="lines per batch")
     p.add_argument("--doc-batch-size", type=int, default=8, help="1 KB documents per batch")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--corrections",
+        action="store_true",
+        help="also encode the lines with token corrections (hier_ae.corrections) and report, per level, "
+        "the lines exact with every level's escape codes and corrections and the code rate with them",
+    )
     return p.parse_args(argv)
 
 
@@ -683,7 +833,7 @@ def main(argv=None) -> dict:
         name, docs = load_text(spec)
         results["texts"][name] = {
             "source": spec,
-            **evaluate_text(model, name, docs, samples, recon_metric, bpb_metric),
+            **evaluate_text(model, name, docs, samples, recon_metric, bpb_metric, args.corrections),
         }
     results["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("evaluate")
 
-from conftest import _save, tiny_config
+from conftest import TINY_TOP, _save, tiny_config, tiny_level
 
 from bench import recon
-from hier_ae import HierAEModel
+from hier_ae import HierAEConfig, HierAEModel
 from hier_ae.data.batching import frame_document, pad_rows
 
 TEXT = (
@@ -143,6 +143,59 @@ def test_trained_model_reconstructs_its_grammar(trained_1level, grammar_data):
     assert res["top_lm"]["top1_accuracy"] > 0.1
 
 
+@torch.no_grad()
+def test_corrections_give_every_line_back_from_each_level_and_are_priced():
+    """`corrections=True` on a random 2-level model with escape codes at both levels: from either
+    level's codes, with every level's escape codes and corrections, each line comes back; the rate is
+    that level's codes + the escape flags and codes + the corrections of the levels it decodes through."""
+    torch.manual_seed(0)
+    opts = {"threshold": 1e9, "max_segment_len": 5, "escape_codebook_size": 8, "decoder_code_embedding": True}
+    model = HierAEModel(HierAEConfig(levels=[tiny_level(**opts)] * 2, top_lm=TINY_TOP)).eval()
+    texts = recon.held_out_lines([TEXT], 3)
+    res = recon.evaluate_sample(model, texts, batch_size=2, corrections=True)
+    (lv0, lv1), n_bytes = res["levels"], res["bytes"]
+    for lv in (lv0, lv1):
+        c = lv["corrections"]
+        assert c["exact_match"] == 1.0 and lv["exact_match"] < 1.0
+        side = lv["escape"]["code_bits_per_byte_flag_ideal"] - lv["escape"]["code_bits_per_byte_no_escape"]
+        assert c["escape_bits_per_byte"] >= side > 0 and c["correction_bits_per_byte"] > 0
+        assert c["code_bits_per_byte"] == pytest.approx(
+            lv["code_bits_per_byte"] + c["escape_bits_per_byte"] + c["correction_bits_per_byte"]
+        )
+    # from level 1: level 1's side inputs and corrections, then level 0's too
+    c0, c1 = lv0["corrections"], lv1["corrections"]
+    assert c1["escape_bits_per_byte"] == pytest.approx(
+        c0["escape_bits_per_byte"]
+        + lv1["escape"]["code_bits_per_byte_flag_ideal"]
+        - lv1["escape"]["code_bits_per_byte_no_escape"]
+    )
+    assert (
+        c1["corrections_per_text"] > c0["corrections_per_text"]
+        and c1["correction_bits_per_byte"] > c0["correction_bits_per_byte"]
+    )
+    assert len(c1["corrected_segments"]) == 2 and all(0 < x <= 1 for x in c1["corrected_segments"])
+    # off by default: no corrections figures, and the table has no corrections rows
+    assert recon.evaluate_sample(model, texts[:1])["levels"][0]["corrections"] is None
+    table = recon.corrections_table({"t": {"lines": res}}, 2)
+    assert table[-3].startswith("| t | 0 | 100.0% |") and table[-2].startswith("| t | 1 | 100.0% |")
+    assert recon.corrections_table({"t": {"lines": recon.evaluate_sample(model, texts[:1])}}, 2) == []
+    assert n_bytes == sum(len(t) for t in texts)
+
+
+@torch.no_grad()
+def test_corrections_on_a_trained_two_level_model(trained_2level, grammar_data):
+    """A trained 2-level checkpoint: every held-out line back from the top codes with the corrections,
+    fewer of them than lines (most decode without), and the rate above the codes alone."""
+    model, _ = trained_2level
+    texts = [s.encode() for s in grammar_data[1][:16]]
+    res = recon.evaluate_sample(model, texts, batch_size=8, corrections=True)
+    for lv in res["levels"]:
+        c = lv["corrections"]
+        assert c["exact_match"] == 1.0
+        assert c["code_bits_per_byte"] >= lv["code_bits_per_byte"]
+        assert c["corrections_per_text"] < len(texts)
+
+
 def test_main_end_to_end(random_models, tmp_path):
     folder = tmp_path / "model"
     _save(random_models[1], folder)
@@ -160,6 +213,16 @@ def test_main_end_to_end(random_models, tmp_path):
     assert t["predict_bits_per_byte"] > 0
     table = md.read_text()
     assert "| tiny | 0 |" in table and "total (top LM)" in table
+    assert "Token corrections" not in table and t["lines"]["levels"][0]["corrections"] is None
+    short = tmp_path / "short" / "val.txt"  # one 20-byte line: a correction round a wrong token
+    short.parent.mkdir()
+    short.write_bytes(b"a line of 20 bytes..\n")
+    c_out = tmp_path / "c.json"
+    recon.main(
+        ["--model", str(folder), "--text", str(short), "--docs", "0", "--out", str(c_out), "--corrections"]
+    )
+    c = json.loads(c_out.read_text())["texts"]["short"]["lines"]["levels"][0]["corrections"]
+    assert c["corrections_per_text"] >= 0 and c["code_bits_per_byte"] > 0
     with pytest.raises(FileNotFoundError, match="no such file"):
         recon.main(["--model", str(folder), "--text", str(tmp_path / "missing.txt"), "--out", str(out)])
     with pytest.raises(ValueError, match="at least one > 0"):
