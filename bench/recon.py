@@ -59,11 +59,12 @@ import torch.nn.functional as F
 from bench.compressors import compressor_table
 from hier_ae import metrics
 from hier_ae.configuration_hier_ae import EOS_ID
-from hier_ae.corrections import correction_bits, correction_token_bits
 from hier_ae.data.batching import frame_document, pad_rows
 from hier_ae.data.corpus import default_corpus
 from hier_ae.evaluation.reports import (  # noqa: F401 (cut_at_eos: bench.recon's public name)
     codebook_usage,
+    correction_batch,
+    correction_figures,
     cut_at_eos,
     decoded_ids,
     escape_counts,
@@ -330,80 +331,6 @@ def escape_batch(model, enc, level: int, refs: list[list[int]]) -> dict:
     out = model.decode(enc.codes[level], mask, level=level, escape_codes=esc)
     escaped, deep = escape_counts(model.levels[level], esc, mask)
     return {"exact": sum(d == r for d, r in zip(decoded_ids(out), refs)), "escaped": escaped, "deep": deep}
-
-
-def correction_batch(model, enc, refs: list[list[int]]) -> dict:
-    """With `encode(..., corrections=True)`'s output: per level k, each valid segment's number of token
-    corrections, whether it is escaped and its corrections' token bits (`correction_token_bits`), as
-    `correction_bits` reads them; per start level l, the rows `decode` gives back exactly from level l's
-    codes with every level's escape codes and corrections (the tuples, as `encode` gives them).
-    Returns {"stats": [per level {"counts", "escaped", "token_bits"} (N_k,) each], "exact": [per l]}."""
-    stats = []
-    for k, level in enumerate(model.levels):
-        mask, fix = enc.code_mask[k], enc.corrections[k]  # (B, S), (B, S, max_segment_len)
-        esc = enc.escape_codes[k] if level.escape_quantizer is not None else None  # (B, S) or None
-        bits = correction_token_bits(level, enc.codes[k], mask, esc, fix)  # (B, S, max_segment_len)
-        m = mask.bool()
-        escaped = (esc >= 0)[m] if esc is not None else torch.zeros(int(m.sum()), dtype=torch.bool)
-        stats.append(
-            {
-                "counts": (fix >= 0).sum(-1)[m].cpu(),
-                "escaped": escaped.cpu(),
-                "token_bits": bits.sum(-1)[m].cpu(),
-            }
-        )
-    exact = []
-    for lv in range(model.num_levels):
-        out = model.decode(
-            enc.codes[lv],
-            enc.code_mask[lv],
-            level=lv,
-            escape_codes=enc.escape_codes,
-            corrections=enc.corrections,
-        )
-        exact.append(sum(d == r for d, r in zip(decoded_ids(out), refs)))
-    return {"stats": stats, "exact": exact}
-
-
-def correction_figures(
-    model,
-    start: int,
-    code_bits: float,
-    rates: list,
-    stats: list[dict],
-    exact: int,
-    n_texts: int,
-    n_bytes: int,
-) -> dict:
-    """Decoding from level `start` with every level's escape codes and corrections: the exact share, the
-    corrections a text (levels 0..start), and the code rate with everything `decode` reads: level
-    `start`'s codes (`code_bits` a byte), the escape flags and codes of levels 0..start (`rates[k]`,
-    `escape_rates` of level k, None without escape codes) and the corrections of levels 0..start
-    (`correction_bits`, each level's counts at this sample's own shares: the ideal cost). stats: per
-    level, as `correction_batch` gathers them over the sample (concatenated).
-
-    Worked example, one level without escape codes, 100 bytes, codes 3.0 bits/byte, 4 corrections
-    costing 40 bits in all: code_bits_per_byte = 3.0 + 0 + 40 / 100 = 3.4."""
-    side = sum(
-        r["code_bits_per_byte_flag_ideal"] - r["code_bits_per_byte_no_escape"]
-        for r in rates[: start + 1]
-        if r
-    )
-    priced = [
-        correction_bits(s["counts"], s["escaped"], s["token_bits"], model.levels[k].cfg.max_segment_len)
-        for k, s in enumerate(stats[: start + 1])
-    ]
-    corr_bits = sum(c["correction_bits"] for c in priced) / n_bytes
-    return {
-        "exact_match": exact / n_texts,
-        "corrections_per_text": sum(c["corrections"] for c in priced) / n_texts,
-        "corrected_segments": [
-            c["corrected_segments"] / max(len(s["counts"]), 1) for c, s in zip(priced, stats)
-        ],
-        "escape_bits_per_byte": side,
-        "correction_bits_per_byte": corr_bits,
-        "code_bits_per_byte": code_bits + side + corr_bits,
-    }
 
 
 def evaluate_sample(

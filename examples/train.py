@@ -494,7 +494,8 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
     # evaluate what a user loads: the folder, through the Auto classes
     reloaded = AutoModel.from_pretrained(final, trust_remote_code=True).eval()
     AutoTokenizer.from_pretrained(final, trust_remote_code=True)
-    report = reconstruction_report(reloaded, val_lines)
+    corrections = bool(cfg.get("evaluation", {}).get("corrections", True))
+    report = reconstruction_report(reloaded, val_lines, corrections=corrections)
     report.update(codec_report(reloaded, val_lines) or {})
     seq_len = int(cfg.get("data", {}).get("seq_len", 256))
     n_docs = int(cfg.get("evaluation", {}).get("predict_docs", 32))
@@ -546,6 +547,15 @@ def finish(model, final: Path, cfg, stages, val_docs, val_lines, train_seconds, 
             f"{report['escape_byte_accuracy']:.1%}, {report['escape_code_bits_per_byte']:.3f} code bits "
             f"per byte (flag at its entropy; {report['escape_code_bits_per_byte_flag_1bit']:.3f} with a "
             "1-bit flag)"
+        )
+    if "corrected_exact_match" in report:  # every level's escape codes and token corrections too
+        print(
+            f"  with token corrections (the tokens decode gets wrong, stored at their segment and offset; "
+            f"{report['corrections_per_line']:.2f} a line): exact-match "
+            f"{report['corrected_exact_match']:.1%}, "
+            f"{report['corrected_code_bits_per_byte']:.3f} code bits per byte (codes "
+            f"{report['code_bits_per_byte']:.3f} + escapes {report['corrected_escape_bits_per_byte']:.3f} + "
+            f"corrections {report['correction_bits_per_byte']:.3f}, ideal lengths)"
         )
     if "codec_exact" in report:  # the lines through the lossless codec: codes + what they leave out
         print(

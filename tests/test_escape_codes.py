@@ -452,6 +452,32 @@ def test_reconstruction_report_gives_the_variable_rate_figures(trained_escape, g
     assert not any(k.startswith("escape") for k in plain)
 
 
+def test_reconstruction_report_with_corrections_agrees_with_the_escape_probe(trained_escape, grammar_data):
+    """`reconstruction_report(..., corrections=True)` (what `make demo` prints) on the trained checkpoint:
+    every line back, at the rate the escape probe gives (codes + flags at their entropy + escapes +
+    corrections at this text's own count shares); without escape codes the escape part is 0."""
+    decode_probes = pytest.importorskip("bench.decode_probes")
+
+    texts = [s.encode() for s in grammar_data[1][:48]]
+    rep = reconstruction_report(trained_escape, texts, batch_size=16, corrections=True)
+    probe = decode_probes.escape_report(
+        trained_escape, [frame_document(t).tolist() for t in texts], texts, 16, corrections=True
+    )
+    assert rep["corrected_exact_match"] == probe["exact_match_corrected"] == 1.0
+    assert rep["corrections_per_line"] == pytest.approx(probe["corrections_per_line"])
+    assert rep["correction_bits_per_byte"] == pytest.approx(probe["correction_bits_per_byte"])
+    assert rep["corrected_code_bits_per_byte"] == pytest.approx(probe["code_bits_per_byte_corrected_ideal"])
+    assert rep["corrected_escape_bits_per_byte"] == pytest.approx(
+        rep["escape_code_bits_per_byte"] - rep["code_bits_per_byte"]
+    )
+    plain = reconstruction_report(_model(escape_codebook_size=0), texts[:4], corrections=True)
+    assert plain["corrected_exact_match"] == 1.0 and plain["corrected_escape_bits_per_byte"] == 0.0
+    assert plain["corrected_code_bits_per_byte"] == pytest.approx(
+        plain["code_bits_per_byte"] + plain["correction_bits_per_byte"]
+    )
+    assert "corrected_exact_match" not in reconstruction_report(_model(escape_codebook_size=0), texts[:2])
+
+
 @torch.no_grad()
 def test_flag_features_are_what_the_decoder_computes(trained_escape, grammar_data):
     """The escape probe's flag features (`--flag-fit`) on the trained checkpoint: for every segment they

@@ -125,6 +125,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     metrics = json.loads((ref / "metrics.json").read_text())
     assert metrics["codec_exact"] is True and metrics["codec_bytes"] > 0 < metrics["codec_bits_per_byte"]
     assert "lossless codec" in done.stdout and "exact round trip" in done.stdout
+    # and with token corrections (evaluation.corrections, on by default): every line back from the codes
+    assert metrics["corrected_exact_match"] == 1.0
+    assert metrics["corrected_code_bits_per_byte"] >= metrics["code_bits_per_byte"]
+    assert "with token corrections" in done.stdout
 
     # the same run, killed with SIGKILL once a checkpoint inside the autoencoder stage exists
     out = tmp_path / "killed"

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..configuration_hier_ae import EOS_ID
+from ..corrections import correction_bits, correction_token_bits
 from ..data.batching import frame_document, pad_rows
 from ..tokenization_hier_ae import HierAEByteTokenizer
 
@@ -70,7 +71,81 @@ def decoded_ids(out) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dict:
+def correction_batch(model, enc, refs: list[list[int]]) -> dict:
+    """With `encode(..., corrections=True)`'s output: per level k, each valid segment's number of token
+    corrections, whether it is escaped and its corrections' token bits (`correction_token_bits`), as
+    `correction_bits` reads them; per start level l, the rows `decode` gives back exactly from level l's
+    codes with every level's escape codes and corrections (the tuples, as `encode` gives them).
+    Returns {"stats": [per level {"counts", "escaped", "token_bits"} (N_k,) each], "exact": [per l]}."""
+    stats = []
+    for k, level in enumerate(model.levels):
+        mask, fix = enc.code_mask[k], enc.corrections[k]  # (B, S), (B, S, max_segment_len)
+        esc = enc.escape_codes[k] if level.escape_quantizer is not None else None  # (B, S) or None
+        bits = correction_token_bits(level, enc.codes[k], mask, esc, fix)  # (B, S, max_segment_len)
+        m = mask.bool()
+        escaped = (esc >= 0)[m] if esc is not None else torch.zeros(int(m.sum()), dtype=torch.bool)
+        stats.append(
+            {
+                "counts": (fix >= 0).sum(-1)[m].cpu(),
+                "escaped": escaped.cpu(),
+                "token_bits": bits.sum(-1)[m].cpu(),
+            }
+        )
+    exact = []
+    for lv in range(model.num_levels):
+        out = model.decode(
+            enc.codes[lv],
+            enc.code_mask[lv],
+            level=lv,
+            escape_codes=enc.escape_codes,
+            corrections=enc.corrections,
+        )
+        exact.append(sum(d == r for d, r in zip(decoded_ids(out), refs)))
+    return {"stats": stats, "exact": exact}
+
+
+def correction_figures(
+    model,
+    start: int,
+    code_bits: float,
+    rates: list,
+    stats: list[dict],
+    exact: int,
+    n_texts: int,
+    n_bytes: int,
+) -> dict:
+    """Decoding from level `start` with every level's escape codes and corrections: the exact share, the
+    corrections a text (levels 0..start), and the code rate with everything `decode` reads: level
+    `start`'s codes (`code_bits` a byte), the escape flags and codes of levels 0..start (`rates[k]`,
+    `escape_rates` of level k, None without escape codes) and the corrections of levels 0..start
+    (`correction_bits`, each level's counts at this sample's own shares: the ideal cost). stats: per
+    level, as `correction_batch` gathers them over the sample (concatenated).
+
+    Worked example, one level without escape codes, 100 bytes, codes 3.0 bits/byte, 4 corrections
+    costing 40 bits in all: code_bits_per_byte = 3.0 + 0 + 40 / 100 = 3.4."""
+    side = sum(
+        r["code_bits_per_byte_flag_ideal"] - r["code_bits_per_byte_no_escape"]
+        for r in rates[: start + 1]
+        if r
+    )
+    priced = [
+        correction_bits(s["counts"], s["escaped"], s["token_bits"], model.levels[k].cfg.max_segment_len)
+        for k, s in enumerate(stats[: start + 1])
+    ]
+    corr_bits = sum(c["correction_bits"] for c in priced) / n_bytes
+    return {
+        "exact_match": exact / n_texts,
+        "corrections_per_text": sum(c["corrections"] for c in priced) / n_texts,
+        "corrected_segments": [
+            c["corrected_segments"] / max(len(s["counts"]), 1) for c, s in zip(priced, stats)
+        ],
+        "escape_bits_per_byte": side,
+        "correction_bits_per_byte": corr_bits,
+        "code_bits_per_byte": code_bits + side + corr_bits,
+    }
+
+
+def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, corrections: bool = False) -> dict:
     """Encode each document as `<s>` + bytes + `</s>`, decode from the top-level codes only.
 
     A document is exact only if `decode` returns exactly its ids up to and including EOS.
@@ -85,6 +160,11 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     `escape_byte_accuracy`), the share of segments escaped, and what the flags and escapes cost
     (`escape_code_bits_per_byte` with each segment's flag at its entropy, `..._flag_1bit` with one bit;
     `escape_rates`); the figures above stay those of the codes alone.
+    With `corrections`, `encode` also chooses every level's token corrections (`hier_ae.corrections`) and
+    the report adds the lines decoded from the top codes with every level's escape codes and corrections
+    (`corrected_exact_match`), the corrections a line, and the code rate with all of them
+    (`corrected_code_bits_per_byte` = top codes + escape flags and codes + corrections, ideal lengths;
+    `correction_figures`).
     """
     from ..metrics import load
 
@@ -99,10 +179,22 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
     top_level = model.levels[-1]
     escaping = top_level.escape_quantizer is not None
     esc_predictions, escaped, deep = [], 0, 0
+    esc_lv = [[0, 0] for _ in model.levels]  # per level: escaped segments and those with a second digit
+    corr_exact, corr_stats = 0, [{"counts": [], "escaped": [], "token_bits": []} for _ in model.levels]
     for i in range(0, len(docs), batch_size):
         framed = [frame_document(d) for d in docs[i : i + batch_size]]
         ids, mask = (t.to(device) for t in pad_rows(framed))  # (B, T) each
-        enc = model.encode(ids, mask)
+        enc = model.encode(ids, mask, corrections=corrections)
+        if corrections:  # decoded from the top codes with every level's escape codes and corrections
+            cb = correction_batch(model, enc, [r.tolist() for r in framed])
+            corr_exact += cb["exact"][-1]
+            for lv, st in enumerate(cb["stats"]):
+                for key, v in st.items():
+                    corr_stats[lv][key].append(v)
+                if model.levels[lv].escape_quantizer is not None:
+                    n_esc, n_deep = escape_counts(model.levels[lv], enc.escape_codes[lv], enc.code_mask[lv])
+                    esc_lv[lv][0] += n_esc
+                    esc_lv[lv][1] += n_deep
         # teacher-forced level 0: the decoder reads the true previous bytes and the level's codes
         tf = model(ids, mask, num_levels=1, reconstruct_levels=(0,), run_top_lm=False)
         real = mask.bool()  # (B, T)
@@ -155,6 +247,33 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32) -> dic
             deep_escaped_segments=rates["deep_escaped_segments"],
             escape_code_bits_per_byte=rates["code_bits_per_byte_flag_ideal"],
             escape_code_bits_per_byte_flag_1bit=rates["code_bits_per_byte_flag_1bit"],
+        )
+    if corrections and docs:
+        rates = [
+            None
+            if not lv.cfg.escape_codebook_size
+            else escape_rates(
+                s, e, n_bytes, lv.cfg.num_codes, lv.cfg.escape_codebook_size, d, lv.cfg.escape_depth
+            )
+            for lv, s, (e, d) in zip(model.levels, segs, esc_lv)
+        ]
+        stats = [{k: torch.cat(v) for k, v in st.items()} for st in corr_stats]
+        c = correction_figures(
+            model,
+            model.num_levels - 1,
+            report["code_bits_per_byte"],
+            rates,
+            stats,
+            corr_exact,
+            len(docs),
+            n_bytes,
+        )
+        report.update(
+            corrected_exact_match=c["exact_match"],
+            corrections_per_line=c["corrections_per_text"],
+            corrected_escape_bits_per_byte=c["escape_bits_per_byte"],
+            correction_bits_per_byte=c["correction_bits_per_byte"],
+            corrected_code_bits_per_byte=c["code_bits_per_byte"],
         )
     return report
 

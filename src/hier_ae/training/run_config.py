@@ -95,6 +95,7 @@ EVALUATION = {
     "val_batches": _rule(_INT, low=1),
     "lines": _rule(_INT, low=0),
     "predict_docs": _rule(_INT, low=0),
+    "corrections": _rule(_BOOL),
 }
 
 
