@@ -165,7 +165,8 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
     """Variable rate (`escape_codebook_size`): a batch of framed lines through `encode` (which escapes
     the segments the code alone does not give back) and `decode` with and without the escape codes;
     with `corrections`, also with the token corrections `encode` chose (`hier_ae.corrections`), and
-    their number in each valid segment (`correction_counts`, (N,))."""
+    their number in each valid segment (`correction_counts`, (N,)). `encoded`: encode's codes, segment
+    mask and escape ids (B, S) each, which `flag_features` can read instead of encoding again."""
     ids, mask = pad_rows([torch.tensor(r) for r in refs])
     enc = model.encode(ids, mask, corrections=corrections)
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
@@ -178,6 +179,7 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
         "segments": int(seg_mask.sum()),
         "escaped": escaped,
         "deep": deep,
+        "encoded": (codes, seg_mask, esc),
     }
     if corrections:
         fix = enc.corrections[0]  # (B, S, L)
@@ -204,10 +206,11 @@ def escape_report(
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
     exact = exact0 = exact_c = segs = escaped = deep = 0
-    counts, esc_flags, tok_bits = [], [], []
+    counts, esc_flags, tok_bits, encoded = [], [], [], []
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
         r = escape_decode(model, rows, corrections)
+        encoded.append(r["encoded"])
         exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
         exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
         segs, escaped, deep = segs + r["segments"], escaped + r["escaped"], deep + r["deep"]
@@ -221,6 +224,7 @@ def escape_report(
         "exact_match": exact / len(refs),
         "exact_match_no_escape": exact0 / len(refs),
         **escape_rates(segs, escaped, n_bytes, K, Ke, deep, level.cfg.escape_depth),
+        "encoded": encoded,  # per batch, for `flag_features` (not a figure: `main` drops it)
     }
     if corrections:
         stats = (torch.cat(counts), torch.cat(esc_flags), torch.cat(tok_bits))
@@ -279,7 +283,9 @@ def greedy_segment_features(level, codes, seg_mask, esc, j: int, rows: torch.Ten
 
 
 @torch.no_grad()
-def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, int]:
+def flag_features(
+    model, refs: list[list[int]], batch: int = 32, encoded: list | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """What a decoder knows of each segment before it reads the segment's escape flag, and the escape.
 
     For segment j: the decoder's predictions over the segment's tokens reading code j (no escape) and
@@ -293,15 +299,26 @@ def flag_features(model, refs: list[list[int]], batch: int = 32) -> tuple[torch.
     Returns features (N, 3) and the escape ids `encode` chose (N,) (-1 = none; the flag is id >= 0, a
     second digit `HierLevel.two_digit`) over the valid segments, row by row, and the number of segments
     whose features came from running the decoder.
+    `encoded`: what `escape_decode` gave for the same batches of `batch` rows (its "encoded"), read
+    instead of encoding each batch again (the probe's `--flag-fit` has encoded both texts already).
     """
     level = model.levels[0]
     feats, escapes, ran = [], [], 0
-    for i in range(0, len(refs), batch):
+    starts = range(0, len(refs), batch)
+    if encoded is not None and len(encoded) != len(starts):
+        raise ValueError(
+            f"encoded has {len(encoded)} batches; {len(refs)} rows in batches of {batch} need {len(starts)}."
+        )
+    for n, i in enumerate(starts):
         rows = refs[i : i + batch]
         ids, mask = pad_rows([torch.tensor(r) for r in rows])
         valid = mask.bool()
-        enc = model.encode(ids, mask)
-        codes, seg_mask, esc = enc.codes[0], enc.code_mask[0].bool(), enc.escape_codes[0]  # (B, S)
+        if encoded is None:
+            enc = model.encode(ids, mask)
+            codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]  # (B, S) each
+        else:
+            codes, seg_mask, esc = encoded[n]
+        seg_mask = seg_mask.bool()
         decoded = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
         exact = torch.tensor([d == r for d, r in zip(decoded, rows)])  # (B,)
         p = level.bottom_up(ids, valid, encode=False)
@@ -350,14 +367,17 @@ def flag_bits(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(nats) / math.log(2)
 
 
-def flag_context_report(model, fit_refs, refs, lines: list[bytes], batch: int = 32) -> dict:
+def flag_context_report(
+    model, fit_refs, refs, lines: list[bytes], batch: int = 32, fit_encoded=None, encoded=None
+) -> dict:
     """The flag priced from context: fit `fit_flag_model` on `fit_refs`' segments, price `refs`' flags
     with it, and the code bits per byte that gives (codes + priced flags + log2 K_e an escape). With
     `escape_depth` 2, each escaped segment's second flag (one digit or two) is priced at its entropy
-    among the escaped segments, and each second digit adds log2 K_e."""
-    x_fit, esc_fit, _ = flag_features(model, fit_refs, batch)
+    among the escaped segments, and each second digit adds log2 K_e. `fit_encoded`, `encoded`: each
+    text's batches as `escape_decode` encoded them (`flag_features`), or None to encode them here."""
+    x_fit, esc_fit, _ = flag_features(model, fit_refs, batch, fit_encoded)
     w = fit_flag_model(x_fit, esc_fit >= 0)
-    x, esc, ran = flag_features(model, refs, batch)
+    x, esc, ran = flag_features(model, refs, batch, encoded)
     y = esc >= 0  # (N,): the flags
     level = model.levels[0]
     n_bytes = sum(len(t) for t in lines)
@@ -492,13 +512,17 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
     stats = res.pop("correction_stats", None)  # counts, escaped, token bits (N,) with --corrections
+    encoded = res.pop("encoded", None)  # the escape probe's batches as encode gave them
     if args.probe == "escape" and args.flag_fit:
         fit_lines = held_out_lines(load_text(args.flag_fit)[1], args.lines, seed=args.seed)
         fit_refs = [frame_document(t).tolist() for t in fit_lines]
         refs = [frame_document(t).tolist() for t in lines]
-        res.update(flag_context_report(model, fit_refs, refs, lines))
-        if stats is not None:  # the counts priced at the fit text's shares, as the flags
+        fit = None
+        if stats is not None:  # the fit text with corrections too: its count shares price the counts
             fit = [escape_decode(model, fit_refs[i : i + 32], True) for i in range(0, len(fit_refs), 32)]
+        fit_encoded = None if fit is None else [r["encoded"] for r in fit]
+        res.update(flag_context_report(model, fit_refs, refs, lines, 32, fit_encoded, encoded))
+        if stats is not None:  # the counts priced at the fit text's shares, as the flags
             fit_counts = torch.cat([r["correction_counts"] for r in fit])
             fit_esc = torch.cat([r["correction_escaped"] for r in fit])
             size = max(int(stats[0].max()), int(fit_counts.max())) + 2
@@ -514,6 +538,7 @@ def main(argv=None) -> dict:
         refs = [frame_document(t).tolist() for t in windows]
         w = escape_report(model, refs, windows, batch=8, corrections=args.corrections)
         w.pop("correction_stats", None)
+        w.pop("encoded", None)
         res["windows"] = {"docs": len(windows), **w}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice", "escape_joint")

@@ -135,6 +135,12 @@ def test_flag_features_read_each_segment_before_its_flag():
     model = HierAEModel(cfg).eval()
     refs = [frame_document(t).tolist() for t in (b"a line of text to cut", b"another one")]
     x, esc, ran = probes.flag_features(model, refs, batch=2)
+    # the batches as the escape probe encoded them give the same features without encoding again
+    encoded = [probes.escape_decode(model, refs)["encoded"]]
+    again = probes.flag_features(model, refs, batch=2, encoded=encoded)
+    assert torch.equal(again[0], x) and torch.equal(again[1], esc) and again[2] == ran
+    with pytest.raises(ValueError, match="encoded has 1 batches; 2 rows in batches of 1 need 2"):
+        probes.flag_features(model, refs, batch=1, encoded=encoded)
     ids, mask = recon.pad_rows([torch.tensor(r) for r in refs])
     enc = model.encode(ids, mask)
     seg = enc.code_mask[0].bool()
