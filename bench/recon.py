@@ -659,7 +659,7 @@ def compression_table(texts: dict, predict: bool = True) -> list[str]:
     """Per text, on the docs: total bits per byte (fixed codes, top LM) beside the compressors; top LM.
 
     `predict`: a column of predict-mode (causal LM) bits per byte on the same docs, for comparison; off
-    where the table must hold autoencoder figures only (bench/report.py).
+    where the table must hold autoencoder figures only (bench/report.py). Nothing without docs.
     """
     header = ["text", "total (fixed codes)", "total (top LM)", "top LM bits/code", "top-1"]
     header += ["predict bits/B"] if predict else []
@@ -702,7 +702,7 @@ def compression_table(texts: dict, predict: bool = True) -> list[str]:
             _num(usage.get("usage_perplexity"), 1),
         ]
         L.append("| " + " | ".join(row) + " |")
-    return L
+    return L if len(L) > 4 else []  # no text with docs (`--docs 0`): no table
 
 
 # ---- main ----------------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ def test_main_end_to_end(random_models, tmp_path):
     )
     c = json.loads(c_out.read_text())["texts"]["short"]["lines"]["levels"][0]["corrections"]
     assert c["corrections_per_text"] >= 0 and c["code_bits_per_byte"] > 0
+    assert recon.compression_table({"short": {"lines": {}}}) == []  # no docs: no compression table
     with pytest.raises(FileNotFoundError, match="no such file"):
         recon.main(["--model", str(folder), "--text", str(tmp_path / "missing.txt"), "--out", str(out)])
     with pytest.raises(ValueError, match="at least one > 0"):
