@@ -71,12 +71,13 @@ def decoded_ids(out) -> list[list[int]]:
 
 
 @torch.no_grad()
-def correction_batch(model, enc, refs: list[list[int]]) -> dict:
+def correction_batch(model, enc, refs: list[list[int]], starts: list[int] | None = None) -> dict:
     """With `encode(..., corrections=True)`'s output: per level k, each valid segment's number of token
     corrections, whether it is escaped and its corrections' token bits (`correction_token_bits`), as
-    `correction_bits` reads them; per start level l, the rows `decode` gives back exactly from level l's
-    codes with every level's escape codes and corrections (the tuples, as `encode` gives them).
-    Returns {"stats": [per level {"counts", "escaped", "token_bits"} (N_k,) each], "exact": [per l]}."""
+    `correction_bits` reads them; per start level l in `starts` (default: every level), the rows
+    `decode` gives back exactly from level l's codes with every level's escape codes and corrections
+    (the tuples, as `encode` gives them).
+    Returns {"stats": [per level {"counts", "escaped", "token_bits"} (N_k,) each], "exact": {l: rows}}."""
     stats = []
     for k, level in enumerate(model.levels):
         mask, fix = enc.code_mask[k], enc.corrections[k]  # (B, S), (B, S, max_segment_len)
@@ -91,8 +92,8 @@ def correction_batch(model, enc, refs: list[list[int]]) -> dict:
                 "token_bits": bits.sum(-1)[m].cpu(),
             }
         )
-    exact = []
-    for lv in range(model.num_levels):
+    exact = {}
+    for lv in range(model.num_levels) if starts is None else starts:
         out = model.decode(
             enc.codes[lv],
             enc.code_mask[lv],
@@ -100,7 +101,7 @@ def correction_batch(model, enc, refs: list[list[int]]) -> dict:
             escape_codes=enc.escape_codes,
             corrections=enc.corrections,
         )
-        exact.append(sum(d == r for d, r in zip(decoded_ids(out), refs)))
+        exact[lv] = sum(d == r for d, r in zip(decoded_ids(out), refs))
     return {"stats": stats, "exact": exact}
 
 
@@ -145,6 +146,7 @@ def correction_figures(
     }
 
 
+@torch.no_grad()
 def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, corrections: bool = False) -> dict:
     """Encode each document as `<s>` + bytes + `</s>`, decode from the top-level codes only.
 
@@ -186,8 +188,9 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, correc
         ids, mask = (t.to(device) for t in pad_rows(framed))  # (B, T) each
         enc = model.encode(ids, mask, corrections=corrections)
         if corrections:  # decoded from the top codes with every level's escape codes and corrections
-            cb = correction_batch(model, enc, [r.tolist() for r in framed])
-            corr_exact += cb["exact"][-1]
+            top = model.num_levels - 1
+            cb = correction_batch(model, enc, [r.tolist() for r in framed], starts=[top])
+            corr_exact += cb["exact"][top]
             for lv, st in enumerate(cb["stats"]):
                 for key, v in st.items():
                     corr_stats[lv][key].append(v)
