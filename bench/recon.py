@@ -69,6 +69,7 @@ from hier_ae.evaluation.reports import (  # noqa: F401 (cut_at_eos: bench.recon'
     decoded_ids,
     escape_counts,
     escape_rates,
+    level_escape_rates,
     predict_loglikelihoods,
 )
 from hier_ae.segmentation import frame_upper_stream
@@ -406,20 +407,8 @@ def evaluate_sample(
                 hits = sum(a == b for a, b in zip(rows, want))
                 streams_exact[lv][up] = streams_exact[lv].get(up, 0) + hits
     n_bytes = sum(row_bytes)
-    rates = [  # per level: `escape_rates` (codes alone, and with the escape flags and codes), or None
-        None
-        if not level.cfg.escape_codebook_size
-        else escape_rates(
-            codes[lv],
-            esc[lv]["escaped"],
-            n_bytes,
-            level.cfg.num_codes,
-            level.cfg.escape_codebook_size,
-            esc[lv]["deep"],
-            level.cfg.escape_depth,
-        )
-        for lv, level in enumerate(model.levels)
-    ]
+    counts = [(esc[lv]["escaped"], esc[lv]["deep"]) if lv in esc else (0, 0) for lv in range(L)]
+    rates = level_escape_rates(model, codes, counts, n_bytes)  # per level, None without escape codes
     stats = [{k: torch.cat(v) for k, v in s.items()} for s in corr_stats] if corrections else None
     levels, recon_bpb_so_far = [], 0.0
     for lv, level in enumerate(model.levels):

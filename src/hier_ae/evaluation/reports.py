@@ -60,6 +60,19 @@ def escape_rates(
     }
 
 
+def level_escape_rates(model, segments: list[int], escaped: list, n_bytes: int) -> list:
+    """`escape_rates` of each level: segments (per level), escaped (per level: escaped segments, those with
+    a second digit) -> per level the rates, or None for a level without escape codes."""
+    return [
+        None
+        if not lv.cfg.escape_codebook_size
+        else escape_rates(
+            s, e, n_bytes, lv.cfg.num_codes, lv.cfg.escape_codebook_size, d, lv.cfg.escape_depth
+        )
+        for lv, s, (e, d) in zip(model.levels, segments, escaped)
+    ]
+
+
 def cut_at_eos(ids: list[int]) -> list[int]:
     """A decoded row up to and including its first `</s>`: [2, 9, 1, 5] -> [2, 9, 1]."""
     return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
@@ -180,7 +193,7 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, correc
     toks = [0] * model.num_levels
     top_level = model.levels[-1]
     escaping = top_level.escape_quantizer is not None
-    esc_predictions, escaped, deep = [], 0, 0
+    esc_predictions = []
     esc_lv = [[0, 0] for _ in model.levels]  # per level: escaped segments and those with a second digit
     corr_exact, corr_stats = 0, [{"counts": [], "escaped": [], "token_bits": []} for _ in model.levels]
     for i in range(0, len(docs), batch_size):
@@ -194,10 +207,11 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, correc
             for lv, st in enumerate(cb["stats"]):
                 for key, v in st.items():
                     corr_stats[lv][key].append(v)
-                if model.levels[lv].escape_quantizer is not None:
-                    n_esc, n_deep = escape_counts(model.levels[lv], enc.escape_codes[lv], enc.code_mask[lv])
-                    esc_lv[lv][0] += n_esc
-                    esc_lv[lv][1] += n_deep
+        for lv, level in enumerate(model.levels):
+            if level.escape_quantizer is not None:
+                n_esc, n_deep = escape_counts(level, enc.escape_codes[lv], enc.code_mask[lv])
+                esc_lv[lv][0] += n_esc
+                esc_lv[lv][1] += n_deep
         # teacher-forced level 0: the decoder reads the true previous bytes and the level's codes
         tf = model(ids, mask, num_levels=1, reconstruct_levels=(0,), run_top_lm=False)
         real = mask.bool()  # (B, T)
@@ -213,8 +227,6 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, correc
         references += [ref.tolist() for ref in framed]
         if escaping:
             esc_predictions += decoded_ids(model.decode(top_codes, top_mask, escape_codes=esc))
-            n_esc, n_deep = escape_counts(top_level, esc, top_mask)
-            escaped, deep = escaped + n_esc, deep + n_deep
         n_bytes += sum(len(d) for d in docs[i : i + batch_size])
     code_bits = [math.log2(lv.cfg.num_codes) for lv in model.levels]
     metric = load("reconstruction")
@@ -237,29 +249,19 @@ def reconstruction_report(model, docs: list[bytes], batch_size: int = 32, correc
         "code_bits_per_byte": segs[-1] * code_bits[-1] / max(n_bytes, 1),
         "code_bits_per_byte_per_level": [s * b / max(n_bytes, 1) for s, b in zip(segs, code_bits)],
     }
+    rates = level_escape_rates(model, segs, esc_lv, n_bytes)  # per level, None without escape codes
     if escaping and docs:
         esc_scores = metric.compute(predictions=esc_predictions, references=references)
-        cfg = top_level.cfg
-        rates = escape_rates(
-            segs[-1], escaped, n_bytes, cfg.num_codes, cfg.escape_codebook_size, deep, cfg.escape_depth
-        )
+        top = rates[-1]
         report.update(
             escape_exact_match=esc_scores["exact_match"],
             escape_byte_accuracy=esc_scores["byte_accuracy"],
-            escaped_segments=rates["escaped_segments"],
-            deep_escaped_segments=rates["deep_escaped_segments"],
-            escape_code_bits_per_byte=rates["code_bits_per_byte_flag_ideal"],
-            escape_code_bits_per_byte_flag_1bit=rates["code_bits_per_byte_flag_1bit"],
+            escaped_segments=top["escaped_segments"],
+            deep_escaped_segments=top["deep_escaped_segments"],
+            escape_code_bits_per_byte=top["code_bits_per_byte_flag_ideal"],
+            escape_code_bits_per_byte_flag_1bit=top["code_bits_per_byte_flag_1bit"],
         )
     if corrections and docs:
-        rates = [
-            None
-            if not lv.cfg.escape_codebook_size
-            else escape_rates(
-                s, e, n_bytes, lv.cfg.num_codes, lv.cfg.escape_codebook_size, d, lv.cfg.escape_depth
-            )
-            for lv, s, (e, d) in zip(model.levels, segs, esc_lv)
-        ]
         stats = [{k: torch.cat(v) for k, v in st.items()} for st in corr_stats]
         c = correction_figures(
             model,
