@@ -307,6 +307,8 @@ def main(argv=None) -> dict:
     for name, docs in (("train", train_docs), ("validation", val_docs)):
         if docs.num_skipped:  # bad records (not text, empty, corrupt JSON lines) never crash a run
             accelerator.print(f"data: {name}: {docs.skipped_summary()}")
+        if docs.capped:  # a cap that cut the source short: its tail is never trained on
+            accelerator.print(f"data: {name}: WARNING: {docs.capped}")
     p_start = float(data_cfg.get("p_doc_start", 0.5))
     p_line = float(data_cfg.get("p_line", 0.0))  # rows that are one line framed as a document
     train_rows, val_rows = train_docs, val_docs

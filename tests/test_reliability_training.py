@@ -7,6 +7,7 @@ Tried here, with what each gets:
 - record text "" / str with a lone surrogate                 -> skipped, counted ("empty", "not UTF-8 ...")
 - jsonl where no record has `text_field`                     -> ValueError naming the field
 - every record bad                                           -> ValueError with the skipped counts
+- data.max_bytes / max_documents that stop before the end    -> `.capped` says so, logged, printed by train.py
 - NaN loss term, on_nonfinite="raise"                        -> FloatingPointError: stage, step, term
 - NaN loss term, on_nonfinite="skip"                         -> step dropped: weights, buffers, optimizer same
 - Inf gradient with a finite loss, "skip"                    -> step dropped, named "gradient norm"
@@ -79,6 +80,27 @@ def test_bad_records_are_skipped_and_counted(tmp_path, caplog):
     # the cached split keeps the counts
     again = load_documents(cfg, "train", show_progress=False)
     assert list(again) == list(docs) and again.skipped == docs.skipped
+
+
+def test_a_cap_that_cuts_the_source_short_is_reported(tmp_path, caplog):
+    """A corpus in a sorted order (one language after another) loses its tail to `max_bytes`: the
+    run must say so, also from the cache; a cap the source does not reach says nothing."""
+    path = tmp_path / "langs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i:02d}"}) for i in range(10)))  # 11 bytes each
+    cfg = {"source": str(path), "val_fraction": 0.0, "cache_dir": str(tmp_path / "cache"), "max_bytes": 30}
+    with caplog.at_level(logging.WARNING, logger="hier_ae.data.sources"):
+        docs = load_documents(cfg, "train", show_progress=False)
+    assert len(docs) == 3  # 33 bytes >= 30
+    assert docs.capped.startswith("data.max_bytes=30 stopped the reading after 3 documents (33 bytes)")
+    assert docs.capped in caplog.text
+    assert load_documents(cfg, "train", show_progress=False).capped == docs.capped  # from the cache
+    by_count = load_documents(
+        {**cfg, "max_bytes": None, "max_documents": 4, "cache_dir": None}, "train", False
+    )
+    assert len(by_count) == 4 and by_count.capped.startswith("data.max_documents=4 stopped")
+    for whole in ({"max_bytes": 110}, {"max_bytes": 10_000}, {"max_documents": 10}, {}):  # all 10 read
+        docs = load_documents({**cfg, "max_bytes": None, **whole, "cache_dir": None}, "train", False)
+        assert len(docs) == 10 and docs.capped == "", whole
 
 
 def test_as_document_never_guesses():
@@ -304,6 +326,10 @@ def test_train_script_plumbs_the_policy_and_prints_skipped_records(tmp_path, mon
     assert seen["on_nonfinite"] == "skip" and seen["max_consecutive_skips"] == 3
     out = capsys.readouterr().out
     assert "1 corrupt JSON line" in out and "1 not text" in out and "records skipped" in out
+    assert "WARNING" not in out  # the whole file was read
+    with pytest.raises(Stop):  # a cap that leaves most of the file unread is printed, not silent
+        train.main([*argv, "--set", "data.max_bytes=200", "--set", "data.val_fraction=0.1"])
+    assert "data: train: WARNING: data.max_bytes=200 stopped the reading after" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # end to end: a subprocess

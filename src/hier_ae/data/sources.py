@@ -42,16 +42,20 @@ from .corpus import default_corpus
 logger = logging.getLogger(__name__)
 
 SKIPPED = "skipped_records.json"  # in a cache folder: the skipped counts of the cached split
+CAPPED = "capped.txt"  # in a cache folder: why a cap stopped the reading early ('' or none: it did not)
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".c", ".h", ".json", ".yaml", ".yml", ".html", ".csv", ""}
 LOADERS = {".json": "json", ".parquet": "parquet"}  # .jsonl is read line by line (`_iter_jsonl`)
 
 
 class Documents(list):
-    """The documents (bytes) of one split, plus `skipped`: {reason: count} of the records left out."""
+    """The documents (bytes) of one split, plus `skipped`: {reason: count} of the records left out, and
+    `capped`: '' or, when `max_bytes` / `max_documents` stopped the reading while the source had more
+    records, a sentence that says so (those records are not read; `examples/train.py` prints it)."""
 
-    def __init__(self, docs=(), skipped: dict[str, int] | None = None):
+    def __init__(self, docs=(), skipped: dict[str, int] | None = None, capped: str = ""):
         super().__init__(docs)
         self.skipped = dict(skipped or {})
+        self.capped = capped
 
     @property
     def num_skipped(self) -> int:
@@ -208,7 +212,9 @@ def _iter_hub(data_cfg: dict, split: str):
 SPLITS = ("train", "validation", "all")
 
 
-def iter_documents(data_cfg: dict, split: str = "train", skipped: Counter | None = None):
+def iter_documents(
+    data_cfg: dict, split: str = "train", skipped: Counter | None = None, capped: list[str] | None = None
+):
     """Lazily yield `(key, bytes)` for every document of `split` of a config's `data` section.
 
     `split` is 'train', 'validation' (the hash split of `load_documents`) or 'all' (every document,
@@ -218,7 +224,10 @@ def iter_documents(data_cfg: dict, split: str = "train", skipped: Counter | None
     `max_bytes` / `max_documents` / `min_document_bytes` apply as in `load_documents`. Keys: a
     folder file's relative path, a record's index in its file, a Hub row's index (None for a
     dataset's own held-out split), the default corpus document's index. Records that cannot be
-    documents are left out and counted in `skipped` ({reason: count}) when it is given.
+    documents are left out and counted in `skipped` ({reason: count}) when it is given. When the cap
+    stops the reading of a file, folder or Hub dataset that has more records, a sentence naming the cap
+    is appended to `capped` (when given): a corpus in a sorted order (languages one after another, say)
+    then loses its tail, which a run should say. (The built-in corpus is cut at `max_bytes` by design.)
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid: one of {SPLITS}.")
@@ -259,6 +268,16 @@ def iter_documents(data_cfg: dict, split: str = "train", skipped: Counter | None
         yield key, data
         n, total = n + 1, total + len(data)
         if (max_bytes is not None and total >= max_bytes) or (max_docs and n >= max_docs):
+            if capped is not None and next(pairs, None) is not None:  # one more record: the source goes on
+                cap = (
+                    f"data.max_bytes={max_bytes:,}"
+                    if max_bytes is not None and total >= max_bytes
+                    else f"data.max_documents={max_docs:,}"
+                )
+                capped.append(
+                    f"{cap} stopped the reading after {n:,} documents ({total:,} bytes) of the {split} "
+                    f"split; the rest of {source} is not read (raise the cap, or remove it to read it all)"
+                )
             return
 
 
@@ -267,17 +286,19 @@ def _collect(data_cfg: dict, split: str, show_progress: bool) -> Documents:
     from tqdm.auto import tqdm
 
     source = str(data_cfg.get("source", "default"))
-    docs, skipped = [], Counter()
+    docs, skipped, capped = [], Counter(), []
     bar = tqdm(desc=f"preparing {split} documents", unit=" docs", disable=not show_progress)
-    for _, data in iter_documents(data_cfg, split, skipped):
+    for _, data in iter_documents(data_cfg, split, skipped, capped):
         docs.append(data)
         bar.update(1)
         if skipped:
             bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
     bar.close()
-    result = Documents(docs, skipped)
+    result = Documents(docs, skipped, capped[0] if capped else "")
     if skipped:
         logger.warning("data.source=%r, %s split: %s", source, split, result.skipped_summary())
+    if result.capped:
+        logger.warning("data.source=%r: %s", source, result.capped)
     if not docs:
         val_fraction = float(data_cfg.get("val_fraction", 0.05))
         raise ValueError(
@@ -309,13 +330,15 @@ def load_documents(data_cfg: dict, split: str, show_progress: bool = True) -> Do
     if cache is not None and (cache / "dataset_info.json").exists():
         skipped_file = cache / SKIPPED
         skipped = json.loads(skipped_file.read_text()) if skipped_file.exists() else {}
-        return Documents(datasets.load_from_disk(str(cache))["bytes"], skipped)
+        capped = (cache / CAPPED).read_text() if (cache / CAPPED).exists() else ""
+        return Documents(datasets.load_from_disk(str(cache))["bytes"], skipped, capped)
     docs = _collect(data_cfg, split, show_progress)
     if cache is not None:
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         features = datasets.Features({"bytes": datasets.Value("binary")})
         datasets.Dataset.from_dict({"bytes": list(docs)}, features=features).save_to_disk(str(tmp))
         (tmp / SKIPPED).write_text(json.dumps(docs.skipped))
+        (tmp / CAPPED).write_text(docs.capped)
         try:
             tmp.rename(cache)  # atomic: a concurrent process that got there first wins
         except OSError:
