@@ -30,7 +30,8 @@ model, on `bench.recon`'s held-out lines (20-120 bytes, `<s>` + line + `</s>`, s
   `--flag-fit TEXT`, the flag priced from context: a logistic regression of the flag on what the decoder
   knows of the segment before it reads the flag (`flag_features`: the decoder's predictions on its own
   greedy bytes of the segment, reading its code alone), fitted on TEXT's lines, scored on `--text`'s
-  (`flag_context_report`): a rate both sides of an entropy coder can compute.
+  (`flag_context_report`): a rate both sides of an entropy coder can compute. With `--by-script`, the
+  figures per writing system of the lines as well (`bench.script_breakdown`).
 
 The functions recompute whole rows instead of streaming (slow, exact); they read the level's internals
 (`bottom_up`, `_decode`), like the benchmark's teacher forcing.
@@ -54,6 +55,7 @@ from bench.recon import (
     load_text,
     segment_starts,
 )
+from bench.script_breakdown import script_breakdown
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.corrections import correction_bits, correction_token_bits, count_shares
@@ -173,6 +175,7 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
     with_esc = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
     without = decoded_ids(model.decode(codes, seg_mask, level=0))
     escaped, deep = escape_counts(model.levels[0], esc, seg_mask)
+    m = seg_mask.bool()
     out = {
         "decoded": with_esc,
         "decoded_no_escape": without,
@@ -180,13 +183,15 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
         "escaped": escaped,
         "deep": deep,
         "encoded": (codes, seg_mask, esc),
+        "row_segments": m.sum(-1).tolist(),  # per row: valid segments, escaped, with a second digit
+        "row_escaped": ((esc >= 0) & m).sum(-1).tolist(),
+        "row_deep": (model.levels[0].two_digit(esc) & m).sum(-1).tolist(),
     }
     if corrections:
         fix = enc.corrections[0]  # (B, S, L)
         out["decoded_corrected"] = decoded_ids(
             model.decode(codes, seg_mask, level=0, escape_codes=esc, corrections=fix)
         )
-        m = seg_mask.bool()
         bits = correction_token_bits(model.levels[0], codes, seg_mask, esc, fix)  # (B, S, L)
         out["correction_counts"] = (fix >= 0).sum(-1)[m]  # (N,)
         out["correction_escaped"] = (esc >= 0)[m]  # (N,)
@@ -206,11 +211,21 @@ def escape_report(
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
     exact = exact0 = exact_c = segs = escaped = deep = 0
-    counts, esc_flags, tok_bits, encoded = [], [], [], []
+    counts, esc_flags, tok_bits, encoded, per_line = [], [], [], [], []
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
         r = escape_decode(model, rows, corrections)
         encoded.append(r["encoded"])
+        for j, ref in enumerate(rows):
+            per_line.append(
+                {
+                    "segments": r["row_segments"][j],
+                    "escaped": r["row_escaped"][j],
+                    "deep": r["row_deep"][j],
+                    "exact": r["decoded"][j] == ref,
+                    "exact_corrected": corrections and r["decoded_corrected"][j] == ref,
+                }
+            )
         exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
         exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
         segs, escaped, deep = segs + r["segments"], escaped + r["escaped"], deep + r["deep"]
@@ -225,6 +240,7 @@ def escape_report(
         "exact_match_no_escape": exact0 / len(refs),
         **escape_rates(segs, escaped, n_bytes, K, Ke, deep, level.cfg.escape_depth),
         "encoded": encoded,  # per batch, for `flag_features` (not a figure: `main` drops it)
+        "per_line": per_line,  # per line, for `script_breakdown` (not a figure: `main` drops it)
     }
     if corrections:
         stats = (torch.cat(counts), torch.cat(esc_flags), torch.cat(tok_bits))
@@ -470,6 +486,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="escape: also encode token corrections (hier_ae.corrections) and price them in the rate",
     )
+    p.add_argument(
+        "--by-script",
+        action="store_true",
+        help="escape: also the figures per writing system of the lines (bench.script_breakdown)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=8, help="list: hypotheses kept per step")
     p.add_argument("--check-bits", type=int, default=0, help="list: checksum bits stored per segment")
@@ -482,6 +503,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="search: the nearest code that decodes the segment (else the most likely), or the most likely",
     )
     args = p.parse_args(argv)
+    if args.by_script and args.probe != "escape":
+        p.error(f"--by-script breaks down the escape probe's figures; --probe is {args.probe}")
     if args.beam < 1 or args.check_bits < 0 or args.top < 0 or args.lines < 1 or args.docs < 0:
         p.error("--beam and --lines must be >= 1, --check-bits, --top and --docs >= 0")
     return args
@@ -513,6 +536,7 @@ def main(argv=None) -> dict:
     res = {"probe": args.probe, "lines": len(lines), **run(model, lines, args)}
     stats = res.pop("correction_stats", None)  # counts, escaped, token bits (N,) with --corrections
     encoded = res.pop("encoded", None)  # the escape probe's batches as encode gave them
+    per_line = res.pop("per_line", None)  # the escape probe's figures of each line
     if args.probe == "escape" and args.flag_fit:
         fit_lines = held_out_lines(load_text(args.flag_fit)[1], args.lines, seed=args.seed)
         fit_refs = [frame_document(t).tolist() for t in fit_lines]
@@ -539,10 +563,16 @@ def main(argv=None) -> dict:
         w = escape_report(model, refs, windows, batch=8, corrections=args.corrections)
         w.pop("correction_stats", None)
         w.pop("encoded", None)
+        w.pop("per_line", None)
         res["windows"] = {"docs": len(windows), **w}
+    if args.by_script:
+        cfg = model.levels[0].cfg
+        res["by_script"] = script_breakdown(
+            lines, per_line, stats, cfg.num_codes, cfg.escape_codebook_size, cfg.max_segment_len
+        )
     res["seconds"] = round(time.perf_counter() - t0, 1)
     keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice", "escape_joint")
-    keys = (*keys, "corrections", "boundary_value")
+    keys = (*keys, "corrections", "boundary_value", "by_script")
     settings = {k: getattr(args, k) for k in keys}
     res["settings"] = settings
     if args.probe == "list":

@@ -520,3 +520,61 @@ def test_escape_codebook_is_on_the_model_card():
     assert "8 nearest; where still none does, a second escape code (two depths)" in _architecture(config)
     assert "second escape code" not in _architecture(HierAEConfig(levels=[joint], top_lm=TINY_TOP))
     assert "escape" not in _architecture(HierAEConfig(levels=[tiny_level()], top_lm=TINY_TOP))
+
+
+def test_script_breakdown_splits_the_escape_probe_by_writing_system(trained_escape, grammar_data):
+    """`bench.script_breakdown` on the trained checkpoint, grammar lines beside Cyrillic and Japanese ones:
+    each line under its script, and the groups' lines, bytes, exact lines and bits add up to the escape
+    probe's whole-text figures (each group priced at the whole text's flag entropy and count shares)."""
+    decode_probes = pytest.importorskip("bench.decode_probes")
+    from bench.script_breakdown import line_script, script_breakdown, script_table
+
+    assert [line_script(t.encode()) for t in ("the cat", "Привет, world", "日本", "1 + 2")] == [
+        "LATIN",
+        "CYRILLIC",
+        "CJK",
+        "NONE",
+    ]
+    texts = [s.encode() for s in grammar_data[1][:24]] + [
+        "мама мыла раму".encode(),
+        "кот и пёс".encode(),
+        "日本語の文".encode(),
+    ]
+    refs = [frame_document(t).tolist() for t in texts]
+    probe = decode_probes.escape_report(trained_escape, refs, texts, 16, corrections=True)
+    cfg = trained_escape.levels[0].cfg
+    by = script_breakdown(
+        texts,
+        probe["per_line"],
+        probe["correction_stats"],
+        cfg.num_codes,
+        cfg.escape_codebook_size,
+        cfg.max_segment_len,
+    )
+    assert list(by) == ["LATIN", "CYRILLIC", "CJK"]  # 日本語の文: four CJK letters, one HIRAGANA
+    assert [by[k]["lines"] for k in by] == [24, 2, 1]
+    n_bytes = sum(len(t) for t in texts)
+    assert sum(r["bytes"] for r in by.values()) == n_bytes
+    for key, total in (
+        ("exact_match", probe["exact_match"]),
+        ("exact_match_corrected", probe["exact_match_corrected"]),
+    ):
+        assert sum(r[key] * r["lines"] for r in by.values()) == pytest.approx(total * len(texts))
+    for key in (
+        "code_bits_per_byte_no_escape",
+        "code_bits_per_byte_flag_ideal",
+        "code_bits_per_byte_corrected_ideal",
+    ):
+        parts = sum(r[key] * r["bytes"] for r in by.values())
+        assert parts == pytest.approx(probe[key] * n_bytes)
+    assert (
+        by["CYRILLIC"]["code_bits_per_byte_corrected_ideal"]
+        > by["LATIN"]["code_bits_per_byte_corrected_ideal"]
+    )
+    assert len(script_table(by)) == 2 + 3
+
+
+def test_decode_probes_by_script_reads_only_the_escape_probe():
+    decode_probes = pytest.importorskip("bench.decode_probes")
+    with pytest.raises(SystemExit):
+        decode_probes.parse_args(["--model", "m", "--text", "t", "--probe", "list", "--by-script"])
