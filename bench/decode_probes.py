@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import zlib
 
@@ -55,12 +56,12 @@ from bench.recon import (
     load_text,
     segment_starts,
 )
-from bench.script_breakdown import script_breakdown
+from bench.script_breakdown import script_breakdown, script_table
 from hier_ae import HierAEModel
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.corrections import correction_bits, correction_token_bits, count_shares
 from hier_ae.data.batching import BYTE_OFFSET, frame_document, pad_rows
-from hier_ae.evaluation.reports import escape_counts, shares_entropy
+from hier_ae.evaluation.reports import shares_entropy
 
 FILLER = BYTE_OFFSET + ord(" ")  # a token after the hypothesis: its segment id says if the rule closed
 
@@ -174,18 +175,19 @@ def escape_decode(model, refs: list[list[int]], corrections: bool = False) -> di
     codes, seg_mask, esc = enc.codes[0], enc.code_mask[0], enc.escape_codes[0]
     with_esc = decoded_ids(model.decode(codes, seg_mask, level=0, escape_codes=esc))
     without = decoded_ids(model.decode(codes, seg_mask, level=0))
-    escaped, deep = escape_counts(model.levels[0], esc, seg_mask)
     m = seg_mask.bool()
+    row_escaped = ((esc >= 0) & m).sum(-1).tolist()  # per row: escaped segments, those with a second digit
+    row_deep = (model.levels[0].two_digit(esc) & m).sum(-1).tolist()
     out = {
         "decoded": with_esc,
         "decoded_no_escape": without,
         "segments": int(seg_mask.sum()),
-        "escaped": escaped,
-        "deep": deep,
+        "escaped": sum(row_escaped),
+        "deep": sum(row_deep),
         "encoded": (codes, seg_mask, esc),
-        "row_segments": m.sum(-1).tolist(),  # per row: valid segments, escaped, with a second digit
-        "row_escaped": ((esc >= 0) & m).sum(-1).tolist(),
-        "row_deep": (model.levels[0].two_digit(esc) & m).sum(-1).tolist(),
+        "row_segments": m.sum(-1).tolist(),  # per row: valid segments
+        "row_escaped": row_escaped,
+        "row_deep": row_deep,
     }
     if corrections:
         fix = enc.corrections[0]  # (B, S, L)
@@ -210,7 +212,7 @@ def escape_report(
     the `--flag-fit` text's shares from `correction_stats`)."""
     level = model.levels[0]
     K, Ke = level.cfg.num_codes, level.cfg.escape_codebook_size
-    exact = exact0 = exact_c = segs = escaped = deep = 0
+    exact0 = segs = escaped = deep = 0
     counts, esc_flags, tok_bits, encoded, per_line = [], [], [], [], []
     for i in range(0, len(refs), batch):
         rows = refs[i : i + batch]
@@ -226,14 +228,14 @@ def escape_report(
                     "exact_corrected": corrections and r["decoded_corrected"][j] == ref,
                 }
             )
-        exact += sum(d == ref for d, ref in zip(r["decoded"], rows))
         exact0 += sum(d == ref for d, ref in zip(r["decoded_no_escape"], rows))
         segs, escaped, deep = segs + r["segments"], escaped + r["escaped"], deep + r["deep"]
         if corrections:
-            exact_c += sum(d == ref for d, ref in zip(r["decoded_corrected"], rows))
             counts.append(r["correction_counts"])
             esc_flags.append(r["correction_escaped"])
             tok_bits.append(r["correction_token_bits"])
+    exact = sum(p["exact"] for p in per_line)
+    exact_c = sum(p["exact_corrected"] for p in per_line)
     n_bytes = sum(len(t) for t in lines)
     res = {
         "exact_match": exact / len(refs),
@@ -570,6 +572,7 @@ def main(argv=None) -> dict:
         res["by_script"] = script_breakdown(
             lines, per_line, stats, cfg.num_codes, cfg.escape_codebook_size, cfg.max_segment_len
         )
+        print("\n".join(script_table(res["by_script"])), file=sys.stderr)  # stdout stays the JSON
     res["seconds"] = round(time.perf_counter() - t0, 1)
     keys = ("beam", "check_bits", "no_code_check", "top", "criterion", "escape_choice", "escape_joint")
     keys = (*keys, "corrections", "boundary_value", "by_script")

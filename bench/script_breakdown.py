@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 
-from hier_ae.corrections import correction_bits, count_shares
+from hier_ae.corrections import correction_bits, own_count_shares
 from hier_ae.evaluation.reports import shares_entropy
 
 
@@ -57,12 +57,8 @@ def script_breakdown(
     esc = sum(p["escaped"] for p in per_line)
     deep = sum(p["deep"] for p in per_line)
     h = shares_entropy([(segs - esc) / max(segs, 1), (esc - deep) / max(segs, 1), deep / max(segs, 1)])
-    shares = None
-    if stats is not None:  # the whole text's count shares, as `correction_bits` prices the whole text
-        counts, escaped, _ = stats
-        shares = [
-            count_shares(counts[g], prior=0.0) if g.any() else torch.ones(1) for g in (~escaped, escaped)
-        ]
+    # the whole text's count shares, as `correction_bits` prices the whole text
+    shares = None if stats is None else own_count_shares(stats[0], stats[1])
     ends = torch.tensor([0] + [p["segments"] for p in per_line]).cumsum(0).tolist()
     groups: dict[str, list[int]] = {}
     for i, line in enumerate(lines):

@@ -136,7 +136,7 @@ def correction_bits(
     offsets 3 x 4 = 12 bits; tokens 10 bits; total 28 bits."""
     groups = [~escaped, escaped]
     if shares is None:
-        shares = [count_shares(counts[g], prior=0.0) if g.any() else torch.ones(1) for g in groups]
+        shares = own_count_shares(counts, escaped)
     count_bits = 0.0
     for g, sh in zip(groups, shares):
         c = counts[g]
@@ -154,6 +154,12 @@ def correction_bits(
         "token_bits": tok_bits,
         "correction_bits": count_bits + offset_bits + tok_bits,
     }
+
+
+def own_count_shares(counts: torch.Tensor, escaped: torch.Tensor) -> list[torch.Tensor]:
+    """A text's own count shares, (not escaped, escaped), without a prior: the ideal pricing of
+    `correction_bits`. Example: counts (0, 1, 0), escaped (F, T, T) -> [(1.0,), (0.5, 0.5)]."""
+    return [count_shares(counts[g], prior=0.0) if g.any() else torch.ones(1) for g in (~escaped, escaped)]
 
 
 def count_shares(counts: torch.Tensor, size: int | None = None, prior: float = 0.5) -> torch.Tensor:
