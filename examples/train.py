@@ -71,6 +71,7 @@ from hier_ae.training.checkpointing import (
 )
 from hier_ae.training.run_config import check_run_config
 from hier_ae.training.stages import Stage, prepare_stage, stage_metrics, train_stage
+from hier_ae.training.step_budget import StepBudget
 
 # ---- config --------------------------------------------------------------------------------------
 SHORTHANDS = {  # flag -> config key
@@ -367,6 +368,10 @@ def main(argv=None) -> dict:
             progress = read_progress(ckpt)
             accelerator.print(f"resuming from {ckpt}: stage {progress['stage']} step {progress['step']}")
     global_step = progress["global_step"] if progress else 0
+    # stages with `minutes`: the step counts they were sized to (restored on resume, in every checkpoint)
+    sized_steps = dict(progress.get("sized_steps", {})) if progress else {}
+    for stage in stages:
+        stage.steps = sized_steps.get(stage.name, stage.steps)
     if main_proc:
         out_dir.mkdir(parents=True, exist_ok=True)
         losses_path = out_dir / "losses.jsonl"
@@ -388,8 +393,10 @@ def main(argv=None) -> dict:
             prev = out_dir / "stages" / stages[si - 1].name
             load_model_strict(model, prev)
             accelerator.print(f"[{stage.name}] loaded {prev} strictly: no missing or unexpected keys")
+        budget = StepBudget.for_stage(stage)
         if progress is not None and si == progress["stage_index"]:
             start_step = progress["step"]
+            budget = StepBudget.for_stage(stage, progress)
 
             def on_prepared(net, opt, ckpt=ckpt):
                 accelerator.load_state(str(ckpt))  # weights + every buffer, optimizer, RNG
@@ -406,10 +413,16 @@ def main(argv=None) -> dict:
             )
         clock = {"t": time.perf_counter(), "tokens": 0}
 
-        def on_step(step, info, si=si, stage=stage, clock=clock):
+        def on_step(step, info, si=si, stage=stage, clock=clock, budget=budget):
             nonlocal global_step
             global_step += 1
             clock["tokens"] += info["tokens"] * accelerator.num_processes
+            if budget is not None and budget.sized and stage.name not in sized_steps:
+                sized_steps[stage.name] = stage.steps
+                bar.total = sum(s.steps for s in stages)
+                bar.write(
+                    f"[{stage.name}] sized to {stage.steps} steps ({stage.minutes:g} min on this machine)"
+                )
             bar.update(1)
             record = {"stage": stage.name, "step": step, "loss": info["loss"]}
             if info.get("skipped"):
@@ -443,7 +456,13 @@ def main(argv=None) -> dict:
                     accelerator,
                     ckpt_root,
                     global_step,
-                    {"stage_index": si, "stage": stage.name, "step": step},
+                    {
+                        "stage_index": si,
+                        "stage": stage.name,
+                        "step": step,
+                        "sized_steps": sized_steps,
+                        **(budget.state() if budget is not None else {}),
+                    },
                     rank_state=batches.state_dict(),
                     keep=int(tcfg.get("keep_checkpoints", 2)),
                 )
@@ -460,6 +479,7 @@ def main(argv=None) -> dict:
             start_step=start_step,
             on_prepared=on_prepared,
             on_step=on_step,
+            step_budget=budget,
             on_nonfinite=on_nonfinite,
             max_consecutive_skips=max_skips,
             start_level=stage_start_level,

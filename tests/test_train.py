@@ -84,20 +84,27 @@ def final_losses(out: Path) -> dict[tuple[str, int], float]:
     return losses
 
 
-def kill_once_checkpointed(config: Path, out: Path, global_step: int) -> dict:
-    """Start a run, SIGKILL it once a complete checkpoint at or past `global_step` exists; its progress."""
+def kill_once_checkpointed(config: Path, out: Path, global_step: int, when=None) -> dict:
+    """Start a run, SIGKILL it once a complete checkpoint at or past `global_step` exists (and whose
+    progress satisfies `when`, if given); the newest complete checkpoint's progress."""
     cmd = [sys.executable, str(TRAIN), "--config", str(config), "--output-dir", str(out)]
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
 
-    def step_of(folder: Path) -> int:  # -1: not complete yet, or already rotated away by the run
+    def progress_of(folder: Path) -> dict:  # global step -1: not complete yet, or already rotated away
         try:
-            return json.loads((folder / "progress.json").read_text())["global_step"]
+            return json.loads((folder / "progress.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return -1
+            return {"global_step": -1}
+
+    def step_of(folder: Path) -> int:
+        return progress_of(folder)["global_step"]
+
+    def ready(progress: dict) -> bool:
+        return progress["global_step"] >= global_step and (when is None or when(progress))
 
     while time.time() < deadline and proc.poll() is None:
-        if any(step_of(p) >= global_step for p in (out / "checkpoints").glob("step-*")):
+        if any(ready(progress_of(p)) for p in (out / "checkpoints").glob("step-*")):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -192,6 +199,26 @@ def test_resume_inside_a_top_lm_stage_on_code_rows_of_its_own(tmp_path):
     assert resumed.keys() == reference.keys()
     for key, value in reference.items():
         assert abs(resumed[key] - value) <= 1e-6, (key, resumed[key], value)
+
+
+@pytest.mark.slow  # end to end: a subprocess
+def test_a_stage_sized_in_minutes_keeps_its_count_across_a_resume(tmp_path):
+    """`minutes:` on a stage: the run sizes its step count on this machine (at most `steps`), writes it
+    to its checkpoints, and a run killed after the sizing resumes to the same count (the lr schedule
+    ends where the uninterrupted run's would); the model card and the log say what it was sized to."""
+    stages = [AE_STAGES[0], {**AE_STAGES[1], "steps": 100_000, "minutes": 0.1}]
+    config = mini_config(tmp_path, stages)
+    out = tmp_path / "killed"
+    # sized at 5% of its 6 seconds: killed at the first checkpoint after that, well before its end
+    killed_at = kill_once_checkpointed(config, out, 6, when=lambda p: p.get("stage_steps") is not None)
+    assert killed_at["stage"] == "autoencoder-0" and killed_at["stage_seconds"] > 0
+    sized = killed_at["stage_steps"]
+    assert killed_at["sized_steps"] == {"autoencoder-0": sized} and killed_at["step"] < sized < 100_000
+    proc = run_train(config, out, "--resume")
+    assert "resuming from" in proc.stdout
+    steps = sorted(step for stage, step in final_losses(out) if stage == "autoencoder-0")
+    assert steps == list(range(1, sized + 1))
+    assert f"autoencoder-0 ({sized} steps sized to 0.1 min)" in (out / "model" / "README.md").read_text()
 
 
 @pytest.mark.slow  # end to end: a subprocess

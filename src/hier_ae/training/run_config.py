@@ -120,6 +120,8 @@ STAGE = {
     "rows": _rule(_STR, choices=STAGE_ROWS),
     "p_line": _rule(_NUM, low=0.0, high=1.0, optional=True),
     "encode_bytes": _rule(_INT, low=1, optional=True),
+    # a time budget: `steps` is then the most the stage runs (step_budget.py)
+    "minutes": (lambda v: v is None or (_NUM[1](v) and v > 0), "null or a number of minutes > 0"),
 }
 assert set(STAGE) == {f.name for f in fields(Stage)}, "keep STAGE in step with stages.Stage"
 TOP = {"model", "data", "training", "evaluation", "output_dir"}

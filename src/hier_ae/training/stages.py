@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .nonfinite import BufferSnapshot, check_policy, nonfinite_terms
+from .step_budget import StepBudget
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Stage:
     training documents, cut at this many bytes (None: every document), plus lines of them worth
     `p_line` of it. E.g. 3 MB of documents, `encode_bytes=1_000_000`, `p_line=0.25`: documents in a
     seeded order until 1 MB is reached (the last one cut), then 250 KB of their lines.
+
+    `minutes` sizes the stage to that much training time on the machine that runs it: `steps` is then
+    the most it runs, and the step count is set once, early in the stage, from its measured seconds
+    per step (`step_budget.py`); `steps` holds the sized count from then on.
     """
 
     kind: str
@@ -72,6 +77,7 @@ class Stage:
     rows: str = "data"
     p_line: float | None = None
     encode_bytes: int | None = None
+    minutes: float | None = None
 
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
@@ -107,6 +113,12 @@ class Stage:
                 f"stage {self.name}: encode_bytes caps the encoding pass of rows='codes'; this stage "
                 f"reads rows={self.rows!r}. Set rows: codes or leave encode_bytes out."
             )
+        m = self.minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < math.inf):
+            raise ValueError(
+                f"stage {self.name}: minutes={m!r} is invalid: must be null (run `steps` steps) or a "
+                "number of minutes > 0 (then `steps` is the most the stage runs)."
+            )
         if self.rows not in STAGE_ROWS:
             raise ValueError(f"stage {self.name}: rows={self.rows!r} is invalid: one of {STAGE_ROWS}.")
         if self.rows == "codes" and self.kind != "top_lm":
@@ -127,8 +139,11 @@ class Stage:
 
     def describe(self) -> str:
         """`name (N steps)`, plus its own rows: 'top_lm (3000 steps, codes, rows of 512, 8 a batch)',
-        'top_lm (3000 steps, codes of 1,000,000 bytes, 25% lines, rows of 512)'."""
+        'top_lm (3000 steps, codes of 1,000,000 bytes, 25% lines, rows of 512)', and a time budget:
+        'autoencoder-0 (10512 steps sized to 19 min)'."""
         parts = [f"{self.steps} steps"]
+        if self.minutes is not None:
+            parts[0] += f" sized to {self.minutes:g} min"
         if self.rows == "codes":
             cap = "" if self.encode_bytes is None else f" of {self.encode_bytes:,} bytes"
             parts.append("codes" + cap)
@@ -359,6 +374,7 @@ def train_stage(
     log_every: int = 0,
     log: Callable[[int, dict], None] | None = None,
     time_budget_s: float | None = None,
+    step_budget: StepBudget | None = None,
     start_step: int = 0,
     on_prepared: Callable | None = None,
     on_step: Callable[[int, dict], bool | None] | None = None,
@@ -378,7 +394,9 @@ def train_stage(
     loads its state there) and the loop then starts at optimizer step `start_step`;
     `on_step(steps_done, info)` runs after every optimizer step with `info` = loss, the last
     micro-batch's output, tokens read (this process) and the lr; returning True stops the stage.
-    `time_budget_s` stops the stage early (tests, benchmarks).
+    `time_budget_s` stops the stage early (tests, benchmarks). `step_budget` (a `StepBudget`, for a
+    stage with `minutes`) sets `stage.steps` once, early in the stage, to the steps that fit its time;
+    the lr schedule and `on_step` see the sized count from the step where it is decided.
 
     Non-finite steps (see `nonfinite.py`): a NaN/Inf objective or gradient norm is detected
     collectively (every process takes the same decision, so none hangs). `on_nonfinite="raise"`
@@ -412,8 +430,27 @@ def train_stage(
     distributed = accelerator is not None and accelerator.num_processes > 1
     history: list[float] = []
     skipped_in_a_row = 0
+
+    def size_after(done: int) -> None:
+        """A stage with `minutes`: set its step count once its budget can be sized (`StepBudget`)."""
+        if step_budget is None or step_budget.sized:
+            return
+        elapsed = step_budget.elapsed()
+        if distributed:  # every process decides on the same clock, so all stop at the same step
+            mean = accelerator.reduce(torch.tensor([elapsed], device=device), reduction="mean")
+            elapsed = float(mean[0])
+        sized = step_budget.observe(done, done - start_step, elapsed)
+        if sized is not None:
+            stage.steps = sized
+            logger.info("stage %s: sized to %d steps (%g min)", stage.name, sized, step_budget.seconds / 60)
+
     t0 = time.perf_counter()
-    for step in range(start_step, stage.steps):
+    if step_budget is not None:
+        if step_budget.sized:
+            stage.steps = step_budget.sized_steps  # a resumed stage keeps the count it was sized to
+        step_budget.start()
+    step = start_step
+    while step < stage.steps:
         lr = lr_at(step, stage)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -471,10 +508,12 @@ def train_stage(
                     f"{where}: {skipped_in_a_row} optimizer steps in a row dropped "
                     f"(max_consecutive_skips={max_consecutive_skips}); stopping the run."
                 )
+            size_after(step + 1)  # a dropped step still counts
             if on_step is not None and on_step(
                 step + 1, {"loss": None, "out": out, "tokens": tokens, "lr": lr, "skipped": bad}
             ):
                 break
+            step += 1
             continue
         skipped_in_a_row = 0
         opt.step()
@@ -485,12 +524,14 @@ def train_stage(
             sync_running_buffers(model, accelerator)
         value = (total / accumulation_steps).item()
         history.append(value)
+        size_after(step + 1)
         if log is not None and log_every and (step % log_every == 0 or step == stage.steps - 1):
             log(step, {"loss": value, **stage_metrics(out, stage)})
         if on_step is not None and on_step(step + 1, {"loss": value, "out": out, "tokens": tokens, "lr": lr}):
             break
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
+        step += 1
     if accelerator is not None:
         accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # drops the autocast forward wrapper
     model.eval()
