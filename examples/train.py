@@ -393,10 +393,10 @@ def main(argv=None) -> dict:
             prev = out_dir / "stages" / stages[si - 1].name
             load_model_strict(model, prev)
             accelerator.print(f"[{stage.name}] loaded {prev} strictly: no missing or unexpected keys")
-        budget = StepBudget.for_stage(stage)
-        if progress is not None and si == progress["stage_index"]:
+        resuming = progress is not None and si == progress["stage_index"]
+        budget = StepBudget.for_stage(stage, progress if resuming else None)  # None without `minutes`
+        if resuming:
             start_step = progress["step"]
-            budget = StepBudget.for_stage(stage, progress)
 
             def on_prepared(net, opt, ckpt=ckpt):
                 accelerator.load_state(str(ckpt))  # weights + every buffer, optimizer, RNG
