@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from hier_ae.cli import run
 from hier_ae.configuration_hier_ae import EOS_ID
 from hier_ae.data.batching import DocumentCropper, frame_document, pad_rows
 from hier_ae.data.sources import Documents, load_documents
+from hier_ae.evaluation.report_lines import report_lines
 from hier_ae.evaluation.reports import (
     bits_per_byte,
     codec_report,
@@ -208,14 +208,6 @@ def text_sample(model, line: bytes, stage: Stage, n_new: int = 24) -> str:
     return text
 
 
-def held_out_lines(docs: list[bytes], n: int, max_len: int = 120) -> list[bytes]:
-    """Non-empty lines of the validation documents, each to be encoded as its own document."""
-    lines = [ln.strip() for d in docs for ln in d.split(b"\n")]
-    lines = [ln for ln in lines if 8 <= len(ln) <= max_len]
-    random.Random(0).shuffle(lines)
-    return lines[:n]
-
-
 def hardware(accelerator) -> str:
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
@@ -345,7 +337,7 @@ def main(argv=None) -> dict:
     )
     val_stream = DocumentCropper(val_rows, batch_size, seq_len, seed=seed + 12345, p_doc_start=p_start)
     val_batches = [next(val_stream) for _ in range(int(ecfg.get("val_batches", 4)))]
-    val_lines = held_out_lines(val_docs, int(ecfg.get("lines", 64)))
+    val_lines = report_lines(val_docs, int(ecfg.get("lines", 64)))  # each encoded as its own document
 
     stages = [Stage(**spec) for spec in tcfg["stages"]]
     accum = int(tcfg.get("gradient_accumulation_steps", 1))
