@@ -409,11 +409,12 @@ def main(argv=None) -> dict:
             nonlocal global_step
             global_step += 1
             clock["tokens"] += info["tokens"] * accelerator.num_processes
-            if budget is not None and budget.sized and stage.name not in sized_steps:
-                sized_steps[stage.name] = stage.steps
+            if budget is not None and budget.sized and sized_steps.get(stage.name) != stage.steps:
+                sized_steps[stage.name] = stage.steps  # sized, or sized again at a later check
                 bar.total = sum(s.steps for s in stages)
                 bar.write(
-                    f"[{stage.name}] sized to {stage.steps} steps ({stage.minutes:g} min on this machine)"
+                    f"[{stage.name} {step}] sized to {stage.steps} steps ({stage.minutes:g} min on this "
+                    f"machine; sizing {budget.sizings} of {len(budget.checks)})"
                 )
             bar.update(1)
             record = {"stage": stage.name, "step": step, "loss": info["loss"]}

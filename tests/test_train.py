@@ -204,21 +204,22 @@ def test_resume_inside_a_top_lm_stage_on_code_rows_of_its_own(tmp_path):
 @pytest.mark.slow  # end to end: a subprocess
 def test_a_stage_sized_in_minutes_keeps_its_count_across_a_resume(tmp_path):
     """`minutes:` on a stage: the run sizes its step count on this machine (at most `steps`), writes it
-    to its checkpoints, and a run killed after the sizing resumes to the same count (the lr schedule
-    ends where the uninterrupted run's would); the model card and the log say what it was sized to."""
-    stages = [AE_STAGES[0], {**AE_STAGES[1], "steps": 100_000, "minutes": 0.1}]
+    to its checkpoints, and a run killed after the last sizing resumes to the same count (the lr
+    schedule ends where the uninterrupted run's would); the model card and the log say what it was
+    sized to."""
+    stages = [AE_STAGES[0], {**AE_STAGES[1], "steps": 100_000, "minutes": 0.15}]
     config = mini_config(tmp_path, stages)
     out = tmp_path / "killed"
-    # sized at 5% of its 6 seconds: killed at the first checkpoint after that, well before its end
-    killed_at = kill_once_checkpointed(config, out, 6, when=lambda p: p.get("stage_steps") is not None)
-    assert killed_at["stage"] == "autoencoder-0" and killed_at["stage_seconds"] > 0
+    # sized at 5%, 25%, 50% and 75% of its 9 seconds: killed at the first checkpoint after the last
+    killed_at = kill_once_checkpointed(config, out, 6, when=lambda p: p.get("stage_sizings") == 4)
+    assert killed_at["stage"] == "autoencoder-0" and killed_at["stage_seconds"] >= 0.75 * 9
     sized = killed_at["stage_steps"]
     assert killed_at["sized_steps"] == {"autoencoder-0": sized} and killed_at["step"] < sized < 100_000
     proc = run_train(config, out, "--resume")
     assert "resuming from" in proc.stdout
     steps = sorted(step for stage, step in final_losses(out) if stage == "autoencoder-0")
     assert steps == list(range(1, sized + 1))
-    assert f"autoencoder-0 ({sized} steps sized to 0.1 min)" in (out / "model" / "README.md").read_text()
+    assert f"autoencoder-0 ({sized} steps sized to 0.15 min)" in (out / "model" / "README.md").read_text()
 
 
 @pytest.mark.slow  # end to end: a subprocess

@@ -61,8 +61,9 @@ class Stage:
     seeded order until 1 MB is reached (the last one cut), then 250 KB of their lines.
 
     `minutes` sizes the stage to that much training time on the machine that runs it: `steps` is then
-    the most it runs, and the step count is set once, early in the stage, from its measured seconds
-    per step (`step_budget.py`); `steps` holds the sized count from then on.
+    the most it runs, and the step count is set early in the stage from its measured seconds per step
+    and set again at a quarter, half and three quarters of the minutes (`step_budget.py`); `steps`
+    holds the sized count from the first sizing on.
     """
 
     kind: str
@@ -395,8 +396,8 @@ def train_stage(
     `on_step(steps_done, info)` runs after every optimizer step with `info` = loss, the last
     micro-batch's output, tokens read (this process) and the lr; returning True stops the stage.
     `time_budget_s` stops the stage early (tests, benchmarks). `step_budget` (a `StepBudget`, for a
-    stage with `minutes`) sets `stage.steps` once, early in the stage, to the steps that fit its time;
-    the lr schedule and `on_step` see the sized count from the step where it is decided.
+    stage with `minutes`) sets `stage.steps` to the steps that fit its time, early in the stage and
+    again at its later checks; the lr schedule and `on_step` see each count from the step it is set.
 
     Non-finite steps (see `nonfinite.py`): a NaN/Inf objective or gradient norm is detected
     collectively (every process takes the same decision, so none hangs). `on_nonfinite="raise"`
@@ -432,15 +433,15 @@ def train_stage(
     skipped_in_a_row = 0
 
     def size_after(done: int) -> None:
-        """A stage with `minutes`: set its step count once its budget can be sized (`StepBudget`)."""
-        if step_budget is None or step_budget.sized:
+        """A stage with `minutes`: set its step count whenever its budget sizes it (`StepBudget`)."""
+        if step_budget is None or step_budget.final:
             return
         elapsed = step_budget.elapsed()
         if distributed:  # every process decides on the same clock, so all stop at the same step
             mean = accelerator.reduce(torch.tensor([elapsed], device=device), reduction="mean")
             elapsed = float(mean[0])
         sized = step_budget.observe(done, done - start_step, elapsed)
-        if sized is not None:
+        if sized is not None and sized != stage.steps:
             stage.steps = sized
             logger.info("stage %s: sized to %d steps (%g min)", stage.name, sized, step_budget.seconds / 60)
 
