@@ -52,9 +52,8 @@ class StepBudget:
     min_steps: int = 10
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
     _t0: float | None = field(default=None, init=False, repr=False)
-    _last: tuple[int, float] = field(
-        default=(0, 0.0), init=False, repr=False
-    )  # (ran, elapsed) at the last sizing
+    # (steps ran, seconds elapsed) in this process at the last sizing: where the next pace starts
+    _last: tuple[int, float] = field(default=(0, 0.0), init=False, repr=False)
 
     def __post_init__(self):
         if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds > 0):
