@@ -10,9 +10,9 @@ this process); it then measures its seconds per step and sets its step count:
 
 and sizes again at each later share (25%, 50% and 75% of the budget), each time at the pace since the
 last sizing: a step can cost more later in a stage (the multilingual recipe's fell from 9.5 to 8.4 steps
-a second once its dead codes began to restart at step 1,000; sized once, at 5%, it would have run 2.5
-minutes over). The learning-rate schedule ends at the current count (before the first sizing it
-follows `steps`; a later sizing moves its end by a few percent, so the lr steps a little).
+a second after its first minute; sized once, at 5%, it would have run 2.5 minutes over). The
+learning-rate schedule ends at the current count (before the first sizing it follows `steps`; a later
+sizing moves its end by a few percent, so the lr steps a little).
 
 E.g. a 60-second stage with `steps: 100000` whose first 10 steps take 3.1 seconds (5% = 3 s reached):
 3.1 / 10 = 0.31 s a step, 56.9 seconds left, floor(56.9 / 0.31) = 183 more, so 193 steps. If the
